@@ -1,0 +1,57 @@
+//! gRPC channels to mesh services over mTLS, verifying the server's SPIFFE ID.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::identity::Identity;
+use crate::tls::{MeshTls, TlsError};
+
+/// Connects to `target` (`host:port`) as the identity in `tls`, accepting only a server that
+/// proves `server`. New connections (reconnects) use the newest client certificate.
+pub async fn connect(
+    tls: Arc<MeshTls>,
+    target: &str,
+    server: Identity,
+) -> Result<Channel, tonic::transport::Error> {
+    connect_with(move || tls.client_config(&server), target).await
+}
+
+/// Connects with whatever client configuration `config` returns for each new connection.
+pub async fn connect_with<F>(config: F, target: &str) -> Result<Channel, tonic::transport::Error>
+where
+    F: Fn() -> Result<Arc<ClientConfig>, TlsError> + Send + Sync + 'static,
+{
+    let config = Arc::new(config);
+    let connector = tower::service_fn(move |uri: Uri| {
+        let config = config.clone();
+        async move {
+            let host = uri
+                .host()
+                .unwrap_or("localhost")
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let config = config().map_err(io::Error::other)?;
+            let name = ServerName::try_from(host).map_err(io::Error::other)?;
+            let stream = TlsConnector::from(config).connect(name, tcp).await?;
+            Ok::<_, io::Error>(TokioIo::new(stream))
+        }
+    });
+    // The scheme is `http` because TLS is ours, inside the connector.
+    Endpoint::from_shared(format!("http://{target}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect_with_connector(connector)
+        .await
+}

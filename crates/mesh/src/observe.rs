@@ -1,0 +1,211 @@
+//! One tracing span and one set of metrics per RPC: caller, method, gRPC status and latency.
+//!
+//! The status of a gRPC call is only known when its trailers are sent (or at once, for a
+//! trailers-only error), so the measurement finishes inside the response body. A call whose
+//! body is dropped before the trailers (client went away) is recorded as CANCELLED.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use http_body::{Body, Frame};
+use pin_project_lite::pin_project;
+use tonic::Code;
+use tower::{Layer, Service};
+use tracing::{Instrument, Span};
+
+use crate::peer::Peer;
+
+/// Counter of finished RPCs by `grpc_service`, `grpc_method`, `grpc_code`.
+pub const HANDLED_TOTAL: &str = "grpc_server_handled_total";
+/// Histogram of RPC latency in seconds, same labels.
+pub const HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
+
+#[derive(Debug, Clone, Default)]
+pub struct ObserveLayer;
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+}
+
+impl<S, B, ResBody> Service<http::Request<B>> for Observe<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResBody>>,
+{
+    type Response = http::Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ObserveFuture<tracing::instrument::Instrumented<S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path().to_owned();
+        let caller = req
+            .extensions()
+            .get::<Peer>()
+            .map_or_else(|| "-".to_owned(), |p| p.identity.to_string());
+        let span = tracing::info_span!("rpc", method = %path, caller = %caller);
+        let inner = self.inner.call(req).instrument(span.clone());
+        ObserveFuture {
+            inner,
+            record: Some(Record {
+                path,
+                span,
+                start: Instant::now(),
+            }),
+        }
+    }
+}
+
+/// What is needed to report one RPC once it ends.
+struct Record {
+    path: String,
+    span: Span,
+    start: Instant,
+}
+
+impl Record {
+    fn finish(self, code: Code) {
+        let latency = self.start.elapsed();
+        let (service, method) = self.path[1..].split_once('/').unwrap_or((&self.path, ""));
+        let labels = [
+            ("grpc_service", service.to_owned()),
+            ("grpc_method", method.to_owned()),
+            ("grpc_code", format!("{code:?}")),
+        ];
+        metrics::counter!(HANDLED_TOTAL, &labels).increment(1);
+        metrics::histogram!(HANDLING_SECONDS, &labels).record(latency.as_secs_f64());
+        let latency_ms = latency.as_secs_f64() * 1e3;
+        let _entered = self.span.enter();
+        match code {
+            Code::Ok
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::Cancelled => {
+                tracing::info!(code = ?code, latency_ms, "rpc finished")
+            }
+            Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::Unavailable
+            | Code::ResourceExhausted
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::Unimplemented => {
+                tracing::warn!(code = ?code, latency_ms, "rpc finished")
+            }
+            Code::Internal | Code::Unknown | Code::DataLoss => {
+                tracing::error!(code = ?code, latency_ms, "rpc finished")
+            }
+        }
+    }
+}
+
+/// Reports the call as CANCELLED when it is dropped before its status was seen.
+struct Pending(Option<Record>);
+
+impl Pending {
+    fn finish(&mut self, code: Code) {
+        if let Some(record) = self.0.take() {
+            record.finish(code);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled);
+    }
+}
+
+fn status_of(headers: &http::HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .map(|v| Code::from_bytes(v.as_bytes()))
+}
+
+pin_project! {
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: F,
+        record: Option<Record>,
+    }
+}
+
+impl<F, ResBody, E> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResBody>, E>>,
+{
+    type Output = Result<http::Response<ObservedBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let mut pending = Pending(this.record.take());
+        Poll::Ready(match result {
+            Ok(response) => {
+                if let Some(code) = status_of(response.headers()) {
+                    pending.finish(code); // trailers-only response: the status is already known
+                }
+                Ok(response.map(|inner| ObservedBody { inner, pending }))
+            }
+            Err(e) => {
+                pending.finish(Code::Internal);
+                Err(e)
+            }
+        })
+    }
+}
+
+pin_project! {
+    pub struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        pending: Pending,
+    }
+}
+
+impl<B: Body> Body for ObservedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(code) = f.trailers_ref().and_then(status_of) {
+                    this.pending.finish(code);
+                }
+            }
+            Some(Err(_)) => this.pending.finish(Code::Internal),
+            None => this.pending.finish(Code::Unknown),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

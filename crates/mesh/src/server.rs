@@ -1,0 +1,255 @@
+//! Start-up and serving, shared by the four services: each service's `main` hands over its
+//! gRPC routes and this module does the rest in the same order everywhere.
+
+use std::future::Future;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use orchestrator_proto::ServiceDescriptor;
+use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+
+use crate::admin::{self, Readiness};
+use crate::authz::AuthzLayer;
+use crate::config::{Env, MeshConfig};
+use crate::observe::ObserveLayer;
+use crate::policy::Policy;
+use crate::service::Service;
+use crate::telemetry;
+use crate::tls::MeshTls;
+use crate::transport;
+
+/// What a service's route builder gets to set itself up.
+#[derive(Debug)]
+pub struct Startup {
+    pub config: MeshConfig,
+    /// The process environment, for the service's own L1 secrets ([`Env::secret`]).
+    pub env: Env,
+    /// This process's TLS state, for channels to other services ([`crate::client::connect`]).
+    pub tls: Arc<MeshTls>,
+}
+
+/// The whole `main` of a service: configuration, identity and policy checks, then serving until
+/// SIGINT or SIGTERM. Any start-up failure is printed (naming what is wrong, never a secret)
+/// and the process exits non-zero.
+pub fn service_main<F, Fut>(service: Service, routes: F) -> ExitCode
+where
+    F: FnOnce(&Startup) -> Fut,
+    Fut: Future<Output = anyhow::Result<Routes>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(service, &anyhow::Error::new(e)),
+    };
+    match runtime.block_on(run(service, routes)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(service, &e),
+    }
+}
+
+#[allow(clippy::print_stderr)] // Start-up errors must reach an operator before logging exists.
+fn fail(service: Service, error: &anyhow::Error) -> ExitCode {
+    tracing::error!(error = %format!("{error:#}"), "{service} stopped");
+    eprintln!("{service}: error: {error:#}");
+    ExitCode::FAILURE
+}
+
+/// Every gRPC service the mesh knows: ours, health and both reflection versions.
+pub fn catalogue() -> Vec<ServiceDescriptor> {
+    [
+        orchestrator_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]
+    .into_iter()
+    .flat_map(|fds| orchestrator_proto::services(fds).expect("embedded descriptor sets decode"))
+    .collect()
+}
+
+/// The gRPC services one process serves: its own plus health and reflection.
+pub fn served(service: Service) -> Vec<ServiceDescriptor> {
+    const COMMON: [&str; 3] = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    catalogue()
+        .into_iter()
+        .filter(|d| d.name == service.grpc_service() || COMMON.contains(&d.name.as_str()))
+        .collect()
+}
+
+/// Loads the policy and refuses it unless it names only known RPCs and covers all of
+/// `service`'s.
+pub fn load_policy(path: &Path, service: Service) -> anyhow::Result<Policy> {
+    let policy = Policy::load(path)?;
+    let known = catalogue();
+    policy.check_known(
+        known
+            .iter()
+            .map(|d| (d.name.as_str(), d.methods.as_slice())),
+    )?;
+    let served = served(service);
+    anyhow::ensure!(
+        served.iter().any(|d| d.name == service.grpc_service()),
+        "the contracts declare no {}",
+        service.grpc_service()
+    );
+    policy.check_covers(
+        served
+            .iter()
+            .map(|d| (d.name.as_str(), d.methods.as_slice())),
+    )?;
+    Ok(policy)
+}
+
+async fn run<F, Fut>(service: Service, routes: F) -> anyhow::Result<()>
+where
+    F: FnOnce(&Startup) -> Fut,
+    Fut: Future<Output = anyhow::Result<Routes>>,
+{
+    // Exactly one rustls provider in the process, whatever the dependency tree pulls in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let env = Env::from_process();
+    let config = MeshConfig::from_env(service, &env)?;
+    telemetry::init_tracing(config.log_format);
+    let metrics = telemetry::init_metrics()?;
+
+    let tls = MeshTls::load(config.tls.clone(), Some(config.identity()))?;
+    let policy = Arc::new(
+        load_policy(&config.policy_file, service)
+            .with_context(|| format!("policy file {}", config.policy_file.display()))?,
+    );
+
+    let startup = Startup { config, env, tls };
+    let own = routes(&startup).await?;
+    let Startup { config, tls, .. } = startup;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status(service.grpc_service(), ServingStatus::Serving)
+        .await;
+    let reflection_v1 = reflection(service).build_v1()?;
+    let reflection_v1alpha = reflection(service).build_v1alpha()?;
+    let routes = own
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    let grpc_listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on ORCH_LISTEN_ADDR={}", config.listen_addr))?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on ORCH_ADMIN_ADDR={}", config.admin_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let readiness = Readiness::default();
+    let _watcher = tls.watch(config.tls_reload_interval);
+    let incoming = transport::accept(
+        grpc_listener,
+        tls.clone(),
+        config.trust_domain.clone(),
+        stop_rx.clone(),
+    );
+
+    let mut admin_stop = stop_rx.clone();
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin::router(readiness.clone(), metrics),
+        async move {
+            let _ = admin_stop.wait_for(|s| *s).await;
+        },
+    ));
+
+    let mut grpc_stop = stop_rx.clone();
+    let grpc = tonic::transport::Server::builder()
+        .max_connection_age(config.max_connection_age)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(ObserveLayer)
+                .layer(AuthzLayer::new(policy))
+                .into_inner(),
+        )
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async move {
+            let _ = grpc_stop.wait_for(|s| *s).await;
+        });
+
+    if let Some(path) = &config.addr_file {
+        write_addr_file(path, grpc_addr, admin_addr)?;
+    }
+    readiness.set(true);
+    tracing::info!(
+        identity = %tls.identity(),
+        grpc = %grpc_addr,
+        admin = %admin_addr,
+        "{service} serving"
+    );
+
+    let signal = tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        readiness.set(false);
+        let _ = stop_tx.send(true);
+    });
+    grpc.await.context("gRPC server failed")?;
+    signal.abort();
+    admin_task.await?.context("admin server failed")?;
+    Ok(())
+}
+
+fn reflection(service: Service) -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(orchestrator_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(service.grpc_service())
+        .with_service_name("grpc.health.v1.Health")
+}
+
+/// Writes `{"grpc": "...", "admin": "..."}` atomically, for callers that bound port 0.
+fn write_addr_file(
+    path: &Path,
+    grpc: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let body = serde_json::json!({ "grpc": grpc.to_string(), "admin": admin.to_string() });
+    std::fs::write(&tmp, body.to_string())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write ORCH_ADDR_FILE={}", path.display()))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,108 @@
+//! `orchctl`, the operator CLI of the orchestrator mesh.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod health;
+mod up;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "orchctl",
+    version,
+    about = "Operate the orchestrator secrets mesh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The development PKI.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// Run the whole mesh locally: dev PKI, the four services as separate processes, each with
+    /// only its own environment. Stops them all on Ctrl-C.
+    Up(up::UpArgs),
+    /// Check the gRPC health of the four services over mTLS.
+    Health(health::HealthArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Create a development CA and one certificate per identity (keeps existing files).
+    Init {
+        /// Where to write `ca.crt`, `<identity>.crt` and their 0600 keys.
+        #[arg(long, default_value = ".orchestrator/pki")]
+        dir: PathBuf,
+        /// SPIFFE trust domain of the certificates.
+        #[arg(long, default_value = "orchestrator.local", env = "ORCH_TRUST_DOMAIN")]
+        trust_domain: String,
+        /// Validity of the identity certificates, in days.
+        #[arg(long, default_value_t = 90)]
+        days: i64,
+        /// Identities to issue (default: the four services, api and operator).
+        #[arg(long = "identity", value_name = "NAME")]
+        identities: Vec<String>,
+    },
+}
+
+#[allow(clippy::print_stderr)]
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Pki {
+            command:
+                PkiCommand::Init {
+                    dir,
+                    trust_domain,
+                    days,
+                    identities,
+                },
+        } => pki_init(&dir, &trust_domain, days, &identities),
+        Command::Up(args) => up::run(args),
+        Command::Health(args) => health::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orchctl: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn pki_init(
+    dir: &std::path::Path,
+    trust_domain: &str,
+    days: i64,
+    identities: &[String],
+) -> anyhow::Result<()> {
+    let _: orchestrator_mesh::TrustDomain = trust_domain.parse()?;
+    let names: Vec<&str> = if identities.is_empty() {
+        orchestrator_pki::DEFAULT_IDENTITIES.to_vec()
+    } else {
+        identities.iter().map(String::as_str).collect()
+    };
+    for name in &names {
+        let _: orchestrator_mesh::IdentityName = name.parse()?;
+    }
+    let report = orchestrator_pki::init(dir, trust_domain, &names, days)?;
+    for name in &report.created {
+        println!(
+            "created {}/{name}.crt (key {name}.key, mode 0600)",
+            dir.display()
+        );
+    }
+    for name in &report.kept {
+        println!("kept    {}/{name}.crt", dir.display());
+    }
+    Ok(())
+}
