@@ -1,1 +1,302 @@
+//! Test harness for cross-process tests: a throwaway PKI, the real service binaries started as
+//! child processes on port 0, and clients that present any identity (or a hostile certificate).
+//!
+//! Nothing here mocks our own code: every call crosses a process boundary over real mTLS.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use orchestrator_mesh::tls::Material;
+use orchestrator_mesh::{Identity, MeshTls, Service, TlsFiles};
+use orchestrator_pki::{Ca, Issued, Validity};
+use rustls::ClientConfig;
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+pub mod raw;
+
+pub const TRUST_DOMAIN: &str = "orchestrator.local";
+
+/// The repository root (for `config/policy.toml` and friends).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A built binary of the workspace, next to the test executable's `deps/` folder.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, as scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// `spiffe://orchestrator.local/<name>`.
+pub fn identity(name: &str) -> Identity {
+    format!("spiffe://{TRUST_DOMAIN}/{name}")
+        .parse()
+        .expect("valid identity")
+}
+
+/// A throwaway CA with a certificate for every default identity, in a temporary folder.
+pub struct Pki {
+    dir: tempfile::TempDir,
+    ca: Ca,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki")
+            .field("dir", &self.dir.path())
+            .finish()
+    }
+}
+
+impl Pki {
+    pub fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        orchestrator_pki::init(
+            dir.path(),
+            TRUST_DOMAIN,
+            &orchestrator_pki::DEFAULT_IDENTITIES,
+            1,
+        )?;
+        let ca = Ca::from_pem(
+            &std::fs::read_to_string(dir.path().join("ca.crt"))?,
+            &std::fs::read_to_string(dir.path().join("ca.key"))?,
+        )?;
+        Ok(Self { dir, ca })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir().join("ca.crt")
+    }
+
+    /// The files of `stem` (`<stem>.crt`, `<stem>.key`) with this PKI's CA bundle.
+    pub fn files(&self, stem: &str) -> TlsFiles {
+        TlsFiles {
+            cert: self.dir().join(format!("{stem}.crt")),
+            key: self.dir().join(format!("{stem}.key")),
+            ca: self.ca_file(),
+        }
+    }
+
+    /// Writes `issued` as `<stem>.crt`/`<stem>.key` and returns its files.
+    pub fn write(&self, stem: &str, issued: &Issued) -> anyhow::Result<TlsFiles> {
+        orchestrator_pki::write_pair(self.dir(), stem, issued)?;
+        Ok(self.files(stem))
+    }
+
+    /// A client configuration presenting `stem`'s certificate as it is (even expired) and
+    /// expecting the server to prove `server`.
+    pub fn client_config(
+        &self,
+        stem: &str,
+        server: &Identity,
+    ) -> anyhow::Result<Arc<ClientConfig>> {
+        Ok(Arc::new(
+            Material::load(&self.files(stem))?.client_config(server)?,
+        ))
+    }
+
+    /// A reloading client TLS state for a default identity.
+    pub fn client(&self, name: &str) -> anyhow::Result<Arc<MeshTls>> {
+        Ok(MeshTls::load(self.files(name), None)?)
+    }
+
+    /// A fresh leaf certificate for `name` from this CA.
+    pub fn issue(&self, name: &str, validity: Validity) -> anyhow::Result<Issued> {
+        Ok(self.ca.issue(TRUST_DOMAIN, name, validity)?)
+    }
+}
+
+/// A channel to `addr` as `client`, expecting the server to prove `server`.
+pub async fn channel(
+    client: &Arc<MeshTls>,
+    addr: SocketAddr,
+    server: &str,
+) -> anyhow::Result<Channel> {
+    Ok(
+        orchestrator_mesh::client::connect(client.clone(), &addr.to_string(), identity(server))
+            .await?,
+    )
+}
+
+/// A channel using exactly `config` for every connection.
+pub async fn channel_with(config: Arc<ClientConfig>, addr: SocketAddr) -> anyhow::Result<Channel> {
+    Ok(
+        orchestrator_mesh::client::connect_with(move || Ok(config.clone()), &addr.to_string())
+            .await?,
+    )
+}
+
+/// How to start one service process.
+#[derive(Debug)]
+pub struct Launch {
+    service: Service,
+    env: BTreeMap<String, String>,
+    dir: tempfile::TempDir,
+}
+
+impl Launch {
+    /// Port 0 for gRPC and admin, the service's own certificate from `pki`, the repository's
+    /// policy, fast certificate reloads, and an otherwise empty environment.
+    pub fn new(service: Service, pki: &Pki) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let files = pki.files(service.name());
+        let env = BTreeMap::from([
+            ("ORCH_LISTEN_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+            ("ORCH_ADMIN_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+            ("ORCH_TLS_CERT".to_owned(), files.cert.display().to_string()),
+            ("ORCH_TLS_KEY".to_owned(), files.key.display().to_string()),
+            ("ORCH_TLS_CA".to_owned(), files.ca.display().to_string()),
+            (
+                "ORCH_POLICY_FILE".to_owned(),
+                repo_root().join("config/policy.toml").display().to_string(),
+            ),
+            ("ORCH_TLS_RELOAD_INTERVAL".to_owned(), "100ms".to_owned()),
+            (
+                "ORCH_ADDR_FILE".to_owned(),
+                dir.path().join("addr.json").display().to_string(),
+            ),
+            ("RUST_LOG".to_owned(), "info".to_owned()),
+        ]);
+        Ok(Self { service, env, dir })
+    }
+
+    pub fn env(mut self, var: &str, value: impl Into<String>) -> Self {
+        self.env.insert(var.to_owned(), value.into());
+        self
+    }
+
+    pub fn tls(self, files: &TlsFiles) -> Self {
+        self.env("ORCH_TLS_CERT", files.cert.display().to_string())
+            .env("ORCH_TLS_KEY", files.key.display().to_string())
+            .env("ORCH_TLS_CA", files.ca.display().to_string())
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(bin(self.service.name()));
+        cmd.env_clear()
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .stdout(
+                std::fs::File::create(self.dir.path().join("stdout.log"))
+                    .map_or(Stdio::null(), Stdio::from),
+            )
+            .stderr(
+                std::fs::File::create(self.dir.path().join("stderr.log"))
+                    .map_or(Stdio::null(), Stdio::from),
+            )
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Starts the process and waits until it serves (its address file appears).
+    pub async fn spawn(self) -> anyhow::Result<Proc> {
+        let mut child = self.command().spawn()?;
+        let addr_file = self.dir.path().join("addr.json");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "{} exited during start-up ({status}):\n{}",
+                    self.service,
+                    read_log(self.dir.path(), "stderr.log")
+                );
+            }
+            if let Ok(bytes) = std::fs::read(&addr_file) {
+                let v: serde_json::Value = serde_json::from_slice(&bytes)?;
+                let addr = |k: &str| -> anyhow::Result<SocketAddr> {
+                    Ok(v[k].as_str().context("address")?.parse()?)
+                };
+                return Ok(Proc {
+                    service: self.service,
+                    child,
+                    grpc: addr("grpc")?,
+                    admin: addr("admin")?,
+                    dir: self.dir,
+                });
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} did not start in time",
+                self.service
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Runs the process expecting it to refuse to start; returns its exit code and all output.
+    pub async fn run_to_exit(self) -> anyhow::Result<(Option<i32>, String)> {
+        let mut child = self.command().spawn()?;
+        let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .context("the process did not exit: it started although it should have refused")??;
+        let output = format!(
+            "{}{}",
+            read_log(self.dir.path(), "stdout.log"),
+            read_log(self.dir.path(), "stderr.log")
+        );
+        Ok((status.code(), output))
+    }
+}
+
+fn read_log(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
+}
+
+/// A running service process; killed when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    pub service: Service,
+    child: Child,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Proc {
+    /// A channel to this service as `client`.
+    pub async fn channel(&self, client: &Arc<MeshTls>) -> anyhow::Result<Channel> {
+        channel(client, self.grpc, self.service.name()).await
+    }
+
+    /// Everything the process printed so far.
+    pub fn logs(&self) -> String {
+        format!(
+            "{}{}",
+            read_log(self.dir.path(), "stdout.log"),
+            read_log(self.dir.path(), "stderr.log")
+        )
+    }
+
+    /// `GET path` on the admin port: (status code, body).
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        raw::http_get(self.admin, path).await
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}

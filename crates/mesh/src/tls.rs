@@ -83,8 +83,10 @@ impl std::fmt::Debug for Material {
 }
 
 impl Material {
-    /// Loads and checks the files: a parsable chain whose leaf names one SPIFFE identity and is
-    /// valid now, a key that matches it, and at least one trust root.
+    /// Loads and checks the files: a parsable chain whose leaf names one SPIFFE identity, a key
+    /// that matches it, and at least one trust root. Validity dates are checked by peers at
+    /// each handshake (and by [`MeshTls`] for a process's own certificate), not here, so tools
+    /// can present an expired certificate to prove it is refused.
     pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
         let chain = read_certs(&files.cert)?;
         let leaf = &chain[0];
@@ -92,11 +94,6 @@ impl Material {
             path: files.cert.clone(),
             source,
         })?;
-        if !valid_now(leaf) {
-            return Err(TlsError::NotValidNow {
-                path: files.cert.clone(),
-            });
-        }
         let key_pem = read(&files.key)?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::NoKey {
             path: files.key.clone(),
@@ -323,6 +320,11 @@ impl MeshTls {
     ) -> Result<(Current, Vec<u8>), TlsError> {
         let seen = fingerprint(files);
         let material = Material::load(files)?;
+        if !valid_now(&material.chain[0]) {
+            return Err(TlsError::NotValidNow {
+                path: files.cert.clone(),
+            });
+        }
         if let Some(expected) = expected
             && material.identity() != expected
         {

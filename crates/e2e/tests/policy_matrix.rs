@@ -1,0 +1,73 @@
+//! Every (identity x RPC) pair of the policy, against the four real services.
+
+#![allow(clippy::unwrap_used)] // Test helpers: a failed step is a failed test.
+
+use orchestrator_e2e::{Launch, Pki, raw, repo_root};
+use orchestrator_mesh::server::served;
+use orchestrator_mesh::{IdentityName, Policy, Service};
+use tonic::Code;
+
+#[tokio::test]
+async fn every_identity_against_every_rpc_follows_the_policy_file() {
+    let policy = Policy::load(&repo_root().join("config/policy.toml")).unwrap();
+    let pki = Pki::new().unwrap();
+    let callers = orchestrator_pki::DEFAULT_IDENTITIES;
+
+    let mut pairs = 0;
+    let mut allowed_pairs = 0;
+    for service in Service::ALL {
+        let proc = Launch::new(service, &pki).unwrap().spawn().await.unwrap();
+        let mut channels = Vec::new();
+        for name in callers {
+            channels.push((
+                name,
+                proc.channel(&pki.client(name).unwrap()).await.unwrap(),
+            ));
+        }
+        for descriptor in served(service) {
+            for method in &descriptor.methods {
+                let path = format!("/{}/{}", descriptor.name, method);
+                for (name, channel) in &channels {
+                    let caller: IdentityName = name.parse().unwrap();
+                    let allowed = policy.allows(&path, &caller);
+                    let code = raw::call(channel.clone(), &path).await;
+                    if allowed {
+                        // Reached the handler: whatever it answers, it is not the policy's refusal.
+                        assert!(
+                            !matches!(
+                                code,
+                                Code::PermissionDenied | Code::Unauthenticated | Code::Unavailable
+                            ),
+                            "{name} -> {path} is allowed by the policy but got {code:?}"
+                        );
+                        allowed_pairs += 1;
+                    } else {
+                        assert_eq!(
+                            code,
+                            Code::PermissionDenied,
+                            "{name} -> {path} must be denied"
+                        );
+                    }
+                    pairs += 1;
+                }
+            }
+        }
+    }
+    // Every rule was walked: 4 services x (their RPCs + health + reflection) x 6 identities.
+    let rules = policy.rules();
+    let own_rpcs: usize = Service::ALL
+        .iter()
+        .map(|s| served(*s).iter().map(|d| d.methods.len()).sum::<usize>())
+        .sum();
+    assert_eq!(pairs, own_rpcs * callers.len());
+    assert!(allowed_pairs > 0);
+    for (path, _) in &rules {
+        assert!(
+            Service::ALL.iter().any(|s| served(*s)
+                .iter()
+                .any(|d| path.starts_with(&format!("/{}/", d.name)))),
+            "{path} is in the policy but served by nobody"
+        );
+    }
+    println!("checked {pairs} (identity, RPC) pairs, {allowed_pairs} allowed");
+}
