@@ -16,6 +16,7 @@ use tonic_health::ServingStatus;
 use crate::admin::{self, Readiness};
 use crate::authz::AuthzLayer;
 use crate::config::{Env, MeshConfig};
+use crate::identity::TrustDomain;
 use crate::observe::ObserveLayer;
 use crate::policy::Policy;
 use crate::service::Service;
@@ -157,13 +158,6 @@ where
     let (stop_tx, stop_rx) = watch::channel(false);
     let readiness = Readiness::default();
     let _watcher = tls.watch(config.tls_reload_interval);
-    let incoming = transport::accept(
-        grpc_listener,
-        tls.clone(),
-        config.trust_domain.clone(),
-        stop_rx.clone(),
-    );
-
     let mut admin_stop = stop_rx.clone();
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
@@ -173,19 +167,15 @@ where
         },
     ));
 
-    let mut grpc_stop = stop_rx.clone();
-    let grpc = tonic::transport::Server::builder()
-        .max_connection_age(config.max_connection_age)
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(ObserveLayer)
-                .layer(AuthzLayer::new(policy))
-                .into_inner(),
-        )
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async move {
-            let _ = grpc_stop.wait_for(|s| *s).await;
-        });
+    let grpc = serve_grpc(
+        grpc_listener,
+        tls.clone(),
+        config.trust_domain.clone(),
+        policy,
+        config.max_connection_age,
+        routes,
+        stop_rx,
+    );
 
     if let Some(path) = &config.addr_file {
         write_addr_file(path, grpc_addr, admin_addr)?;
@@ -208,6 +198,34 @@ where
     signal.abort();
     admin_task.await?.context("admin server failed")?;
     Ok(())
+}
+
+/// Serves `routes` over mTLS on `listener`, behind the observation and authorization layers,
+/// until `stop` turns true.
+pub async fn serve_grpc(
+    listener: tokio::net::TcpListener,
+    tls: Arc<MeshTls>,
+    trust_domain: TrustDomain,
+    policy: Arc<Policy>,
+    max_connection_age: std::time::Duration,
+    routes: Routes,
+    stop: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = transport::accept(listener, tls, trust_domain, stop.clone());
+    let mut stop = stop;
+    tonic::transport::Server::builder()
+        .max_connection_age(max_connection_age)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(ObserveLayer)
+                .layer(AuthzLayer::new(policy))
+                .into_inner(),
+        )
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
 }
 
 fn reflection(service: Service) -> tonic_reflection::server::Builder<'static> {

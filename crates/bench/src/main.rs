@@ -1,0 +1,204 @@
+//! Benchmarks that print figures: operations per second, p50 and p99 latency, and the ratio to
+//! a baseline measured in the same process on the same machine. Results go to
+//! `docs/BENCHMARKS.md` by hand; no test asserts on timings.
+//!
+//! `cargo run --release -p orchestrator-bench -- mesh`
+
+#![allow(clippy::print_stdout)] // Printing figures is this binary's job.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use orchestrator_mesh::{Identity, MeshTls, Policy, TlsFiles};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::service::Routes;
+use tonic::transport::{Certificate, Channel, Server, ServerTlsConfig};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Unary RPCs through the mesh server (own mTLS accept, identity, policy, metrics, tracing)
+    /// against a bare tonic mTLS server, both serving the health service.
+    Mesh {
+        /// Calls per scenario.
+        #[arg(long, default_value_t = 40_000)]
+        calls: usize,
+        /// Concurrent callers sharing one connection.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// New connections (full mTLS handshake + one call) per scenario.
+        #[arg(long, default_value_t = 1_000)]
+        connections: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // As in a service: metrics recorded, one log line per RPC formatted (into a sink here).
+    let _metrics = orchestrator_mesh::telemetry::init_metrics()?;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::sink)
+        .with_env_filter("info")
+        .init();
+    match Cli::parse().bench {
+        Bench::Mesh {
+            calls,
+            concurrency,
+            connections,
+        } => mesh(calls, concurrency, connections).await,
+    }
+}
+
+struct Figures {
+    ops_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn figures(mut latencies: Vec<Duration>, elapsed: Duration) -> Figures {
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Figures {
+        ops_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+fn row(name: &str, f: &Figures, baseline: Option<&Figures>) {
+    let ratio = baseline.map_or_else(
+        || "1.00 (baseline)".to_owned(),
+        |b| format!("{:.2}", f.ops_per_sec / b.ops_per_sec),
+    );
+    println!(
+        "  {name:<34} {:>10.0} ops/s   p50 {:>8.3} ms   p99 {:>8.3} ms   ratio {ratio}",
+        f.ops_per_sec,
+        f.p50.as_secs_f64() * 1e3,
+        f.p99.as_secs_f64() * 1e3
+    );
+}
+
+async fn mesh(calls: usize, concurrency: usize, connections: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = dir.path();
+    orchestrator_pki::init(pki, "orchestrator.local", &["vault", "api"], 1)?;
+    let files = |name: &str| TlsFiles {
+        cert: pki.join(format!("{name}.crt")),
+        key: pki.join(format!("{name}.key")),
+        ca: pki.join("ca.crt"),
+    };
+    let vault: Identity = "spiffe://orchestrator.local/vault".parse()?;
+    let api = MeshTls::load(files("api"), None)?;
+    let (_stop_tx, stop) = watch::channel(false);
+
+    // Baseline: tonic's own static mTLS, no layers.
+    let baseline_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let baseline_addr = baseline_listener.local_addr()?;
+    let tls = ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(pki.join("vault.crt"))?,
+            std::fs::read(pki.join("vault.key"))?,
+        ))
+        .client_ca_root(Certificate::from_pem(std::fs::read(pki.join("ca.crt"))?));
+    let (_, health) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        Server::builder()
+            .tls_config(tls)?
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                baseline_listener,
+            )),
+    );
+
+    // The mesh server, as every service runs it, with the repository's policy.
+    let mesh_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let mesh_addr = mesh_listener.local_addr()?;
+    let policy = Arc::new(Policy::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/policy.toml"),
+    )?);
+    let (_, health) = tonic_health::server::health_reporter();
+    tokio::spawn(orchestrator_mesh::server::serve_grpc(
+        mesh_listener,
+        MeshTls::load(files("vault"), Some(vault.clone()))?,
+        "orchestrator.local".parse()?,
+        policy,
+        Duration::from_secs(3600),
+        Routes::new(health),
+        stop,
+    ));
+
+    println!(
+        "mesh: unary health checks, {calls} calls with {concurrency} callers on one connection; {connections} fresh mTLS connections"
+    );
+    let base_channel =
+        orchestrator_mesh::client::connect(api.clone(), &baseline_addr.to_string(), vault.clone())
+            .await?;
+    let mesh_channel =
+        orchestrator_mesh::client::connect(api.clone(), &mesh_addr.to_string(), vault.clone())
+            .await?;
+    unary(&base_channel, calls / 10, concurrency).await?; // warm-up
+    unary(&mesh_channel, calls / 10, concurrency).await?;
+    let base = unary(&base_channel, calls, concurrency).await?;
+    let mesh = unary(&mesh_channel, calls, concurrency).await?;
+    row("bare tonic mTLS (baseline)", &base, None);
+    row("mesh (accept+identity+policy+obs)", &mesh, Some(&base));
+
+    let base = handshakes(&api, &baseline_addr.to_string(), &vault, connections).await?;
+    let mesh = handshakes(&api, &mesh_addr.to_string(), &vault, connections).await?;
+    row("new connection + call, bare tonic", &base, None);
+    row("new connection + call, mesh", &mesh, Some(&base));
+    Ok(())
+}
+
+async fn unary(channel: &Channel, calls: usize, concurrency: usize) -> anyhow::Result<Figures> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let mut client = HealthClient::new(channel.clone());
+        let n = calls / concurrency;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = Instant::now();
+                client.check(HealthCheckRequest::default()).await?;
+                latencies.push(t.elapsed());
+            }
+            Ok::<_, tonic::Status>(latencies)
+        }));
+    }
+    let mut all = Vec::with_capacity(calls);
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok(figures(all, start.elapsed()))
+}
+
+async fn handshakes(
+    api: &Arc<MeshTls>,
+    target: &str,
+    server: &Identity,
+    n: usize,
+) -> anyhow::Result<Figures> {
+    let start = Instant::now();
+    let mut latencies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let channel =
+            orchestrator_mesh::client::connect(api.clone(), target, server.clone()).await?;
+        HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await?;
+        latencies.push(t.elapsed());
+    }
+    Ok(figures(latencies, start.elapsed()))
+}
