@@ -14,7 +14,8 @@ fn sdk_python() -> PathBuf {
         || PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/orchestrator/sdk-venv"),
         PathBuf::from,
     );
-    let python = std::env::var_os("ORCH_SDK_PYTHON").map_or_else(|| venv.join("bin/python"), PathBuf::from);
+    let python =
+        std::env::var_os("ORCH_SDK_PYTHON").map_or_else(|| venv.join("bin/python"), PathBuf::from);
     assert!(
         python.exists() && repo_root().join("sdk/python/gen/orchestrator").exists(),
         "the Python SDK is not generated: run sdk/generate.sh (scripts/test does) before this test"
@@ -26,7 +27,11 @@ fn sdk_python() -> PathBuf {
 async fn the_generated_python_client_talks_mtls_to_a_live_service() {
     let python = sdk_python();
     let pki = Pki::new().unwrap();
-    let vault = Launch::new(Service::Vault, &pki).unwrap().spawn().await.unwrap();
+    let vault = Launch::new(Service::Vault, &pki)
+        .unwrap()
+        .spawn()
+        .await
+        .unwrap();
     let api = pki.files("api");
     let output = tokio::process::Command::new(python)
         .arg(repo_root().join("sdk/python/smoke_test.py"))
@@ -37,7 +42,11 @@ async fn the_generated_python_client_talks_mtls_to_a_live_service() {
         .output()
         .await
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(output.status.success(), "smoke test failed:\n{text}");
     assert!(text.contains("4 passed, 0 failed"), "{text}");
 }
