@@ -181,12 +181,49 @@ impl Launch {
             ),
             ("RUST_LOG".to_owned(), "info".to_owned()),
         ]);
+        // Each service's own storage and keys: a SQLite file and fresh random keys.
+        let mut env = env;
+        env.insert(
+            "DATABASE_URL".to_owned(),
+            format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("db.sqlite").display()
+            ),
+        );
+        env.insert(
+            "AUDIT_KEY_FILE".to_owned(),
+            write_secret(dir.path(), "audit_key", &random_key())?,
+        );
+        if service == Service::Vault {
+            let keyring = format!("k1:{}", random_key());
+            env.insert(
+                "VAULT_MASTER_KEY_FILE".to_owned(),
+                write_secret(dir.path(), "vault_master_key", &keyring)?,
+            );
+        }
         Ok(Self { service, env, dir })
     }
 
     pub fn env(mut self, var: &str, value: impl Into<String>) -> Self {
         self.env.insert(var.to_owned(), value.into());
         self
+    }
+
+    /// Removes a variable the defaults set.
+    pub fn without(mut self, var: &str) -> Self {
+        self.env.remove(var);
+        self
+    }
+
+    /// Points the service at `url` (a PostgreSQL test database, say) instead of its own SQLite file.
+    pub fn database(self, url: &secrecy::SecretString) -> Self {
+        use secrecy::ExposeSecret;
+        self.env("DATABASE_URL", url.expose_secret())
+    }
+
+    /// The value of a variable as it will be passed.
+    pub fn get(&self, var: &str) -> Option<&str> {
+        self.env.get(var).map(String::as_str)
     }
 
     pub fn tls(self, files: &TlsFiles) -> Self {
@@ -260,6 +297,29 @@ impl Launch {
         );
         Ok((status.code(), output))
     }
+}
+
+/// Base64 of 32 random bytes: a fresh key, never a fixture.
+pub fn random_key() -> String {
+    use base64::Engine as _;
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("system RNG");
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Writes a secret to a 0600 file and returns its path, for a `<NAME>_FILE` variable.
+pub fn write_secret(dir: &Path, name: &str, value: &str) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    let path = dir.join(name);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(&path)?.write_all(value.as_bytes())?;
+    Ok(path.display().to_string())
 }
 
 fn read_log(dir: &Path, name: &str) -> String {

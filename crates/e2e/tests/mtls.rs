@@ -125,13 +125,13 @@ async fn the_policy_decides_per_rpc_and_names_the_caller() {
         .unwrap();
     let api = vault.channel(&pki.client("api").unwrap()).await.unwrap();
 
-    // Allowed for api: reaches the handler (which does not exist yet: UNIMPLEMENTED).
+    // Allowed for api: reaches the handler, which validates the (empty) request.
     let listed = raw::call(
         api.clone(),
         "/orchestrator.vault.v1.VaultService/ListUserSecrets",
     )
     .await;
-    assert_eq!(listed, Code::Unimplemented);
+    assert_eq!(listed, Code::InvalidArgument);
 
     // Plaintext reads are for infra only.
     let status = raw::call_result(
@@ -162,7 +162,7 @@ async fn the_policy_decides_per_rpc_and_names_the_caller() {
     .await;
     assert_eq!(probe, Code::PermissionDenied);
 
-    // infra may read plaintext (handler pending), and may not write.
+    // infra may read plaintext (the handler answers: the request is empty), and may not write.
     let infra = vault.channel(&pki.client("infra").unwrap()).await.unwrap();
     assert_eq!(
         raw::call(
@@ -170,7 +170,7 @@ async fn the_policy_decides_per_rpc_and_names_the_caller() {
             "/orchestrator.vault.v1.VaultService/GetUserSecret"
         )
         .await,
-        Code::Unimplemented
+        Code::InvalidArgument
     );
     assert_eq!(
         raw::call(infra, "/orchestrator.vault.v1.VaultService/PutUserSecret").await,

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // Test helpers: a failed step is a failed test.
 
 use orchestrator_e2e::{Launch, Pki};
+
 use orchestrator_mesh::Service;
 use orchestrator_pki::Validity;
 
@@ -56,14 +57,16 @@ async fn a_foreign_l1_secret_in_the_environment_stops_the_service() {
 #[tokio::test]
 async fn its_own_l1_secret_is_fine() {
     let pki = Pki::new().unwrap();
+    let master = orchestrator_e2e::random_key();
     let mut vault = Launch::new(Service::Vault, &pki)
         .unwrap()
-        .env("VAULT_MASTER_KEY", CANARY)
+        .without("VAULT_MASTER_KEY_FILE")
+        .env("VAULT_MASTER_KEY", format!("k1:{master}"))
         .spawn()
         .await
         .unwrap();
     assert!(vault.is_running());
-    assert!(!vault.logs().contains(CANARY));
+    assert!(!vault.logs().contains(&master));
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ pub mod peer;
 pub mod policy;
 pub mod server;
 pub mod service;
+pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;

@@ -127,6 +127,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             ("ORCH_TRUST_DOMAIN".to_owned(), args.trust_domain.clone()),
             ("ORCH_ADDR_FILE".to_owned(), addr_file.display().to_string()),
         ]);
+        env.extend(own_storage_and_keys(&state, service)?);
         for var in ["RUST_LOG", "ORCH_LOG_FORMAT"] {
             if let Ok(value) = std::env::var(var) {
                 env.insert(var.to_owned(), value);
@@ -187,6 +188,65 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Each service's own database (a SQLite file) and keys (random, in 0600 files, created once
+/// and kept, so data survives restarts): its audit key, and for the vault its master key.
+fn own_storage_and_keys(
+    state: &Path,
+    service: Service,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let (data, secrets) = (
+        state.join("data"),
+        state.join("secrets").join(service.name()),
+    );
+    std::fs::create_dir_all(&data)?;
+    std::fs::create_dir_all(&secrets)?;
+    #[cfg(unix)]
+    std::fs::set_permissions(
+        state.join("secrets"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
+    let mut env = BTreeMap::from([
+        (
+            "DATABASE_URL".to_owned(),
+            format!(
+                "sqlite://{}?mode=rwc",
+                data.join(format!("{}.db", service.name())).display()
+            ),
+        ),
+        (
+            "AUDIT_KEY_FILE".to_owned(),
+            dev_secret(&secrets.join("audit_key"), "")?,
+        ),
+    ]);
+    if service == Service::Vault {
+        env.insert(
+            "VAULT_MASTER_KEY_FILE".to_owned(),
+            dev_secret(&secrets.join("vault_master_key"), "dev1:")?,
+        );
+    }
+    Ok(env)
+}
+
+/// The path of a 0600 file holding `prefix` + base64 of 32 random bytes, created if missing.
+fn dev_secret(path: &Path, prefix: &str) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    if !path.exists() {
+        let mut bytes = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| anyhow::anyhow!("the system RNG failed"))?;
+        let value = format!(
+            "{prefix}{}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+        );
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(path)?.write_all(value.as_bytes())?;
+    }
+    Ok(path.display().to_string())
 }
 
 /// Builds the four service binaries with the same cargo and profile as this `orchctl`, so

@@ -1,0 +1,33 @@
+//! The audit log every service keeps of its state changes and secret reads.
+//!
+//! - **Same transaction, fail closed.** A change and its record commit together; a read of a
+//!   secret returns only after its record is durable. If the record cannot be written, the
+//!   operation fails.
+//! - **Group commit.** One writer task per process takes whatever requests are queued, runs
+//!   them in one transaction (each behind a savepoint, so one failure does not sink the
+//!   others), appends their records and commits once: one fsync for many requests.
+//! - **Hash chain.** Record `n` carries `HMAC-SHA256(AUDIT_KEY, mac(n-1) || fields(n))`; the key
+//!   never reaches the database, so an edit, a deletion in the middle or a forged record is
+//!   found by [`verify`], which names the first broken record. `audit_head` holds the newest
+//!   `(seq, mac)`: each batch locks it, so replicas append to one linear chain, and a head that
+//!   moves backwards (a database restored under a running service) is refused.
+//! - Records never hold a secret value: callers put names, versions and digests in them.
+
+mod chain;
+mod ledger;
+mod verify;
+
+pub use chain::{AuditKey, AuditKeyError, Entry, Record};
+pub use ledger::{Ledger, Work};
+pub use verify::{Broken, VerifyReport, verify};
+
+use orchestrator_store::Dialect;
+use sqlx::migrate::Migrator;
+
+/// The audit tables' migrations (versions 1-99) for `dialect`; every service applies them.
+pub fn migrations(dialect: Dialect) -> Migrator {
+    match dialect {
+        Dialect::Postgres => sqlx::migrate!("../../migrations/audit/postgres"),
+        Dialect::Sqlite => sqlx::migrate!("../../migrations/audit/sqlite"),
+    }
+}

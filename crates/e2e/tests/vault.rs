@@ -1,0 +1,592 @@
+//! The vault over real mTLS, against PostgreSQL (a fresh database, own role and schema) and
+//! SQLite: values, versions, check-and-set, deletion, tampering, audit, key checks.
+
+#![allow(clippy::unwrap_used)] // Test helpers: a failed step is a failed test.
+
+use orchestrator_e2e::{Launch, Pki, Proc};
+use orchestrator_mesh::Service;
+use orchestrator_proto::vault::v1 as pb;
+use orchestrator_proto::vault::v1::vault_service_client::VaultServiceClient;
+use orchestrator_store::testing::TestDatabase;
+use secrecy::ExposeSecret;
+use sqlx::Connection as _;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+struct Harness {
+    _pki: Pki,
+    db: TestDatabase,
+    vault: Proc,
+    audit_key: String,
+    api: VaultServiceClient<Channel>,
+    infra: VaultServiceClient<Channel>,
+    operator: VaultServiceClient<Channel>,
+}
+
+async fn start(backend: Backend) -> Harness {
+    start_with(backend, |l| l).await
+}
+
+async fn start_with(backend: Backend, tweak: impl FnOnce(Launch) -> Launch) -> Harness {
+    let pki = Pki::new().unwrap();
+    let db = match backend {
+        Backend::Postgres => TestDatabase::postgres(&["vault", "infra"]).await,
+        Backend::Sqlite => TestDatabase::sqlite(),
+    };
+    let launch = tweak(
+        Launch::new(Service::Vault, &pki)
+            .unwrap()
+            .database(&db.url("vault")),
+    );
+    let audit_key = std::fs::read_to_string(launch.get("AUDIT_KEY_FILE").unwrap()).unwrap();
+    let vault = launch.spawn().await.unwrap();
+    let client = |name: &str| {
+        let tls = pki.client(name).unwrap();
+        let vault = &vault;
+        async move { VaultServiceClient::new(vault.channel(&tls).await.unwrap()) }
+    };
+    let (api, infra, operator) = (
+        client("api").await,
+        client("infra").await,
+        client("operator").await,
+    );
+    Harness {
+        _pki: pki,
+        db,
+        vault,
+        audit_key,
+        api,
+        infra,
+        operator,
+    }
+}
+
+fn put(user: &str, key: &str, value: &[u8], expected: Option<i64>) -> pb::PutUserSecretRequest {
+    pb::PutUserSecretRequest {
+        request_id: String::new(),
+        user_id: user.into(),
+        key: key.into(),
+        value: value.to_vec(),
+        expected_version: expected,
+    }
+}
+
+fn get(user: &str, key: &str, version: i64) -> pb::GetUserSecretRequest {
+    pb::GetUserSecretRequest {
+        user_id: user.into(),
+        key: key.into(),
+        version,
+    }
+}
+
+/// Runs SQL as the database superuser (PostgreSQL) or on the file (SQLite): a malicious DBA.
+async fn as_dba(h: &Harness, sql: &str) {
+    let url = h.db.admin_url("vault");
+    let sql = if h.db.is_postgres() {
+        format!("SET search_path = vault; {sql}")
+    } else {
+        sql.to_owned()
+    };
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url.expose_secret())
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+async fn round_trip_versions_and_cas(backend: Backend) {
+    let mut h = start(backend).await;
+    let first = h
+        .api
+        .put_user_secret(put("u1", "do/token", b"v1-secret", Some(0)))
+        .await;
+    let first = first
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", h.vault.logs()))
+        .into_inner();
+    assert_eq!(first.secret.unwrap().current_version, 1);
+
+    // Create-only again: refused with the current version in the ErrorInfo.
+    let err = h
+        .api
+        .put_user_secret(put("u1", "do/token", b"x", Some(0)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let info = err.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.reason, "VERSION_MISMATCH");
+    assert_eq!(info.metadata["current_version"], "1");
+
+    h.api
+        .put_user_secret(put("u1", "do/token", b"v2-secret", Some(1)))
+        .await
+        .unwrap();
+    let stale = h
+        .api
+        .put_user_secret(put("u1", "do/token", b"x", Some(1)))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    h.api
+        .put_user_secret(put("u1", "do/token", b"v3-secret", None))
+        .await
+        .unwrap();
+
+    let latest = h
+        .infra
+        .get_user_secret(get("u1", "do/token", 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret
+        .unwrap();
+    assert_eq!(
+        (latest.version, latest.value.as_slice()),
+        (3, &b"v3-secret"[..])
+    );
+    let v1 = h
+        .infra
+        .get_user_secret(get("u1", "do/token", 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret
+        .unwrap();
+    assert_eq!(v1.value, b"v1-secret");
+
+    // Another user's key of the same name is another secret.
+    assert_eq!(
+        h.infra
+            .get_user_secret(get("u2", "do/token", 0))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+
+    // Batch: all or nothing.
+    let batch = pb::BatchGetUserSecretsRequest {
+        requests: vec![get("u1", "do/token", 1), get("u1", "do/token", 2)],
+    };
+    let got = h
+        .infra
+        .batch_get_user_secrets(batch)
+        .await
+        .unwrap()
+        .into_inner()
+        .secrets;
+    assert_eq!(
+        got.iter().map(|s| s.value.clone()).collect::<Vec<_>>(),
+        vec![b"v1-secret".to_vec(), b"v2-secret".to_vec()]
+    );
+    let batch = pb::BatchGetUserSecretsRequest {
+        requests: vec![get("u1", "do/token", 1), get("u1", "nope", 0)],
+    };
+    let err = h.infra.batch_get_user_secrets(batch).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("requests[1]"), "{}", err.message());
+
+    // List: names, versions and times, never values.
+    let list = h
+        .api
+        .list_user_secrets(pb::ListUserSecretsRequest {
+            user_id: "u1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.secrets.len(), 1);
+    assert_eq!(list.secrets[0].versions.len(), 3);
+    assert!(!format!("{list:?}").contains("secret\""));
+
+    // Soft delete of the newest version: the latest live one is now 2; destroy removes for good.
+    let deleted = h
+        .api
+        .delete_user_secret(pb::DeleteUserSecretRequest {
+            user_id: "u1".into(),
+            key: "do/token".into(),
+            versions: vec![3],
+            destroy: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret
+        .unwrap();
+    assert!(
+        deleted
+            .versions
+            .iter()
+            .find(|v| v.version == 3)
+            .unwrap()
+            .delete_time
+            .is_some()
+    );
+    let latest = h
+        .infra
+        .get_user_secret(get("u1", "do/token", 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret
+        .unwrap();
+    assert_eq!(latest.version, 2);
+    assert_eq!(
+        h.infra
+            .get_user_secret(get("u1", "do/token", 3))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let destroy = pb::DeleteUserSecretRequest {
+        user_id: "u1".into(),
+        key: "do/token".into(),
+        versions: vec![],
+        destroy: true,
+    };
+    h.api.delete_user_secret(destroy.clone()).await.unwrap();
+    h.api.delete_user_secret(destroy).await.unwrap(); // idempotent
+    assert_eq!(
+        h.infra
+            .get_user_secret(get("u1", "do/token", 0))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+
+    // Bad input: every violation at once, nothing written.
+    let err = h
+        .api
+        .put_user_secret(put("", "bad key!", b"", Some(-1)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields: Vec<_> = err
+        .get_error_details()
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .iter()
+        .map(|f| f.field.clone())
+        .collect();
+    assert_eq!(fields, vec!["user_id", "key", "value", "expected_version"]);
+    assert!(h.vault.logs().contains("PutUserSecret"));
+}
+
+async fn tampering_is_detected(backend: Backend) {
+    let mut h = start(backend).await;
+    h.api
+        .put_user_secret(put("alice", "cf", b"alice-token", None))
+        .await
+        .unwrap();
+    h.api
+        .put_user_secret(put("bob", "cf", b"bob-token", None))
+        .await
+        .unwrap();
+
+    // Copy alice's ciphertext into bob's row: it must not decrypt as bob's.
+    as_dba(&h, "UPDATE user_vault SET encrypted_value = (SELECT encrypted_value FROM user_vault WHERE user_id = 'alice') WHERE user_id = 'bob'").await;
+    assert_eq!(
+        h.infra
+            .get_user_secret(get("bob", "cf", 0))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::DataLoss
+    );
+    assert_eq!(
+        h.infra
+            .get_user_secret(get("alice", "cf", 0))
+            .await
+            .unwrap()
+            .into_inner()
+            .secret
+            .unwrap()
+            .value,
+        b"alice-token"
+    );
+
+    // Roll back a deletion (a restore, a DBA): the row looks live again, the audit chain says no.
+    h.api
+        .delete_user_secret(pb::DeleteUserSecretRequest {
+            user_id: "alice".into(),
+            key: "cf".into(),
+            versions: vec![1],
+            destroy: false,
+        })
+        .await
+        .unwrap();
+    as_dba(
+        &h,
+        "UPDATE user_vault SET deleted_us = NULL WHERE user_id = 'alice'",
+    )
+    .await;
+    let err = h
+        .infra
+        .get_user_secret(get("alice", "cf", 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+
+    // Replace a row with an older ciphertext of the same (user, key, version): write v1, keep
+    // its ciphertext, destroy it, write the old bytes back.
+    h.api
+        .put_user_secret(put("carol", "do", b"carol-token", None))
+        .await
+        .unwrap();
+    as_dba(&h, "CREATE TABLE stash AS SELECT encrypted_value, data_key_id FROM user_vault WHERE user_id = 'carol'").await;
+    h.api
+        .delete_user_secret(pb::DeleteUserSecretRequest {
+            user_id: "carol".into(),
+            key: "do".into(),
+            versions: vec![],
+            destroy: true,
+        })
+        .await
+        .unwrap();
+    as_dba(
+        &h,
+        "UPDATE user_vault SET destroyed = 0, deleted_us = NULL, \
+         encrypted_value = (SELECT encrypted_value FROM stash), data_key_id = (SELECT data_key_id FROM stash) WHERE user_id = 'carol'",
+    )
+    .await;
+    assert_eq!(
+        h.infra
+            .get_user_secret(get("carol", "do", 0))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::DataLoss
+    );
+}
+
+async fn audit_chain_verifies_and_names_an_edited_record(backend: Backend) {
+    let mut h = start(backend).await;
+    for i in 0..5 {
+        h.api
+            .put_user_secret(put("u1", &format!("k{i}"), b"value", None))
+            .await
+            .unwrap();
+        h.infra
+            .get_user_secret(get("u1", &format!("k{i}"), 0))
+            .await
+            .unwrap();
+    }
+    let key = orchestrator_audit::AuditKey::from_base64(&secrecy::SecretString::from(
+        h.audit_key.clone(),
+    ))
+    .unwrap();
+    // Verification reads as the service's own role: SELECT is all it needs.
+    let db = orchestrator_store::Database::connect(
+        &h.db.url("vault"),
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let verify = |db: orchestrator_store::Database| {
+        let key = &key;
+        async move { orchestrator_audit::verify(db.pool(), key).await.unwrap() }
+    };
+    let report = verify(db.clone()).await;
+    assert_eq!(report.records, 10, "{report:?}");
+    assert_eq!(report.broken, None);
+
+    // The service's own role cannot edit or delete audit rows.
+    let own = orchestrator_store::Database::connect(
+        &h.db.url("vault"),
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert!(
+        sqlx::query("UPDATE audit_log SET target = 'x' WHERE seq = 3")
+            .execute(own.pool())
+            .await
+            .is_err()
+    );
+    assert!(
+        sqlx::query("DELETE FROM audit_log WHERE seq = 3")
+            .execute(own.pool())
+            .await
+            .is_err()
+    );
+
+    // Someone who bypasses both (a superuser without triggers) edits record 3: verify names it.
+    let bypass = if h.db.is_postgres() {
+        "SET session_replication_role = replica; UPDATE audit_log SET target = 'users/u1/secrets/other/versions/1' WHERE seq = 3"
+    } else {
+        "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET target = 'users/u1/secrets/other/versions/1' WHERE seq = 3"
+    };
+    as_dba(&h, bypass).await;
+    let report = verify(db).await;
+    let broken = report.broken.expect("the edit is found");
+    assert_eq!(broken.seq, 3, "{broken:?}");
+    assert!(broken.reason.contains("MAC"), "{broken:?}");
+}
+
+async fn canary_is_only_ever_ciphertext(backend: Backend) {
+    let canary = format!("canary-{}", orchestrator_e2e::random_key());
+    let mut h = start_with(backend, |l| l.env("RUST_LOG", "trace")).await;
+    h.api
+        .put_user_secret(put("u1", "token", canary.as_bytes(), None))
+        .await
+        .unwrap();
+    let got = h
+        .infra
+        .get_user_secret(get("u1", "token", 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret
+        .unwrap();
+    assert_eq!(got.value, canary.as_bytes());
+    let _ = h
+        .api
+        .put_user_secret(put("u1", "token", canary.as_bytes(), Some(0)))
+        .await
+        .unwrap_err();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let logs = h.vault.logs();
+    assert!(logs.contains("TRACE") || logs.contains("DEBUG") || logs.contains("rpc finished"));
+    assert!(!logs.contains(&canary), "the canary reached the logs");
+
+    // Every table, every column, as text and as bytes.
+    let url = h.db.admin_url("vault");
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url.expose_secret())
+        .await
+        .unwrap();
+    let tables = [
+        "audit_log",
+        "audit_head",
+        "data_keys",
+        "user_vault_keys",
+        "user_vault",
+        "put_requests",
+    ];
+    for table in tables {
+        let sql = if h.db.is_postgres() {
+            format!("SELECT CAST(t AS TEXT) AS dump FROM vault.{table} t")
+        } else {
+            dump_sqlite(table)
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        for row in rows {
+            let dump: String = sqlx::Row::try_get(&row, "dump").unwrap();
+            assert!(!dump.contains(&canary), "{table} holds the canary in clear");
+            let hex: String = canary.bytes().map(|b| format!("{b:02x}")).collect();
+            assert!(
+                !dump.to_lowercase().contains(&hex),
+                "{table} holds the canary's bytes"
+            );
+        }
+    }
+    drop(h.operator);
+}
+
+/// SQLite has no row-to-text cast: concatenate every column, blobs as hex.
+fn dump_sqlite(table: &str) -> String {
+    let columns: &[&str] = match table {
+        "audit_log" => &[
+            "seq",
+            "caller",
+            "method",
+            "target",
+            "outcome",
+            "request_id",
+            "detail",
+            "hex(digest)",
+            "hex(mac)",
+        ],
+        "audit_head" => &["seq", "hex(mac)"],
+        "data_keys" => &["id", "master_key_id", "hex(wrapped)", "hex(kcv)", "state"],
+        "user_vault_keys" => &["user_id", "key", "current_version"],
+        "user_vault" => &["user_id", "key", "version", "hex(encrypted_value)"],
+        _ => &["request_id", "user_id", "key", "version"],
+    };
+    let expr = columns
+        .iter()
+        .map(|c| format!("COALESCE({c}, '')"))
+        .collect::<Vec<_>>()
+        .join(" || '|' || ");
+    format!("SELECT {expr} AS dump FROM {table}")
+}
+
+async fn wrong_master_key_refuses_start(backend: Backend) {
+    let h = start(backend).await;
+    let mut api = h.api.clone();
+    api.put_user_secret(put("u1", "k", b"v", None))
+        .await
+        .unwrap();
+    drop(h.vault);
+    let pki = Pki::new().unwrap();
+    let (code, output) = Launch::new(Service::Vault, &pki)
+        .unwrap()
+        .database(&h.db.url("vault"))
+        .without("VAULT_MASTER_KEY_FILE")
+        .env(
+            "VAULT_MASTER_KEY",
+            format!("k1:{}", orchestrator_e2e::random_key()),
+        )
+        .run_to_exit()
+        .await
+        .unwrap();
+    assert_ne!(code, Some(0));
+    assert!(output.contains("does not match data key 1"), "{output}");
+    assert!(output.contains("key check value"), "{output}");
+}
+
+async fn role_separation(backend: Backend) {
+    let h = start(backend).await;
+    if !h.db.is_postgres() {
+        return; // SQLite: separate files per service, no roles.
+    }
+    let infra = orchestrator_store::Database::connect(
+        &h.db.url("infra"),
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let Err(err) = sqlx::query("SELECT * FROM vault.user_vault")
+        .fetch_all(infra.pool())
+        .await
+    else {
+        panic!("infra's role read the vault's table");
+    };
+    assert!(err.to_string().contains("permission denied"), "{err}");
+}
+
+macro_rules! on_both {
+    ($($scenario:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test] async fn $scenario() { super::$scenario(super::Backend::Postgres).await })*
+        }
+        mod sqlite {
+            $(#[tokio::test] async fn $scenario() { super::$scenario(super::Backend::Sqlite).await })*
+        }
+    };
+}
+
+on_both!(
+    round_trip_versions_and_cas,
+    tampering_is_detected,
+    audit_chain_verifies_and_names_an_edited_record,
+    canary_is_only_ever_ciphertext,
+    wrong_master_key_refuses_start,
+    role_separation,
+);

@@ -1,0 +1,94 @@
+//! Building precise gRPC errors: INVALID_ARGUMENT with every field violation at once, and
+//! statuses with one `ErrorInfo` (AIP-193), so clients can branch on `reason`.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `ErrorInfo.domain` of errors the services produce about their own resources.
+pub const DOMAIN: &str = "orchestrator";
+
+/// Collects validation failures; [`Violations::finish`] turns them into one INVALID_ARGUMENT.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<(String, String)>);
+
+impl Violations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push((field.into(), description.into()));
+    }
+
+    /// Adds a violation unless `ok`.
+    pub fn check(&mut self, ok: bool, field: impl Into<String>, description: impl Into<String>) {
+        if !ok {
+            self.add(field, description);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok` when nothing was wrong, else INVALID_ARGUMENT with a `BadRequest` listing all.
+    pub fn finish(self) -> Result<(), Status> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let message = self
+            .0
+            .iter()
+            .map(|(f, d)| format!("{f}: {d}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut details = ErrorDetails::new();
+        for (field, description) in self.0 {
+            details.add_bad_request_violation(field, description);
+        }
+        Err(Status::with_error_details(
+            Code::InvalidArgument,
+            message,
+            details,
+        ))
+    }
+}
+
+/// A status with one `ErrorInfo` of [`DOMAIN`].
+pub fn with_reason(
+    code: Code,
+    reason: &str,
+    message: impl Into<String>,
+    metadata: &[(&str, String)],
+) -> Status {
+    let metadata: HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, DOMAIN, metadata),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn violations_are_reported_together() {
+        let mut v = Violations::new();
+        v.check(true, "a", "fine");
+        v.add("user_id", "must not be empty");
+        v.add("key", "too long");
+        let status = v.finish().unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let bad = status.get_error_details().bad_request().cloned().unwrap();
+        assert_eq!(bad.field_violations.len(), 2);
+        assert_eq!(bad.field_violations[0].field, "user_id");
+        assert!(Violations::new().finish().is_ok());
+    }
+}

@@ -1,0 +1,192 @@
+//! Database access shared by the services.
+//!
+//! One code path for PostgreSQL (production, and what the tests run against) and SQLite (the
+//! embedded default for `orchctl up`): sqlx's `Any` driver with portable SQL (`$n` parameters,
+//! integers, text and bytes only). The few dialect differences (locking, `BEGIN IMMEDIATE`) are
+//! behind [`Dialect`]; schema differences live in the per-dialect migration folders.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Executor, Transaction};
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+/// Which database a URL points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Sqlite,
+}
+
+/// Errors from the database, already sorted by what the caller should tell its client.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached, or timed out: retry later (UNAVAILABLE).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A concurrent writer won (unique violation, serialization failure): ABORTED.
+    #[error("concurrent modification: {0}")]
+    Conflict(String),
+    /// Anything else: a bug or a schema problem (INTERNAL, without detail for the client).
+    #[error("database error: {0}")]
+    Other(String),
+    #[error("DATABASE_URL must start with postgres:// or sqlite:")]
+    UnsupportedUrl,
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                match code.as_ref() {
+                    // unique_violation, serialization_failure, deadlock_detected
+                    "23505" | "40001" | "40P01" | "2067" | "1555" => {
+                        StoreError::Conflict(db.message().to_owned())
+                    }
+                    // admin_shutdown, crash_shutdown, cannot_connect_now; SQLite BUSY/LOCKED
+                    "57P01" | "57P02" | "57P03" | "5" | "6" => {
+                        StoreError::Unavailable(db.message().to_owned())
+                    }
+                    _ => StoreError::Other(db.message().to_owned()),
+                }
+            }
+            _ => StoreError::Other(e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for tonic::Status {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => {
+                tonic::Status::unavailable("the database is unavailable; retry later")
+            }
+            StoreError::Conflict(_) => tonic::Status::aborted("a concurrent change won; retry"),
+            other => {
+                // The detail stays in the log; the client gets no internals.
+                tracing::error!(error = %other, "database error");
+                tonic::Status::internal("internal storage error")
+            }
+        }
+    }
+}
+
+/// A connection pool to the service's own database.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+impl Database {
+    /// Connects (retrying until `patience` runs out, so a service can start alongside its
+    /// database) and returns a pool whose acquisitions fail fast when the database goes away.
+    pub async fn connect(url: &SecretString, patience: Duration) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let raw = url.expose_secret();
+        let dialect = if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            Dialect::Postgres
+        } else if raw.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else {
+            return Err(StoreError::UnsupportedUrl);
+        };
+        let options: AnyConnectOptions = raw
+            .parse()
+            .map_err(|e: sqlx::Error| StoreError::Other(redact(&e.to_string(), raw)))?;
+        let pool_options = AnyPoolOptions::new()
+            .max_connections(match dialect {
+                Dialect::Postgres => 16,
+                Dialect::Sqlite => 4,
+            })
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(2))
+            // A connection that saw the server restart is replaced instead of failing calls.
+            .test_before_acquire(true)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        // WAL for concurrent readers; FULL so a commit (and its audit record) is durable.
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            });
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match pool_options.clone().connect_with(options.clone()).await {
+                Ok(pool) => return Ok(Self { pool, dialect }),
+                Err(e) => {
+                    let e = StoreError::from(e);
+                    if !matches!(e, StoreError::Unavailable(_))
+                        || tokio::time::Instant::now() + wait > deadline
+                    {
+                        return Err(match e {
+                            StoreError::Other(msg) => StoreError::Other(redact(&msg, raw)),
+                            other => other,
+                        });
+                    }
+                    tracing::warn!(error = %e, "database not reachable yet; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Applies each set of migrations in order. The sets share sqlx's version table and use
+    /// disjoint version numbers (the audit tables 1-99, a service's own tables from 100), so each
+    /// ignores the others' versions. Safe with several replicas starting at once: on PostgreSQL
+    /// the migrator holds an advisory lock.
+    pub async fn migrate(
+        &self,
+        migrations: impl IntoIterator<Item = Migrator>,
+    ) -> Result<(), StoreError> {
+        for mut migrator in migrations {
+            migrator.set_ignore_missing(true);
+            migrator.run(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    /// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so
+    /// two writers never deadlock upgrading read locks.
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        Ok(match self.dialect {
+            Dialect::Postgres => self.pool.begin().await?,
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+        })
+    }
+
+    /// Whether the database answers now (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+}
+
+/// Removes a connection URL (which may hold a password) from an error message.
+fn redact(message: &str, url: &str) -> String {
+    message.replace(url, "<DATABASE_URL>")
+}

@@ -1,0 +1,196 @@
+//! Fresh databases for tests: each test gets its own PostgreSQL database (with a login role and
+//! a schema per service, as in production) or its own SQLite file, removed when dropped.
+//!
+//! PostgreSQL comes from `ORCH_TEST_DATABASE_URL` (scripts/test sets it; default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), which must be allowed to create databases
+//! and roles.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use secrecy::SecretString;
+use sqlx::{Connection, Executor};
+
+/// A database that exists for one test.
+#[derive(Debug)]
+pub struct TestDatabase {
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Postgres {
+        admin: String,
+        base: String,
+        database: String,
+        roles: Vec<String>,
+    },
+    Sqlite {
+        dir: tempfile::TempDir,
+    },
+}
+
+fn admin_url() -> String {
+    std::env::var("ORCH_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn unique() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{:x}{:x}{:x}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Replaces the database name (the path) of a PostgreSQL URL, and optionally its user.
+fn with_database(url: &str, database: &str, user: Option<&str>) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (authority, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let query = tail
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let authority = match user {
+        Some(user) => format!("{user}@{host}"),
+        None => authority.to_owned(),
+    };
+    format!("{scheme}://{authority}/{database}{query}")
+}
+
+impl TestDatabase {
+    /// A fresh PostgreSQL database with, for each of `services`, a login role owning a schema
+    /// of the same name (`secret-broker` -> `secret_broker`) and searching only it.
+    pub async fn postgres(services: &[&str]) -> Self {
+        let admin = admin_url();
+        let prefix = format!("t{}", unique());
+        let database = format!("orch_{prefix}");
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("connect to ORCH_TEST_DATABASE_URL");
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .await
+            .expect("create database");
+        let mut roles = Vec::new();
+        let mut db = sqlx::PgConnection::connect(&with_database(&admin, &database, None))
+            .await
+            .expect("connect");
+        for service in services {
+            let schema = service.replace('-', "_");
+            let role = format!("{prefix}_{schema}");
+            db.execute(sqlx::AssertSqlSafe(format!(
+                "CREATE ROLE {role} LOGIN; \
+                 CREATE SCHEMA {schema} AUTHORIZATION {role}; \
+                 ALTER ROLE {role} IN DATABASE {database} SET search_path = {schema}; \
+                 REVOKE ALL ON SCHEMA public FROM PUBLIC; \
+                 GRANT CONNECT ON DATABASE {database} TO {role};"
+            )))
+            .await
+            .expect("create role and schema");
+            roles.push(role);
+        }
+        Self {
+            kind: Kind::Postgres {
+                base: admin.clone(),
+                admin: with_database(&admin, &database, None),
+                database,
+                roles,
+            },
+        }
+    }
+
+    /// A fresh SQLite file in a temporary folder.
+    pub fn sqlite() -> Self {
+        Self {
+            kind: Kind::Sqlite {
+                dir: tempfile::tempdir().expect("temp dir"),
+            },
+        }
+    }
+
+    /// The URL a service connects with: as the role of `service` (PostgreSQL) or to the file.
+    pub fn url(&self, service: &str) -> SecretString {
+        SecretString::from(match &self.kind {
+            Kind::Postgres {
+                admin,
+                database,
+                roles,
+                ..
+            } => {
+                let schema = service.replace('-', "_");
+                let role = roles
+                    .iter()
+                    .find(|r| r.ends_with(&format!("_{schema}")))
+                    .expect("a role for this service");
+                with_database(admin, database, Some(role))
+            }
+            Kind::Sqlite { dir } => format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join(format!("{service}.db")).display()
+            ),
+        })
+    }
+
+    /// A superuser URL to the same database (PostgreSQL), or the file URL (SQLite): for tests
+    /// that play a malicious DBA.
+    pub fn admin_url(&self, service: &str) -> SecretString {
+        match &self.kind {
+            Kind::Postgres { admin, .. } => SecretString::from(admin.clone()),
+            Kind::Sqlite { .. } => self.url(service),
+        }
+    }
+
+    /// The schema of `service`'s tables (PostgreSQL), for superuser queries.
+    pub fn schema(service: &str) -> String {
+        service.replace('-', "_")
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.kind, Kind::Postgres { .. })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Kind::Postgres {
+            base,
+            database,
+            roles,
+            ..
+        } = &self.kind
+        else {
+            return;
+        };
+        let (base, database, roles) = (base.clone(), database.clone(), roles.clone());
+        // Async drop does not exist: clean up on a thread with its own small runtime.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(mut conn) = sqlx::PgConnection::connect(&base).await else {
+                    return;
+                };
+                let _ = conn
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+                    )))
+                    .await;
+                for role in roles {
+                    let _ = conn
+                        .execute(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}")))
+                        .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
