@@ -356,6 +356,11 @@ impl Proc {
         raw::http_get(self.admin, path).await
     }
 
+    /// SIGKILL, as a crash: no draining, no clean-up. Its files (keys, logs) stay.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

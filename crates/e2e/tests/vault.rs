@@ -25,6 +25,8 @@ struct Harness {
     db: TestDatabase,
     vault: Proc,
     audit_key: String,
+    audit_key_file: String,
+    master_key_file: String,
     api: VaultServiceClient<Channel>,
     infra: VaultServiceClient<Channel>,
     operator: VaultServiceClient<Channel>,
@@ -45,7 +47,12 @@ async fn start_with(backend: Backend, tweak: impl FnOnce(Launch) -> Launch) -> H
             .unwrap()
             .database(&db.url("vault")),
     );
-    let audit_key = std::fs::read_to_string(launch.get("AUDIT_KEY_FILE").unwrap()).unwrap();
+    let audit_key_file = launch.get("AUDIT_KEY_FILE").unwrap().to_owned();
+    let master_key_file = launch
+        .get("VAULT_MASTER_KEY_FILE")
+        .unwrap_or_default()
+        .to_owned();
+    let audit_key = std::fs::read_to_string(&audit_key_file).unwrap();
     let vault = launch.spawn().await.unwrap();
     let client = |name: &str| {
         let tls = pki.client(name).unwrap();
@@ -62,6 +69,8 @@ async fn start_with(backend: Backend, tweak: impl FnOnce(Launch) -> Launch) -> H
         db,
         vault,
         audit_key,
+        audit_key_file,
+        master_key_file,
         api,
         infra,
         operator,
@@ -582,6 +591,18 @@ macro_rules! on_both {
     };
 }
 
+/// Like `on_both!`, for scenarios that need a multi-threaded runtime (concurrent clients).
+macro_rules! on_both_more {
+    ($($scenario:ident),* $(,)?) => {
+        mod postgres_concurrent {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $scenario() { super::$scenario(super::Backend::Postgres).await })*
+        }
+        mod sqlite_concurrent {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $scenario() { super::$scenario(super::Backend::Sqlite).await })*
+        }
+    };
+}
+
 on_both!(
     round_trip_versions_and_cas,
     tampering_is_detected,
@@ -589,4 +610,205 @@ on_both!(
     canary_is_only_ever_ciphertext,
     wrong_master_key_refuses_start,
     role_separation,
+);
+
+async fn put_many(api: &VaultServiceClient<Channel>, n: usize) {
+    let mut tasks = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(n.div_ceil(16)) {
+        let (mut api, chunk) = (api.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            for i in chunk {
+                api.put_user_secret(put(
+                    "u1",
+                    &format!("k{i}"),
+                    format!("value-{i}").as_bytes(),
+                    None,
+                ))
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn key_status(operator: &mut VaultServiceClient<Channel>) -> pb::GetKeyStatusResponse {
+    operator
+        .get_key_status(pb::GetKeyStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until no ciphertext is left on a demoted key.
+async fn wait_for_rewrap(operator: &mut VaultServiceClient<Channel>) -> pb::GetKeyStatusResponse {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = key_status(operator).await;
+        let rewrap = status.rewrap.clone().unwrap();
+        if rewrap.rows_done == rewrap.rows_total && !rewrap.running {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rewrap did not finish: {rewrap:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn rotation_while_eight_readers_read(backend: Backend) {
+    let mut h = start_with(backend, |l| l.env("VAULT_REWRAP_BATCH", "25")).await;
+    const KEYS: usize = 300;
+    put_many(&h.api, KEYS).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for r in 0..8 {
+        let (mut infra, stop) = (h.infra.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let (mut ok, mut failed, mut i) = (0, Vec::new(), r);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let k = i % KEYS;
+                match infra.get_user_secret(get("u1", &format!("k{k}"), 0)).await {
+                    Ok(r)
+                        if r.get_ref().secret.as_ref().unwrap().value
+                            == format!("value-{k}").as_bytes() =>
+                    {
+                        ok += 1
+                    }
+                    other => failed.push(format!("{other:?}")),
+                }
+                i += 7;
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let rotated = h
+        .operator
+        .rotate_data_key(pb::RotateDataKeyRequest {
+            expected_primary_key_id: "1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rotated.primary_key.unwrap().id, "2");
+    // A stale expectation is refused, not applied twice.
+    let stale = h
+        .operator
+        .rotate_data_key(pb::RotateDataKeyRequest {
+            expected_primary_key_id: "1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    let status = wait_for_rewrap(&mut h.operator).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for r in readers {
+        let (o, f) = r.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed reads, first: {}",
+        failed.len(),
+        failed[0]
+    );
+    assert!(ok > 100, "only {ok} reads");
+    let old = status.data_keys.iter().find(|k| k.id == "1").unwrap();
+    let new = status.data_keys.iter().find(|k| k.id == "2").unwrap();
+    assert_eq!(old.ciphertext_count, 0);
+    assert_eq!(new.ciphertext_count, KEYS as i64);
+    assert_eq!(new.state, pb::DataKeyState::Primary as i32);
+    let report = audit_report(&h).await;
+    assert_eq!(report.broken, None);
+}
+
+async fn audit_report(h: &Harness) -> orchestrator_audit::VerifyReport {
+    let key = orchestrator_audit::AuditKey::from_base64(&secrecy::SecretString::from(
+        h.audit_key.clone(),
+    ))
+    .unwrap();
+    let db = orchestrator_store::Database::connect(
+        &h.db.url("vault"),
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    orchestrator_audit::verify(db.pool(), &key).await.unwrap()
+}
+
+async fn a_crash_mid_rewrap_resumes(backend: Backend) {
+    let mut h = start_with(backend, |l| l.env("VAULT_REWRAP_BATCH", "10")).await;
+    const KEYS: usize = 400;
+    put_many(&h.api, KEYS).await;
+    h.operator
+        .rotate_data_key(pb::RotateDataKeyRequest::default())
+        .await
+        .unwrap();
+    // Kill it while the rewrap is part-way.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let rewrap = key_status(&mut h.operator).await.rewrap.unwrap();
+        if rewrap.rows_done > 0 {
+            assert!(
+                rewrap.rows_done < rewrap.rows_total,
+                "too fast to interrupt: {rewrap:?}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    h.vault.kill().await;
+
+    // Same database, same keys, new process.
+    let pki = Pki::new().unwrap();
+    let vault = Launch::new(Service::Vault, &pki)
+        .unwrap()
+        .database(&h.db.url("vault"))
+        .env("AUDIT_KEY_FILE", h.audit_key_file.clone())
+        .env("VAULT_MASTER_KEY_FILE", h.master_key_file.clone())
+        .spawn()
+        .await
+        .unwrap();
+    let mut operator = VaultServiceClient::new(
+        vault
+            .channel(&pki.client("operator").unwrap())
+            .await
+            .unwrap(),
+    );
+    let mut infra =
+        VaultServiceClient::new(vault.channel(&pki.client("infra").unwrap()).await.unwrap());
+    let status = wait_for_rewrap(&mut operator).await;
+    assert_eq!(
+        status
+            .data_keys
+            .iter()
+            .find(|k| k.id == "1")
+            .unwrap()
+            .ciphertext_count,
+        0
+    );
+    for i in (0..KEYS).step_by(37) {
+        let s = infra
+            .get_user_secret(get("u1", &format!("k{i}"), 0))
+            .await
+            .unwrap()
+            .into_inner()
+            .secret
+            .unwrap();
+        assert_eq!(s.value, format!("value-{i}").as_bytes());
+    }
+    assert_eq!(audit_report(&h).await.broken, None);
+}
+
+on_both_more!(
+    rotation_while_eight_readers_read,
+    a_crash_mid_rewrap_resumes
 );

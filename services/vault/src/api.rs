@@ -41,6 +41,9 @@ pub struct Vault {
     pub ledger: Ledger,
     pub keys: Arc<DataKeys>,
     pub settings: Settings,
+    /// This service's own SPIFFE ID, the caller of its background work in audit records.
+    pub self_id: String,
+    pub rewrap: Arc<crate::rewrap::Rewrap>,
 }
 
 /// The audit target of one version. `/` and `%` are escaped so ids cannot collide.
@@ -81,7 +84,7 @@ fn check_user_key(v: &mut Violations, prefix: &str, user_id: &str, key: &str) {
     );
 }
 
-fn store(e: sqlx::Error) -> Status {
+pub fn store(e: sqlx::Error) -> Status {
     StoreError::from(e).into()
 }
 
@@ -365,14 +368,13 @@ impl Vault {
         ))
     }
 
-    /// Reads one live version's plaintext, checking its binding and its audit record. The
-    /// caller must record the read before releasing the value.
-    async fn read(
+    /// The newest live version (or `version`) of a secret: (version, ciphertext, created).
+    async fn fetch_live(
         &self,
         user_id: &str,
         key: &str,
         version: i64,
-    ) -> Result<(pb::UserSecret, Entry), Status> {
+    ) -> Result<(i64, Vec<u8>, i64), Status> {
         let row = sqlx::query(
             "SELECT version, encrypted_value, created_us FROM user_vault \
              WHERE user_id = $1 AND key = $2 AND deleted_us IS NULL AND destroyed = 0 AND ($3 = 0 OR version = $3) \
@@ -385,22 +387,45 @@ impl Vault {
         .await
         .map_err(store)?
         .ok_or_else(|| Status::not_found(format!("no live version of secret `{key}` for user `{user_id}`")))?;
-        let version: i64 = row.try_get("version").map_err(store)?;
-        let ciphertext: Vec<u8> = row
+        let ciphertext = row
             .try_get::<Option<Vec<u8>>, _>("encrypted_value")
             .map_err(store)?
             .ok_or_else(|| Status::data_loss("a live version has no ciphertext"))?;
-        let target = target(user_id, key, version);
-        // Rollback detection: the row must be what its newest (authentic) audit record says.
-        match self.ledger.attested_digest(&target).await? {
-            Some(expected) if expected == digest(&ciphertext) => {}
-            _ => {
-                tracing::error!(%target, "stored ciphertext does not match its audit record: rolled back or replaced");
-                return Err(Status::data_loss(format!(
-                    "{target} does not match its newest audit record: the row was rolled back or replaced"
-                )));
+        Ok((
+            row.try_get("version").map_err(store)?,
+            ciphertext,
+            row.try_get("created_us").map_err(store)?,
+        ))
+    }
+
+    /// Reads one live version's plaintext, checking its binding and its audit record. The
+    /// caller must record the read before releasing the value.
+    async fn read(
+        &self,
+        user_id: &str,
+        key: &str,
+        wanted: i64,
+    ) -> Result<(pb::UserSecret, Entry), Status> {
+        // Rollback detection: the row must be what its newest (authentic) audit record says. A
+        // write (or rewrap) committed between our two queries looks like a mismatch once, so
+        // a mismatch is re-read before it is reported.
+        let mut attempt = 0;
+        let (version, ciphertext, created_us, target) = loop {
+            let (version, ciphertext, created_us) = self.fetch_live(user_id, key, wanted).await?;
+            let target = target(user_id, key, version);
+            match self.ledger.attested_digest(&target).await? {
+                Some(expected) if expected == digest(&ciphertext) => {
+                    break (version, ciphertext, created_us, target);
+                }
+                _ if attempt == 0 => attempt += 1,
+                _ => {
+                    tracing::error!(%target, "stored ciphertext does not match its audit record: rolled back or replaced");
+                    return Err(Status::data_loss(format!(
+                        "{target} does not match its newest audit record: the row was rolled back or replaced"
+                    )));
+                }
             }
-        }
+        };
         let key_id = ciphertext_key_id(&ciphertext)
             .ok_or_else(|| Status::data_loss(format!("{target}: malformed ciphertext")))?;
         let data_key = match self.keys.get(key_id) {
@@ -435,7 +460,7 @@ impl Vault {
             key: key.to_owned(),
             version,
             value: plaintext.to_vec(),
-            create_time: Some(ts(row.try_get("created_us").map_err(store)?)),
+            create_time: Some(ts(created_us)),
         };
         Ok((secret, Entry::new("", GET, target)))
     }
@@ -715,6 +740,7 @@ impl VaultService for Vault {
                 })
             })
             .await?;
+        self.rewrap.wake();
         let keys = self.data_key_status().await?;
         let find = |id: i64| keys.iter().find(|k| k.id == id.to_string()).cloned();
         Ok(Response::new(pb::RotateDataKeyResponse {
@@ -747,12 +773,16 @@ impl VaultService for Vault {
         let primary = data_keys
             .iter()
             .find(|k| k.state == pb::DataKeyState::Primary as i32);
+        let progress = self.rewrap.progress();
         let rewrap = pb::RewrapProgress {
-            running: false,
+            running: progress.running || pending > 0,
             target_data_key_id: primary.map(|k| k.id.clone()).unwrap_or_default(),
             rows_total: total,
             rows_done: total - pending,
-            ..Default::default()
+            rows_per_second: progress.rows_per_second,
+            start_time: progress.started.map(ts),
+            update_time: progress.updated.map(ts),
+            end_time: progress.ended.filter(|_| pending == 0).map(ts),
         };
         Ok(Response::new(pb::GetKeyStatusResponse {
             master_keys,

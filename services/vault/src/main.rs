@@ -22,6 +22,7 @@ use tonic::service::Routes;
 mod api;
 mod crypto;
 mod keys;
+mod rewrap;
 
 fn now_us() -> i64 {
     std::time::SystemTime::now()
@@ -39,6 +40,7 @@ fn migrations(dialect: Dialect) -> Migrator {
 fn main() -> std::process::ExitCode {
     service_main(Service::Vault, |startup| {
         let env = startup.env.clone();
+        let self_id = startup.config.identity().to_string();
         async move {
             let url = env.required_secret("DATABASE_URL")?;
             let keyring = crypto::Keyring::parse(&env.required_secret("VAULT_MASTER_KEY")?)?;
@@ -46,6 +48,12 @@ fn main() -> std::process::ExitCode {
             let settings = api::Settings {
                 keep_versions: parse_setting(&env, "VAULT_KEEP_VERSIONS", 10)?,
                 rotate_after: parse_setting(&env, "VAULT_ROTATE_AFTER", 1 << 30)?,
+            };
+            let rewrap_batch = parse_setting(&env, "VAULT_REWRAP_BATCH", 200)?;
+            let rewrap_idle = match env.get("VAULT_REWRAP_INTERVAL") {
+                None => Duration::from_secs(30),
+                Some(raw) => orchestrator_mesh::config::parse_duration(raw)
+                    .context("VAULT_REWRAP_INTERVAL must be a duration like 500ms or 30s")?,
             };
             let db = Database::connect(&url, Duration::from_secs(30))
                 .await
@@ -57,12 +65,17 @@ fn main() -> std::process::ExitCode {
             .await?;
             let keys = Arc::new(keys::DataKeys::open(&db, keyring).await?);
             let ledger = Ledger::start(db.clone(), audit_key);
+            let rewrap = Arc::new(rewrap::Rewrap::default());
             let vault = api::Vault {
                 db,
                 ledger,
                 keys,
                 settings,
+                self_id,
+                rewrap,
             };
+            // Rows left on a demoted key by a crash or another replica are picked up at start.
+            tokio::spawn(rewrap::run(vault.clone(), rewrap_batch, rewrap_idle));
             Ok(Routes::new(VaultServiceServer::new(vault)))
         }
     })
