@@ -812,3 +812,64 @@ on_both_more!(
     rotation_while_eight_readers_read,
     a_crash_mid_rewrap_resumes
 );
+
+/// The database goes away and comes back: calls fail fast with UNAVAILABLE, `/readyz` says so,
+/// and everything recovers without restarting the vault.
+#[tokio::test]
+async fn database_down_means_unavailable_then_recovery() {
+    use orchestrator_store::testing::PgCluster;
+    let cluster = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
+    let db = TestDatabase::postgres_at(&cluster.admin_url(), &["vault"]).await;
+    let pki = Pki::new().unwrap();
+    let vault = Launch::new(Service::Vault, &pki)
+        .unwrap()
+        .database(&db.url("vault"))
+        .spawn()
+        .await
+        .unwrap();
+    let mut api =
+        VaultServiceClient::new(vault.channel(&pki.client("api").unwrap()).await.unwrap());
+    let mut infra =
+        VaultServiceClient::new(vault.channel(&pki.client("infra").unwrap()).await.unwrap());
+    api.put_user_secret(put("u1", "k", b"before", None))
+        .await
+        .unwrap();
+    assert_eq!(vault.admin_get("/readyz").await.unwrap().0, 200);
+
+    cluster.stop();
+    let started = std::time::Instant::now();
+    let err = infra.get_user_secret(get("u1", "k", 0)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        api.put_user_secret(put("u1", "k", b"during", None))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unavailable
+    );
+    let (code, body) = vault.admin_get("/readyz").await.unwrap();
+    assert_eq!((code, body.trim()), (503, "not ready: database"));
+
+    cluster.start_again();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match infra.get_user_secret(get("u1", "k", 0)).await {
+            Ok(r) => {
+                assert_eq!(r.into_inner().secret.unwrap().value, b"before");
+                break;
+            }
+            Err(e) => assert!(std::time::Instant::now() < deadline, "no recovery: {e:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    api.put_user_secret(put("u1", "k", b"after", None))
+        .await
+        .unwrap();
+    assert_eq!(vault.admin_get("/readyz").await.unwrap().0, 200);
+    drop(db);
+}

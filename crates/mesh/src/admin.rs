@@ -10,19 +10,61 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-/// Whether the process should receive traffic. Set once serving, cleared while draining.
-#[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+/// A dependency check for `/readyz` (the database answers, say). It must be quick: it runs on
+/// every probe, with a one-second limit.
+pub type Check = Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
+
+/// Whether the process should receive traffic: set once serving, cleared while draining, and
+/// false while any registered dependency check fails.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    serving: Arc<AtomicBool>,
+    checks: Arc<std::sync::Mutex<Vec<(&'static str, Check)>>>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("serving", &self.serving.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
+    }
+}
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+        self.serving.store(ready, Ordering::SeqCst);
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+    /// Adds a named dependency check.
+    pub fn add_check(&self, name: &'static str, check: Check) {
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name, check));
+    }
+
+    /// `Ok` when serving and every check passes, else the name of what is not ready.
+    pub async fn check(&self) -> Result<(), &'static str> {
+        if !self.serving.load(Ordering::SeqCst) {
+            return Err("serving");
+        }
+        let checks = self
+            .checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (name, check) in checks {
+            let ok = tokio::time::timeout(std::time::Duration::from_secs(1), check())
+                .await
+                .unwrap_or(false);
+            if !ok {
+                return Err(name);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -40,11 +82,13 @@ pub fn router(readiness: Readiness, metrics: PrometheusHandle) -> Router {
         .with_state(AdminState { readiness, metrics })
 }
 
-async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
-    if state.readiness.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
+    match state.readiness.check().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(what) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {what}\n"),
+        ),
     }
 }
 

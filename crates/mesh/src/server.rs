@@ -32,6 +32,8 @@ pub struct Startup {
     pub env: Env,
     /// This process's TLS state, for channels to other services ([`crate::client::connect`]).
     pub tls: Arc<MeshTls>,
+    /// Where the service registers its dependency checks for `/readyz`.
+    pub readiness: Readiness,
 }
 
 /// The whole `main` of a service: configuration, identity and policy checks, then serving until
@@ -130,9 +132,19 @@ where
             .with_context(|| format!("policy file {}", config.policy_file.display()))?,
     );
 
-    let startup = Startup { config, env, tls };
+    let startup = Startup {
+        config,
+        env,
+        tls,
+        readiness: Readiness::default(),
+    };
     let own = routes(&startup).await?;
-    let Startup { config, tls, .. } = startup;
+    let Startup {
+        config,
+        tls,
+        readiness,
+        ..
+    } = startup;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
@@ -156,7 +168,6 @@ where
     let admin_addr = admin_listener.local_addr()?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let readiness = Readiness::default();
     let _watcher = tls.watch(config.tls_reload_interval);
     let mut admin_stop = stop_rx.clone();
     let admin_task = tokio::spawn(admin::serve(

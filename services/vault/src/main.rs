@@ -41,6 +41,7 @@ fn main() -> std::process::ExitCode {
     service_main(Service::Vault, |startup| {
         let env = startup.env.clone();
         let self_id = startup.config.identity().to_string();
+        let readiness = startup.readiness.clone();
         async move {
             let url = env.required_secret("DATABASE_URL")?;
             let keyring = crypto::Keyring::parse(&env.required_secret("VAULT_MASTER_KEY")?)?;
@@ -64,6 +65,14 @@ fn main() -> std::process::ExitCode {
             ])
             .await?;
             let keys = Arc::new(keys::DataKeys::open(&db, keyring).await?);
+            let probe = db.clone();
+            readiness.add_check(
+                "database",
+                Arc::new(move || {
+                    let db = probe.clone();
+                    Box::pin(async move { db.ping().await })
+                }),
+            );
             let ledger = Ledger::start(db.clone(), audit_key);
             let rewrap = Arc::new(rewrap::Rewrap::default());
             let vault = api::Vault {
