@@ -34,6 +34,8 @@ enum Job {
 
 /// Most requests one transaction carries; more wait for the next one.
 const MAX_BATCH: usize = 256;
+/// Records per INSERT statement (10 parameters each, far below either database's limit).
+const INSERT_CHUNK: usize = 100;
 
 /// Appends audit records, and runs the changes they describe, in shared transactions.
 #[derive(Clone)]
@@ -289,28 +291,54 @@ impl Writer {
             return Ok(seq);
         }
         let at_us = now_us();
+        let mut records = Vec::with_capacity(entries.len());
         for entry in entries {
             seq += 1;
             let record = Record { seq, at_us, entry };
             let mac = self.key.mac(&prev, &record);
-            sqlx::query(
-                "INSERT INTO audit_log (seq, at_us, caller, method, target, outcome, request_id, detail, digest, mac) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(record.seq)
-            .bind(record.at_us)
-            .bind(&record.entry.caller)
-            .bind(&record.entry.method)
-            .bind(&record.entry.target)
-            .bind(&record.entry.outcome)
-            .bind(&record.entry.request_id)
-            .bind(&record.entry.detail)
-            .bind(record.entry.digest.as_deref())
-            .bind(&mac[..])
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::from)?;
             prev = mac.to_vec();
+            records.push((record, mac));
+        }
+        // One multi-row INSERT per chunk: a round trip per batch, not per record.
+        for chunk in records.chunks(INSERT_CHUNK) {
+            let mut sql = String::from(
+                "INSERT INTO audit_log (seq, at_us, caller, method, target, outcome, request_id, detail, digest, mac) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let p = i * 10;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7,
+                    p + 8,
+                    p + 9,
+                    p + 10
+                ));
+            }
+            // Only placeholders are generated; every value is bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (record, mac) in chunk {
+                query = query
+                    .bind(record.seq)
+                    .bind(record.at_us)
+                    .bind(record.entry.caller.clone())
+                    .bind(record.entry.method.clone())
+                    .bind(record.entry.target.clone())
+                    .bind(record.entry.outcome.clone())
+                    .bind(record.entry.request_id.clone())
+                    .bind(record.entry.detail.clone())
+                    .bind(record.entry.digest.clone())
+                    .bind(mac.to_vec());
+            }
+            query.execute(&mut *conn).await.map_err(StoreError::from)?;
         }
         sqlx::query("UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1")
             .bind(seq)

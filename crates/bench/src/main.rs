@@ -24,8 +24,14 @@ struct Cli {
     bench: Bench,
 }
 
+mod vault;
+
 #[derive(Debug, Subcommand)]
 enum Bench {
+    /// The vault over mTLS against PostgreSQL (1 KiB values): Get and Put with their durable
+    /// audit records against a bare tonic mTLS echo of the same size (the ceiling); rewrap
+    /// rate while reads go on; idle memory.
+    Vault(vault::Args),
     /// Unary RPCs through the mesh server (mTLS accept, identity, policy, metrics, tracing)
     /// against a bare tonic server on the same mTLS transport, both serving the health service:
     /// the ratio is the cost of the mesh's per-RPC layers.
@@ -57,16 +63,17 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             connections,
         } => mesh(calls, concurrency, connections).await,
+        Bench::Vault(args) => vault::run(args).await,
     }
 }
 
-struct Figures {
+pub(crate) struct Figures {
     ops_per_sec: f64,
     p50: Duration,
     p99: Duration,
 }
 
-fn figures(mut latencies: Vec<Duration>, elapsed: Duration) -> Figures {
+pub(crate) fn figures(mut latencies: Vec<Duration>, elapsed: Duration) -> Figures {
     latencies.sort_unstable();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     Figures {
@@ -76,7 +83,7 @@ fn figures(mut latencies: Vec<Duration>, elapsed: Duration) -> Figures {
     }
 }
 
-fn row(name: &str, f: &Figures, baseline: Option<&Figures>) {
+pub(crate) fn row(name: &str, f: &Figures, baseline: Option<&Figures>) {
     let ratio = baseline.map_or_else(
         || "1.00 (baseline)".to_owned(),
         |b| format!("{:.2}", f.ops_per_sec / b.ops_per_sec),
@@ -159,19 +166,44 @@ async fn mesh(calls: usize, concurrency: usize, connections: usize) -> anyhow::R
 }
 
 async fn unary(channel: &Channel, calls: usize, concurrency: usize) -> anyhow::Result<Figures> {
+    let client = HealthClient::new(channel.clone());
+    measure(calls, concurrency, move |_| {
+        let mut client = client.clone();
+        async move {
+            client.check(HealthCheckRequest::default()).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Runs `calls` calls of `call(i)` from `concurrency` tasks and measures each.
+pub(crate) async fn measure<F, Fut>(
+    calls: usize,
+    concurrency: usize,
+    call: F,
+) -> anyhow::Result<Figures>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let mut client = HealthClient::new(channel.clone());
-        let n = calls / concurrency;
+    let mut first = 0;
+    for t in 0..concurrency {
+        let call = call.clone();
+        // Every call index 0..calls exactly once, spread over the tasks.
+        let n = calls / concurrency + usize::from(t < calls % concurrency);
+        let start_index = first;
+        first += n;
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(n);
-            for _ in 0..n {
-                let t = Instant::now();
-                client.check(HealthCheckRequest::default()).await?;
-                latencies.push(t.elapsed());
+            for i in start_index..start_index + n {
+                let started = Instant::now();
+                call(i).await?;
+                latencies.push(started.elapsed());
             }
-            Ok::<_, tonic::Status>(latencies)
+            Ok::<_, anyhow::Error>(latencies)
         }));
     }
     let mut all = Vec::with_capacity(calls);

@@ -27,20 +27,20 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A built binary of the workspace, next to the test executable's `deps/` folder.
+/// A built binary of the workspace: next to the running executable (a benchmark in
+/// `target/release`) or next to its `deps/` folder (a test).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile directory");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the binaries first (`cargo build --workspace --bins`, as scripts/test does)",
-        path.display()
-    );
-    path
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable directory");
+    let candidates = [dir.join(name), dir.parent().unwrap_or(dir).join(name)];
+    let found = candidates.iter().find(|p| p.exists()).cloned();
+    found.unwrap_or_else(|| {
+        panic!(
+            "{name} is missing next to {}: build the binaries first \
+             (`cargo build --workspace --bins`, as scripts/test does)",
+            exe.display()
+        )
+    })
 }
 
 /// `spiffe://orchestrator.local/<name>`.
@@ -354,6 +354,10 @@ impl Proc {
     /// `GET path` on the admin port: (status code, body).
     pub async fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         raw::http_get(self.admin, path).await
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// SIGKILL, as a crash: no draining, no clean-up. Its files (keys, logs) stay.

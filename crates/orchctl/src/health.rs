@@ -1,24 +1,16 @@
 //! `orchctl health`: the gRPC health of each service, asked over mTLS.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use anyhow::Context as _;
-use orchestrator_mesh::{Identity, MeshTls, Service, TlsFiles};
+use orchestrator_mesh::{Identity, MeshTls, Service};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::conn::{MeshArgs, connect};
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct HealthArgs {
-    /// The PKI directory holding `ca.crt` and the caller's certificate.
-    #[arg(long, default_value = ".orchestrator/pki")]
-    pki: PathBuf,
-    /// The identity to call as.
-    #[arg(long, default_value = "operator")]
-    identity: String,
-    #[arg(long, default_value = "orchestrator.local", env = "ORCH_TRUST_DOMAIN")]
-    trust_domain: String,
-    /// Host the services listen on.
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// Host the services listen on (each on its default port).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
 }
@@ -27,11 +19,11 @@ pub(crate) struct HealthArgs {
 pub(crate) fn run(args: HealthArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let tls = MeshTls::load(caller_files(&args.pki, &args.identity), None)?;
+        let tls = args.mesh.tls("operator")?;
         let mut failed = 0;
         for service in Service::ALL {
             let target = format!("{}:{}", args.host, service.default_port());
-            let server = format!("spiffe://{}/{}", args.trust_domain, service.name()).parse()?;
+            let server = args.mesh.server(service)?;
             match check(&tls, &target, server, service).await {
                 Ok(status) => println!("{:<14} {target:<16} {status}", service.name()),
                 Err(e) => {
@@ -45,14 +37,6 @@ pub(crate) fn run(args: HealthArgs) -> anyhow::Result<()> {
     })
 }
 
-pub(crate) fn caller_files(pki: &Path, identity: &str) -> TlsFiles {
-    TlsFiles {
-        cert: pki.join(format!("{identity}.crt")),
-        key: pki.join(format!("{identity}.key")),
-        ca: pki.join("ca.crt"),
-    }
-}
-
 /// One health check of `service` at `target`, expecting the server to prove `server`.
 pub(crate) async fn check(
     tls: &std::sync::Arc<MeshTls>,
@@ -60,12 +44,7 @@ pub(crate) async fn check(
     server: Identity,
     service: Service,
 ) -> anyhow::Result<String> {
-    let channel = tokio::time::timeout(
-        Duration::from_secs(3),
-        orchestrator_mesh::client::connect(tls.clone(), target, server),
-    )
-    .await
-    .context("connect timed out")??;
+    let channel = connect(tls, target, server).await?;
     let response = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: service.grpc_service().to_owned(),

@@ -5,8 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod audit;
+mod conn;
 mod health;
 mod up;
+mod vault;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +34,17 @@ enum Command {
     Up(up::UpArgs),
     /// Check the gRPC health of the four services over mTLS.
     Health(health::HealthArgs),
+    /// The services' audit logs.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
+    /// Users' secrets in the vault (as the `api` identity). Values never appear on the command
+    /// line or in the output.
+    Vault {
+        #[command(subcommand)]
+        command: vault::VaultCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +82,9 @@ fn main() -> ExitCode {
         } => pki_init(&dir, &trust_domain, days, &identities),
         Command::Up(args) => up::run(args),
         Command::Health(args) => health::run(args),
+        // Its own exit codes: 1 for a broken chain, 2 when it could not be checked.
+        Command::Audit { command } => return audit::run(command),
+        Command::Vault { command } => vault::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,7 +14,8 @@ use orchestrator_mesh::{MeshTls, Service};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::health::{caller_files, check};
+use crate::conn::caller_files;
+use crate::health::check;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct UpArgs {

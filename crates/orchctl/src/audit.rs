@@ -1,0 +1,156 @@
+//! `orchctl audit verify`: checks a service's audit hash chain with its `AUDIT_KEY`.
+//!
+//! Secrets (the database URL, which may hold a password, and the key) are never taken from argv:
+//! they come from files named by flags, from the environment (`VAR` or `VAR_FILE`), or from the
+//! local mesh's state directory.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use orchestrator_audit::AuditKey;
+use orchestrator_mesh::{Env, Service};
+use orchestrator_store::Database;
+use secrecy::SecretString;
+use zeroize::Zeroizing;
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check a service's audit chain: sequence, every record's MAC, and the head. Names the first
+    /// broken record. Exit status: 0 intact, 1 broken, 2 could not check.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct VerifyArgs {
+    /// The service whose audit log to check: scaffolder, secret-broker, vault or infra.
+    #[arg(long, value_parser = parse_service)]
+    service: Service,
+    /// A file holding the service's DATABASE_URL (default: $DATABASE_URL or $DATABASE_URL_FILE,
+    /// else the local mesh's `<state-dir>/data/<service>.db`, opened read-only).
+    #[arg(long, value_name = "PATH")]
+    database_url_file: Option<PathBuf>,
+    /// A file holding the service's AUDIT_KEY (default: $AUDIT_KEY or $AUDIT_KEY_FILE, else the
+    /// local mesh's `<state-dir>/secrets/<service>/audit_key`).
+    #[arg(long, value_name = "PATH")]
+    audit_key_file: Option<PathBuf>,
+    /// The state directory of the local mesh (`orchctl up`), the last fallback for both.
+    #[arg(long, default_value = ".orchestrator")]
+    state_dir: PathBuf,
+}
+
+/// A `--service` value: one of the four service names.
+pub(crate) fn parse_service(name: &str) -> Result<Service, String> {
+    name.parse().map_err(|_| {
+        let names: Vec<&str> = Service::ALL.iter().map(|s| s.name()).collect();
+        format!(
+            "unknown service `{name}` (expected one of: {})",
+            names.join(", ")
+        )
+    })
+}
+
+#[allow(clippy::print_stdout, clippy::print_stderr)]
+pub(crate) fn run(command: AuditCommand) -> ExitCode {
+    let AuditCommand::Verify(args) = command;
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(verify(&args)));
+    match result {
+        Ok(report) => {
+            let service = args.service.name();
+            match report.broken {
+                None => {
+                    println!(
+                        "audit chain of {service}: {} records, head {}, OK",
+                        report.records, report.head
+                    );
+                    ExitCode::SUCCESS
+                }
+                Some(broken) => {
+                    println!(
+                        "audit chain of {service} BROKEN at record {}: {}",
+                        broken.seq, broken.reason
+                    );
+                    if broken.seq == 1 && broken.reason.starts_with("MAC mismatch") {
+                        eprintln!(
+                            "orchctl: hint: a MAC mismatch at the first record also means the \
+                             AUDIT_KEY is not {service}'s"
+                        );
+                    }
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("orchctl: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn verify(args: &VerifyArgs) -> anyhow::Result<orchestrator_audit::VerifyReport> {
+    let env = Env::from_process();
+    let service = args.service.name();
+    let url = match (&args.database_url_file, env.secret("DATABASE_URL")?) {
+        (Some(path), _) => read_secret_file(path, "--database-url-file")?,
+        (None, Some(url)) => url,
+        (None, None) => {
+            let db = args.state_dir.join("data").join(format!("{service}.db"));
+            anyhow::ensure!(
+                db.exists(),
+                "no DATABASE_URL given (--database-url-file, DATABASE_URL or DATABASE_URL_FILE), \
+                 and the local mesh has no database at {} (does {service} keep one, and has it run \
+                 under `orchctl up --state-dir {}`?)",
+                db.display(),
+                args.state_dir.display()
+            );
+            SecretString::from(format!("sqlite://{}?mode=ro", db.display()))
+        }
+    };
+    let key = match (&args.audit_key_file, env.secret("AUDIT_KEY")?) {
+        (Some(path), _) => read_secret_file(path, "--audit-key-file")?,
+        (None, Some(key)) => key,
+        (None, None) => {
+            let path = args
+                .state_dir
+                .join("secrets")
+                .join(service)
+                .join("audit_key");
+            anyhow::ensure!(
+                path.exists(),
+                "no AUDIT_KEY given (--audit-key-file, AUDIT_KEY or AUDIT_KEY_FILE), and the \
+                 local mesh has no key at {}",
+                path.display()
+            );
+            read_secret_file(&path, "the local mesh's audit key")?
+        }
+    };
+    let key = AuditKey::from_base64(&key)?;
+    let db = Database::connect(&url, Duration::from_secs(5))
+        .await
+        .with_context(|| format!("cannot open the database of {service}"))?;
+    let report = orchestrator_audit::verify(db.pool(), &key)
+        .await
+        .with_context(|| format!("cannot read the audit log of {service}"))?;
+    db.pool().close().await;
+    Ok(report)
+}
+
+/// A secret from a file; one trailing newline (or CRLF) is dropped.
+fn read_secret_file(path: &Path, what: &str) -> anyhow::Result<SecretString> {
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("{what}: cannot open {}", path.display()))?;
+    // Sized up front, so that growing the buffer leaves no copies of the secret behind.
+    let size = file.metadata().map_or(0, |m| m.len());
+    let mut text = Zeroizing::new(String::with_capacity(
+        usize::try_from(size).unwrap_or(0).saturating_add(1),
+    ));
+    file.read_to_string(&mut text)
+        .with_context(|| format!("{what}: cannot read {}", path.display()))?;
+    let value = text.strip_suffix('\n').unwrap_or(&text);
+    let value = value.strip_suffix('\r').unwrap_or(value);
+    Ok(SecretString::from(value.to_owned()))
+}
