@@ -610,6 +610,8 @@ on_both!(
     canary_is_only_ever_ciphertext,
     wrong_master_key_refuses_start,
     role_separation,
+    versions_are_pruned_and_keys_rotate_by_count,
+    a_new_master_key_rewraps_data_keys_only,
 );
 
 async fn put_many(api: &VaultServiceClient<Channel>, n: usize) {
@@ -872,4 +874,272 @@ async fn database_down_means_unavailable_then_recovery() {
         .unwrap();
     assert_eq!(vault.admin_get("/readyz").await.unwrap().0, 200);
     drop(db);
+}
+
+async fn versions_are_pruned_and_keys_rotate_by_count(backend: Backend) {
+    let mut h = start_with(backend, |l| {
+        l.env("VAULT_KEEP_VERSIONS", "3")
+            .env("VAULT_ROTATE_AFTER", "4")
+    })
+    .await;
+    for i in 1..=6 {
+        h.api
+            .put_user_secret(put("u1", "k", format!("v{i}").as_bytes(), None))
+            .await
+            .unwrap();
+    }
+    let list = h
+        .api
+        .list_user_secrets(pb::ListUserSecretsRequest {
+            user_id: "u1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let versions: Vec<i64> = list.secrets[0].versions.iter().map(|v| v.version).collect();
+    assert_eq!(versions, vec![6, 5, 4]);
+    assert_eq!(
+        h.infra
+            .get_user_secret(get("u1", "k", 2))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    // The 4th encryption crossed the threshold: a new data key took over by itself (and its
+    // rewrap counts too, so with so small a threshold several keys follow).
+    let status = key_status(&mut h.operator).await;
+    let primary = status
+        .data_keys
+        .iter()
+        .find(|k| k.state == pb::DataKeyState::Primary as i32)
+        .unwrap();
+    assert_ne!(primary.id, "1", "{status:?}");
+    assert_eq!(primary.rotation_threshold, 4);
+    for demoted in status
+        .data_keys
+        .iter()
+        .filter(|k| k.state != pb::DataKeyState::Primary as i32)
+    {
+        assert!(
+            demoted.encryption_count >= 4,
+            "{demoted:?} was rotated early"
+        );
+    }
+    let status = wait_for_rewrap(&mut h.operator).await;
+    assert_eq!(
+        status
+            .data_keys
+            .iter()
+            .map(|k| k.ciphertext_count)
+            .sum::<i64>(),
+        3
+    );
+    for v in 4..=6 {
+        let s = h
+            .infra
+            .get_user_secret(get("u1", "k", v))
+            .await
+            .unwrap()
+            .into_inner()
+            .secret
+            .unwrap();
+        assert_eq!(s.value, format!("v{v}").as_bytes());
+    }
+}
+
+async fn a_new_master_key_rewraps_data_keys_only(backend: Backend) {
+    let mut h = start(backend).await;
+    h.api
+        .put_user_secret(put("u1", "k", b"kept", None))
+        .await
+        .unwrap();
+    let old = std::fs::read_to_string(&h.master_key_file).unwrap();
+    h.vault.kill().await;
+    // The new key first (primary), the old one still present to unwrap.
+    let pki = Pki::new().unwrap();
+    let launch = |keyring: String| {
+        Launch::new(Service::Vault, &pki)
+            .unwrap()
+            .database(&h.db.url("vault"))
+            .env("AUDIT_KEY_FILE", h.audit_key_file.clone())
+            .without("VAULT_MASTER_KEY_FILE")
+            .env("VAULT_MASTER_KEY", keyring)
+    };
+    let new = format!("k2:{}", orchestrator_e2e::random_key());
+    let vault = launch(format!("{new},{old}")).spawn().await.unwrap();
+    assert!(
+        vault
+            .logs()
+            .contains("re-wrapped under the primary master key"),
+        "{}",
+        vault.logs()
+    );
+    let mut infra =
+        VaultServiceClient::new(vault.channel(&pki.client("infra").unwrap()).await.unwrap());
+    assert_eq!(
+        infra
+            .get_user_secret(get("u1", "k", 0))
+            .await
+            .unwrap()
+            .into_inner()
+            .secret
+            .unwrap()
+            .value,
+        b"kept"
+    );
+    let mut operator = VaultServiceClient::new(
+        vault
+            .channel(&pki.client("operator").unwrap())
+            .await
+            .unwrap(),
+    );
+    let status = key_status(&mut operator).await;
+    assert!(
+        status
+            .master_keys
+            .iter()
+            .any(|m| m.id == "k2" && m.primary && m.wrapped_data_key_count == 1),
+        "{status:?}"
+    );
+    drop(vault);
+    // The old master key can now be removed.
+    let vault = launch(new).spawn().await.unwrap();
+    let mut infra =
+        VaultServiceClient::new(vault.channel(&pki.client("infra").unwrap()).await.unwrap());
+    assert_eq!(
+        infra
+            .get_user_secret(get("u1", "k", 0))
+            .await
+            .unwrap()
+            .into_inner()
+            .secret
+            .unwrap()
+            .value,
+        b"kept"
+    );
+}
+
+/// If the audit record cannot be written, the change does not happen (fail closed).
+#[tokio::test]
+async fn no_audit_record_no_change() {
+    let mut h = start(Backend::Postgres).await;
+    h.api
+        .put_user_secret(put("u1", "k", b"v1", None))
+        .await
+        .unwrap();
+    let role = h.db.url("vault");
+    let role = role
+        .expose_secret()
+        .split("://")
+        .nth(1)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    as_dba(&h, &format!("REVOKE INSERT ON audit_log FROM {role}")).await;
+    let err = h
+        .api
+        .put_user_secret(put("u1", "k", b"v2", None))
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), Code::Ok);
+    // Reads fail too: a value is released only after its read is recorded.
+    assert!(h.infra.get_user_secret(get("u1", "k", 0)).await.is_err());
+    as_dba(&h, &format!("GRANT INSERT ON audit_log TO {role}")).await;
+    let s = h
+        .infra
+        .get_user_secret(get("u1", "k", 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret
+        .unwrap();
+    assert_eq!(
+        (s.version, s.value.as_slice()),
+        (1, &b"v1"[..]),
+        "the failed write left a trace"
+    );
+}
+
+/// Two replicas on one PostgreSQL database, started together: one chain, one key set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_database() {
+    let h = start(Backend::Postgres).await;
+    let pki = Pki::new().unwrap();
+    let (a, b) = tokio::join!(
+        Launch::new(Service::Vault, &pki)
+            .unwrap()
+            .database(&h.db.url("vault"))
+            .env("AUDIT_KEY_FILE", h.audit_key_file.clone())
+            .env("VAULT_MASTER_KEY_FILE", h.master_key_file.clone())
+            .spawn(),
+        Launch::new(Service::Vault, &pki)
+            .unwrap()
+            .database(&h.db.url("vault"))
+            .env("AUDIT_KEY_FILE", h.audit_key_file.clone())
+            .env("VAULT_MASTER_KEY_FILE", h.master_key_file.clone())
+            .spawn(),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let client = |p: &Proc, name: &str| {
+        let tls = pki.client(name).unwrap();
+        let addr = p.grpc;
+        async move {
+            VaultServiceClient::new(
+                orchestrator_e2e::channel(&tls, addr, "vault")
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let (mut api_a, mut infra_b, mut op_a) = (
+        client(&a, "api").await,
+        client(&b, "infra").await,
+        client(&a, "operator").await,
+    );
+    let mut writers = Vec::new();
+    for (i, p) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let mut api = client(p, "api").await;
+        writers.push(tokio::spawn(async move {
+            for j in 0..25 {
+                api.put_user_secret(put("u1", &format!("w{i}-{j}"), b"x", None))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    api_a
+        .put_user_secret(put("u1", "shared", b"from-a", None))
+        .await
+        .unwrap();
+    // Rotated on A, read and written through B: B learns the new key from the database.
+    op_a.rotate_data_key(pb::RotateDataKeyRequest::default())
+        .await
+        .unwrap();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut api_b = client(&b, "api").await;
+    api_b
+        .put_user_secret(put("u1", "after", b"from-b", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        infra_b
+            .get_user_secret(get("u1", "shared", 0))
+            .await
+            .unwrap()
+            .into_inner()
+            .secret
+            .unwrap()
+            .value,
+        b"from-a"
+    );
+    wait_for_rewrap(&mut op_a).await;
+    let report = audit_report(&h).await;
+    assert_eq!(report.broken, None, "{report:?}");
+    assert!(report.records > 100);
 }

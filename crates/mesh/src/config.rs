@@ -32,7 +32,7 @@ pub enum ConfigError {
     Invalid { var: String, reason: String },
     #[error("both {var} and {var}_FILE are set; give exactly one")]
     Ambiguous { var: String },
-    #[error("{var}_FILE points at {path}, which cannot be read: {source}")]
+    #[error("{var}_FILE points at {path}, which cannot be read")]
     Unreadable {
         var: String,
         path: PathBuf,

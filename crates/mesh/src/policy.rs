@@ -18,7 +18,7 @@ use crate::identity::IdentityName;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("cannot read policy file {path}: {source}")]
+    #[error("cannot read policy file {path}")]
     Read {
         path: std::path::PathBuf,
         source: std::io::Error,

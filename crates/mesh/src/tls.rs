@@ -31,7 +31,7 @@ pub struct TlsFiles {
 /// Why TLS material could not be loaded. Never carries key material.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,

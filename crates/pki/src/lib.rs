@@ -32,7 +32,7 @@ pub const DEFAULT_IDENTITIES: [&str; 6] = [
 pub enum PkiError {
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

@@ -321,6 +321,7 @@ impl Vault {
                 encryptions = count,
                 "data key rotated automatically"
             );
+            self.rewrap.wake();
             entries.push(entry);
         }
         let meta = metadata(conn, &user_id, &key)
