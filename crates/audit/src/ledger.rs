@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use futures::future::BoxFuture;
 use orchestrator_store::{Database, Dialect, StoreError};
+use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
@@ -108,33 +109,45 @@ impl Ledger {
     /// record's MAC: what the stored data must match. `Ok(None)`: no such record.
     /// `Err(DATA_LOSS)`: the record is not authentic.
     pub async fn attested_digest(&self, target: &str) -> Result<Option<Vec<u8>>, Status> {
-        let row = sqlx::query(
-            "SELECT r.seq, r.at_us, r.caller, r.method, r.target, r.outcome, r.request_id, r.detail, r.digest, r.mac, \
-                    p.mac AS prev_mac \
-             FROM (SELECT * FROM audit_log WHERE target = $1 AND digest IS NOT NULL ORDER BY seq DESC LIMIT 1) r \
-             LEFT JOIN audit_log p ON p.seq = r.seq - 1",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            attested_columns!(),
+            " FROM (SELECT * FROM audit_log WHERE target = $1 AND digest IS NOT NULL ORDER BY seq DESC LIMIT 1) a \
+             LEFT JOIN audit_log p ON p.seq = a.seq - 1"
+        ))
         .bind(target)
         .fetch_optional(self.db.pool())
         .await
         .map_err(StoreError::from)?;
-        let Some(row) = row else { return Ok(None) };
+        match row {
+            Some(row) => self.attested(&row),
+            None => Ok(None),
+        }
+    }
+
+    /// The digest of the audit record selected with [`attested_columns!`] in `row` (aliases
+    /// `a` for the record, `p` for its predecessor), after checking its MAC; `None` when the
+    /// row has no record (`a_seq` is NULL).
+    pub fn attested(&self, row: &AnyRow) -> Result<Option<Vec<u8>>, Status> {
         let get = |e: sqlx::Error| Status::from(StoreError::from(e));
+        let Some(seq) = row.try_get::<Option<i64>, _>("a_seq").map_err(get)? else {
+            return Ok(None);
+        };
         let record = Record {
-            seq: row.try_get("seq").map_err(get)?,
-            at_us: row.try_get("at_us").map_err(get)?,
+            seq,
+            at_us: row.try_get("a_at_us").map_err(get)?,
             entry: Entry {
-                caller: row.try_get("caller").map_err(get)?,
-                method: row.try_get("method").map_err(get)?,
-                target: row.try_get("target").map_err(get)?,
-                outcome: row.try_get("outcome").map_err(get)?,
-                request_id: row.try_get("request_id").map_err(get)?,
-                detail: row.try_get("detail").map_err(get)?,
-                digest: row.try_get("digest").map_err(get)?,
+                caller: row.try_get("a_caller").map_err(get)?,
+                method: row.try_get("a_method").map_err(get)?,
+                target: row.try_get("a_target").map_err(get)?,
+                outcome: row.try_get("a_outcome").map_err(get)?,
+                request_id: row.try_get("a_request_id").map_err(get)?,
+                detail: row.try_get("a_detail").map_err(get)?,
+                digest: row.try_get("a_digest").map_err(get)?,
             },
         };
-        let mac: Vec<u8> = row.try_get("mac").map_err(get)?;
-        let prev: Option<Vec<u8>> = row.try_get("prev_mac").map_err(get)?;
+        let mac: Vec<u8> = row.try_get("a_mac").map_err(get)?;
+        let prev: Option<Vec<u8>> = row.try_get("a_prev_mac").map_err(get)?;
         let prev = match (record.seq, prev) {
             (1, _) => crate::chain::GENESIS.to_vec(),
             (_, Some(prev)) => prev,

@@ -13,6 +13,18 @@
 //!   moves backwards (a database restored under a running service) is refused.
 //! - Records never hold a secret value: callers put names, versions and digests in them.
 
+/// The select list for [`Ledger::attested`]: an audit record joined as `a` and the record
+/// before it as `p`, under `a_`-prefixed aliases. A macro so it can be `concat!`ed into static
+/// SQL next to a service's own columns.
+#[macro_export]
+macro_rules! attested_columns {
+    () => {
+        "a.seq AS a_seq, a.at_us AS a_at_us, a.caller AS a_caller, a.method AS a_method, \
+         a.target AS a_target, a.outcome AS a_outcome, a.request_id AS a_request_id, \
+         a.detail AS a_detail, a.digest AS a_digest, a.mac AS a_mac, p.mac AS a_prev_mac"
+    };
+}
+
 mod chain;
 mod ledger;
 mod verify;

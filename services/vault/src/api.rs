@@ -48,12 +48,12 @@ pub struct Vault {
 
 /// The audit target of one version. `/` and `%` are escaped so ids cannot collide.
 pub fn target(user_id: &str, key: &str, version: i64) -> String {
+    format!("{}{version}", target_prefix(user_id, key))
+}
+
+fn target_prefix(user_id: &str, key: &str) -> String {
     let esc = |s: &str| s.replace('%', "%25").replace('/', "%2F");
-    format!(
-        "users/{}/secrets/{}/versions/{version}",
-        esc(user_id),
-        esc(key)
-    )
+    format!("users/{}/secrets/{}/versions/", esc(user_id), esc(key))
 }
 
 /// The digest an audit record carries for a version that no longer has a readable value.
@@ -369,54 +369,44 @@ impl Vault {
         ))
     }
 
-    /// The newest live version (or `version`) of a secret: (version, ciphertext, created).
-    async fn fetch_live(
-        &self,
-        user_id: &str,
-        key: &str,
-        version: i64,
-    ) -> Result<(i64, Vec<u8>, i64), Status> {
-        let row = sqlx::query(
-            "SELECT version, encrypted_value, created_us FROM user_vault \
-             WHERE user_id = $1 AND key = $2 AND deleted_us IS NULL AND destroyed = 0 AND ($3 = 0 OR version = $3) \
-             ORDER BY version DESC LIMIT 1",
-        )
-        .bind(user_id)
-        .bind(key)
-        .bind(version)
-        .fetch_optional(self.db.pool())
-        .await
-        .map_err(store)?
-        .ok_or_else(|| Status::not_found(format!("no live version of secret `{key}` for user `{user_id}`")))?;
-        let ciphertext = row
-            .try_get::<Option<Vec<u8>>, _>("encrypted_value")
-            .map_err(store)?
-            .ok_or_else(|| Status::data_loss("a live version has no ciphertext"))?;
-        Ok((
-            row.try_get("version").map_err(store)?,
-            ciphertext,
-            row.try_get("created_us").map_err(store)?,
-        ))
-    }
-
     /// Reads one live version's plaintext, checking its binding and its audit record. The
     /// caller must record the read before releasing the value.
-    async fn read(
-        &self,
-        user_id: &str,
-        key: &str,
-        wanted: i64,
-    ) -> Result<(pb::UserSecret, Entry), Status> {
+    async fn read(&self, user_id: &str, key: &str, wanted: i64) -> Result<(pb::UserSecret, Entry), Status> {
+        // One round trip: the row, and the newest audit record that carries a digest for it.
+        const READ: &str = concat!(
+            "SELECT v.version, v.encrypted_value, v.created_us, ",
+            orchestrator_audit::attested_columns!(),
+            " FROM (SELECT version, encrypted_value, created_us FROM user_vault \
+               WHERE user_id = $1 AND key = $2 AND deleted_us IS NULL AND destroyed = 0 AND ($3 = 0 OR version = $3) \
+               ORDER BY version DESC LIMIT 1) v \
+             LEFT JOIN audit_log a ON a.seq = \
+               (SELECT MAX(seq) FROM audit_log WHERE target = $4 || CAST(v.version AS TEXT) AND digest IS NOT NULL) \
+             LEFT JOIN audit_log p ON p.seq = a.seq - 1"
+        );
         // Rollback detection: the row must be what its newest (authentic) audit record says. A
-        // write (or rewrap) committed between our two queries looks like a mismatch once, so
-        // a mismatch is re-read before it is reported.
+        // write (or rewrap) committed between the row and the record being read looks like a
+        // mismatch once, so a mismatch is read again before it is reported.
+        let prefix = target_prefix(user_id, key);
         let mut attempt = 0;
         let (version, ciphertext, created_us, target) = loop {
-            let (version, ciphertext, created_us) = self.fetch_live(user_id, key, wanted).await?;
-            let target = target(user_id, key, version);
-            match self.ledger.attested_digest(&target).await? {
+            let row = sqlx::query(READ)
+                .bind(user_id)
+                .bind(key)
+                .bind(wanted)
+                .bind(&prefix)
+                .fetch_optional(self.db.pool())
+                .await
+                .map_err(store)?
+                .ok_or_else(|| Status::not_found(format!("no live version of secret `{key}` for user `{user_id}`")))?;
+            let version: i64 = row.try_get("version").map_err(store)?;
+            let ciphertext = row
+                .try_get::<Option<Vec<u8>>, _>("encrypted_value")
+                .map_err(store)?
+                .ok_or_else(|| Status::data_loss("a live version has no ciphertext"))?;
+            let target = format!("{prefix}{version}");
+            match self.ledger.attested(&row)? {
                 Some(expected) if expected == digest(&ciphertext) => {
-                    break (version, ciphertext, created_us, target);
+                    break (version, ciphertext, row.try_get::<i64, _>("created_us").map_err(store)?, target);
                 }
                 _ if attempt == 0 => attempt += 1,
                 _ => {

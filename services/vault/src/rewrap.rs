@@ -3,6 +3,7 @@
 //! digest), so it survives a crash (the next run picks up what is left), runs safely on several
 //! replicas (rows are claimed with `SKIP LOCKED` on PostgreSQL) and never blocks reads for long.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,10 @@ use crate::api::{Vault, store, target};
 use crate::crypto::{RowRef, ciphertext_key_id, digest};
 
 const REWRAP: &str = "vault/rewrap";
+/// Rows per UPDATE statement (4 parameters each).
+const UPDATE_CHUNK: usize = 250;
+/// Targets per audit lookup.
+const LOOKUP_CHUNK: usize = 500;
 
 /// Progress of the current (or last) rewrap run, for GetKeyStatus.
 #[derive(Debug, Default, Clone)]
@@ -134,15 +139,19 @@ pub async fn rewrap_batch(vault: &Vault, limit: i64) -> Result<i64, Status> {
                     v.keys.load(conn).await.map_err(|e| Status::internal(e.to_string()))?;
                 }
                 let new_key = v.keys.get(primary_id).ok_or_else(|| Status::internal("primary data key missing"))?;
-                let mut entries = Vec::with_capacity(rows.len());
+                let mut claimed = Vec::with_capacity(rows.len());
                 for row in &rows {
                     let user_id: String = row.try_get("user_id").map_err(store)?;
                     let key: String = row.try_get("key").map_err(store)?;
                     let version: i64 = row.try_get("version").map_err(store)?;
                     let old: Vec<u8> = row.try_get("encrypted_value").map_err(store)?;
-                    let target = target(&user_id, &key, version);
+                    claimed.push((target(&user_id, &key, version), user_id, key, version, old));
+                }
+                let attested = attested_digests(&v, claimed.iter().map(|c| c.0.as_str())).await?;
+                let mut rewrapped = Vec::with_capacity(claimed.len());
+                for (target, user_id, key, version, old) in claimed {
                     // Never launder a rolled-back or foreign ciphertext into a fresh one.
-                    if v.ledger.attested_digest(&target).await? != Some(digest(&old)) {
+                    if attested.get(&target) != Some(&digest(&old)) {
                         tracing::error!(%target, "not rewrapped: the row does not match its audit record");
                         continue;
                     }
@@ -156,28 +165,78 @@ pub async fn rewrap_batch(vault: &Vault, limit: i64) -> Result<i64, Status> {
                     };
                     let new = new_key.encrypt(v.keys.rng(), row_ref, &plaintext);
                     drop(plaintext);
-                    sqlx::query(
-                        "UPDATE user_vault SET encrypted_value = $1, data_key_id = $2 \
-                         WHERE user_id = $3 AND key = $4 AND version = $5",
-                    )
-                    .bind(&new[..])
-                    .bind(primary_id)
-                    .bind(&user_id)
-                    .bind(&key)
-                    .bind(version)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(store)?;
-                    entries.push(
-                        Entry::new(&v.self_id, REWRAP, target)
-                            .detail(format!("data_key={primary_id}"))
-                            .digest(digest(&new)),
-                    );
+                    rewrapped.push((target, user_id, key, version, new));
                 }
+                // One UPDATE per chunk of rows, not one per row.
+                for chunk in rewrapped.chunks(UPDATE_CHUNK) {
+                    let blob = match v.db.dialect() {
+                        Dialect::Postgres => "BYTEA",
+                        Dialect::Sqlite => "BLOB",
+                    };
+                    let values = (0..chunk.len())
+                        .map(|i| {
+                            let p = 2 + i * 4;
+                            format!(
+                                "(CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS {blob}))",
+                                p,
+                                p + 1,
+                                p + 2,
+                                p + 3
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    // Only placeholders are generated; every value is bound.
+                    let sql = format!(
+                        "UPDATE user_vault SET encrypted_value = v.column4, data_key_id = $1 FROM (VALUES {values}) AS v \
+                         WHERE user_vault.user_id = v.column1 AND user_vault.key = v.column2 AND user_vault.version = v.column3"
+                    );
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(primary_id);
+                    for (_, user_id, key, version, new) in chunk {
+                        query = query.bind(user_id.clone()).bind(key.clone()).bind(*version).bind(new.clone());
+                    }
+                    query.execute(&mut *conn).await.map_err(store)?;
+                }
+                let entries: Vec<Entry> = rewrapped
+                    .into_iter()
+                    .map(|(target, _, _, _, new)| {
+                        Entry::new(&v.self_id, REWRAP, target).detail(format!("data_key={primary_id}")).digest(digest(&new))
+                    })
+                    .collect();
                 Ok((entries.len() as i64, entries))
             })
         })
         .await
+}
+
+/// The newest authentic digest the audit log holds for each of `targets`, in one query per
+/// chunk rather than one per row.
+async fn attested_digests<'a>(
+    vault: &Vault,
+    targets: impl Iterator<Item = &'a str>,
+) -> Result<HashMap<String, Vec<u8>>, Status> {
+    let targets: Vec<&str> = targets.collect();
+    let mut found = HashMap::with_capacity(targets.len());
+    for chunk in targets.chunks(LOOKUP_CHUNK) {
+        let params = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        // Only placeholders are generated; every value is bound.
+        let sql = format!(
+            "SELECT {} FROM audit_log a LEFT JOIN audit_log p ON p.seq = a.seq - 1 \
+             WHERE a.seq IN (SELECT MAX(seq) FROM audit_log WHERE target IN ({params}) AND digest IS NOT NULL GROUP BY target)",
+            orchestrator_audit::attested_columns!()
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for target in chunk {
+            query = query.bind(*target);
+        }
+        for row in query.fetch_all(vault.db.pool()).await.map_err(store)? {
+            let target: String = row.try_get("a_target").map_err(store)?;
+            if let Some(digest) = vault.ledger.attested(&row)? {
+                found.insert(target, digest);
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Demoted keys that no ciphertext uses any more are retired (kept, never used again).
