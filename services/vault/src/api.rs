@@ -371,7 +371,12 @@ impl Vault {
 
     /// Reads one live version's plaintext, checking its binding and its audit record. The
     /// caller must record the read before releasing the value.
-    async fn read(&self, user_id: &str, key: &str, wanted: i64) -> Result<(pb::UserSecret, Entry), Status> {
+    async fn read(
+        &self,
+        user_id: &str,
+        key: &str,
+        wanted: i64,
+    ) -> Result<(pb::UserSecret, Entry), Status> {
         // One round trip: the row, and the newest audit record that carries a digest for it.
         const READ: &str = concat!(
             "SELECT v.version, v.encrypted_value, v.created_us, ",
@@ -397,7 +402,11 @@ impl Vault {
                 .fetch_optional(self.db.pool())
                 .await
                 .map_err(store)?
-                .ok_or_else(|| Status::not_found(format!("no live version of secret `{key}` for user `{user_id}`")))?;
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "no live version of secret `{key}` for user `{user_id}`"
+                    ))
+                })?;
             let version: i64 = row.try_get("version").map_err(store)?;
             let ciphertext = row
                 .try_get::<Option<Vec<u8>>, _>("encrypted_value")
@@ -406,7 +415,12 @@ impl Vault {
             let target = format!("{prefix}{version}");
             match self.ledger.attested(&row)? {
                 Some(expected) if expected == digest(&ciphertext) => {
-                    break (version, ciphertext, row.try_get::<i64, _>("created_us").map_err(store)?, target);
+                    break (
+                        version,
+                        ciphertext,
+                        row.try_get::<i64, _>("created_us").map_err(store)?,
+                        target,
+                    );
                 }
                 _ if attempt == 0 => attempt += 1,
                 _ => {

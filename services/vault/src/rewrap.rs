@@ -218,7 +218,10 @@ async fn attested_digests<'a>(
     let targets: Vec<&str> = targets.collect();
     let mut found = HashMap::with_capacity(targets.len());
     for chunk in targets.chunks(LOOKUP_CHUNK) {
-        let params = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let params = (1..=chunk.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         // Only placeholders are generated; every value is bound.
         let sql = format!(
             "SELECT {} FROM audit_log a LEFT JOIN audit_log p ON p.seq = a.seq - 1 \
