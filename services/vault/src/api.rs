@@ -110,15 +110,33 @@ async fn metadata(
     user_id: &str,
     key: &str,
 ) -> Result<Option<pb::UserSecretMetadata>, Status> {
-    let Some(head) = sqlx::query("SELECT current_version, created_us, updated_us FROM user_vault_keys WHERE user_id = $1 AND key = $2")
-        .bind(user_id)
-        .bind(key)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(store)?
+    let Some(head) = sqlx::query(
+        "SELECT current_version, created_us, updated_us FROM user_vault_keys WHERE user_id = $1 AND key = $2",
+    )
+    .bind(user_id)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(store)?
     else {
         return Ok(None);
     };
+    Ok(Some(pb::UserSecretMetadata {
+        user_id: user_id.to_owned(),
+        key: key.to_owned(),
+        current_version: head.try_get("current_version").map_err(store)?,
+        versions: versions(conn, user_id, key).await?,
+        create_time: Some(ts(head.try_get("created_us").map_err(store)?)),
+        update_time: Some(ts(head.try_get("updated_us").map_err(store)?)),
+    }))
+}
+
+/// The kept versions of a key, newest first.
+async fn versions(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    key: &str,
+) -> Result<Vec<pb::UserSecretVersion>, Status> {
     let rows = sqlx::query(
         "SELECT version, created_us, deleted_us, destroyed FROM user_vault WHERE user_id = $1 AND key = $2 ORDER BY version DESC",
     )
@@ -127,8 +145,7 @@ async fn metadata(
     .fetch_all(&mut *conn)
     .await
     .map_err(store)?;
-    let versions = rows
-        .iter()
+    rows.iter()
         .map(|r| {
             Ok(pb::UserSecretVersion {
                 version: r.try_get("version")?,
@@ -138,15 +155,64 @@ async fn metadata(
             })
         })
         .collect::<Result<_, sqlx::Error>>()
+        .map_err(store)
+}
+
+/// Takes the next version number of a key, applying check-and-set: one `UPDATE` for an
+/// existing key, one `INSERT` for a new one. Refusals change nothing.
+async fn next_version(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    key: &str,
+    expected: Option<i64>,
+    now: i64,
+) -> Result<(i64, i64), Status> {
+    if expected != Some(0) {
+        let bumped = sqlx::query(
+            "UPDATE user_vault_keys SET current_version = current_version + 1, updated_us = $3 \
+             WHERE user_id = $1 AND key = $2 AND ($4 < 0 OR current_version = $4) RETURNING current_version, created_us",
+        )
+        .bind(user_id)
+        .bind(key)
+        .bind(now)
+        .bind(expected.unwrap_or(-1))
+        .fetch_optional(&mut *conn)
+        .await
         .map_err(store)?;
-    Ok(Some(pb::UserSecretMetadata {
-        user_id: user_id.to_owned(),
-        key: key.to_owned(),
-        current_version: head.try_get("current_version").map_err(store)?,
-        versions,
-        create_time: Some(ts(head.try_get("created_us").map_err(store)?)),
-        update_time: Some(ts(head.try_get("updated_us").map_err(store)?)),
-    }))
+        if let Some(row) = bumped {
+            return Ok((
+                row.try_get("current_version").map_err(store)?,
+                row.try_get("created_us").map_err(store)?,
+            ));
+        }
+    }
+    if expected.is_none_or(|n| n == 0) {
+        let created = sqlx::query(
+            "INSERT INTO user_vault_keys (user_id, key, current_version, created_us, updated_us) \
+             VALUES ($1, $2, 1, $3, $3) ON CONFLICT DO NOTHING RETURNING created_us",
+        )
+        .bind(user_id)
+        .bind(key)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(store)?;
+        if created.is_some() {
+            return Ok((1, now));
+        }
+    }
+    let current: i64 =
+        sqlx::query("SELECT current_version FROM user_vault_keys WHERE user_id = $1 AND key = $2")
+            .bind(user_id)
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(store)?
+            .map(|r| r.try_get("current_version"))
+            .transpose()
+            .map_err(store)?
+            .unwrap_or(0);
+    Err(version_mismatch(current))
 }
 
 struct Put {
@@ -195,26 +261,9 @@ impl Vault {
                 return Ok((meta, Vec::new()));
             }
         }
-        let current: Option<i64> = sqlx::query(
-            "SELECT current_version FROM user_vault_keys WHERE user_id = $1 AND key = $2",
-        )
-        .bind(&user_id)
-        .bind(&key)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(store)?
-        .map(|r| r.try_get("current_version"))
-        .transpose()
-        .map_err(store)?;
-        match (expected_version, current) {
-            (Some(0), Some(current)) => return Err(version_mismatch(current)),
-            (Some(n), current) if n > 0 && current != Some(n) => {
-                return Err(version_mismatch(current.unwrap_or(0)));
-            }
-            _ => {}
-        }
-        let version = current.unwrap_or(0) + 1;
         let now = now_us();
+        let (version, created_us) =
+            next_version(conn, &user_id, &key, expected_version, now).await?;
 
         // Count the encryption on the primary data key in the same transaction.
         let primary = sqlx::query("UPDATE data_keys SET encryptions = encryptions + 1 WHERE state = 'primary' RETURNING id, encryptions")
@@ -246,19 +295,6 @@ impl Vault {
         let ciphertext = data_key.encrypt(self.keys.rng(), row, &value);
         drop(value);
 
-        let upsert = if current.is_some() {
-            "UPDATE user_vault_keys SET current_version = $3, updated_us = $4 WHERE user_id = $1 AND key = $2"
-        } else {
-            "INSERT INTO user_vault_keys (user_id, key, current_version, created_us, updated_us) VALUES ($1, $2, $3, $4, $4)"
-        };
-        sqlx::query(upsert)
-            .bind(&user_id)
-            .bind(&key)
-            .bind(version)
-            .bind(now)
-            .execute(&mut *conn)
-            .await
-            .map_err(store)?;
         sqlx::query(
             "INSERT INTO user_vault (user_id, key, version, data_key_id, encrypted_value, created_us, destroyed) \
              VALUES ($1, $2, $3, $4, $5, $6, 0)",
@@ -291,13 +327,17 @@ impl Vault {
         ];
 
         // Keep the newest N versions.
-        let pruned = sqlx::query("DELETE FROM user_vault WHERE user_id = $1 AND key = $2 AND version <= $3 RETURNING version")
-            .bind(&user_id)
-            .bind(&key)
-            .bind(version - self.settings.keep_versions)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(store)?;
+        let pruned = if version > self.settings.keep_versions {
+            sqlx::query("DELETE FROM user_vault WHERE user_id = $1 AND key = $2 AND version <= $3 RETURNING version")
+                .bind(&user_id)
+                .bind(&key)
+                .bind(version - self.settings.keep_versions)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(store)?
+        } else {
+            Vec::new()
+        };
         for row in pruned {
             let v: i64 = row.try_get("version").map_err(store)?;
             entries.push(
@@ -311,7 +351,7 @@ impl Vault {
             let (new_id, entry) = self
                 .rotate_in_tx(
                     conn,
-                    "vault",
+                    &self.self_id,
                     &format!("automatic: data key {key_id} reached {count} encryptions"),
                 )
                 .await?;
@@ -324,9 +364,16 @@ impl Vault {
             self.rewrap.wake();
             entries.push(entry);
         }
-        let meta = metadata(conn, &user_id, &key)
-            .await?
-            .ok_or_else(|| Status::internal("the written secret vanished"))?;
+        // The response from what this transaction knows, plus the version list.
+        let versions = versions(conn, &user_id, &key).await?;
+        let meta = pb::UserSecretMetadata {
+            current_version: version,
+            versions,
+            create_time: Some(ts(created_us)),
+            update_time: Some(ts(now)),
+            user_id,
+            key,
+        };
         Ok((meta, entries))
     }
 
