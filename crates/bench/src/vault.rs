@@ -248,45 +248,10 @@ mod echo {
     use std::task::{Context, Poll};
 
     use futures::future::BoxFuture;
+    use orchestrator_e2e::raw::RawCodec as Raw;
     use tonic::Status;
-    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
     use tonic::server::{NamedService, UnaryService};
     use tonic::transport::Channel;
-
-    #[derive(Debug, Clone, Copy, Default)]
-    pub(super) struct Raw;
-
-    impl Codec for Raw {
-        type Encode = Vec<u8>;
-        type Decode = Vec<u8>;
-        type Encoder = Raw;
-        type Decoder = Raw;
-        fn encoder(&mut self) -> Raw {
-            Raw
-        }
-        fn decoder(&mut self) -> Raw {
-            Raw
-        }
-    }
-
-    impl Encoder for Raw {
-        type Item = Vec<u8>;
-        type Error = Status;
-        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-            bytes::BufMut::put_slice(dst, &item);
-            Ok(())
-        }
-    }
-
-    impl Decoder for Raw {
-        type Item = Vec<u8>;
-        type Error = Status;
-        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-            let mut out = vec![0; bytes::Buf::remaining(src)];
-            bytes::Buf::copy_to_slice(src, &mut out);
-            Ok(Some(out))
-        }
-    }
 
     #[derive(Debug, Clone, Copy)]
     pub(super) struct Echo;

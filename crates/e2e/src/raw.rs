@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use bytes_codec::RawCodec;
+pub use bytes_codec::RawCodec;
 use rustls::ClientConfig;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -75,7 +75,7 @@ mod bytes_codec {
 
     /// Sends and receives message bodies as plain bytes.
     #[derive(Debug, Clone, Copy, Default)]
-    pub(super) struct RawCodec;
+    pub struct RawCodec;
 
     impl Codec for RawCodec {
         type Encode = Vec<u8>;

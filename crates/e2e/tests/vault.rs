@@ -87,6 +87,27 @@ fn put(user: &str, key: &str, value: &[u8], expected: Option<i64>) -> pb::PutUse
     }
 }
 
+/// Reads a secret that must be readable.
+async fn read(
+    client: &mut VaultServiceClient<Channel>,
+    user: &str,
+    key: &str,
+    version: i64,
+) -> pb::UserSecret {
+    client
+        .get_user_secret(get(user, key, version))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret
+        .unwrap()
+}
+
+/// A vault client on `proc` as `name`.
+async fn client_of(proc: &Proc, pki: &Pki, name: &str) -> VaultServiceClient<Channel> {
+    VaultServiceClient::new(proc.channel(&pki.client(name).unwrap()).await.unwrap())
+}
+
 fn get(user: &str, key: &str, version: i64) -> pb::GetUserSecretRequest {
     pb::GetUserSecretRequest {
         user_id: user.into(),
@@ -150,26 +171,12 @@ async fn round_trip_versions_and_cas(backend: Backend) {
         .await
         .unwrap();
 
-    let latest = h
-        .infra
-        .get_user_secret(get("u1", "do/token", 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .secret
-        .unwrap();
+    let latest = read(&mut h.infra, "u1", "do/token", 0).await;
     assert_eq!(
         (latest.version, latest.value.as_slice()),
         (3, &b"v3-secret"[..])
     );
-    let v1 = h
-        .infra
-        .get_user_secret(get("u1", "do/token", 1))
-        .await
-        .unwrap()
-        .into_inner()
-        .secret
-        .unwrap();
+    let v1 = read(&mut h.infra, "u1", "do/token", 1).await;
     assert_eq!(v1.value, b"v1-secret");
 
     // Another user's key of the same name is another secret.
@@ -241,14 +248,7 @@ async fn round_trip_versions_and_cas(backend: Backend) {
             .delete_time
             .is_some()
     );
-    let latest = h
-        .infra
-        .get_user_secret(get("u1", "do/token", 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .secret
-        .unwrap();
+    let latest = read(&mut h.infra, "u1", "do/token", 0).await;
     assert_eq!(latest.version, 2);
     assert_eq!(
         h.infra
@@ -316,14 +316,7 @@ async fn tampering_is_detected(backend: Backend) {
         Code::DataLoss
     );
     assert_eq!(
-        h.infra
-            .get_user_secret(get("alice", "cf", 0))
-            .await
-            .unwrap()
-            .into_inner()
-            .secret
-            .unwrap()
-            .value,
+        read(&mut h.infra, "alice", "cf", 0).await.value,
         b"alice-token"
     );
 
@@ -452,14 +445,7 @@ async fn canary_is_only_ever_ciphertext(backend: Backend) {
         .put_user_secret(put("u1", "token", canary.as_bytes(), None))
         .await
         .unwrap();
-    let got = h
-        .infra
-        .get_user_secret(get("u1", "token", 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .secret
-        .unwrap();
+    let got = read(&mut h.infra, "u1", "token", 0).await;
     assert_eq!(got.value, canary.as_bytes());
     let _ = h
         .api
@@ -779,14 +765,8 @@ async fn a_crash_mid_rewrap_resumes(backend: Backend) {
         .spawn()
         .await
         .unwrap();
-    let mut operator = VaultServiceClient::new(
-        vault
-            .channel(&pki.client("operator").unwrap())
-            .await
-            .unwrap(),
-    );
-    let mut infra =
-        VaultServiceClient::new(vault.channel(&pki.client("infra").unwrap()).await.unwrap());
+    let mut operator = client_of(&vault, &pki, "operator").await;
+    let mut infra = client_of(&vault, &pki, "infra").await;
     let status = wait_for_rewrap(&mut operator).await;
     assert_eq!(
         status
@@ -829,10 +809,8 @@ async fn database_down_means_unavailable_then_recovery() {
         .spawn()
         .await
         .unwrap();
-    let mut api =
-        VaultServiceClient::new(vault.channel(&pki.client("api").unwrap()).await.unwrap());
-    let mut infra =
-        VaultServiceClient::new(vault.channel(&pki.client("infra").unwrap()).await.unwrap());
+    let mut api = client_of(&vault, &pki, "api").await;
+    let mut infra = client_of(&vault, &pki, "infra").await;
     api.put_user_secret(put("u1", "k", b"before", None))
         .await
         .unwrap();
@@ -937,14 +915,7 @@ async fn versions_are_pruned_and_keys_rotate_by_count(backend: Backend) {
         3
     );
     for v in 4..=6 {
-        let s = h
-            .infra
-            .get_user_secret(get("u1", "k", v))
-            .await
-            .unwrap()
-            .into_inner()
-            .secret
-            .unwrap();
+        let s = read(&mut h.infra, "u1", "k", v).await;
         assert_eq!(s.value, format!("v{v}").as_bytes());
     }
 }
@@ -976,25 +947,9 @@ async fn a_new_master_key_rewraps_data_keys_only(backend: Backend) {
         "{}",
         vault.logs()
     );
-    let mut infra =
-        VaultServiceClient::new(vault.channel(&pki.client("infra").unwrap()).await.unwrap());
-    assert_eq!(
-        infra
-            .get_user_secret(get("u1", "k", 0))
-            .await
-            .unwrap()
-            .into_inner()
-            .secret
-            .unwrap()
-            .value,
-        b"kept"
-    );
-    let mut operator = VaultServiceClient::new(
-        vault
-            .channel(&pki.client("operator").unwrap())
-            .await
-            .unwrap(),
-    );
+    let mut infra = client_of(&vault, &pki, "infra").await;
+    assert_eq!(read(&mut infra, "u1", "k", 0).await.value, b"kept");
+    let mut operator = client_of(&vault, &pki, "operator").await;
     let status = key_status(&mut operator).await;
     assert!(
         status
@@ -1006,19 +961,8 @@ async fn a_new_master_key_rewraps_data_keys_only(backend: Backend) {
     drop(vault);
     // The old master key can now be removed.
     let vault = launch(new).spawn().await.unwrap();
-    let mut infra =
-        VaultServiceClient::new(vault.channel(&pki.client("infra").unwrap()).await.unwrap());
-    assert_eq!(
-        infra
-            .get_user_secret(get("u1", "k", 0))
-            .await
-            .unwrap()
-            .into_inner()
-            .secret
-            .unwrap()
-            .value,
-        b"kept"
-    );
+    let mut infra = client_of(&vault, &pki, "infra").await;
+    assert_eq!(read(&mut infra, "u1", "k", 0).await.value, b"kept");
 }
 
 /// If the audit record cannot be written, the change does not happen (fail closed).
@@ -1049,14 +993,7 @@ async fn no_audit_record_no_change() {
     // Reads fail too: a value is released only after its read is recorded.
     assert!(h.infra.get_user_secret(get("u1", "k", 0)).await.is_err());
     as_dba(&h, &format!("GRANT INSERT ON audit_log TO {role}")).await;
-    let s = h
-        .infra
-        .get_user_secret(get("u1", "k", 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .secret
-        .unwrap();
+    let s = read(&mut h.infra, "u1", "k", 0).await;
     assert_eq!(
         (s.version, s.value.as_slice()),
         (1, &b"v1"[..]),
@@ -1127,17 +1064,7 @@ async fn two_replicas_share_one_database() {
         .put_user_secret(put("u1", "after", b"from-b", None))
         .await
         .unwrap();
-    assert_eq!(
-        infra_b
-            .get_user_secret(get("u1", "shared", 0))
-            .await
-            .unwrap()
-            .into_inner()
-            .secret
-            .unwrap()
-            .value,
-        b"from-a"
-    );
+    assert_eq!(read(&mut infra_b, "u1", "shared", 0).await.value, b"from-a");
     wait_for_rewrap(&mut op_a).await;
     let report = audit_report(&h).await;
     assert_eq!(report.broken, None, "{report:?}");
