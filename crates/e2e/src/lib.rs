@@ -194,6 +194,20 @@ impl Launch {
             "AUDIT_KEY_FILE".to_owned(),
             write_secret(dir.path(), "audit_key", &random_key())?,
         );
+        if service == Service::SecretBroker {
+            // A real App key (shared by the tests of this process); no GitHub until `github()`.
+            let (private, _) = app_key();
+            env.insert("GITHUB_APP_ID".to_owned(), APP_ID.to_string());
+            env.insert(
+                "GITHUB_APP_PRIVATE_KEY_FILE".to_owned(),
+                write_secret(dir.path(), "github_app_key", private)?,
+            );
+            env.insert("GITHUB_API_URL".to_owned(), "http://127.0.0.1:9".to_owned());
+            env.insert("BROKER_MIN_WRITE_INTERVAL".to_owned(), "10ms".to_owned());
+            env.insert("BROKER_BACKOFF".to_owned(), "20ms".to_owned());
+            env.insert("BROKER_SECONDARY_WAIT".to_owned(), "200ms".to_owned());
+            env.insert("BROKER_GITHUB_DEADLINE".to_owned(), "20s".to_owned());
+        }
         if service == Service::Vault {
             let keyring = format!("k1:{}", random_key());
             env.insert(
@@ -207,6 +221,13 @@ impl Launch {
     pub fn env(mut self, var: &str, value: impl Into<String>) -> Self {
         self.env.insert(var.to_owned(), value.into());
         self
+    }
+
+    /// Points a secret broker at `emulator` (whose App key is [`app_key`]) with `org` as the
+    /// organization for repository creation.
+    pub fn github(self, emulator: &orchestrator_github_emulator::Emulator, org: &str) -> Self {
+        self.env("GITHUB_API_URL", emulator.url())
+            .env("GITHUB_ORG", org)
     }
 
     /// Removes a variable the defaults set.
@@ -297,6 +318,30 @@ impl Launch {
         );
         Ok((status.code(), output))
     }
+}
+
+/// The GitHub App id the test brokers and emulators share.
+pub const APP_ID: u64 = 4242;
+
+/// A GitHub App key pair (private PKCS#1 PEM, public PEM), generated once per test process.
+pub fn app_key() -> &'static (String, String) {
+    static KEY: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    KEY.get_or_init(orchestrator_github_emulator::generate_app_key)
+}
+
+/// A GitHub emulator that trusts [`app_key`], with the App installed on `org`.
+pub async fn github_emulator(
+    org: &str,
+    config: orchestrator_github_emulator::Config,
+) -> anyhow::Result<orchestrator_github_emulator::Emulator> {
+    let config = orchestrator_github_emulator::Config {
+        app_id: APP_ID,
+        app_public_key_pem: app_key().1.clone(),
+        ..config
+    };
+    let emulator = orchestrator_github_emulator::Emulator::start(config).await?;
+    emulator.install(org);
+    Ok(emulator)
 }
 
 /// Base64 of 32 random bytes: a fresh key, never a fixture.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use orchestrator_mesh::{Identity, MeshTls, Service, TlsFiles};
 use tonic::transport::Channel;
+use tonic_types::StatusExt as _;
 
 /// The connection options shared by the commands that call a service over mTLS.
 #[derive(Debug, Clone, clap::Args)]
@@ -76,4 +77,66 @@ pub(crate) async fn connect(
     .await
     .with_context(|| format!("connecting to {target} timed out"))?
     .with_context(|| format!("cannot connect to {target}"))
+}
+
+/// A gRPC failure: the code, the message, and the structured details if the service sent any.
+pub(crate) fn status_error(what: &str, status: &tonic::Status) -> anyhow::Error {
+    let mut text = format!(
+        "{what} failed: {}: {}",
+        code_name(status.code()),
+        status.message()
+    );
+    let details = status.get_error_details();
+    if let Some(info) = details.error_info() {
+        text.push_str(&format!(
+            "\n  reason: {} (domain {})",
+            info.reason, info.domain
+        ));
+        let mut metadata: Vec<_> = info.metadata.iter().collect();
+        metadata.sort();
+        for (k, v) in metadata {
+            text.push_str(&format!("\n  {k}: {v}"));
+        }
+    }
+    if let Some(bad) = details.bad_request() {
+        for violation in &bad.field_violations {
+            text.push_str(&format!(
+                "\n  field {}: {}",
+                violation.field, violation.description
+            ));
+        }
+    }
+    if let Some(failure) = details.precondition_failure() {
+        for violation in &failure.violations {
+            text.push_str(&format!(
+                "\n  precondition {} {}: {}",
+                violation.r#type, violation.subject, violation.description
+            ));
+        }
+    }
+    anyhow::anyhow!(text)
+}
+
+/// The canonical name of a gRPC status code, as in the gRPC specification.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
 }

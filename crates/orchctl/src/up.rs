@@ -43,7 +43,13 @@ pub(crate) struct UpArgs {
     /// Do not run `cargo build` for the services first (when started through `cargo run`).
     #[arg(long)]
     no_build: bool,
+    /// The organization of the local GitHub emulator, where projects' repositories are created.
+    #[arg(long, default_value = "orchestrator-dev")]
+    github_org: String,
 }
+
+/// The App id of the development GitHub App (the emulator's and the broker's).
+const DEV_APP_ID: u64 = 1;
 
 struct Running {
     service: Service,
@@ -87,6 +93,20 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&run_dir)?;
     let policy = absolute(&args.policy)?;
 
+    // GitHub, locally: the emulator, trusting a development App key only the broker holds.
+    let app_key = dev_app_key(&state)?;
+    let (mut github, github_url) =
+        start_github_emulator(&bin_dir, &run_dir, &app_key, &args.github_org).await?;
+    let github_env = BTreeMap::from([
+        ("GITHUB_APP_ID".to_owned(), DEV_APP_ID.to_string()),
+        (
+            "GITHUB_APP_PRIVATE_KEY_FILE".to_owned(),
+            app_key.private.display().to_string(),
+        ),
+        ("GITHUB_API_URL".to_owned(), github_url.clone()),
+        ("GITHUB_ORG".to_owned(), args.github_org.clone()),
+    ]);
+
     let mut running = Vec::new();
     for service in Service::ALL {
         let bin = bin_dir.join(service.name());
@@ -129,6 +149,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             ("ORCH_ADDR_FILE".to_owned(), addr_file.display().to_string()),
         ]);
         env.extend(own_storage_and_keys(&state, service)?);
+        if service == Service::SecretBroker {
+            env.extend(github_env.clone());
+        }
         for var in ["RUST_LOG", "ORCH_LOG_FORMAT"] {
             if let Ok(value) = std::env::var(var) {
                 env.insert(var.to_owned(), value);
@@ -143,7 +166,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
-        prefix_output(service, &mut child);
+        prefix_output(service.name(), &mut child);
         running.push((service, child, addr_file));
     }
 
@@ -176,12 +199,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             admin,
         });
     }
-    print_summary(&ready, &pki);
+    print_summary(&ready, &pki, &github_url);
 
-    let ended = wait_for_exit_or_signal(&mut ready).await;
+    let ended = wait_for_exit_or_signal(&mut ready, &mut github).await;
     for r in &mut ready {
         terminate(&mut r.child).await;
     }
+    terminate(&mut github).await;
     match ended {
         Some(service) => bail!("{service} exited on its own; stopped the mesh"),
         None => {
@@ -299,27 +323,110 @@ fn say(line: &str) {
     println!("orchctl | {line}");
 }
 
-/// Copies a child's output to ours, each line prefixed with the service name.
-fn prefix_output(service: Service, child: &mut Child) {
+/// Copies a child's output to ours, each line prefixed with its name.
+fn prefix_output(label: &'static str, child: &mut Child) {
     #[allow(clippy::print_stdout)]
-    fn copy<R: tokio::io::AsyncRead + Unpin + Send + 'static>(service: Service, reader: R) {
+    fn copy<R: tokio::io::AsyncRead + Unpin + Send + 'static>(label: &'static str, reader: R) {
         tokio::spawn(async move {
             let mut lines = BufReader::new(reader).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                println!("{:>13} | {line}", service.name());
+                println!("{label:>13} | {line}");
             }
         });
     }
     if let Some(out) = child.stdout.take() {
-        copy(service, out);
+        copy(label, out);
     }
     if let Some(err) = child.stderr.take() {
-        copy(service, err);
+        copy(label, err);
+    }
+}
+
+/// The development GitHub App key pair, created once: the private half is the broker's alone
+/// (0600, in its secrets folder), the public half is what the emulator trusts.
+struct AppKeyFiles {
+    private: PathBuf,
+    public: PathBuf,
+}
+
+fn dev_app_key(state: &Path) -> anyhow::Result<AppKeyFiles> {
+    let dir = state.join("secrets").join(Service::SecretBroker.name());
+    std::fs::create_dir_all(&dir)?;
+    let files = AppKeyFiles {
+        private: dir.join("github_app_key"),
+        public: state.join("run").join("github_app_key.pub"),
+    };
+    if !files.private.exists() || !files.public.exists() {
+        use std::io::Write as _;
+        let (private, public) = orchestrator_github_emulator::generate_app_key();
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options
+            .open(&files.private)?
+            .write_all(private.as_bytes())?;
+        std::fs::write(&files.public, public)?;
+    }
+    Ok(files)
+}
+
+/// Starts the GitHub emulator on a free port and returns it with its URL.
+async fn start_github_emulator(
+    bin_dir: &Path,
+    run_dir: &Path,
+    key: &AppKeyFiles,
+    org: &str,
+) -> anyhow::Result<(Child, String)> {
+    let bin = bin_dir.join("github-emulator");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found (build with `cargo build --bins`, or pass --bin-dir)",
+        bin.display()
+    );
+    let addr_file = run_dir.join("github-emulator.json");
+    let _ = std::fs::remove_file(&addr_file);
+    let mut child = Command::new(&bin)
+        .env_clear()
+        .env("GITHUB_EMULATOR_ADDR", "127.0.0.1:0")
+        .env("GITHUB_EMULATOR_APP_ID", DEV_APP_ID.to_string())
+        .env("GITHUB_EMULATOR_APP_PUBLIC_KEY_FILE", &key.public)
+        .env("GITHUB_EMULATOR_ORG", org)
+        .env("GITHUB_EMULATOR_ADDR_FILE", &addr_file)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    prefix_output("github", &mut child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the GitHub emulator exited during start-up ({status})");
+        }
+        if let Ok(bytes) = std::fs::read(&addr_file) {
+            let value: serde_json::Value = serde_json::from_slice(&bytes)?;
+            let url = value["url"]
+                .as_str()
+                .context("the emulator wrote no url")?
+                .to_owned();
+            return Ok((child, url));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the GitHub emulator did not start within 30s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 #[allow(clippy::print_stdout)]
-fn print_summary(ready: &[Running], pki: &Path) {
+fn print_summary(ready: &[Running], pki: &Path, github_url: &str) {
     let cert = |name: &str| pki.join(name).display().to_string();
     println!();
     println!("The mesh is up: four processes, each with its own identity and environment.");
@@ -356,12 +463,17 @@ fn print_summary(ready: &[Running], pki: &Path) {
         );
     }
     println!();
+    println!("GitHub (local emulator, used by the secret broker): {github_url}");
+    println!();
     println!("Press Ctrl-C to stop all four.");
     println!();
 }
 
-/// Waits for Ctrl-C or SIGTERM (returns `None`) or for a service to exit (returns it).
-async fn wait_for_exit_or_signal(ready: &mut [Running]) -> Option<Service> {
+/// Waits for Ctrl-C or SIGTERM (returns `None`) or for a process to exit (returns its name).
+async fn wait_for_exit_or_signal(
+    ready: &mut [Running],
+    github: &mut Child,
+) -> Option<&'static str> {
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok()?;
     loop {
@@ -371,8 +483,11 @@ async fn wait_for_exit_or_signal(ready: &mut [Running]) -> Option<Service> {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 for r in ready.iter_mut() {
                     if let Ok(Some(_)) = r.child.try_wait() {
-                        return Some(r.service);
+                        return Some(r.service.name());
                     }
+                }
+                if let Ok(Some(_)) = github.try_wait() {
+                    return Some("the GitHub emulator");
                 }
             }
         }

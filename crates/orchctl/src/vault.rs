@@ -12,10 +12,9 @@ use orchestrator_mesh::Service;
 use orchestrator_proto::vault::v1 as pb;
 use orchestrator_proto::vault::v1::vault_service_client::VaultServiceClient;
 use tonic::transport::Channel;
-use tonic_types::StatusExt as _;
 use zeroize::Zeroizing;
 
-use crate::conn::MeshArgs;
+use crate::conn::{MeshArgs, status_error};
 
 /// The largest value the vault accepts (see `vault.proto`).
 const MAX_VALUE: usize = 65_536;
@@ -304,66 +303,4 @@ fn read_value(file: Option<&Path>, strip_newline: bool) -> anyhow::Result<Zeroiz
         "the value is larger than the vault's limit of {MAX_VALUE} bytes"
     );
     Ok(value)
-}
-
-/// A gRPC failure: the code, the message, and the structured details if the vault sent any.
-fn status_error(what: &str, status: &tonic::Status) -> anyhow::Error {
-    let mut text = format!(
-        "{what} failed: {}: {}",
-        code_name(status.code()),
-        status.message()
-    );
-    let details = status.get_error_details();
-    if let Some(info) = details.error_info() {
-        text.push_str(&format!(
-            "\n  reason: {} (domain {})",
-            info.reason, info.domain
-        ));
-        let mut metadata: Vec<_> = info.metadata.iter().collect();
-        metadata.sort();
-        for (k, v) in metadata {
-            text.push_str(&format!("\n  {k}: {v}"));
-        }
-    }
-    if let Some(bad) = details.bad_request() {
-        for violation in &bad.field_violations {
-            text.push_str(&format!(
-                "\n  field {}: {}",
-                violation.field, violation.description
-            ));
-        }
-    }
-    if let Some(failure) = details.precondition_failure() {
-        for violation in &failure.violations {
-            text.push_str(&format!(
-                "\n  precondition {} {}: {}",
-                violation.r#type, violation.subject, violation.description
-            ));
-        }
-    }
-    anyhow::anyhow!(text)
-}
-
-/// The canonical name of a gRPC status code, as in the gRPC specification.
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }

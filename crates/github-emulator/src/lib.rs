@@ -1,0 +1,399 @@
+//! A local stand-in for GitHub's REST API, faithful where the broker and the scaffolder depend on
+//! GitHub's behaviour, so their tests exercise the real rules instead of a mock's guesses.
+//!
+//! - **App auth as GitHub does it.** App endpoints take an RS256 JWT checked against the App's
+//!   public key and GitHub's `iss`/`iat`/`exp` rules; installation tokens are random, expire
+//!   after an hour, can only narrow the installation's repositories and permissions, and every
+//!   call is checked against them ("Resource not accessible by integration").
+//! - **Sealed secrets are really decrypted.** Each repository holds a real X25519 key pair; a
+//!   `PUT` of an Actions secret is unsealed with it, so a test proves GitHub could read the value.
+//!   Plaintexts live only in this process's memory, in zeroizing buffers, for assertions.
+//! - **Limits and faults.** Every response carries GitHub's rate-limit headers; primary and
+//!   secondary limits (concurrency, minimum spacing of writes) are enforced per installation,
+//!   and faults (5xx, 429, secondary 403, dropped connections, latency) are injected with a
+//!   seeded generator so a test's failure pattern is reproducible.
+//! - **No values in logs.** One `tracing` line per request: method, route, path, status; never a
+//!   header, a token or a body.
+//!
+//! Architecture: an axum router behind one middleware (`limits::gate`) that authenticates,
+//! counts, limits and injects faults; handlers take the identity it resolved. The accept loop is
+//! our own (hyper http1) so a fault can close a connection without an answer.
+
+mod auth;
+mod error;
+mod limits;
+mod model;
+mod routes;
+mod server;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use crypto_box::aead::OsRng;
+use rsa::pkcs1::EncodeRsaPrivateKey as _;
+use rsa::pkcs8::{EncodePublicKey as _, LineEnding};
+use tokio::sync::watch;
+
+pub use auth::AppKeyError;
+
+/// How the emulator behaves; the App's public key must be set.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The App's id: the JWT's `iss` must equal it.
+    pub app_id: u64,
+    /// The App's public key: PKCS#1 `RSA PUBLIC KEY` or SPKI `PUBLIC KEY` PEM. A private key
+    /// PEM (PKCS#1 or PKCS#8) is accepted too and only its public half is kept.
+    pub app_public_key_pem: String,
+    /// Primary limit: requests per hour per installation (and for the App's JWT).
+    pub primary_limit_per_hour: u32,
+    /// Secondary limit: requests in flight at once per installation (0 = unlimited).
+    pub max_concurrent_per_installation: usize,
+    /// Secondary limit: minimum spacing of content-creating requests (POST, PUT, PATCH,
+    /// DELETE) per installation, measured between arrivals (zero = off).
+    pub min_write_interval: Duration,
+    /// Status of a secondary-limit rejection: 403 (GitHub's usual) or 429.
+    pub secondary_status: u16,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            app_id: 1,
+            app_public_key_pem: String::new(),
+            primary_limit_per_hour: 5000,
+            max_concurrent_per_installation: 100,
+            min_write_interval: Duration::ZERO,
+            secondary_status: 403,
+        }
+    }
+}
+
+/// Faults injected into requests that passed authentication and the limits. Probabilities are
+/// per request (0.0-1.0) and exclusive: one draw picks at most one of dropped connection,
+/// server error, 429, secondary 403 (in that order, so their sum should stay <= 1).
+#[derive(Debug, Clone)]
+pub struct Faults {
+    /// Seed of the generator: the same seed and request order give the same faults.
+    pub seed: u64,
+    /// 500, 502 or 503 (chosen uniformly).
+    pub server_error: f64,
+    /// 429 with `retry-after`.
+    pub rate_limited_429: f64,
+    /// 403 "You have exceeded a secondary rate limit" with `retry-after`.
+    pub secondary_403: f64,
+    /// The connection is closed without an answer.
+    pub dropped_connection: f64,
+    /// Added to every request before it is answered (faulted ones included).
+    pub latency: Duration,
+    /// `retry-after` sent with an injected 429 or 403.
+    pub retry_after_secs: u64,
+    /// Probability that a request is additionally delayed by `slow_response_delay`.
+    pub slow_response: f64,
+    /// See `slow_response`.
+    pub slow_response_delay: Duration,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            server_error: 0.0,
+            rate_limited_429: 0.0,
+            secondary_403: 0.0,
+            dropped_connection: 0.0,
+            latency: Duration::ZERO,
+            retry_after_secs: 1,
+            slow_response: 0.0,
+            slow_response_delay: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One installation token minted through the API, with what was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenMint {
+    pub installation_id: u64,
+    /// Requested repository names (ids resolved to names); empty = not narrowed.
+    pub repositories: Vec<String>,
+    /// Requested permissions; empty = the installation's.
+    pub permissions: BTreeMap<String, String>,
+}
+
+/// Counters for assertions.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub token_mints: Vec<TokenMint>,
+    /// Successful `GET .../actions/secrets/public-key` calls.
+    pub public_key_fetches: usize,
+    /// Requests by `"METHOD /route/{template}"` (`"METHOD <unmatched>"` for unknown paths).
+    pub requests: BTreeMap<String, usize>,
+    /// Rejections by the primary or secondary limits (not injected faults).
+    pub rate_limited: usize,
+    /// Most requests in flight at once for one installation (or the App's JWT).
+    pub max_concurrent: usize,
+    /// Accepted Actions-secret PUTs: (`owner/repo`, arrival time).
+    pub secret_writes: Vec<(String, Instant)>,
+    /// Injected faults by kind: `server_error`, `rate_limited_429`, `secondary_403`,
+    /// `dropped_connection`, `slow_response`.
+    pub faults_injected: BTreeMap<String, usize>,
+}
+
+/// A running emulator. Clones share it; the server stops when the last handle drops or on
+/// [`Emulator::shutdown`].
+#[derive(Clone)]
+pub struct Emulator {
+    inner: Arc<Handle>,
+}
+
+struct Handle {
+    state: Arc<model::State>,
+    url: String,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("url", &self.inner.url)
+            .finish()
+    }
+}
+
+impl Emulator {
+    /// Starts on `127.0.0.1:0`.
+    pub async fn start(config: Config) -> anyhow::Result<Emulator> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
+    }
+
+    /// Starts on `addr` (plain HTTP).
+    pub async fn start_on(addr: SocketAddr, config: Config) -> anyhow::Result<Emulator> {
+        anyhow::ensure!(
+            config.secondary_status == 403 || config.secondary_status == 429,
+            "secondary_status must be 403 or 429, not {}",
+            config.secondary_status
+        );
+        let app_key = auth::AppKey::from_pem(&config.app_public_key_pem)
+            .context("the App's public key (Config::app_public_key_pem)")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let local = listener.local_addr().context("reading the bound address")?;
+        let url = format!("http://{local}");
+        let state = Arc::new(model::State::new(config, app_key, url.clone()));
+        let (shutdown, watcher) = watch::channel(false);
+        let router = routes::router(state.clone());
+        tokio::spawn(server::serve(listener, router, watcher));
+        Ok(Emulator {
+            inner: Arc::new(Handle {
+                state,
+                url,
+                shutdown,
+            }),
+        })
+    }
+
+    /// The API base, e.g. `http://127.0.0.1:41234` (no trailing slash).
+    pub fn url(&self) -> String {
+        self.inner.url.clone()
+    }
+
+    /// Stops the server: no new connections, open ones are closed.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// Installs the App on organization `account` for all its repositories with the default
+    /// permissions (actions, administration, contents, environments, secrets, workflows:
+    /// write; metadata: read). Returns the installation id (the existing one if installed).
+    pub fn install(&self, account: &str) -> u64 {
+        self.inner.state.world().install(account, None)
+    }
+
+    /// Like [`install`](Self::install) with exactly these permissions (`("contents", "read")`).
+    ///
+    /// # Panics
+    /// On a level other than `read`, `write` or `admin` (a test's mistake).
+    pub fn install_with_permissions(&self, account: &str, permissions: &[(&str, &str)]) -> u64 {
+        let mut perms = BTreeMap::new();
+        for (name, level) in permissions {
+            let level = model::Level::parse(level)
+                .unwrap_or_else(|| panic!("permission level {level:?} for {name}"));
+            perms.insert((*name).to_owned(), level);
+        }
+        self.inner.state.world().install(account, Some(perms))
+    }
+
+    /// Creates an empty private repository (no-op if it exists).
+    pub fn create_repository(&self, owner: &str, name: &str) {
+        self.inner
+            .state
+            .world()
+            .create_repo(owner, name, None, true, false);
+    }
+
+    /// Creates an empty private template repository (for `POST .../generate`); add files with
+    /// [`put_file_directly`](Self::put_file_directly).
+    pub fn create_template_repository(&self, owner: &str, name: &str) {
+        self.inner
+            .state
+            .world()
+            .create_repo(owner, name, None, true, true);
+    }
+
+    /// Writes a file on the default branch as if pushed by someone else.
+    ///
+    /// # Panics
+    /// If the repository does not exist (a test's mistake).
+    pub fn put_file_directly(&self, owner: &str, repo: &str, path: &str, content: &[u8]) {
+        let mut world = self.inner.state.world();
+        let repo = world
+            .repo_mut(owner, repo)
+            .unwrap_or_else(|| panic!("no repository {owner}/{repo}"));
+        repo.files.insert(path.to_owned(), content.to_vec());
+    }
+
+    /// The decrypted value of an Actions secret (names are case-insensitive).
+    pub fn secret(&self, owner: &str, repo: &str, name: &str) -> Option<Vec<u8>> {
+        let world = self.inner.state.world();
+        let repo = world.repo(owner, repo)?;
+        repo.secrets
+            .get(&name.to_ascii_uppercase())
+            .map(|s| s.value.to_vec())
+    }
+
+    /// The repository's secret names (upper-cased, sorted).
+    pub fn secret_names(&self, owner: &str, repo: &str) -> Vec<String> {
+        let world = self.inner.state.world();
+        world
+            .repo(owner, repo)
+            .map(|r| r.secrets.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The secret's `updated_at` as the API shows it (RFC 3339).
+    pub fn secret_updated_at(&self, owner: &str, repo: &str, name: &str) -> Option<String> {
+        let world = self.inner.state.world();
+        let repo = world.repo(owner, repo)?;
+        repo.secrets
+            .get(&name.to_ascii_uppercase())
+            .map(|s| model::rfc3339(s.updated_at))
+    }
+
+    /// Creates or updates a secret as if someone else had (no API call, no counters).
+    ///
+    /// # Panics
+    /// If the repository does not exist (a test's mistake).
+    pub fn put_secret_directly(&self, owner: &str, repo: &str, name: &str, value: &[u8]) {
+        let mut world = self.inner.state.world();
+        let repo = world
+            .repo_mut(owner, repo)
+            .unwrap_or_else(|| panic!("no repository {owner}/{repo}"));
+        repo.store_secret(name, zeroize::Zeroizing::new(value.to_vec()));
+    }
+
+    /// A file's content on the default branch.
+    pub fn file(&self, owner: &str, repo: &str, path: &str) -> Option<Vec<u8>> {
+        let world = self.inner.state.world();
+        world.repo(owner, repo)?.files.get(path).cloned()
+    }
+
+    /// Replaces the repository's secrets key pair (new `key_id`): values sealed for the old key
+    /// are then refused with 422.
+    ///
+    /// # Panics
+    /// If the repository does not exist (a test's mistake).
+    pub fn rotate_public_key(&self, owner: &str, repo: &str) {
+        let mut world = self.inner.state.world();
+        let repo = world
+            .repo_mut(owner, repo)
+            .unwrap_or_else(|| panic!("no repository {owner}/{repo}"));
+        repo.key = model::RepoKey::generate();
+    }
+
+    /// Makes every installation token minted so far expire now (401 "Bad credentials").
+    pub fn expire_tokens(&self) {
+        self.inner.state.world().expire_tokens();
+    }
+
+    /// Faults for every route without its own (see [`set_faults_for`](Self::set_faults_for));
+    /// restarts the generator from `faults.seed`.
+    pub fn set_faults(&self, faults: Faults) {
+        self.inner.state.faults().set_default(faults);
+    }
+
+    /// Faults for one route, keyed like [`Stats::requests`]
+    /// (`"PUT /repos/{owner}/{repo}/actions/secrets/{name}"`), with their own generator.
+    pub fn set_faults_for(&self, route: &str, faults: Faults) {
+        self.inner.state.faults().set_route(route, faults);
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.state.stats().clone()
+    }
+
+    /// Clears the counters (not the rate-limit windows).
+    pub fn reset_stats(&self) {
+        *self.inner.state.stats() = Stats::default();
+    }
+}
+
+/// Test helper: a fresh 2048-bit RSA App key pair: (private key PKCS#1 PEM, public key SPKI PEM).
+///
+/// # Panics
+/// Only if the operating system's random generator fails.
+pub fn generate_app_key() -> (String, String) {
+    #[allow(clippy::expect_used)] // Documented: nothing to recover from without randomness.
+    let key = rsa::RsaPrivateKey::new(&mut OsRng, 2048).expect("RSA key generation");
+    #[allow(clippy::expect_used)] // Encoding a key we just generated cannot fail.
+    let private = key
+        .to_pkcs1_pem(LineEnding::LF)
+        .expect("PKCS#1 encoding")
+        .to_string();
+    #[allow(clippy::expect_used)]
+    let public = key
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .expect("SPKI encoding");
+    (private, public)
+}
+
+/// Test helper: an App JWT for `app_id` as GitHub asks for it (`iat` 60 s in the past, `exp`
+/// 9 minutes ahead), signed RS256 with `private_key_pem` (PKCS#1 or PKCS#8).
+pub fn app_jwt(private_key_pem: &str, app_id: u64) -> anyhow::Result<String> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    sign_jwt(
+        private_key_pem,
+        &serde_json::json!({"iat": now - 60, "exp": now + 540, "iss": app_id}),
+    )
+}
+
+/// Test helper: `claims` signed as an RS256 JWT with `private_key_pem` (PKCS#1 or PKCS#8).
+pub fn sign_jwt(private_key_pem: &str, claims: &serde_json::Value) -> anyhow::Result<String> {
+    let der = auth::private_key_pkcs1_der(private_key_pem)?;
+    let pair = ring::signature::RsaKeyPair::from_der(&der)
+        .map_err(|e| anyhow::anyhow!("RSA private key rejected: {e}"))?;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"alg":"RS256","typ":"JWT"}"#);
+    let payload = b64.encode(serde_json::to_vec(claims)?);
+    let signing_input = format!("{header}.{payload}");
+    let mut signature = vec![0; pair.public().modulus_len()];
+    pair.sign(
+        &ring::signature::RSA_PKCS1_SHA256,
+        &ring::rand::SystemRandom::new(),
+        signing_input.as_bytes(),
+        &mut signature,
+    )
+    .map_err(|_| anyhow::anyhow!("RSA signing failed"))?;
+    Ok(format!("{signing_input}.{}", b64.encode(signature)))
+}

@@ -1,0 +1,199 @@
+//! App endpoints (JWT only): installation lookup and installation access tokens, which can
+//! only narrow the installation's repositories and permissions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::TokenMint;
+use crate::auth::{Identity, require_app};
+use crate::error::{ApiError, parse_body};
+use crate::model::{self, Grant, Installation, Level, World};
+
+/// Token lifetime, as on GitHub.
+const TOKEN_TTL: time::Duration = time::Duration::hours(1);
+const MAX_REPOSITORIES: usize = 500;
+
+fn installation_json(base: &str, world: &World, app_id: u64, inst: &Installation) -> Value {
+    let account = world.account_by_lower(&inst.account);
+    let created = model::rfc3339(inst.created_at);
+    json!({
+        "id": inst.id,
+        "account": {"login": account.login, "id": account.id, "type": "Organization"},
+        "app_id": app_id,
+        "target_id": account.id,
+        "target_type": "Organization",
+        "repository_selection": "all",
+        "permissions": model::permissions_json(&inst.permissions),
+        "events": [],
+        "access_tokens_url": format!("{base}/app/installations/{}/access_tokens", inst.id),
+        "repositories_url": format!("{base}/installation/repositories"),
+        "html_url": format!("{base}/organizations/{}/settings/installations/{}", account.login, inst.id),
+        "created_at": created,
+        "updated_at": created,
+        "suspended_at": null,
+    })
+}
+
+pub(super) async fn for_repository(
+    State(state): State<Arc<model::State>>,
+    Extension(identity): Extension<Identity>,
+    Path((owner, repo)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    require_app(&identity)?;
+    let world = state.world();
+    if world.repo(&owner, &repo).is_none() {
+        return Err(ApiError::not_found());
+    }
+    let inst = world
+        .installation_for(&owner.to_ascii_lowercase())
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(installation_json(
+        &state.base_url,
+        &world,
+        state.config.app_id,
+        inst,
+    )))
+}
+
+pub(super) async fn for_org(
+    State(state): State<Arc<model::State>>,
+    Extension(identity): Extension<Identity>,
+    Path(org): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_app(&identity)?;
+    let world = state.world();
+    let inst = world
+        .installation_for(&org.to_ascii_lowercase())
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(installation_json(
+        &state.base_url,
+        &world,
+        state.config.app_id,
+        inst,
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+struct MintBody {
+    repositories: Option<Vec<String>>,
+    repository_ids: Option<Vec<u64>>,
+    permissions: Option<BTreeMap<String, String>>,
+}
+
+fn inaccessible_repositories() -> ApiError {
+    ApiError::unprocessable(
+        "There is at least one repository that does not exist or is not accessible to the parent installation.",
+    )
+}
+
+pub(super) async fn access_token(
+    State(state): State<Arc<model::State>>,
+    Extension(identity): Extension<Identity>,
+    Path(installation_id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    require_app(&identity)?;
+    let installation_id: u64 = installation_id.parse().map_err(|_| ApiError::not_found())?;
+    let body: MintBody = parse_body(&body)?;
+    let names = body.repositories.unwrap_or_default();
+    let ids = body.repository_ids.unwrap_or_default();
+    let requested = body.permissions.unwrap_or_default();
+
+    let mut world = state.world();
+    let inst = world
+        .installations
+        .get(&installation_id)
+        .cloned()
+        .ok_or_else(ApiError::not_found)?;
+    if names.len() + ids.len() > MAX_REPOSITORIES {
+        return Err(ApiError::unprocessable(format!(
+            "Too many repositories specified (maximum {MAX_REPOSITORIES})."
+        )));
+    }
+    let mut selected = BTreeSet::new();
+    let mut selected_names = Vec::new();
+    for name in &names {
+        let repo = world
+            .repo(&inst.account, name)
+            .ok_or_else(inaccessible_repositories)?;
+        selected.insert(repo.id);
+        selected_names.push(repo.name.clone());
+    }
+    for id in &ids {
+        let repo = world
+            .repo_by_id(*id)
+            .filter(|r| r.owner.eq_ignore_ascii_case(&inst.account))
+            .ok_or_else(inaccessible_repositories)?;
+        selected.insert(repo.id);
+        selected_names.push(repo.name.clone());
+    }
+    let permissions = if requested.is_empty() {
+        inst.permissions.clone()
+    } else {
+        let mut narrowed = BTreeMap::new();
+        for (name, level) in &requested {
+            let level = Level::parse(level).ok_or_else(|| {
+                ApiError::unprocessable(format!(
+                    "The permission level '{level}' for '{name}' is not valid."
+                ))
+            })?;
+            match inst.permissions.get(name) {
+                Some(have) if *have >= level => {
+                    narrowed.insert(name.clone(), level);
+                }
+                _ => {
+                    return Err(ApiError::unprocessable(
+                        "The permissions requested are not granted to this installation.",
+                    ));
+                }
+            }
+        }
+        narrowed
+    };
+
+    let token = model::new_token();
+    let expires_at = model::now_s() + TOKEN_TTL;
+    let repositories = (!selected.is_empty()).then_some(selected);
+    let repos_json: Option<Vec<Value>> = repositories.as_ref().map(|ids| {
+        ids.iter()
+            .filter_map(|id| world.repo_by_id(*id))
+            .map(|r| super::repo_json(&state.base_url, &world, r))
+            .collect()
+    });
+    world.tokens.insert(
+        token.clone(),
+        Grant {
+            installation_id,
+            account: inst.account.clone(),
+            repositories: repositories.clone(),
+            permissions: permissions.clone(),
+            expires_at,
+        },
+    );
+    drop(world);
+
+    state.stats().token_mints.push(TokenMint {
+        installation_id,
+        repositories: selected_names,
+        permissions: requested,
+    });
+
+    let mut body = json!({
+        "token": token,
+        "expires_at": model::rfc3339(expires_at),
+        "permissions": model::permissions_json(&permissions),
+        "repository_selection": if repositories.is_some() { "selected" } else { "all" },
+    });
+    if let (Some(repos), Some(map)) = (repos_json, body.as_object_mut()) {
+        map.insert("repositories".to_owned(), Value::Array(repos));
+    }
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}

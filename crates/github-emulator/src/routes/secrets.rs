@@ -1,0 +1,230 @@
+//! Actions repository secrets. A `PUT` is validated like GitHub does (name rules, both fields,
+//! the current `key_id`) and then really unsealed with the repository's X25519 key: a value
+//! that does not decrypt, is over 48 KB, or would be the 101st secret is refused with 422.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use super::Arrived;
+use crate::auth::{Identity, authorize_repo};
+use crate::error::{ApiError, parse_body};
+use crate::model::{self, Level};
+
+/// GitHub's limits.
+const MAX_VALUE_BYTES: usize = 48 * 1024;
+const MAX_SECRETS: usize = 100;
+const DEFAULT_PER_PAGE: usize = 30;
+const MAX_PER_PAGE: usize = 100;
+
+const NAME_RULES: &str = "Secret names can only contain alphanumeric characters ([a-z], [A-Z], [0-9]) or underscores (_). Spaces are not allowed. Must start with a letter ([a-z], [A-Z]) or underscores (_).";
+
+fn valid_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    let Some(first) = bytes.next() else {
+        return false;
+    };
+    (first.is_ascii_alphabetic() || first == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.to_ascii_uppercase().starts_with("GITHUB_")
+}
+
+fn secret_json(name: &str, secret: &model::Secret) -> Value {
+    json!({
+        "name": name,
+        "created_at": model::rfc3339(secret.created_at),
+        "updated_at": model::rfc3339(secret.updated_at),
+    })
+}
+
+pub(super) async fn public_key(
+    State(state): State<Arc<model::State>>,
+    Extension(identity): Extension<Identity>,
+    Path((owner, repo)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let body = {
+        let world = state.world();
+        authorize_repo(&identity, &world, &owner, &repo, "secrets", Level::Read)?;
+        let repo = world.repo(&owner, &repo).ok_or_else(ApiError::not_found)?;
+        json!({
+            "key_id": repo.key.id,
+            "key": STANDARD.encode(repo.key.secret.public_key().as_bytes()),
+        })
+    };
+    state.stats().public_key_fetches += 1;
+    Ok(Json(body))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct Page {
+    per_page: Option<String>,
+    page: Option<String>,
+}
+
+pub(super) async fn list(
+    State(state): State<Arc<model::State>>,
+    Extension(identity): Extension<Identity>,
+    Path((owner, repo)): Path<(String, String)>,
+    Query(page): Query<Page>,
+) -> Result<Response, ApiError> {
+    let world = state.world();
+    authorize_repo(&identity, &world, &owner, &repo, "secrets", Level::Read)?;
+    let r = world.repo(&owner, &repo).ok_or_else(ApiError::not_found)?;
+    let per_page = page
+        .per_page
+        .and_then(|p| p.parse::<usize>().ok())
+        .filter(|p| *p > 0)
+        .unwrap_or(DEFAULT_PER_PAGE)
+        .min(MAX_PER_PAGE);
+    let number = page
+        .page
+        .and_then(|p| p.parse::<usize>().ok())
+        .filter(|p| *p > 0)
+        .unwrap_or(1);
+    let total = r.secrets.len();
+    let secrets: Vec<Value> = r
+        .secrets
+        .iter()
+        .skip((number - 1).saturating_mul(per_page))
+        .take(per_page)
+        .map(|(name, s)| secret_json(name, s))
+        .collect();
+    let last = total.div_ceil(per_page).max(1);
+    let link = link_header(
+        &format!("{}/repos/{owner}/{repo}/actions/secrets", state.base_url),
+        per_page,
+        number,
+        last,
+    );
+    let mut response = Json(json!({"total_count": total, "secrets": secrets})).into_response();
+    if let Some(link) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    Ok(response)
+}
+
+/// GitHub's `Link` header: prev/next/last/first as they apply; none for a single page.
+fn link_header(base: &str, per_page: usize, page: usize, last: usize) -> Option<String> {
+    let url = |n: usize| format!("<{base}?per_page={per_page}&page={n}>");
+    let mut parts = Vec::new();
+    if page > 1 {
+        parts.push(format!("{}; rel=\"prev\"", url((page - 1).min(last))));
+    }
+    if page < last {
+        parts.push(format!("{}; rel=\"next\"", url(page + 1)));
+        parts.push(format!("{}; rel=\"last\"", url(last)));
+    }
+    if page > 1 {
+        parts.push(format!("{}; rel=\"first\"", url(1)));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+pub(super) async fn get(
+    State(state): State<Arc<model::State>>,
+    Extension(identity): Extension<Identity>,
+    Path((owner, repo, name)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let world = state.world();
+    authorize_repo(&identity, &world, &owner, &repo, "secrets", Level::Read)?;
+    let r = world.repo(&owner, &repo).ok_or_else(ApiError::not_found)?;
+    let name = name.to_ascii_uppercase();
+    let secret = r.secrets.get(&name).ok_or_else(ApiError::not_found)?;
+    Ok(Json(secret_json(&name, secret)))
+}
+
+#[derive(Debug, Deserialize)]
+struct PutBody {
+    encrypted_value: Option<String>,
+    key_id: Option<String>,
+}
+
+pub(super) async fn put(
+    State(state): State<Arc<model::State>>,
+    Extension(identity): Extension<Identity>,
+    arrived: Option<Extension<Arrived>>,
+    Path((owner, repo, name)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let arrived = arrived.map_or_else(Instant::now, |Extension(Arrived(at))| at);
+    {
+        let world = state.world();
+        authorize_repo(&identity, &world, &owner, &repo, "secrets", Level::Write)?;
+    }
+    let body: PutBody = parse_body(&body)?;
+    if !valid_name(&name) {
+        return Err(ApiError::unprocessable(NAME_RULES));
+    }
+    let encrypted = body
+        .encrypted_value
+        .ok_or_else(|| ApiError::missing_field("encrypted_value"))?;
+    let key_id = body
+        .key_id
+        .ok_or_else(|| ApiError::missing_field("key_id"))?;
+    let sealed = STANDARD.decode(encrypted.as_bytes()).map_err(|_| {
+        ApiError::unprocessable(
+            "Invalid request.\n\nInvalid property /encrypted_value: not padded standard Base64.",
+        )
+    })?;
+
+    let mut world = state.world();
+    let r = world
+        .repo_mut(&owner, &repo)
+        .ok_or_else(ApiError::not_found)?;
+    if key_id != r.key.id {
+        return Err(ApiError::unprocessable(
+            "Bad request: the key_id does not match the repository's current public key.",
+        ));
+    }
+    let value = Zeroizing::new(r.key.secret.unseal(&sealed).map_err(|_| {
+        ApiError::unprocessable(
+            "Bad request: the encrypted_value could not be decrypted with the repository's public key.",
+        )
+    })?);
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(ApiError::unprocessable(format!(
+            "Secret value is too large: the limit is 48 KB ({MAX_VALUE_BYTES} bytes)."
+        )));
+    }
+    let upper = name.to_ascii_uppercase();
+    if !r.secrets.contains_key(&upper) && r.secrets.len() >= MAX_SECRETS {
+        return Err(ApiError::unprocessable(format!(
+            "A repository can have at most {MAX_SECRETS} secrets."
+        )));
+    }
+    let created = r.store_secret(&upper, value);
+    let full = r.full_name();
+    drop(world);
+    state.stats().secret_writes.push((full, arrived));
+    Ok(if created {
+        (StatusCode::CREATED, Json(json!({}))).into_response()
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    })
+}
+
+pub(super) async fn delete(
+    State(state): State<Arc<model::State>>,
+    Extension(identity): Extension<Identity>,
+    Path((owner, repo, name)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let mut world = state.world();
+    authorize_repo(&identity, &world, &owner, &repo, "secrets", Level::Write)?;
+    let r = world
+        .repo_mut(&owner, &repo)
+        .ok_or_else(ApiError::not_found)?;
+    r.secrets
+        .remove(&name.to_ascii_uppercase())
+        .ok_or_else(ApiError::not_found)?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,176 @@
+//! Shared helpers: one App key per test binary, an emulator per test, a real HTTP client.
+
+#![allow(dead_code, unreachable_pub)] // Each test binary uses a subset.
+
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use crypto_box::aead::OsRng;
+use orchestrator_github_emulator::{Config, Emulator, app_jwt};
+use reqwest::{Method, Response};
+use serde_json::{Value, json};
+
+pub const APP_ID: u64 = 4242;
+pub const ORG: &str = "acme";
+
+/// (private PKCS#1 PEM, public SPKI PEM), generated once: RSA key generation is slow.
+pub fn app_key() -> &'static (String, String) {
+    static KEY: OnceLock<(String, String)> = OnceLock::new();
+    KEY.get_or_init(orchestrator_github_emulator::generate_app_key)
+}
+
+pub struct Gh {
+    pub emu: Emulator,
+    pub client: reqwest::Client,
+}
+
+pub fn config() -> Config {
+    Config {
+        app_id: APP_ID,
+        app_public_key_pem: app_key().1.clone(),
+        ..Config::default()
+    }
+}
+
+impl Gh {
+    pub async fn start() -> Self {
+        Self::with(config()).await
+    }
+
+    pub async fn with(config: Config) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let emu = Emulator::start(config).await.unwrap();
+        let client = reqwest::Client::builder().build().unwrap();
+        Self { emu, client }
+    }
+
+    pub fn jwt(&self) -> String {
+        app_jwt(&app_key().0, APP_ID).unwrap()
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<Value>,
+    ) -> reqwest::Result<Response> {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.emu.url()))
+            .header("accept", "application/vnd.github+json")
+            .header("user-agent", "emulator-tests");
+        if let Some(auth) = auth {
+            req = req.header("authorization", auth);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send().await
+    }
+
+    /// Calls with an installation token; panics on a transport error.
+    pub async fn tok(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Response {
+        self.call(method, path, Some(&format!("Bearer {token}")), body)
+            .await
+            .unwrap()
+    }
+
+    /// Mints an installation token with `body` (narrowing); asserts 201.
+    pub async fn mint(&self, installation: u64, body: Value) -> String {
+        let jwt = self.jwt();
+        let resp = self
+            .call(
+                Method::POST,
+                &format!("/app/installations/{installation}/access_tokens"),
+                Some(&format!("Bearer {jwt}")),
+                Some(body),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let v: Value = resp.json().await.unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Fetches the repository's public key and seals `value` for it: (key_id, encrypted_value).
+    pub async fn seal(
+        &self,
+        token: &str,
+        owner: &str,
+        repo: &str,
+        value: &[u8],
+    ) -> (String, String) {
+        let resp = self
+            .tok(
+                Method::GET,
+                &format!("/repos/{owner}/{repo}/actions/secrets/public-key"),
+                token,
+                None,
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        let v: Value = resp.json().await.unwrap();
+        let key: [u8; 32] = STANDARD
+            .decode(v["key"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let sealed = crypto_box::PublicKey::from(key)
+            .seal(&mut OsRng, value)
+            .unwrap();
+        (
+            v["key_id"].as_str().unwrap().to_owned(),
+            STANDARD.encode(sealed),
+        )
+    }
+
+    /// Seals and PUTs a secret; returns the response.
+    pub async fn put_secret(
+        &self,
+        token: &str,
+        owner: &str,
+        repo: &str,
+        name: &str,
+        value: &[u8],
+    ) -> Response {
+        let (key_id, encrypted_value) = self.seal(token, owner, repo, value).await;
+        self.tok(
+            Method::PUT,
+            &format!("/repos/{owner}/{repo}/actions/secrets/{name}"),
+            token,
+            Some(json!({"encrypted_value": encrypted_value, "key_id": key_id})),
+        )
+        .await
+    }
+}
+
+pub async fn message(resp: Response) -> String {
+    let v: Value = resp.json().await.unwrap();
+    v["message"].as_str().unwrap_or_default().to_owned()
+}
+
+pub fn header<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Every GitHub response carries these.
+pub fn assert_rate_headers(resp: &Response) {
+    for name in [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "x-ratelimit-used",
+    ] {
+        let value = header(resp, name).unwrap_or_else(|| panic!("{name} missing ({})", resp.url()));
+        value.parse::<u64>().unwrap();
+    }
+    assert_eq!(header(resp, "x-ratelimit-resource"), Some("core"));
+}

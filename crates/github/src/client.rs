@@ -1,0 +1,588 @@
+//! The HTTP side: octocrab as the transport, and GitHub's own rules for when and how long to
+//! wait — `retry-after`, `x-ratelimit-remaining: 0` until `x-ratelimit-reset`, secondary limits,
+//! and exponential backoff with jitter for 5xx and timeouts — up to a deadline.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::BodyExt as _;
+use ring::rand::SecureRandom as _;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::app::AppAuth;
+use crate::names::{RepoRef, SecretName};
+
+/// Why a GitHub call failed. Never carries a token or a secret value.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GitHubError {
+    /// GitHub answered, and not with success: its status and message.
+    #[error("GitHub answered {status}: {message}")]
+    Status { status: u16, message: String },
+    /// Still rate limited when the deadline ran out.
+    #[error("GitHub rate limit: still limited at the deadline (retry after {retry_after:?})")]
+    RateLimited { retry_after: Option<Duration> },
+    /// Unreachable, timed out or failing (5xx) until the deadline.
+    #[error("GitHub unavailable: {0}")]
+    Unavailable(String),
+    #[error("unexpected answer from GitHub: {0}")]
+    Decode(String),
+    #[error(transparent)]
+    AppKey(#[from] std::sync::Arc<crate::app::AppKeyError>),
+}
+
+impl GitHubError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            GitHubError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// How long and how often to retry.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Give up once a call has taken this long in all.
+    pub deadline: Duration,
+    /// First backoff after a 5xx or a timeout; doubles each time, with jitter.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Wait after a secondary rate limit that names no `retry-after` (GitHub: at least a minute).
+    pub secondary_wait: Duration,
+    /// One attempt's limit.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(120),
+            base_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            secondary_wait: Duration::from_secs(60),
+            attempt_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Who a request is made as.
+enum Auth<'a> {
+    App,
+    Token(&'a SecretString),
+}
+
+/// A narrowed installation token.
+#[derive(Clone)]
+pub struct InstallationToken {
+    pub token: SecretString,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub permissions: BTreeMap<String, String>,
+    pub repositories: Vec<String>,
+}
+
+impl std::fmt::Debug for InstallationToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstallationToken")
+            .field("expires_at", &self.expires_at)
+            .field("permissions", &self.permissions)
+            .field("repositories", &self.repositories)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A repository's Actions secrets public key.
+#[derive(Debug, Clone)]
+pub struct PublicKey {
+    pub key_id: String,
+    pub key: [u8; 32],
+}
+
+/// An Actions secret as GitHub lists it: name and times, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SecretMeta {
+    pub name: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// What a secret PUT did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    Updated,
+}
+
+type TokenKey = (u64, Vec<String>, BTreeMap<String, String>);
+
+/// The GitHub client of the secret broker (the only holder of the App key).
+pub struct GitHub {
+    http: octocrab::Octocrab,
+    app: AppAuth,
+    retry: RetryPolicy,
+    tokens: Mutex<HashMap<TokenKey, Arc<InstallationToken>>>,
+    rng: ring::rand::SystemRandom,
+}
+
+impl std::fmt::Debug for GitHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHub")
+            .field("app", &self.app)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[derive(Deserialize)]
+struct Installation {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    token: String,
+    expires_at: String,
+    #[serde(default)]
+    permissions: BTreeMap<String, String>,
+    #[serde(default)]
+    repositories: Vec<TokenRepo>,
+}
+
+#[derive(Deserialize)]
+struct TokenRepo {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct KeyBody {
+    key_id: String,
+    key: String,
+}
+
+#[derive(Deserialize)]
+struct SecretList {
+    secrets: Vec<SecretMeta>,
+}
+
+impl GitHub {
+    /// A client for `base_url` (`GITHUB_API_URL`: `https://api.github.com`, or an emulator).
+    pub fn new(base_url: &str, app: AppAuth, retry: RetryPolicy) -> Result<Self, GitHubError> {
+        let http = octocrab::Octocrab::builder()
+            .base_uri(base_url)
+            .map_err(|e| GitHubError::Decode(format!("GITHUB_API_URL: {e}")))?
+            .set_connect_timeout(Some(Duration::from_secs(5)))
+            .set_read_timeout(Some(retry.attempt_timeout))
+            .build()
+            .map_err(|e| GitHubError::Unavailable(e.to_string()))?;
+        Ok(Self {
+            http,
+            app,
+            retry,
+            tokens: Mutex::new(HashMap::new()),
+            rng: ring::rand::SystemRandom::new(),
+        })
+    }
+
+    /// The installation of the App on `repo`'s owner (JWT-authenticated).
+    pub async fn installation_for_repo(&self, repo: &RepoRef) -> Result<u64, GitHubError> {
+        let path = format!("/repos/{}/{}/installation", repo.owner(), repo.name());
+        Ok(self
+            .json::<Installation>(Method::GET, &path, Auth::App, None)
+            .await?
+            .id)
+    }
+
+    /// The installation of the App on organization `org`.
+    pub async fn installation_for_org(&self, org: &str) -> Result<u64, GitHubError> {
+        Ok(self
+            .json::<Installation>(
+                Method::GET,
+                &format!("/orgs/{org}/installation"),
+                Auth::App,
+                None,
+            )
+            .await?
+            .id)
+    }
+
+    /// An installation token narrowed to `repositories` and `permissions`, reused until five
+    /// minutes before it expires. Returns whether it was minted now.
+    pub async fn token(
+        &self,
+        installation: u64,
+        repositories: &[&str],
+        permissions: &[(&str, &str)],
+    ) -> Result<(Arc<InstallationToken>, bool), GitHubError> {
+        let mut repos: Vec<String> = repositories.iter().map(|r| (*r).to_owned()).collect();
+        repos.sort();
+        let perms: BTreeMap<String, String> = permissions
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let key = (installation, repos.clone(), perms.clone());
+        let cached = self
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(cached) = cached.filter(|t| t.expires_at - 300 > now_unix()) {
+            return Ok((cached, false));
+        }
+        let mut body = serde_json::json!({ "permissions": perms });
+        if !repos.is_empty() {
+            body["repositories"] = serde_json::json!(repos);
+        }
+        let path = format!("/app/installations/{installation}/access_tokens");
+        let minted: TokenBody = self
+            .json(Method::POST, &path, Auth::App, Some(body))
+            .await?;
+        let expires_at = time::OffsetDateTime::parse(
+            &minted.expires_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|e| GitHubError::Decode(format!("expires_at: {e}")))?
+        .unix_timestamp();
+        let token = Arc::new(InstallationToken {
+            token: SecretString::from(minted.token),
+            expires_at,
+            permissions: minted.permissions,
+            repositories: minted.repositories.into_iter().map(|r| r.name).collect(),
+        });
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, token.clone());
+        Ok((token, true))
+    }
+
+    /// A freshly minted token that is never cached (handed to another service).
+    pub async fn mint_uncached(
+        &self,
+        installation: u64,
+        repositories: &[&str],
+        permissions: &[(&str, &str)],
+    ) -> Result<InstallationToken, GitHubError> {
+        let (token, _) = self.token(installation, repositories, permissions).await?;
+        let token = (*token).clone();
+        // Another caller must not receive the same token: forget it.
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, t| t.token.expose_secret() != token.token.expose_secret());
+        Ok(token)
+    }
+
+    pub async fn public_key(
+        &self,
+        token: &SecretString,
+        repo: &RepoRef,
+    ) -> Result<PublicKey, GitHubError> {
+        let path = format!(
+            "/repos/{}/{}/actions/secrets/public-key",
+            repo.owner(),
+            repo.name()
+        );
+        let body: KeyBody = self
+            .json(Method::GET, &path, Auth::Token(token), None)
+            .await?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&body.key)
+            .map_err(|e| GitHubError::Decode(format!("public key: {e}")))?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| GitHubError::Decode("public key is not 32 bytes".into()))?;
+        Ok(PublicKey {
+            key_id: body.key_id,
+            key,
+        })
+    }
+
+    /// PUTs an already sealed value (see [`crate::seal`]).
+    pub async fn put_secret(
+        &self,
+        token: &SecretString,
+        repo: &RepoRef,
+        name: &SecretName,
+        sealed_base64: &str,
+        key_id: &str,
+    ) -> Result<PutOutcome, GitHubError> {
+        let path = format!(
+            "/repos/{}/{}/actions/secrets/{}",
+            repo.owner(),
+            repo.name(),
+            name
+        );
+        let body = serde_json::json!({ "encrypted_value": sealed_base64, "key_id": key_id });
+        let (status, _, _) = self
+            .send_ok(Method::PUT, &path, Auth::Token(token), Some(body))
+            .await?;
+        Ok(if status == StatusCode::CREATED {
+            PutOutcome::Created
+        } else {
+            PutOutcome::Updated
+        })
+    }
+
+    /// One secret's metadata, or `None` if it does not exist.
+    pub async fn get_secret(
+        &self,
+        token: &SecretString,
+        repo: &RepoRef,
+        name: &SecretName,
+    ) -> Result<Option<SecretMeta>, GitHubError> {
+        let path = format!(
+            "/repos/{}/{}/actions/secrets/{}",
+            repo.owner(),
+            repo.name(),
+            name
+        );
+        match self
+            .json(Method::GET, &path, Auth::Token(token), None)
+            .await
+        {
+            Ok(meta) => Ok(Some(meta)),
+            Err(GitHubError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every secret of the repository, 100 per page.
+    pub async fn list_secrets(
+        &self,
+        token: &SecretString,
+        repo: &RepoRef,
+    ) -> Result<Vec<SecretMeta>, GitHubError> {
+        let mut all = Vec::new();
+        for page in 1.. {
+            let path = format!(
+                "/repos/{}/{}/actions/secrets?per_page=100&page={page}",
+                repo.owner(),
+                repo.name()
+            );
+            let (_, headers, body) = self
+                .send_ok(Method::GET, &path, Auth::Token(token), None)
+                .await?;
+            let list: SecretList =
+                serde_json::from_slice(&body).map_err(|e| GitHubError::Decode(e.to_string()))?;
+            let n = list.secrets.len();
+            all.extend(list.secrets);
+            let more = headers
+                .get(http::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|link| link.contains("rel=\"next\""));
+            if !more || n == 0 {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    /// Deletes a secret; `false` if it did not exist.
+    pub async fn delete_secret(
+        &self,
+        token: &SecretString,
+        repo: &RepoRef,
+        name: &SecretName,
+    ) -> Result<bool, GitHubError> {
+        let path = format!(
+            "/repos/{}/{}/actions/secrets/{}",
+            repo.owner(),
+            repo.name(),
+            name
+        );
+        match self
+            .send_ok(Method::DELETE, &path, Auth::Token(token), None)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(GitHubError::Status { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Auth<'_>,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, GitHubError> {
+        let (_, _, bytes) = self.send_ok(method, path, auth, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| GitHubError::Decode(e.to_string()))
+    }
+
+    /// Sends with retries; `Err(Status)` for a final non-success answer.
+    async fn send_ok(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Auth<'_>,
+        body: Option<serde_json::Value>,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), GitHubError> {
+        let (status, headers, bytes) = self.send(method, path, auth, body).await?;
+        if status.is_success() {
+            return Ok((status, headers, bytes));
+        }
+        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned());
+        Err(GitHubError::Status {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Auth<'_>,
+        body: Option<serde_json::Value>,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), GitHubError> {
+        let started = Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            let outcome = self.attempt(&method, path, &auth, body.as_ref()).await;
+            let (wait, failure) = match &outcome {
+                Ok((status, headers, bytes)) => {
+                    match self.wait_for(*status, headers, bytes, attempt) {
+                        None => return outcome,
+                        Some((wait, rate_limited)) => {
+                            let failure = if rate_limited {
+                                GitHubError::RateLimited {
+                                    retry_after: Some(wait),
+                                }
+                            } else {
+                                GitHubError::Unavailable(format!("GitHub answered {status}"))
+                            };
+                            (wait, failure)
+                        }
+                    }
+                }
+                Err(e) => (self.backoff(attempt), e.clone()),
+            };
+            if started.elapsed() + wait > self.retry.deadline {
+                return Err(failure);
+            }
+            tracing::warn!(%method, path = %path_template(path), attempt, wait_ms = wait.as_millis() as u64, error = %failure, "GitHub call will be retried");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        method: &Method,
+        path: &str,
+        auth: &Auth<'_>,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), GitHubError> {
+        let authorization = match auth {
+            Auth::App => {
+                let jwt = self
+                    .app
+                    .jwt(now_unix())
+                    .map_err(|e| GitHubError::AppKey(Arc::new(e)))?;
+                format!("Bearer {}", jwt.expose_secret())
+            }
+            Auth::Token(token) => format!("Bearer {}", token.expose_secret()),
+        };
+        let mut authorization = http::HeaderValue::from_str(&authorization)
+            .map_err(|_| GitHubError::Decode("token is not a header value".into()))?;
+        authorization.set_sensitive(true);
+        let payload = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let request = http::Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(http::header::AUTHORIZATION, authorization)
+            .header(http::header::ACCEPT, "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28")
+            .header(http::header::USER_AGENT, "orchestrator-secret-broker")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(payload)
+            .map_err(|e| GitHubError::Decode(e.to_string()))?;
+        let response = tokio::time::timeout(self.retry.attempt_timeout, self.http.execute(request))
+            .await
+            .map_err(|_| GitHubError::Unavailable("timed out".into()))?
+            .map_err(|e| GitHubError::Unavailable(e.to_string()))?;
+        let (parts, body) = response.into_parts();
+        let bytes = tokio::time::timeout(self.retry.attempt_timeout, body.collect())
+            .await
+            .map_err(|_| GitHubError::Unavailable("timed out reading the answer".into()))?
+            .map_err(|e| GitHubError::Unavailable(e.to_string()))?
+            .to_bytes();
+        Ok((parts.status, parts.headers, bytes))
+    }
+
+    /// How long to wait before retrying this answer, and whether it is a rate limit; `None`
+    /// when the answer is final (success, or an error retrying cannot fix).
+    fn wait_for(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+        attempt: u32,
+    ) -> Option<(Duration, bool)> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let retry_after = header("retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        match status.as_u16() {
+            429 => Some((retry_after.unwrap_or_else(|| self.backoff(attempt)), true)),
+            403 => {
+                if header("x-ratelimit-remaining") == Some("0") {
+                    let reset = header("x-ratelimit-reset")
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .unwrap_or(0);
+                    let wait = Duration::from_secs((reset - now_unix()).max(1) as u64);
+                    return Some((retry_after.unwrap_or(wait), true));
+                }
+                let secondary = String::from_utf8_lossy(body)
+                    .to_ascii_lowercase()
+                    .contains("secondary rate limit");
+                if secondary || retry_after.is_some() {
+                    return Some((retry_after.unwrap_or(self.retry.secondary_wait), true));
+                }
+                None
+            }
+            500..=599 => Some((retry_after.unwrap_or_else(|| self.backoff(attempt)), false)),
+            _ => None,
+        }
+    }
+
+    /// Exponential backoff with "full jitter" between half and all of the step.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let step = self
+            .retry
+            .base_backoff
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.retry.max_backoff);
+        let mut r = [0u8; 4];
+        let _ = self.rng.fill(&mut r);
+        let fraction = 0.5 + f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX) / 2.0;
+        step.mul_f64(fraction)
+    }
+}
+
+/// A path without its variable parts, for logs (`/repos/{owner}/{repo}/...`).
+fn path_template(path: &str) -> String {
+    let path = path.split('?').next().unwrap_or(path);
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        ["", "repos", _, _, rest @ ..] => format!("/repos/{{owner}}/{{repo}}/{}", rest.join("/")),
+        ["", "app", "installations", _, rest @ ..] => {
+            format!("/app/installations/{{id}}/{}", rest.join("/"))
+        }
+        _ => path.to_owned(),
+    }
+}

@@ -1,0 +1,101 @@
+//! Pacing of writes per GitHub installation, across replicas.
+//!
+//! GitHub asks for content-creating requests one at a time, at least a second apart. On
+//! PostgreSQL the writer holds the installation's `installation_pacing` row lock while it waits
+//! out the interval and writes, so every replica queues behind the same lock; SQLite is
+//! single-node, so an in-process lock is enough there.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orchestrator_store::{Database, Dialect, StoreError};
+use sqlx::Row;
+use tonic::Status;
+
+fn now_us() -> i64 {
+    crate::now_us()
+}
+
+#[derive(Debug)]
+pub struct Pacer {
+    db: Database,
+    interval: Duration,
+    /// Per installation: serializes this process's writers, and remembers the last write time
+    /// (used as the record on SQLite).
+    local: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<i64>>>>,
+}
+
+impl Pacer {
+    pub fn new(db: Database, interval: Duration) -> Self {
+        Self {
+            db,
+            interval,
+            local: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Runs `write` as the only writer to `installation`, no sooner than the interval after the
+    /// previous write to it from any replica.
+    pub async fn paced<T, F, Fut>(&self, installation: i64, write: F) -> Result<T, Status>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let slot = self
+            .local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(installation)
+            .or_default()
+            .clone();
+        let mut last_local = slot.lock().await;
+        match self.db.dialect() {
+            Dialect::Sqlite => {
+                wait_until(*last_local, self.interval).await;
+                let out = write().await;
+                *last_local = now_us();
+                Ok(out)
+            }
+            Dialect::Postgres => {
+                let store = |e: sqlx::Error| Status::from(StoreError::from(e));
+                let mut tx = self.db.pool().begin().await.map_err(store)?;
+                sqlx::query("INSERT INTO installation_pacing (installation_id, last_write_us) VALUES ($1, 0) ON CONFLICT DO NOTHING")
+                    .bind(installation)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store)?;
+                let last: i64 = sqlx::query("SELECT last_write_us FROM installation_pacing WHERE installation_id = $1 FOR UPDATE")
+                    .bind(installation)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(store)?
+                    .try_get("last_write_us")
+                    .map_err(store)?;
+                wait_until(last, self.interval).await;
+                let out = write().await;
+                let now = now_us();
+                sqlx::query(
+                    "UPDATE installation_pacing SET last_write_us = $2 WHERE installation_id = $1",
+                )
+                .bind(installation)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(store)?;
+                tx.commit().await.map_err(store)?;
+                *last_local = now;
+                Ok(out)
+            }
+        }
+    }
+}
+
+async fn wait_until(last_us: i64, interval: Duration) {
+    let due = last_us.saturating_add(interval.as_micros() as i64);
+    let now = now_us();
+    if due > now {
+        tokio::time::sleep(Duration::from_micros((due - now) as u64)).await;
+    }
+}
