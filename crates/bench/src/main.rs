@@ -24,6 +24,7 @@ struct Cli {
     bench: Bench,
 }
 
+mod secrets;
 mod vault;
 
 #[derive(Debug, Subcommand)]
@@ -32,6 +33,9 @@ enum Bench {
     /// audit records against a bare tonic mTLS echo of the same size (the ceiling); rewrap
     /// rate while reads go on; idle memory.
     Vault(vault::Args),
+    /// 100 secrets pushed through the broker to the GitHub emulator (paced, with latency),
+    /// against the floor the pacing allows and an unpaced parallel push.
+    Secrets(secrets::Args),
     /// Unary RPCs through the mesh server (mTLS accept, identity, policy, metrics, tracing)
     /// against a bare tonic server on the same mTLS transport, both serving the health service:
     /// the ratio is the cost of the mesh's per-RPC layers.
@@ -64,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
             connections,
         } => mesh(calls, concurrency, connections).await,
         Bench::Vault(args) => vault::run(args).await,
+        Bench::Secrets(args) => secrets::run(args).await,
     }
 }
 

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod conn;
 mod health;
+mod secrets;
 mod up;
 mod vault;
 
@@ -38,6 +39,12 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
+    },
+    /// A project's GitHub Actions secrets, through the secret broker (as `api`). Values never
+    /// appear on the command line or in the output.
+    Secrets {
+        #[command(subcommand)]
+        command: secrets::SecretsCommand,
     },
     /// Users' secrets in the vault (as the `api` identity). Values never appear on the command
     /// line or in the output.
@@ -85,6 +92,7 @@ fn main() -> ExitCode {
         // Its own exit codes: 1 for a broken chain, 2 when it could not be checked.
         Command::Audit { command } => return audit::run(command),
         Command::Vault { command } => vault::run(command),
+        Command::Secrets { command } => secrets::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,349 @@
+//! `orchctl secrets set|list|reconcile`: a project's GitHub Actions secrets through the broker.
+//!
+//! Values come from a dotenv file or stdin, never from argv; they are held in zeroizing buffers
+//! and never printed. The broker keeps references only.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use orchestrator_mesh::Service;
+use orchestrator_proto::common::v1 as common;
+use orchestrator_proto::secretbroker::v1 as pb;
+use orchestrator_proto::secretbroker::v1::secret_broker_service_client::SecretBrokerServiceClient;
+use tonic::transport::Channel;
+use zeroize::Zeroizing;
+
+use crate::conn::{MeshArgs, status_error};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum SecretsCommand {
+    /// Push secrets from a dotenv file (or stdin) to the project's repository. Multi-line values
+    /// in double or single quotes are supported.
+    Set(SetArgs),
+    /// The project's secret references: names and presence, never values.
+    List(ProjectArgs),
+    /// Compare the references with the repository's secrets at GitHub and repair interrupted writes.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct BrokerConn {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// The secret broker's gRPC address.
+    #[arg(long, default_value = "127.0.0.1:50052", value_name = "HOST:PORT")]
+    target: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SetArgs {
+    #[command(flatten)]
+    conn: BrokerConn,
+    /// The project id.
+    project: String,
+    /// A dotenv file (`NAME=value` lines); without it, the same format is read from stdin.
+    #[arg(long, value_name = "PATH")]
+    from_env_file: Option<PathBuf>,
+    /// Idempotency key: re-running with the same id writes only what is not yet recorded.
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ProjectArgs {
+    #[command(flatten)]
+    conn: BrokerConn,
+    /// The project id.
+    project: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReconcileArgs {
+    #[command(flatten)]
+    conn: BrokerConn,
+    /// The project id.
+    project: String,
+    /// Report only; repair nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl BrokerConn {
+    async fn client(&self) -> anyhow::Result<SecretBrokerServiceClient<Channel>> {
+        let tls = self.mesh.tls("api")?;
+        Ok(SecretBrokerServiceClient::new(
+            self.mesh
+                .connect(&tls, &self.target, Service::SecretBroker)
+                .await?,
+        ))
+    }
+}
+
+pub(crate) fn run(command: SecretsCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        match command {
+            SecretsCommand::Set(args) => set(args).await,
+            SecretsCommand::List(args) => list(args).await,
+            SecretsCommand::Reconcile(args) => reconcile(args).await,
+        }
+    })
+}
+
+#[allow(clippy::print_stdout, clippy::print_stderr)]
+async fn set(args: SetArgs) -> anyhow::Result<()> {
+    let text = Zeroizing::new(match &args.from_env_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("cannot read stdin")?;
+            s
+        }
+    });
+    let entries = parse_dotenv(&text)?;
+    anyhow::ensure!(!entries.is_empty(), "no NAME=value lines found");
+    let n = entries.len();
+    let secrets: Vec<common::ProjectSecretValue> = entries
+        .into_iter()
+        .map(|(name, value)| common::ProjectSecretValue {
+            name,
+            value: value.to_vec(),
+        })
+        .collect();
+    let request_id = args.request_id.clone().unwrap_or_else(random_id);
+    let mut client = args.conn.client().await?;
+    eprintln!(
+        "pushing {n} secret(s) to project {} (GitHub asks for writes one at a time, paced)…",
+        args.project
+    );
+    let request = pb::SetProjectSecretsRequest {
+        request_id: request_id.clone(),
+        project_id: args.project.clone(),
+        secrets,
+    };
+    let started = Instant::now();
+    // Progress while the broker works: elapsed time, once a second.
+    let call = client.set_project_secrets(request);
+    tokio::pin!(call);
+    let response = loop {
+        tokio::select! {
+            r = &mut call => break r,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                eprint!("\r  … {:.0} s", started.elapsed().as_secs_f64());
+            }
+        }
+    };
+    eprintln!();
+    let results = response
+        .map_err(|s| status_error("SetProjectSecrets", &s))?
+        .into_inner()
+        .results;
+    let mut failed = 0;
+    for r in &results {
+        match common::SecretWriteOutcome::try_from(r.outcome)
+            .unwrap_or(common::SecretWriteOutcome::Unspecified)
+        {
+            common::SecretWriteOutcome::Created => println!("  created  {}", r.name),
+            common::SecretWriteOutcome::Updated => println!("  updated  {}", r.name),
+            _ => {
+                failed += 1;
+                let why = r
+                    .error
+                    .as_ref()
+                    .map_or_else(String::new, |e| e.message.clone());
+                println!("  FAILED   {}: {why}", r.name);
+            }
+        }
+    }
+    println!(
+        "{} of {n} written in {:.1} s (request id {request_id})",
+        n - failed,
+        started.elapsed().as_secs_f64()
+    );
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} secret(s) were not written; re-run with --request-id {request_id} to retry only those"
+    );
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+async fn list(args: ProjectArgs) -> anyhow::Result<()> {
+    let mut client = args.conn.client().await?;
+    let mut token = String::new();
+    println!(
+        "{:<32} {:<9} {:<22} WRITTEN BY",
+        "NAME", "PRESENCE", "GITHUB UPDATED"
+    );
+    loop {
+        let page = client
+            .list_project_secrets(pb::ListProjectSecretsRequest {
+                project_id: args.project.clone(),
+                page_size: 100,
+                page_token: token,
+            })
+            .await
+            .map_err(|s| status_error("ListProjectSecrets", &s))?
+            .into_inner();
+        for s in &page.secrets {
+            let presence = common::SecretPresence::try_from(s.presence)
+                .map_or("?".to_owned(), |p| format!("{p:?}").to_lowercase());
+            let updated = s
+                .github_update_time
+                .as_ref()
+                .map_or("-".to_owned(), |t| t.seconds.to_string());
+            println!(
+                "{:<32} {:<9} {:<22} {}",
+                s.name, presence, updated, s.written_by
+            );
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        token = page.next_page_token;
+    }
+}
+
+#[allow(clippy::print_stdout)]
+async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
+    let mut client = args.conn.client().await?;
+    let report = client
+        .reconcile_project_secrets(pb::ReconcileProjectSecretsRequest {
+            project_id: args.project.clone(),
+            dry_run: args.dry_run,
+        })
+        .await
+        .map_err(|s| status_error("ReconcileProjectSecrets", &s))?
+        .into_inner();
+    for f in &report.findings {
+        let kind = pb::ReconcileFindingKind::try_from(f.kind)
+            .map_or("?".to_owned(), |k| format!("{k:?}").to_lowercase());
+        println!(
+            "  {kind:<10} {}{}",
+            f.name,
+            if f.repaired { "  (repaired)" } else { "" }
+        );
+    }
+    println!(
+        "{} in sync, {} finding(s)",
+        report.in_sync_count,
+        report.findings.len()
+    );
+    Ok(())
+}
+
+/// A request id: 16 random bytes as hex.
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses dotenv text: `NAME=value`, optional `export `, `#` comments, and values in double
+/// quotes (with `\n`, `\"`, `\\` escapes) or single quotes (literal), which may span lines.
+fn parse_dotenv(text: &str) -> anyhow::Result<Vec<(String, Zeroizing<Vec<u8>>)>> {
+    let mut out = Vec::new();
+    let mut lines = text.lines().enumerate();
+    while let Some((n, line)) = lines.next() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (name, rest) = line
+            .split_once('=')
+            .with_context(|| format!("line {}: expected NAME=value", n + 1))?;
+        let name = name.trim().to_owned();
+        anyhow::ensure!(!name.is_empty(), "line {}: empty name", n + 1);
+        let rest = rest.trim_start();
+        let mut value = Zeroizing::new(Vec::new());
+        if let Some(quote) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') {
+            let mut body = Zeroizing::new(rest[1..].to_owned());
+            // Until the closing quote, possibly on a later line.
+            loop {
+                if let Some(end) = closing_quote(&body, quote) {
+                    body.truncate(end);
+                    break;
+                }
+                let (_, next) = lines.next().with_context(|| {
+                    format!("line {}: unterminated {quote}-quoted value", n + 1)
+                })?;
+                body.push('\n');
+                body.push_str(next);
+            }
+            if quote == '"' {
+                let mut chars = body.chars();
+                while let Some(c) = chars.next() {
+                    let c = if c == '\\' {
+                        match chars.next() {
+                            Some('n') => '\n',
+                            Some('t') => '\t',
+                            Some(other) => other,
+                            None => '\\',
+                        }
+                    } else {
+                        c
+                    };
+                    let mut buf = [0; 4];
+                    value.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+            } else {
+                value.extend_from_slice(body.as_bytes());
+            }
+        } else {
+            value.extend_from_slice(rest.trim_end().as_bytes());
+        }
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+/// The index of the closing `quote` in `s` (a double quote preceded by a backslash is escaped).
+fn closing_quote(s: &str, quote: char) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        if quote == '"' && c == '\\' && !escaped {
+            escaped = true;
+            continue;
+        }
+        if c == quote && !escaped {
+            return Some(i);
+        }
+        escaped = false;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotenv_with_quotes_comments_and_multiline_values() {
+        let text = "# comment\nexport A=plain value  \nB=\"line1\\nline2 \\\"q\\\"\"\nKEY='-----BEGIN KEY-----\nabc\n-----END KEY-----'\n\nC=\n";
+        let parsed = parse_dotenv(text).unwrap();
+        let as_str: Vec<(String, String)> = parsed
+            .iter()
+            .map(|(n, v)| (n.clone(), String::from_utf8(v.to_vec()).unwrap()))
+            .collect();
+        assert_eq!(
+            as_str,
+            vec![
+                ("A".into(), "plain value".into()),
+                ("B".into(), "line1\nline2 \"q\"".into()),
+                (
+                    "KEY".into(),
+                    "-----BEGIN KEY-----\nabc\n-----END KEY-----".into()
+                ),
+                ("C".into(), String::new()),
+            ]
+        );
+        assert!(parse_dotenv("X='never closed\n").is_err());
+        assert!(parse_dotenv("no equals sign").is_err());
+    }
+}
