@@ -207,6 +207,7 @@ impl Launch {
             env.insert("BROKER_BACKOFF".to_owned(), "20ms".to_owned());
             env.insert("BROKER_SECONDARY_WAIT".to_owned(), "200ms".to_owned());
             env.insert("BROKER_GITHUB_DEADLINE".to_owned(), "20s".to_owned());
+            env.insert("BROKER_GITHUB_ATTEMPT_TIMEOUT".to_owned(), "2s".to_owned());
         }
         if service == Service::Vault {
             let keyring = format!("k1:{}", random_key());

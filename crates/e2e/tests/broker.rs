@@ -548,34 +548,162 @@ async fn raw_http(base: &str, method: &str, path: &str, token: &str, body: &str)
     response.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// 20 % of calls failing in each way GitHub fails, one way at a time: every secret ends
+/// pushed or with a precise error, and none is `present` without being at GitHub.
 #[tokio::test]
 async fn faults_end_with_every_secret_pushed_or_a_precise_error() {
-    let mut h = start(Config::default(), |l| l).await;
-    h.github.set_faults(Faults {
-        seed: 7,
-        server_error: 0.2,
-        rate_limited_429: 0.2,
-        secondary_403: 0.2,
-        retry_after_secs: 0,
-        ..Faults::default()
-    });
-    let names: Vec<String> = (0..10).map(|i| format!("S{i}")).collect();
-    let pairs: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), n.as_bytes())).collect();
-    let results = match h.api.set_project_secrets(secrets("f1", &pairs)).await {
-        Ok(r) => r.into_inner().results,
-        Err(status) => {
-            // The whole batch may fail before any write (token, key, list): precisely.
-            assert!(
-                matches!(status.code(), Code::Unavailable | Code::ResourceExhausted),
-                "{status:?}"
-            );
-            return;
+    let kinds: [(&str, Faults); 5] = [
+        (
+            "server errors",
+            Faults {
+                server_error: 0.2,
+                ..Faults::default()
+            },
+        ),
+        (
+            "429 with retry-after",
+            Faults {
+                rate_limited_429: 0.2,
+                retry_after_secs: 0,
+                ..Faults::default()
+            },
+        ),
+        (
+            "secondary 403",
+            Faults {
+                secondary_403: 0.2,
+                retry_after_secs: 0,
+                ..Faults::default()
+            },
+        ),
+        (
+            "dropped connections",
+            Faults {
+                dropped_connection: 0.2,
+                ..Faults::default()
+            },
+        ),
+        (
+            "all kinds together",
+            Faults {
+                server_error: 0.1,
+                rate_limited_429: 0.1,
+                secondary_403: 0.1,
+                dropped_connection: 0.1,
+                retry_after_secs: 0,
+                ..Faults::default()
+            },
+        ),
+    ];
+    for (round, (kind, faults)) in kinds.into_iter().enumerate() {
+        let mut h = start(Config::default(), |l| l).await;
+        h.github.set_faults(Faults {
+            seed: 7 + round as u64,
+            ..faults
+        });
+        let names: Vec<String> = (0..10).map(|i| format!("S{i}")).collect();
+        let pairs: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), n.as_bytes())).collect();
+        let started = std::time::Instant::now();
+        let response = h.api.set_project_secrets(secrets("f1", &pairs)).await;
+        println!(
+            "{kind}: {:?} in {:?}",
+            response.as_ref().map(|_| "ok").map_err(|s| s.code()),
+            started.elapsed()
+        );
+        assert!(
+            h.github.stats().faults_injected.values().sum::<usize>() > 0,
+            "{kind}: no fault injected"
+        );
+        h.github.set_faults(Faults::default());
+        let results = match response {
+            Ok(r) => r.into_inner().results,
+            Err(status) => {
+                // The batch can fail as a whole before any write (token, key, list): precisely.
+                assert!(
+                    matches!(status.code(), Code::Unavailable | Code::ResourceExhausted),
+                    "{kind}: {status:?}"
+                );
+                continue;
+            }
+        };
+        let list = h
+            .api
+            .list_project_secrets(pb::ListProjectSecretsRequest {
+                project_id: "p1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for r in &results {
+            if r.outcome == CREATED || r.outcome == UPDATED {
+                assert_eq!(
+                    h.github.secret(ORG, "app1", &r.name).unwrap(),
+                    r.name.as_bytes(),
+                    "{kind}"
+                );
+            } else {
+                assert!(
+                    r.error
+                        .as_ref()
+                        .is_some_and(|e| e.code != 0 && !e.message.is_empty()),
+                    "{kind}: {r:?}"
+                );
+            }
+            let reference = list.secrets.iter().find(|s| s.name == r.name);
+            if reference.is_some_and(|s| s.presence == common::SecretPresence::Present as i32) {
+                assert!(
+                    h.github.secret(ORG, "app1", &r.name).is_some(),
+                    "{kind}: {} present but not at GitHub",
+                    r.name
+                );
+            }
         }
-    };
-    assert!(h.github.stats().faults_injected.values().sum::<usize>() > 0);
-    h.github.set_faults(Faults::default());
-    let list = h
-        .api
+    }
+}
+
+/// The broker is killed after GitHub accepted a PUT and before it recorded it; a new process
+/// finds the secret `pending`, and reconcile recovers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_between_put_and_record_is_repaired_by_reconcile() {
+    let mut h = start(Config::default(), |l| l).await;
+    // Hold the broker right after the PUT: the follow-up read of the secret is slow.
+    h.github.set_faults_for(
+        "GET /repos/{owner}/{repo}/actions/secrets/{name}",
+        Faults {
+            latency: Duration::from_secs(30),
+            ..Faults::default()
+        },
+    );
+    let mut api = h.api.clone();
+    let push = tokio::spawn(async move {
+        api.set_project_secrets(secrets("k1", &[("KILLED", b"v")]))
+            .await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while h.github.secret(ORG, "app1", "KILLED").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the PUT never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.broker.kill().await;
+    assert!(push.await.unwrap().is_err());
+    h.github.set_faults_for(
+        "GET /repos/{owner}/{repo}/actions/secrets/{name}",
+        Faults::default(),
+    );
+
+    let restarted = Launch::new(Service::SecretBroker, &h.pki)
+        .unwrap()
+        .database(&h._db.url("secret-broker"))
+        .github(&h.github, ORG)
+        .spawn()
+        .await
+        .unwrap();
+    let mut api = client(&restarted, &h.pki, "api").await;
+    let list = api
         .list_project_secrets(pb::ListProjectSecretsRequest {
             project_id: "p1".into(),
             ..Default::default()
@@ -583,30 +711,36 @@ async fn faults_end_with_every_secret_pushed_or_a_precise_error() {
         .await
         .unwrap()
         .into_inner();
-    for r in &results {
-        let reference = list.secrets.iter().find(|s| s.name == r.name);
-        if r.outcome == CREATED || r.outcome == UPDATED {
-            assert_eq!(
-                h.github.secret(ORG, "app1", &r.name).unwrap(),
-                r.name.as_bytes()
-            );
-        } else {
-            assert!(
-                r.error
-                    .as_ref()
-                    .is_some_and(|e| e.code != 0 && !e.message.is_empty()),
-                "{r:?}"
-            );
-        }
-        // Never `present` without the secret at GitHub.
-        if reference.is_some_and(|s| s.presence == common::SecretPresence::Present as i32) {
-            assert!(
-                h.github.secret(ORG, "app1", &r.name).is_some(),
-                "{} present but not at GitHub",
-                r.name
-            );
-        }
-    }
+    assert_eq!(
+        list.secrets[0].presence,
+        common::SecretPresence::Pending as i32,
+        "{list:?}"
+    );
+    let report = api
+        .reconcile_project_secrets(pb::ReconcileProjectSecretsRequest {
+            project_id: "p1".into(),
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.findings.len(), 1);
+    assert_eq!(
+        report.findings[0].kind,
+        pb::ReconcileFindingKind::Recovered as i32
+    );
+    let list = api
+        .list_project_secrets(pb::ListProjectSecretsRequest {
+            project_id: "p1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        list.secrets[0].presence,
+        common::SecretPresence::Present as i32
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

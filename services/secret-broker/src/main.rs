@@ -70,6 +70,11 @@ fn main() -> std::process::ExitCode {
                 deadline: duration(&env, "BROKER_GITHUB_DEADLINE", Duration::from_secs(120))?,
                 secondary_wait: duration(&env, "BROKER_SECONDARY_WAIT", Duration::from_secs(60))?,
                 base_backoff: duration(&env, "BROKER_BACKOFF", Duration::from_millis(500))?,
+                attempt_timeout: duration(
+                    &env,
+                    "BROKER_GITHUB_ATTEMPT_TIMEOUT",
+                    Duration::from_secs(20),
+                )?,
                 ..RetryPolicy::default()
             };
             let github = Arc::new(GitHub::new(&api_url, app, retry)?);
