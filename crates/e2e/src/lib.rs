@@ -209,6 +209,15 @@ impl Launch {
             env.insert("BROKER_GITHUB_DEADLINE".to_owned(), "20s".to_owned());
             env.insert("BROKER_GITHUB_ATTEMPT_TIMEOUT".to_owned(), "2s".to_owned());
         }
+        if service == Service::Scaffolder {
+            // Nothing answers here until a test points it at an emulator and a broker.
+            env.insert("GITHUB_API_URL".to_owned(), "http://127.0.0.1:9".to_owned());
+            env.insert("GITHUB_ORG".to_owned(), "orchestrator-test".to_owned());
+            env.insert(
+                "SCAFFOLDER_BROKER_ADDR".to_owned(),
+                "127.0.0.1:9".to_owned(),
+            );
+        }
         if service == Service::Vault {
             let keyring = format!("k1:{}", random_key());
             env.insert(
@@ -224,8 +233,8 @@ impl Launch {
         self
     }
 
-    /// Points a secret broker at `emulator` (whose App key is [`app_key`]) with `org` as the
-    /// organization for repository creation.
+    /// Points a secret broker or scaffolder at `emulator` (whose App key is [`app_key`]), with
+    /// `org` as the organization where repositories are created.
     pub fn github(self, emulator: &orchestrator_github_emulator::Emulator, org: &str) -> Self {
         self.env("GITHUB_API_URL", emulator.url())
             .env("GITHUB_ORG", org)

@@ -42,6 +42,38 @@ impl GitHubError {
             _ => None,
         }
     }
+
+    /// What GitHub's refusal means for a gRPC caller, with GitHub's reason in the message and
+    /// its HTTP status in the `ErrorInfo`.
+    pub fn to_grpc(&self) -> tonic::Status {
+        use tonic::Code;
+        let code = match self {
+            GitHubError::Status {
+                status: 401 | 403, ..
+            } => Code::PermissionDenied,
+            GitHubError::Status { status: 404, .. } => Code::NotFound,
+            GitHubError::Status {
+                status: 409 | 422, ..
+            } => Code::FailedPrecondition,
+            GitHubError::Status { .. } => Code::Unknown,
+            GitHubError::RateLimited { .. } => Code::ResourceExhausted,
+            GitHubError::Unavailable(_) => Code::Unavailable,
+            GitHubError::Decode(_) | GitHubError::AppKey(_) => Code::Internal,
+        };
+        let reason = match self {
+            GitHubError::Status { .. } => "GITHUB_REFUSED",
+            GitHubError::RateLimited { .. } => "GITHUB_RATE_LIMITED",
+            GitHubError::Unavailable(_) => "GITHUB_UNAVAILABLE",
+            _ => "GITHUB_ERROR",
+        };
+        let status = self.status().map(|s| s.to_string()).unwrap_or_default();
+        orchestrator_mesh::status::with_reason(
+            code,
+            reason,
+            self.to_string(),
+            &[("github_status", status)],
+        )
+    }
 }
 
 /// How long and how often to retry.
@@ -123,7 +155,8 @@ type TokenKey = (u64, Vec<String>, BTreeMap<String, String>);
 /// The GitHub client of the secret broker (the only holder of the App key).
 pub struct GitHub {
     http: octocrab::Octocrab,
-    app: AppAuth,
+    /// The App key: only the broker's client has one; others work with tokens it minted.
+    app: Option<AppAuth>,
     retry: RetryPolicy,
     tokens: Mutex<HashMap<TokenKey, Arc<InstallationToken>>>,
     rng: ring::rand::SystemRandom,
@@ -168,13 +201,47 @@ struct KeyBody {
 }
 
 #[derive(Deserialize)]
+struct FileBody {
+    sha: String,
+    #[serde(default)]
+    content: String,
+}
+
+/// A repository as GitHub describes it (the fields we use).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Repository {
+    pub id: i64,
+    pub name: String,
+    pub full_name: String,
+    #[serde(default)]
+    pub html_url: String,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct SecretList {
     secrets: Vec<SecretMeta>,
 }
 
 impl GitHub {
-    /// A client for `base_url` (`GITHUB_API_URL`: `https://api.github.com`, or an emulator).
+    /// A client for `base_url` (`GITHUB_API_URL`: `https://api.github.com`, or an emulator)
+    /// acting as the App.
     pub fn new(base_url: &str, app: AppAuth, retry: RetryPolicy) -> Result<Self, GitHubError> {
+        Self::build(base_url, Some(app), retry)
+    }
+
+    /// A client without the App key, for services that work with installation tokens the
+    /// broker minted for them.
+    pub fn with_tokens_only(base_url: &str, retry: RetryPolicy) -> Result<Self, GitHubError> {
+        Self::build(base_url, None, retry)
+    }
+
+    fn build(
+        base_url: &str,
+        app: Option<AppAuth>,
+        retry: RetryPolicy,
+    ) -> Result<Self, GitHubError> {
         let http = octocrab::Octocrab::builder()
             .base_uri(base_url)
             .map_err(|e| GitHubError::Decode(format!("GITHUB_API_URL: {e}")))?
@@ -409,6 +476,95 @@ impl GitHub {
         }
     }
 
+    /// Creates a repository in organization `org` (needs `administration: write`).
+    pub async fn create_org_repository(
+        &self,
+        token: &SecretString,
+        org: &str,
+        name: &str,
+        description: &str,
+        private: bool,
+    ) -> Result<Repository, GitHubError> {
+        let body = serde_json::json!({ "name": name, "description": description, "private": private, "auto_init": false });
+        self.json(
+            Method::POST,
+            &format!("/orgs/{org}/repos"),
+            Auth::Token(token),
+            Some(body),
+        )
+        .await
+    }
+
+    /// Creates `owner/name` from the template repository `template`.
+    pub async fn generate_repository(
+        &self,
+        token: &SecretString,
+        template: &RepoRef,
+        owner: &str,
+        name: &str,
+        description: &str,
+        private: bool,
+    ) -> Result<Repository, GitHubError> {
+        let body = serde_json::json!({ "owner": owner, "name": name, "description": description, "private": private });
+        let path = format!("/repos/{}/{}/generate", template.owner(), template.name());
+        self.json(Method::POST, &path, Auth::Token(token), Some(body))
+            .await
+    }
+
+    /// A repository, or `None` if it does not exist (or the token cannot see it).
+    pub async fn repository(
+        &self,
+        token: &SecretString,
+        repo: &RepoRef,
+    ) -> Result<Option<Repository>, GitHubError> {
+        match self
+            .json(
+                Method::GET,
+                &format!("/repos/{}/{}", repo.owner(), repo.name()),
+                Auth::Token(token),
+                None,
+            )
+            .await
+        {
+            Ok(r) => Ok(Some(r)),
+            Err(GitHubError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a file on the default branch: creates it, or updates it when its content
+    /// differs (so a resumed run commits nothing twice). Returns whether it wrote.
+    pub async fn put_file(
+        &self,
+        token: &SecretString,
+        repo: &RepoRef,
+        path: &str,
+        content: &[u8],
+        message: &str,
+    ) -> Result<bool, GitHubError> {
+        let url = format!("/repos/{}/{}/contents/{path}", repo.owner(), repo.name());
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let existing: Option<FileBody> =
+            match self.json(Method::GET, &url, Auth::Token(token), None).await {
+                Ok(f) => Some(f),
+                Err(GitHubError::Status { status: 404, .. }) => None,
+                Err(e) => return Err(e),
+            };
+        let mut body = serde_json::json!({ "message": message, "content": b64.encode(content) });
+        if let Some(existing) = existing {
+            let current = b64
+                .decode(existing.content.replace('\n', ""))
+                .unwrap_or_default();
+            if current == content {
+                return Ok(false);
+            }
+            body["sha"] = serde_json::json!(existing.sha);
+        }
+        self.send_ok(Method::PUT, &url, Auth::Token(token), Some(body))
+            .await?;
+        Ok(true)
+    }
+
     async fn json<T: serde::de::DeserializeOwned>(
         &self,
         method: Method,
@@ -489,8 +645,11 @@ impl GitHub {
     ) -> Result<(StatusCode, HeaderMap, Bytes), GitHubError> {
         let authorization = match auth {
             Auth::App => {
-                let jwt = self
+                let app = self
                     .app
+                    .as_ref()
+                    .ok_or_else(|| GitHubError::Decode("this client holds no App key".into()))?;
+                let jwt = app
                     .jwt(now_unix())
                     .map_err(|e| GitHubError::AppKey(Arc::new(e)))?;
                 format!("Bearer {}", jwt.expose_secret())

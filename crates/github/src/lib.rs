@@ -12,7 +12,8 @@ mod names;
 
 pub use app::{AppAuth, AppKeyError};
 pub use client::{
-    GitHub, GitHubError, InstallationToken, PublicKey, PutOutcome, RetryPolicy, SecretMeta,
+    GitHub, GitHubError, InstallationToken, PublicKey, PutOutcome, Repository, RetryPolicy,
+    SecretMeta,
 };
 pub use names::{NameError, RepoRef, SecretName};
 

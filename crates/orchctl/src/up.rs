@@ -48,6 +48,14 @@ pub(crate) struct UpArgs {
     github_org: String,
 }
 
+/// The order services start in: each one's dependencies before it.
+const START_ORDER: [Service; 4] = [
+    Service::Vault,
+    Service::SecretBroker,
+    Service::Infra,
+    Service::Scaffolder,
+];
+
 /// The App id of the development GitHub App (the emulator's and the broker's).
 const DEV_APP_ID: u64 = 1;
 
@@ -107,8 +115,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         ("GITHUB_ORG".to_owned(), args.github_org.clone()),
     ]);
 
-    let mut running = Vec::new();
-    for service in Service::ALL {
+    let operator = MeshTls::load(caller_files(&pki, "operator"), None)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ready: Vec<Running> = Vec::new();
+    // Dependencies first: the scaffolder is told where the broker actually listens.
+    for service in START_ORDER {
         let bin = bin_dir.join(service.name());
         anyhow::ensure!(
             bin.exists(),
@@ -152,6 +163,18 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         if service == Service::SecretBroker {
             env.extend(github_env.clone());
         }
+        if service == Service::Scaffolder {
+            let broker = ready
+                .iter()
+                .find(|r| r.service == Service::SecretBroker)
+                .context("the broker starts first")?;
+            env.insert(
+                "SCAFFOLDER_BROKER_ADDR".to_owned(),
+                connect_target(broker.grpc),
+            );
+            env.insert("GITHUB_API_URL".to_owned(), github_url.clone());
+            env.insert("GITHUB_ORG".to_owned(), args.github_org.clone());
+        }
         for var in ["RUST_LOG", "ORCH_LOG_FORMAT"] {
             if let Ok(value) = std::env::var(var) {
                 env.insert(var.to_owned(), value);
@@ -167,13 +190,6 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
         prefix_output(service.name(), &mut child);
-        running.push((service, child, addr_file));
-    }
-
-    let operator = MeshTls::load(caller_files(&pki, "operator"), None)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut ready = Vec::new();
-    for (service, mut child, addr_file) in running {
         let (grpc, admin) = loop {
             if let Some(status) = child.try_wait()? {
                 bail!("{service} exited during start-up ({status})");
@@ -199,6 +215,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             admin,
         });
     }
+    ready.sort_by_key(|r| r.service.default_port());
     print_summary(&ready, &pki, &github_url);
 
     let ended = wait_for_exit_or_signal(&mut ready, &mut github).await;

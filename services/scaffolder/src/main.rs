@@ -1,20 +1,108 @@
 //! The scaffolder service: projects, their GitHub repositories and the deploy template. Holds
-//! no L1 secret beyond its certificate and database; GitHub access comes from broker tokens.
+//! no L1 secret beyond its certificate, database and audit key: GitHub access comes from
+//! tokens the secret broker mints for it, narrowed to repository creation.
+//!
+//! Its environment: `DATABASE_URL`, `AUDIT_KEY` (also as `_FILE`), `GITHUB_API_URL`
+//! (`https://api.github.com`), `GITHUB_ORG` (required), `SCAFFOLDER_TEMPLATE_REPOSITORY`
+//! (`owner/name`, optional), `SCAFFOLDER_BROKER_ADDR` (`127.0.0.1:50052`).
 
+// A binary crate: `pub` marks what the modules share, nothing is exported.
+#![allow(unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use orchestrator_audit::{AuditKey, Ledger};
+use orchestrator_github::{GitHub, RepoRef, RetryPolicy};
 use orchestrator_mesh::{Service, service_main};
-use orchestrator_proto::scaffolder::v1::scaffolder_service_server::{
-    ScaffolderService, ScaffolderServiceServer,
-};
+use orchestrator_proto::scaffolder::v1::scaffolder_service_server::ScaffolderServiceServer;
+use orchestrator_store::{Database, Dialect};
+use sqlx::migrate::Migrator;
 use tonic::service::Routes;
 
-/// Until projects land every RPC answers UNIMPLEMENTED (the generated defaults).
-#[derive(Debug)]
-struct Scaffolder;
+mod api;
 
-impl ScaffolderService for Scaffolder {}
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+fn migrations(dialect: Dialect) -> Migrator {
+    match dialect {
+        Dialect::Postgres => sqlx::migrate!("../../migrations/scaffolder/postgres"),
+        Dialect::Sqlite => sqlx::migrate!("../../migrations/scaffolder/sqlite"),
+    }
+}
 
 fn main() -> std::process::ExitCode {
-    service_main(Service::Scaffolder, |_startup| async {
-        Ok(Routes::new(ScaffolderServiceServer::new(Scaffolder)))
+    service_main(Service::Scaffolder, |startup| {
+        let env = startup.env.clone();
+        let readiness = startup.readiness.clone();
+        let tls = startup.tls.clone();
+        let trust_domain = startup.config.trust_domain.clone();
+        async move {
+            let url = env.required_secret("DATABASE_URL")?;
+            let audit_key = AuditKey::from_base64(&env.required_secret("AUDIT_KEY")?)?;
+            let org = env.get("GITHUB_ORG").context("GITHUB_ORG is required: the organization where projects' repositories are created")?.to_owned();
+            let template_repository = match env.get("SCAFFOLDER_TEMPLATE_REPOSITORY") {
+                None => None,
+                Some(raw) => {
+                    let (owner, name) = raw
+                        .split_once('/')
+                        .context("SCAFFOLDER_TEMPLATE_REPOSITORY must be owner/name")?;
+                    Some(RepoRef::new(owner, name).context("SCAFFOLDER_TEMPLATE_REPOSITORY")?)
+                }
+            };
+            let api_url = env
+                .get("GITHUB_API_URL")
+                .unwrap_or("https://api.github.com")
+                .to_owned();
+            let github = Arc::new(GitHub::with_tokens_only(
+                &api_url,
+                RetryPolicy {
+                    deadline: Duration::from_secs(60),
+                    ..RetryPolicy::default()
+                },
+            )?);
+            let broker_addr = env
+                .get("SCAFFOLDER_BROKER_ADDR")
+                .unwrap_or("127.0.0.1:50052")
+                .to_owned();
+            let broker_identity = orchestrator_mesh::Identity::new(
+                trust_domain,
+                Service::SecretBroker.identity_name(),
+            );
+
+            let db = Database::connect(&url, Duration::from_secs(30))
+                .await
+                .context("DATABASE_URL")?;
+            db.migrate([
+                orchestrator_audit::migrations(db.dialect()),
+                migrations(db.dialect()),
+            ])
+            .await?;
+            let probe = db.clone();
+            readiness.add_check(
+                "database",
+                Arc::new(move || {
+                    let db = probe.clone();
+                    Box::pin(async move { db.ping().await })
+                }),
+            );
+            let ledger = Ledger::start(db.clone(), audit_key);
+            let scaffolder = api::Scaffolder {
+                db,
+                ledger,
+                github,
+                org,
+                template_repository,
+                broker_addr,
+                broker_identity,
+                tls,
+            };
+            Ok(Routes::new(ScaffolderServiceServer::new(scaffolder)))
+        }
     })
 }

@@ -72,29 +72,8 @@ fn valid_request_id(id: &str) -> bool {
     (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// What GitHub's refusal means for our caller.
 fn github_status(e: &GitHubError) -> Status {
-    let code = match e {
-        GitHubError::Status {
-            status: 401 | 403, ..
-        } => Code::PermissionDenied,
-        GitHubError::Status { status: 404, .. } => Code::NotFound,
-        GitHubError::Status {
-            status: 409 | 422, ..
-        } => Code::FailedPrecondition,
-        GitHubError::Status { .. } => Code::Unknown,
-        GitHubError::RateLimited { .. } => Code::ResourceExhausted,
-        GitHubError::Unavailable(_) => Code::Unavailable,
-        GitHubError::Decode(_) | GitHubError::AppKey(_) => Code::Internal,
-    };
-    let reason = match e {
-        GitHubError::Status { .. } => "GITHUB_REFUSED",
-        GitHubError::RateLimited { .. } => "GITHUB_RATE_LIMITED",
-        GitHubError::Unavailable(_) => "GITHUB_UNAVAILABLE",
-        _ => "GITHUB_ERROR",
-    };
-    let status = e.status().map(|s| s.to_string()).unwrap_or_default();
-    with_reason(code, reason, e.to_string(), &[("github_status", status)])
+    e.to_grpc()
 }
 
 fn failure(status: &Status) -> common::Failure {
