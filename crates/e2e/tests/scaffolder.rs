@@ -316,3 +316,57 @@ async fn a_scaffolder_killed_after_the_repository_was_created_finishes_on_retry(
             .is_some()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchctl_project_create_get_and_list() {
+    let h = start().await;
+    let init =
+        orchestrator_e2e::write_secret(h.pki.dir(), "init.env", "TELEGRAM_TOKEN=canary-cli-7\n")
+            .unwrap();
+    let orchctl = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(orchestrator_e2e::bin("orchctl"));
+        cmd.args(args)
+            .arg("--pki")
+            .arg(h.pki.dir())
+            .arg("--target")
+            .arg(h.scaffolder.grpc.to_string());
+        async move { cmd.output().await.unwrap() }
+    };
+    let out = orchctl(&[
+        "project",
+        "create",
+        "--name",
+        "cli-bot",
+        "--user",
+        "u9",
+        "--secret",
+        "bot_token=TELEGRAM_TOKEN",
+        "--initial-secrets-file",
+        &init,
+    ])
+    .await;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("cli-bot") && text.contains("ready") && text.contains("TELEGRAM_TOKEN"),
+        "{text}"
+    );
+    assert!(!text.contains("canary-cli-7"));
+    let id = text.split_whitespace().next().unwrap().to_owned();
+    let out = orchctl(&["project", "get", &id]).await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && text.contains("bot_token") && text.contains("present"),
+        "{text}"
+    );
+    let out = orchctl(&["project", "list", "--user", "u9"]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
+    assert_eq!(
+        h.github.secret(ORG, "cli-bot", "TELEGRAM_TOKEN").unwrap(),
+        b"canary-cli-7"
+    );
+}

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod conn;
 mod health;
+mod project;
 mod secrets;
 mod up;
 mod vault;
@@ -39,6 +40,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
+    },
+    /// Projects through the scaffolder (as `api`): a repository, its deploy workflow, its secrets.
+    Project {
+        #[command(subcommand)]
+        command: project::ProjectCommand,
     },
     /// A project's GitHub Actions secrets, through the secret broker (as `api`). Values never
     /// appear on the command line or in the output.
@@ -93,6 +99,7 @@ fn main() -> ExitCode {
         Command::Audit { command } => return audit::run(command),
         Command::Vault { command } => vault::run(command),
         Command::Secrets { command } => secrets::run(command),
+        Command::Project { command } => project::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -238,7 +238,7 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
 }
 
 /// A request id: 16 random bytes as hex.
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     let mut bytes = [0u8; 16];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -246,7 +246,7 @@ fn random_id() -> String {
 
 /// Parses dotenv text: `NAME=value`, optional `export `, `#` comments, and values in double
 /// quotes (with `\n`, `\"`, `\\` escapes) or single quotes (literal), which may span lines.
-fn parse_dotenv(text: &str) -> anyhow::Result<Vec<(String, Zeroizing<Vec<u8>>)>> {
+pub(crate) fn parse_dotenv(text: &str) -> anyhow::Result<Vec<(String, Zeroizing<Vec<u8>>)>> {
     let mut out = Vec::new();
     let mut lines = text.lines().enumerate();
     while let Some((n, line)) = lines.next() {
