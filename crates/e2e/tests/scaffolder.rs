@@ -370,3 +370,48 @@ async fn orchctl_project_create_get_and_list() {
         b"canary-cli-7"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projects_are_generated_from_a_template_repository_when_one_is_configured() {
+    let h = start().await;
+    h.github.create_template_repository(ORG, "service-template");
+    h.github
+        .put_file_directly(ORG, "service-template", "Dockerfile", b"FROM scratch\n");
+    let scaffolder = scaffolder_launch(&h.pki, &h.db, &h.github, &h.broker)
+        .await
+        .env(
+            "SCAFFOLDER_TEMPLATE_REPOSITORY",
+            format!("{ORG}/service-template"),
+        )
+        .spawn()
+        .await
+        .unwrap();
+    let mut api = ScaffolderServiceClient::new(
+        scaffolder
+            .channel(&h.pki.client("api").unwrap())
+            .await
+            .unwrap(),
+    );
+    let project = api
+        .create_project(create("req-gen", "from-template", &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .project
+        .unwrap();
+    assert_eq!(project.state, pb::ProjectState::Ready as i32);
+    assert_eq!(
+        h.github.file(ORG, "from-template", "Dockerfile").unwrap(),
+        b"FROM scratch\n"
+    );
+    assert!(
+        h.github
+            .file(ORG, "from-template", ".github/workflows/deploy.yml")
+            .is_some()
+    );
+    assert_eq!(
+        h.github.stats().requests.get(CREATE_REPO),
+        None,
+        "generated, not created empty"
+    );
+}
