@@ -322,7 +322,8 @@ impl Scaffolder {
     }
 
     /// Records why a step failed; the project stays `creating`, so a retry resumes.
-    async fn record_failure(&self, project: &mut Row_, status: &Status) {
+    async fn record_failure(&self, project: &mut Row_, status: &Status, caller: &str) {
+        let caller = caller.to_owned();
         let (id, code, reason, message) = (
             project.id.clone(),
             status.code() as i64,
@@ -343,7 +344,7 @@ impl Scaffolder {
                         .execute(&mut *conn)
                         .await
                         .map_err(store)?;
-                    let mut entry = Entry::new("", CREATE, format!("projects/{id}")).detail(format!("failed: {m2}"));
+                    let mut entry = Entry::new(&caller, CREATE, format!("projects/{id}")).detail(format!("failed: {m2}"));
                     entry.outcome = format!("{:?}", Code::from_i32(code as i32));
                     Ok(((), vec![entry]))
                 })
@@ -762,7 +763,7 @@ impl ScaffolderService for Scaffolder {
         let results = match self.drive(&mut project, initial, &caller).await {
             Ok(results) => results,
             Err(status) => {
-                self.record_failure(&mut project, &status).await;
+                self.record_failure(&mut project, &status, &caller).await;
                 return Err(status);
             }
         };
