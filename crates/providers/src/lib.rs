@@ -1,0 +1,16 @@
+//! Real HTTP clients for the infra service's providers, each with a configurable base URL so the
+//! same code runs against the provider or an emulator: DigitalOcean (droplets, account SSH keys),
+//! Time4VPS (take-over of servers bought in advance) and Cloudflare DNS.
+//!
+//! Retries never duplicate a server: reads and deletes retry; creates do not, and a failed
+//! create is followed by a lookup of its idempotency tag.
+
+mod cloudflare;
+mod digitalocean;
+mod http;
+mod time4vps;
+
+pub use cloudflare::Cloudflare;
+pub use digitalocean::{CreateDroplet, DigitalOcean, Droplet};
+pub use http::{ProviderError, Retry};
+pub use time4vps::{Time4Vps, Time4VpsServer};
