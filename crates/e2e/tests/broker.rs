@@ -412,6 +412,35 @@ async fn a_crash_between_put_and_record_is_repaired_by_reconcile() {
 #[tokio::test]
 async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_write() {
     let mut h = start(Config::default(), |l| l).await;
+    // The key first, alone (infra hands it over as soon as it exists), then the rest.
+    let key_only = pb::DeployCredentials {
+        ssh_private_key: b"-----BEGIN OPENSSH PRIVATE KEY-----\nearly\n".to_vec(),
+        ..Default::default()
+    };
+    let early = h
+        .infra
+        .set_deploy_credentials(pb::SetDeployCredentialsRequest {
+            request_id: "d0".into(),
+            project_id: "p1".into(),
+            credentials: Some(key_only),
+            server_id: "s1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(outcomes(&early), vec![("DEPLOY_SSH_KEY".into(), CREATED)]);
+    let none = h
+        .infra
+        .set_deploy_credentials(pb::SetDeployCredentialsRequest {
+            request_id: "d-".into(),
+            project_id: "p1".into(),
+            credentials: None,
+            server_id: "s1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), Code::InvalidArgument);
     let creds = pb::DeployCredentials {
         host: "203.0.113.7".into(),
         user: "deploy".into(),
@@ -430,7 +459,11 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
         .unwrap()
         .into_inner()
         .results;
-    assert!(results.iter().all(|r| r.outcome == CREATED), "{results:?}");
+    assert_eq!(
+        results.iter().filter(|r| r.outcome == UPDATED).count(),
+        1,
+        "{results:?}"
+    );
     let mut names = h.github.secret_names(ORG, "app1");
     names.sort();
     assert_eq!(

@@ -582,37 +582,30 @@ impl SecretBrokerService for Broker {
             "1-128 characters of [A-Za-z0-9_-]",
         );
         let creds = req.credentials.unwrap_or_default();
-        v.check(!creds.host.is_empty(), "credentials.host", "required");
-        v.check(!creds.user.is_empty(), "credentials.user", "required");
+        // Any non-empty subset: the key is handed over as soon as infra generates it.
+        let values: Vec<common::ProjectSecretValue> = [
+            ("DEPLOY_HOST", creds.host.into_bytes()),
+            ("DEPLOY_USER", creds.user.into_bytes()),
+            ("DEPLOY_SSH_KEY", creds.ssh_private_key),
+            ("DEPLOY_KNOWN_HOSTS", creds.known_hosts.into_bytes()),
+        ]
+        .into_iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(name, value)| common::ProjectSecretValue {
+            name: name.into(),
+            value,
+        })
+        .collect();
         v.check(
-            !creds.ssh_private_key.is_empty(),
-            "credentials.ssh_private_key",
-            "required",
+            !values.is_empty(),
+            "credentials",
+            "at least one of host, user, ssh_private_key, known_hosts",
         );
-        v.check(
-            !creds.known_hosts.is_empty(),
-            "credentials.known_hosts",
-            "required (a pinned host key)",
-        );
-        let values = vec![
-            common::ProjectSecretValue {
-                name: "DEPLOY_HOST".into(),
-                value: creds.host.into_bytes(),
-            },
-            common::ProjectSecretValue {
-                name: "DEPLOY_USER".into(),
-                value: creds.user.into_bytes(),
-            },
-            common::ProjectSecretValue {
-                name: "DEPLOY_SSH_KEY".into(),
-                value: creds.ssh_private_key,
-            },
-            common::ProjectSecretValue {
-                name: "DEPLOY_KNOWN_HOSTS".into(),
-                value: creds.known_hosts.into_bytes(),
-            },
-        ];
-        let secrets = validate_batch(&mut v, values, true);
+        let secrets = if values.is_empty() {
+            Vec::new()
+        } else {
+            validate_batch(&mut v, values, true)
+        };
         v.finish()?;
         let results = self
             .push(
