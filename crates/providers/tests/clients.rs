@@ -1,0 +1,233 @@
+//! The provider clients against the emulators: the real HTTP code, the providers' shapes and
+//! errors, and retries that never duplicate a server.
+
+#![allow(clippy::unwrap_used)] // Test helpers: a failed step is a failed test.
+
+use std::time::Duration;
+
+use orchestrator_provider_emulators as emu;
+use orchestrator_providers::{
+    Cloudflare, CreateDroplet, DigitalOcean, ProviderError, Retry, Time4Vps,
+};
+use secrecy::SecretString;
+
+fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn retry() -> Retry {
+    Retry {
+        deadline: Duration::from_secs(10),
+        base_backoff: Duration::from_millis(20),
+        attempt_timeout: Duration::from_secs(2),
+    }
+}
+
+fn token(s: &str) -> SecretString {
+    SecretString::from(s.to_owned())
+}
+
+fn spec(tag: &str) -> CreateDroplet {
+    CreateDroplet {
+        name: "app-1".into(),
+        region: "fra1".into(),
+        size: "s-1vcpu-1gb".into(),
+        image: "ubuntu-24-04-x64".into(),
+        tag: tag.into(),
+        user_data: "#cloud-config\n{}\n".into(),
+        ssh_keys: vec![],
+    }
+}
+
+#[tokio::test]
+async fn droplets_are_created_once_even_when_a_third_of_the_calls_fail() {
+    init();
+    let config = emu::DoConfig {
+        tokens: vec!["do-token".into()],
+        transient_404_polls: 2,
+        ..emu::DoConfig::default()
+    };
+    let server = emu::DigitalOcean::start(config).await.unwrap();
+    server.set_faults(emu::Faults::mixed(11, 0.3));
+    let client = DigitalOcean::new(&server.url(), token("do-token"), retry()).unwrap();
+    // What infra does: retry the step until it succeeds; the tag makes each retry safe.
+    let mut created = None;
+    for _ in 0..20 {
+        match client.create_droplet(&spec("op-42")).await {
+            Ok(d) => {
+                created = Some(d);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let created = created.expect("created within 20 attempts");
+    assert_eq!(
+        server.live_droplets().len(),
+        1,
+        "{:?}",
+        server.live_droplets()
+    );
+    assert!(server.stats().faults_injected.values().sum::<usize>() > 0);
+    server.clear_faults();
+    let ready = client
+        .wait_for_address(
+            created.id,
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ready.status, "active");
+    assert_eq!(ready.public_ipv4, server.live_droplets()[0].ipv4);
+    // A second create with the same tag finds the same droplet.
+    assert_eq!(
+        client.create_droplet(&spec("op-42")).await.unwrap().id,
+        created.id
+    );
+    assert!(client.delete_droplet(created.id).await.unwrap());
+    assert!(
+        !client.delete_droplet(created.id).await.unwrap(),
+        "a second delete is a 404: already gone"
+    );
+    assert!(server.live_droplets().is_empty());
+}
+
+#[tokio::test]
+async fn digitalocean_refusals_are_precise() {
+    init();
+    let server = emu::DigitalOcean::start(emu::DoConfig {
+        tokens: vec!["good".into()],
+        ..emu::DoConfig::default()
+    })
+    .await
+    .unwrap();
+    let bad = DigitalOcean::new(&server.url(), token("bad"), retry()).unwrap();
+    assert!(matches!(
+        bad.create_droplet(&spec("t")).await,
+        Err(ProviderError::Auth { .. })
+    ));
+    let good = DigitalOcean::new(&server.url(), token("good"), retry()).unwrap();
+    let key = orchestrator_deploy_keys_like_key();
+    let first = good.ensure_ssh_key("deploy", &key).await.unwrap();
+    // DigitalOcean answers 422 for a key already registered: found, not duplicated.
+    assert_eq!(
+        good.ensure_ssh_key("deploy-again", &key).await.unwrap(),
+        first
+    );
+    assert_eq!(server.ssh_keys().iter().filter(|k| !k.deleted).count(), 1);
+    let mut invalid = spec("t2");
+    invalid.size = String::new();
+    let err = good.create_droplet(&invalid).await.unwrap_err();
+    assert_eq!(err.status(), Some(422), "{err}");
+}
+
+fn orchestrator_deploy_keys_like_key() -> String {
+    // A syntactically valid Ed25519 public key line (a test fixture, not a secret).
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl deploy".into()
+}
+
+#[tokio::test]
+async fn dns_records_are_created_or_updated_and_removed() {
+    init();
+    let config = emu::CfConfig {
+        tokens: vec!["cf-token".into()],
+        zones: vec!["orchestrator.test".into()],
+        ..emu::CfConfig::default()
+    };
+    let server = emu::Cloudflare::start(config).await.unwrap();
+    let client = Cloudflare::new(&server.api_base(), token("cf-token"), retry()).unwrap();
+    let zone = client.zone_id("orchestrator.test").await.unwrap();
+    let id = client
+        .upsert_a_record(&zone, "app.orchestrator.test", "203.0.113.7")
+        .await
+        .unwrap();
+    let again = client
+        .upsert_a_record(&zone, "app.orchestrator.test", "203.0.113.8")
+        .await
+        .unwrap();
+    assert_eq!(id, again, "updated in place, not duplicated");
+    let records = server.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].content, "203.0.113.8");
+    assert!(!records[0].proxied, "SSH does not pass the proxy");
+    assert!(
+        client
+            .delete_a_record(&zone, "app.orchestrator.test")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !client
+            .delete_a_record(&zone, "app.orchestrator.test")
+            .await
+            .unwrap()
+    );
+    let bad = Cloudflare::new(&server.api_base(), token("nope"), retry()).unwrap();
+    assert!(matches!(
+        bad.zone_id("orchestrator.test").await,
+        Err(ProviderError::Auth { .. })
+    ));
+
+    // Under faults, retrying the step still leaves one record.
+    server.set_faults(emu::Faults::mixed(5, 0.3));
+    let mut ok = false;
+    for _ in 0..20 {
+        if client
+            .upsert_a_record(&zone, "faulty.orchestrator.test", "203.0.113.9")
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok);
+    server.clear_faults();
+    assert_eq!(
+        server
+            .records()
+            .iter()
+            .filter(|r| r.name == "faulty.orchestrator.test")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn time4vps_servers_are_taken_over_by_reinstalling_with_the_deploy_key() {
+    init();
+    let config = emu::T4Config {
+        user: "acct".into(),
+        password: "pw".into(),
+        servers: vec![(101, "203.0.113.10".into())],
+        task_after: Duration::from_millis(200),
+        ..emu::T4Config::default()
+    };
+    let server = emu::Time4Vps::start(config).await.unwrap();
+    let client = Time4Vps::new(&server.url(), "acct", token("pw"), retry()).unwrap();
+    assert_eq!(client.server(101).await.unwrap().ip, "203.0.113.10");
+    let key = orchestrator_deploy_keys_like_key();
+    let task = client
+        .reinstall(101, "kvm-ubuntu-24.04-gpt-x86_64", &key)
+        .await
+        .unwrap();
+    client
+        .wait_for_task(
+            101,
+            task,
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        server.last_reinstall(101).unwrap().ssh_key.as_deref(),
+        Some(key.as_str())
+    );
+    let bad = Time4Vps::new(&server.url(), "acct", token("wrong"), retry()).unwrap();
+    assert!(matches!(
+        bad.server(101).await,
+        Err(ProviderError::Auth { .. })
+    ));
+}
