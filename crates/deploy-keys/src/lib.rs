@@ -62,6 +62,15 @@ pub fn generate(comment: &str) -> Result<KeyPair, KeyError> {
     })
 }
 
+/// The public key line of an OpenSSH private key (the orchestrator's admin key, from L1).
+pub fn public_of(private_openssh: &SecretString) -> Result<String, KeyError> {
+    let key = PrivateKey::from_openssh(private_openssh.expose_secret())
+        .map_err(|_| KeyError::PublicKey("(private key)".into()))?;
+    key.public_key()
+        .to_openssh()
+        .map_err(|e| KeyError::Generate(e.to_string()))
+}
+
 /// The SHA-256 fingerprint of an OpenSSH public key line.
 pub fn fingerprint(public_openssh: &str) -> Result<String, KeyError> {
     let key = ssh_key::PublicKey::from_openssh(public_openssh)

@@ -218,6 +218,26 @@ impl Launch {
                 "127.0.0.1:9".to_owned(),
             );
         }
+        if service == Service::Infra {
+            // The orchestrator's admin key (L1): a fresh Ed25519 key per launch.
+            let admin = orchestrator_deploy_keys::generate("orchestrator-admin")
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            use secrecy::ExposeSecret as _;
+            env.insert(
+                "ORCHESTRATOR_SSH_PRIVATE_KEY_FILE".to_owned(),
+                write_secret(
+                    dir.path(),
+                    "admin_key",
+                    admin.private_openssh.expose_secret(),
+                )?,
+            );
+            env.insert("INFRA_BROKER_ADDR".to_owned(), "127.0.0.1:9".to_owned());
+            env.insert("INFRA_VAULT_ADDR".to_owned(), "127.0.0.1:9".to_owned());
+            env.insert(
+                "DIGITALOCEAN_API_URL".to_owned(),
+                "http://127.0.0.1:9".to_owned(),
+            );
+        }
         if service == Service::Vault {
             let keyring = format!("k1:{}", random_key());
             env.insert(

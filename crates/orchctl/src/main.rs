@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod conn;
 mod health;
+mod infra;
 mod project;
 mod secrets;
 mod up;
@@ -40,6 +41,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
+    },
+    /// Servers through the infra service (as `api`), with live progress.
+    Infra {
+        #[command(subcommand)]
+        command: infra::InfraCommand,
     },
     /// Projects through the scaffolder (as `api`): a repository, its deploy workflow, its secrets.
     Project {
@@ -100,6 +106,7 @@ fn main() -> ExitCode {
         Command::Vault { command } => vault::run(command),
         Command::Secrets { command } => secrets::run(command),
         Command::Project { command } => project::run(command),
+        Command::Infra { command } => infra::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

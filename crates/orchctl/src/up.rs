@@ -103,8 +103,82 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     // GitHub, locally: the emulator, trusting a development App key only the broker holds.
     let app_key = dev_app_key(&state)?;
-    let (mut github, github_url) =
-        start_github_emulator(&bin_dir, &run_dir, &app_key, &args.github_org).await?;
+    let github_emulator_env = [
+        ("GITHUB_EMULATOR_ADDR", "127.0.0.1:0".to_owned()),
+        ("GITHUB_EMULATOR_APP_ID", DEV_APP_ID.to_string()),
+        (
+            "GITHUB_EMULATOR_APP_PUBLIC_KEY_FILE",
+            app_key.public.display().to_string(),
+        ),
+        ("GITHUB_EMULATOR_ORG", args.github_org.clone()),
+    ];
+    let (mut github, addrs) = start_emulator(
+        &bin_dir,
+        &run_dir,
+        "github-emulator",
+        "github",
+        &github_emulator_env,
+        "GITHUB_EMULATOR_ADDR_FILE",
+    )
+    .await?;
+    let github_url = addrs["url"]
+        .as_str()
+        .context("the GitHub emulator wrote no url")?
+        .to_owned();
+    // DigitalOcean, Cloudflare and Time4VPS, locally, with development tokens only infra holds.
+    let (do_token, cf_token) = (
+        dev_token(&state, "digitalocean_token")?,
+        dev_token(&state, "cloudflare_token")?,
+    );
+    let provider_env = [
+        (
+            "DIGITALOCEAN_EMULATOR_TOKEN",
+            std::fs::read_to_string(&do_token)?,
+        ),
+        (
+            "CLOUDFLARE_EMULATOR_TOKEN",
+            std::fs::read_to_string(&cf_token)?,
+        ),
+        ("CLOUDFLARE_EMULATOR_ZONE", "orchestrator.test".to_owned()),
+    ];
+    let (mut providers, provider_urls) = start_emulator(
+        &bin_dir,
+        &run_dir,
+        "provider-emulators",
+        "providers",
+        &provider_env,
+        "PROVIDER_EMULATORS_ADDR_FILE",
+    )
+    .await?;
+    let infra_env = BTreeMap::from([
+        (
+            "DIGITALOCEAN_API_URL".to_owned(),
+            provider_urls["digitalocean"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        (
+            "DIGITALOCEAN_TOKEN_FILE".to_owned(),
+            do_token.display().to_string(),
+        ),
+        (
+            "CLOUDFLARE_API_URL".to_owned(),
+            format!(
+                "{}/client/v4",
+                provider_urls["cloudflare"].as_str().unwrap_or_default()
+            ),
+        ),
+        (
+            "CLOUDFLARE_API_TOKEN_FILE".to_owned(),
+            cf_token.display().to_string(),
+        ),
+        ("CLOUDFLARE_ZONE".to_owned(), "orchestrator.test".to_owned()),
+        (
+            "ORCHESTRATOR_SSH_PRIVATE_KEY_FILE".to_owned(),
+            dev_admin_key(&state)?.display().to_string(),
+        ),
+    ]);
     let github_env = BTreeMap::from([
         ("GITHUB_APP_ID".to_owned(), DEV_APP_ID.to_string()),
         (
@@ -162,6 +236,19 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         env.extend(own_storage_and_keys(&state, service)?);
         if service == Service::SecretBroker {
             env.extend(github_env.clone());
+        }
+        if service == Service::Infra {
+            env.extend(infra_env.clone());
+            for (var, dependency) in [
+                ("INFRA_BROKER_ADDR", Service::SecretBroker),
+                ("INFRA_VAULT_ADDR", Service::Vault),
+            ] {
+                let dep = ready
+                    .iter()
+                    .find(|r| r.service == dependency)
+                    .context("dependencies start first")?;
+                env.insert(var.to_owned(), connect_target(dep.grpc));
+            }
         }
         if service == Service::Scaffolder {
             let broker = ready
@@ -223,6 +310,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         terminate(&mut r.child).await;
     }
     terminate(&mut github).await;
+    terminate(&mut providers).await;
     match ended {
         Some(service) => bail!("{service} exited on its own; stopped the mesh"),
         None => {
@@ -359,6 +447,36 @@ fn prefix_output(label: &'static str, child: &mut Child) {
     }
 }
 
+/// A random development token in infra's secrets folder (created once); returns its path.
+fn dev_token(state: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = state.join("secrets").join(Service::Infra.name());
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(name);
+    dev_secret(&path, "dev-")?;
+    Ok(path)
+}
+
+/// The orchestrator's development admin SSH key (L1, infra's alone), created once.
+fn dev_admin_key(state: &Path) -> anyhow::Result<PathBuf> {
+    use secrecy::ExposeSecret as _;
+    use std::io::Write as _;
+    let dir = state.join("secrets").join(Service::Infra.name());
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("orchestrator_ssh_key");
+    if !path.exists() {
+        let key = orchestrator_deploy_keys::generate("orchestrator-admin")
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options
+            .open(&path)?
+            .write_all(key.private_openssh.expose_secret().as_bytes())?;
+    }
+    Ok(path)
+}
+
 /// The development GitHub App key pair, created once: the private half is the broker's alone
 /// (0600, in its secrets folder), the public half is what the emulator trusts.
 struct AppKeyFiles {
@@ -388,28 +506,28 @@ fn dev_app_key(state: &Path) -> anyhow::Result<AppKeyFiles> {
     Ok(files)
 }
 
-/// Starts the GitHub emulator on a free port and returns it with its URL.
-async fn start_github_emulator(
+/// Starts an emulator binary on free ports and returns it with what it wrote to its address
+/// file (`addr_var` names the variable that tells it where).
+async fn start_emulator(
     bin_dir: &Path,
     run_dir: &Path,
-    key: &AppKeyFiles,
-    org: &str,
-) -> anyhow::Result<(Child, String)> {
-    let bin = bin_dir.join("github-emulator");
+    name: &str,
+    label: &'static str,
+    env: &[(&str, String)],
+    addr_var: &str,
+) -> anyhow::Result<(Child, serde_json::Value)> {
+    let bin = bin_dir.join(name);
     anyhow::ensure!(
         bin.exists(),
         "{} not found (build with `cargo build --bins`, or pass --bin-dir)",
         bin.display()
     );
-    let addr_file = run_dir.join("github-emulator.json");
+    let addr_file = run_dir.join(format!("{name}.json"));
     let _ = std::fs::remove_file(&addr_file);
     let mut child = Command::new(&bin)
         .env_clear()
-        .env("GITHUB_EMULATOR_ADDR", "127.0.0.1:0")
-        .env("GITHUB_EMULATOR_APP_ID", DEV_APP_ID.to_string())
-        .env("GITHUB_EMULATOR_APP_PUBLIC_KEY_FILE", &key.public)
-        .env("GITHUB_EMULATOR_ORG", org)
-        .env("GITHUB_EMULATOR_ADDR_FILE", &addr_file)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env(addr_var, &addr_file)
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
@@ -420,24 +538,16 @@ async fn start_github_emulator(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
-    prefix_output("github", &mut child);
+    prefix_output(label, &mut child);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(status) = child.try_wait()? {
-            bail!("the GitHub emulator exited during start-up ({status})");
+            bail!("{name} exited during start-up ({status})");
         }
         if let Ok(bytes) = std::fs::read(&addr_file) {
-            let value: serde_json::Value = serde_json::from_slice(&bytes)?;
-            let url = value["url"]
-                .as_str()
-                .context("the emulator wrote no url")?
-                .to_owned();
-            return Ok((child, url));
+            return Ok((child, serde_json::from_slice(&bytes)?));
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the GitHub emulator did not start within 30s"
-        );
+        anyhow::ensure!(Instant::now() < deadline, "{name} did not start within 30s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

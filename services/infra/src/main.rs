@@ -1,18 +1,121 @@
 //! The infra service: servers, DNS and deploy keys. Holds the provider tokens and the
-//! orchestrator's SSH key, and never an application (L2) secret.
+//! orchestrator's SSH key, and never an application (L2) secret: it hands the deploy
+//! credentials to the broker and keeps public keys only.
+//!
+//! Its environment: `DATABASE_URL`, `AUDIT_KEY`, `ORCHESTRATOR_SSH_PRIVATE_KEY` (each also as
+//! `_FILE`); `DIGITALOCEAN_TOKEN`, `CLOUDFLARE_API_TOKEN` (L1, optional: a user's own key from the
+//! vault can stand in for DigitalOcean's); `DIGITALOCEAN_API_URL`, `CLOUDFLARE_API_URL`,
+//! `CLOUDFLARE_ZONE`; `INFRA_BROKER_ADDR` (`127.0.0.1:50052`), `INFRA_VAULT_ADDR` (`127.0.0.1:50053`).
 
-use orchestrator_mesh::{Service, service_main};
-use orchestrator_proto::infra::v1::infra_service_server::{InfraService, InfraServiceServer};
+// A binary crate: `pub` marks what the modules share, nothing is exported.
+#![allow(unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use orchestrator_audit::{AuditKey, Ledger};
+use orchestrator_mesh::{Identity, Service, service_main};
+use orchestrator_proto::infra::v1::infra_service_server::InfraServiceServer;
+use orchestrator_providers::{Cloudflare, Retry};
+use orchestrator_store::{Database, Dialect};
+use sqlx::migrate::Migrator;
 use tonic::service::Routes;
 
-/// Until provisioning lands every RPC answers UNIMPLEMENTED (the generated defaults).
-#[derive(Debug)]
-struct Infra;
+mod api;
+mod ops;
 
-impl InfraService for Infra {}
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+fn migrations(dialect: Dialect) -> Migrator {
+    match dialect {
+        Dialect::Postgres => sqlx::migrate!("../../migrations/infra/postgres"),
+        Dialect::Sqlite => sqlx::migrate!("../../migrations/infra/sqlite"),
+    }
+}
 
 fn main() -> std::process::ExitCode {
-    service_main(Service::Infra, |_startup| async {
-        Ok(Routes::new(InfraServiceServer::new(Infra)))
+    service_main(Service::Infra, |startup| {
+        let env = startup.env.clone();
+        let readiness = startup.readiness.clone();
+        let tls = startup.tls.clone();
+        let trust_domain = startup.config.trust_domain.clone();
+        let self_id = startup.config.identity().to_string();
+        async move {
+            let url = env.required_secret("DATABASE_URL")?;
+            let audit_key = AuditKey::from_base64(&env.required_secret("AUDIT_KEY")?)?;
+            let admin_key = env.required_secret("ORCHESTRATOR_SSH_PRIVATE_KEY")?;
+            let admin_public_key = orchestrator_deploy_keys::public_of(&admin_key)
+                .context("ORCHESTRATOR_SSH_PRIVATE_KEY")?;
+            drop(admin_key);
+            let cloudflare = match (
+                env.secret("CLOUDFLARE_API_TOKEN")?,
+                env.get("CLOUDFLARE_ZONE"),
+            ) {
+                (Some(token), Some(zone)) => {
+                    let base = env
+                        .get("CLOUDFLARE_API_URL")
+                        .unwrap_or("https://api.cloudflare.com/client/v4");
+                    Some((
+                        Cloudflare::new(base, token, Retry::default())?,
+                        zone.to_owned(),
+                    ))
+                }
+                _ => None,
+            };
+            let db = Database::connect(&url, Duration::from_secs(30))
+                .await
+                .context("DATABASE_URL")?;
+            db.migrate([
+                orchestrator_audit::migrations(db.dialect()),
+                migrations(db.dialect()),
+            ])
+            .await?;
+            let probe = db.clone();
+            readiness.add_check(
+                "database",
+                Arc::new(move || {
+                    let db = probe.clone();
+                    Box::pin(async move { db.ping().await })
+                }),
+            );
+            let ledger = Ledger::start(db.clone(), audit_key);
+            let infra = Arc::new(api::Infra {
+                db,
+                ledger,
+                self_id,
+                tls,
+                broker_addr: env
+                    .get("INFRA_BROKER_ADDR")
+                    .unwrap_or("127.0.0.1:50052")
+                    .to_owned(),
+                broker_identity: Identity::new(
+                    trust_domain.clone(),
+                    Service::SecretBroker.identity_name(),
+                ),
+                vault_addr: env
+                    .get("INFRA_VAULT_ADDR")
+                    .unwrap_or("127.0.0.1:50053")
+                    .to_owned(),
+                vault_identity: Identity::new(trust_domain, Service::Vault.identity_name()),
+                do_url: env
+                    .get("DIGITALOCEAN_API_URL")
+                    .unwrap_or("https://api.digitalocean.com")
+                    .to_owned(),
+                do_token: env.secret("DIGITALOCEAN_TOKEN")?,
+                cloudflare,
+                admin_public_key,
+            });
+            // Operations a previous process left unfinished resume from their recorded step.
+            for id in infra.unfinished().await? {
+                let infra = infra.clone();
+                tokio::spawn(async move { infra.run(id).await });
+            }
+            Ok(Routes::new(InfraServiceServer::new(api::Api(infra))))
+        }
     })
 }

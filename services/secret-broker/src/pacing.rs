@@ -93,8 +93,8 @@ impl Pacer {
 }
 
 /// Added to every interval: two requests sent exactly one interval apart can arrive a little
-/// closer than that.
-const MARGIN: Duration = Duration::from_millis(5);
+/// closer than that (scheduling and network jitter).
+const MARGIN: Duration = Duration::from_millis(10);
 
 async fn wait_until(last_us: i64, interval: Duration) {
     let due = last_us.saturating_add((interval + MARGIN).as_micros() as i64);

@@ -1,0 +1,204 @@
+//! `orchctl infra provision|destroy|get`: servers through the infra service, as `api`, with
+//! live progress from WatchOperation.
+
+use orchestrator_mesh::Service;
+use orchestrator_proto::infra::v1 as pb;
+use orchestrator_proto::infra::v1::infra_service_client::InfraServiceClient;
+use tonic::transport::Channel;
+
+use crate::conn::{MeshArgs, status_error};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum InfraCommand {
+    /// Provision a server for a project (DigitalOcean), showing each step as it happens.
+    Provision(ProvisionArgs),
+    /// Destroy a server and its DNS record.
+    Destroy(ServerArgs),
+    /// A server's state, address and key fingerprints.
+    Get(ServerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct InfraConn {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// The infra service's gRPC address.
+    #[arg(long, default_value = "127.0.0.1:50054", value_name = "HOST:PORT")]
+    target: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ProvisionArgs {
+    #[command(flatten)]
+    conn: InfraConn,
+    /// The project the server deploys.
+    #[arg(long)]
+    project: String,
+    /// The server's DNS name (an A record in the configured zone).
+    #[arg(long)]
+    hostname: String,
+    #[arg(long, default_value = "fra1")]
+    region: String,
+    #[arg(long, default_value = "s-1vcpu-1gb")]
+    size: String,
+    #[arg(long, default_value = "ubuntu-24-04-x64")]
+    image: String,
+    /// Idempotency key: the same id returns the same operation.
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServerArgs {
+    #[command(flatten)]
+    conn: InfraConn,
+    /// The server id.
+    server: String,
+}
+
+impl InfraConn {
+    async fn client(&self) -> anyhow::Result<InfraServiceClient<Channel>> {
+        let tls = self.mesh.tls("api")?;
+        Ok(InfraServiceClient::new(
+            self.mesh
+                .connect(&tls, &self.target, Service::Infra)
+                .await?,
+        ))
+    }
+}
+
+pub(crate) fn run(command: InfraCommand) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(async {
+        match command {
+            InfraCommand::Provision(args) => provision(args).await,
+            InfraCommand::Destroy(args) => destroy(args).await,
+            InfraCommand::Get(args) => get(args).await,
+        }
+    })
+}
+
+async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
+    let mut client = args.conn.client().await?;
+    let operation = client
+        .provision_server(pb::ProvisionServerRequest {
+            request_id: args
+                .request_id
+                .clone()
+                .unwrap_or_else(crate::secrets::random_id),
+            project_id: args.project.clone(),
+            provider: pb::Provider::Digitalocean as i32,
+            spec: Some(pb::provision_server_request::Spec::Digitalocean(
+                pb::DigitalOceanServerSpec {
+                    region: args.region.clone(),
+                    size: args.size.clone(),
+                    image: args.image.clone(),
+                },
+            )),
+            hostname: args.hostname.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| status_error("ProvisionServer", &s))?
+        .into_inner()
+        .operation
+        .ok_or_else(|| anyhow::anyhow!("no operation in the answer"))?;
+    follow(&mut client, &operation.id, &operation.server_id).await
+}
+
+async fn destroy(args: ServerArgs) -> anyhow::Result<()> {
+    let mut client = args.conn.client().await?;
+    let operation = client
+        .destroy_server(pb::DestroyServerRequest {
+            server_id: args.server.clone(),
+        })
+        .await
+        .map_err(|s| status_error("DestroyServer", &s))?
+        .into_inner()
+        .operation
+        .ok_or_else(|| anyhow::anyhow!("no operation in the answer"))?;
+    follow(&mut client, &operation.id, &args.server).await
+}
+
+/// Prints a progress bar and the current step for every change, until the operation ends.
+#[allow(clippy::print_stdout)]
+async fn follow(
+    client: &mut InfraServiceClient<Channel>,
+    operation: &str,
+    server: &str,
+) -> anyhow::Result<()> {
+    let mut stream = client
+        .watch_operation(pb::WatchOperationRequest {
+            operation_id: operation.to_owned(),
+        })
+        .await
+        .map_err(|s| status_error("WatchOperation", &s))?
+        .into_inner();
+    println!("operation {operation} for server {server}");
+    let mut last = None;
+    while let Some(item) = stream
+        .message()
+        .await
+        .map_err(|s| status_error("WatchOperation", &s))?
+    {
+        let Some(op) = item.operation else { continue };
+        let total = op.steps.len().max(1);
+        let done = op
+            .steps
+            .iter()
+            .filter(|s| {
+                matches!(
+                    pb::OperationStepState::try_from(s.state),
+                    Ok(pb::OperationStepState::Done | pb::OperationStepState::Skipped)
+                )
+            })
+            .count();
+        let width = 20;
+        let bar = format!(
+            "{}{}",
+            "#".repeat(done * width / total),
+            "-".repeat(width - done * width / total)
+        );
+        let line = format!("[{bar}] {done}/{total} {}", op.status_message);
+        if last.as_ref() != Some(&line) {
+            println!("{line}");
+            last = Some(line);
+        }
+        match pb::OperationState::try_from(op.state) {
+            Ok(pb::OperationState::Succeeded) => {
+                println!("done");
+                return Ok(());
+            }
+            Ok(pb::OperationState::Failed) => {
+                let why = op.error.map(|e| e.message).unwrap_or_default();
+                anyhow::bail!("the operation failed: {why}");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+async fn get(args: ServerArgs) -> anyhow::Result<()> {
+    let mut client = args.conn.client().await?;
+    let server = client
+        .get_server(pb::GetServerRequest {
+            server_id: args.server.clone(),
+        })
+        .await
+        .map_err(|s| status_error("GetServer", &s))?
+        .into_inner()
+        .server
+        .ok_or_else(|| anyhow::anyhow!("no server in the answer"))?;
+    let state = pb::ServerState::try_from(server.state)
+        .map_or("?".to_owned(), |s| format!("{s:?}").to_lowercase());
+    println!(
+        "{}  {}  {state}  {}  deploy key {}  host key {}",
+        server.id,
+        server.hostname,
+        server.ipv4_address,
+        server.deploy_key_fingerprint,
+        server.host_key_fingerprint
+    );
+    Ok(())
+}

@@ -1,0 +1,619 @@
+//! The gRPC surface of infra: operations accepted at once and run in the background.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orchestrator_audit::{Entry, Ledger};
+use orchestrator_mesh::status::{Violations, with_reason};
+use orchestrator_mesh::{Identity, MeshTls, caller};
+use orchestrator_proto::common::v1 as common;
+use orchestrator_proto::infra::v1::{self as pb, infra_service_server::InfraService};
+use orchestrator_proto::secretbroker::v1::secret_broker_service_client::SecretBrokerServiceClient;
+use orchestrator_proto::vault::v1 as vault;
+use orchestrator_proto::vault::v1::vault_service_client::VaultServiceClient;
+use orchestrator_providers::Cloudflare;
+use orchestrator_store::{Database, StoreError};
+use secrecy::SecretString;
+use sqlx::Row;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+
+use crate::now_us;
+use crate::ops::{DESTROY, PROVISION, initial_steps};
+
+#[derive(Debug)]
+pub struct Infra {
+    pub db: Database,
+    pub ledger: Ledger,
+    pub self_id: String,
+    pub tls: Arc<MeshTls>,
+    pub broker_addr: String,
+    pub broker_identity: Identity,
+    pub vault_addr: String,
+    pub vault_identity: Identity,
+    pub do_url: String,
+    pub do_token: Option<SecretString>,
+    pub cloudflare: Option<(Cloudflare, String)>,
+    /// The orchestrator's admin public key (from its L1 private key), installed on servers.
+    pub admin_public_key: String,
+}
+
+pub fn store(e: sqlx::Error) -> Status {
+    StoreError::from(e).into()
+}
+
+fn ts(us: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: us.div_euclid(1_000_000),
+        nanos: (us.rem_euclid(1_000_000) * 1_000) as i32,
+    }
+}
+
+/// Where a server's provider token comes from.
+#[derive(Debug, Clone)]
+pub enum Creds {
+    Platform,
+    UserVault { user_id: String, key: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerRow {
+    pub id: String,
+    pub project_id: String,
+    pub state: String,
+    pub hostname: String,
+    pub provider_server_id: Option<String>,
+    pub ipv4: Option<String>,
+    pub region: String,
+    pub size: String,
+    pub image: String,
+    pub deploy_user: String,
+    pub deploy_public_key: Option<String>,
+    pub host_public_key: Option<String>,
+    pub dns_record_id: Option<String>,
+    pub credentials: Creds,
+    pub operation_id: String,
+    pub created_us: i64,
+    pub updated_us: i64,
+    pub ready_us: Option<i64>,
+    pub destroyed_us: Option<i64>,
+}
+
+fn creds_json(c: &Creds) -> String {
+    match c {
+        Creds::Platform => serde_json::json!({ "platform": {} }).to_string(),
+        Creds::UserVault { user_id, key } => {
+            serde_json::json!({ "user_vault": { "user_id": user_id, "key": key } }).to_string()
+        }
+    }
+}
+
+fn creds_from_json(s: &str) -> Creds {
+    let v: serde_json::Value = serde_json::from_str(s).unwrap_or_default();
+    match v.get("user_vault") {
+        Some(u) => Creds::UserVault {
+            user_id: u["user_id"].as_str().unwrap_or_default().to_owned(),
+            key: u["key"].as_str().unwrap_or_default().to_owned(),
+        },
+        None => Creds::Platform,
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn valid_hostname(h: &str) -> bool {
+    (1..=253).contains(&h.len())
+        && h.split('.').all(|l| {
+            (1..=63).contains(&l.len())
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+impl Infra {
+    pub async fn broker(&self) -> Result<SecretBrokerServiceClient<Channel>, Status> {
+        let channel = orchestrator_mesh::client::connect(
+            self.tls.clone(),
+            &self.broker_addr,
+            self.broker_identity.clone(),
+        )
+        .await
+        .map_err(|e| Status::unavailable(format!("the secret broker is unreachable: {e}")))?;
+        Ok(SecretBrokerServiceClient::new(channel))
+    }
+
+    /// A user's provider key from the vault, for one call; never stored or logged.
+    pub async fn user_secret(&self, user_id: &str, key: &str) -> Result<SecretString, Status> {
+        let channel = orchestrator_mesh::client::connect(
+            self.tls.clone(),
+            &self.vault_addr,
+            self.vault_identity.clone(),
+        )
+        .await
+        .map_err(|e| Status::unavailable(format!("the vault is unreachable: {e}")))?;
+        let secret = VaultServiceClient::new(channel)
+            .get_user_secret(vault::GetUserSecretRequest {
+                user_id: user_id.to_owned(),
+                key: key.to_owned(),
+                version: 0,
+            })
+            .await?
+            .into_inner()
+            .secret
+            .ok_or_else(|| Status::internal("the vault answered without a secret"))?;
+        let value = zeroize::Zeroizing::new(secret.value);
+        let text = std::str::from_utf8(&value)
+            .map_err(|_| Status::failed_precondition("the user's provider key is not text"))?;
+        Ok(SecretString::from(text.trim().to_owned()))
+    }
+
+    pub async fn server(&self, id: &str) -> Result<ServerRow, Status> {
+        let r = sqlx::query("SELECT * FROM servers WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(store)?
+            .ok_or_else(|| Status::not_found(format!("no server `{id}`")))?;
+        let s = |c: &str| r.try_get::<String, _>(c).map_err(store);
+        let o = |c: &str| r.try_get::<Option<String>, _>(c).map_err(store);
+        Ok(ServerRow {
+            id: s("id")?,
+            project_id: s("project_id")?,
+            state: s("state")?,
+            hostname: s("hostname")?,
+            provider_server_id: o("provider_server_id")?,
+            ipv4: o("ipv4")?,
+            region: s("region")?,
+            size: s("size")?,
+            image: s("image")?,
+            deploy_user: s("deploy_user")?,
+            deploy_public_key: o("deploy_public_key")?,
+            host_public_key: o("host_public_key")?,
+            dns_record_id: o("dns_record_id")?,
+            credentials: creds_from_json(&s("provider_credentials")?),
+            operation_id: s("operation_id")?,
+            created_us: r.try_get("created_us").map_err(store)?,
+            updated_us: r.try_get("updated_us").map_err(store)?,
+            ready_us: r.try_get("ready_us").map_err(store)?,
+            destroyed_us: r.try_get("destroyed_us").map_err(store)?,
+        })
+    }
+
+    pub async fn operation(&self, id: &str) -> Result<pb::Operation, Status> {
+        let r = sqlx::query("SELECT * FROM operations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(store)?
+            .ok_or_else(|| Status::not_found(format!("no operation `{id}`")))?;
+        let steps: serde_json::Value =
+            serde_json::from_str(&r.try_get::<String, _>("steps").map_err(store)?)
+                .unwrap_or_default();
+        let steps = steps
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| pb::OperationStepStatus {
+                step: s["step"].as_i64().unwrap_or_default() as i32,
+                state: s["state"].as_i64().unwrap_or_default() as i32,
+                detail: s["detail"].as_str().unwrap_or_default().to_owned(),
+                start_time: None,
+                end_time: None,
+            })
+            .collect();
+        let state = match r.try_get::<String, _>("state").map_err(store)?.as_str() {
+            "pending" => pb::OperationState::Pending,
+            "succeeded" => pb::OperationState::Succeeded,
+            "failed" => pb::OperationState::Failed,
+            _ => pb::OperationState::Running,
+        };
+        let error = r
+            .try_get::<Option<String>, _>("error")
+            .map_err(store)?
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_str(&e).unwrap_or_default();
+                common::Failure {
+                    code: v["code"].as_i64().unwrap_or(2) as i32,
+                    message: v["message"].as_str().unwrap_or_default().to_owned(),
+                    ..Default::default()
+                }
+            });
+        Ok(pb::Operation {
+            id: r.try_get("id").map_err(store)?,
+            kind: if r.try_get::<String, _>("kind").map_err(store)? == "destroy" {
+                pb::OperationKind::Destroy
+            } else {
+                pb::OperationKind::Provision
+            } as i32,
+            server_id: r.try_get("server_id").map_err(store)?,
+            project_id: r.try_get("project_id").map_err(store)?,
+            state: state as i32,
+            steps,
+            status_message: r.try_get("message").map_err(store)?,
+            error,
+            request_id: r
+                .try_get::<Option<String>, _>("request_id")
+                .map_err(store)?
+                .unwrap_or_default(),
+            create_time: Some(ts(r.try_get("created_us").map_err(store)?)),
+            update_time: Some(ts(r.try_get("updated_us").map_err(store)?)),
+            end_time: r
+                .try_get::<Option<i64>, _>("ended_us")
+                .map_err(store)?
+                .map(ts),
+        })
+    }
+
+    fn server_pb(&self, s: &ServerRow) -> pb::Server {
+        let state = match s.state.as_str() {
+            "ready" => pb::ServerState::Ready,
+            "failed" => pb::ServerState::Failed,
+            "destroying" => pb::ServerState::Destroying,
+            "destroyed" => pb::ServerState::Destroyed,
+            _ => pb::ServerState::Provisioning,
+        };
+        let source = |c: &Creds| pb::CredentialSource {
+            source: Some(match c {
+                Creds::Platform => {
+                    pb::credential_source::Source::Platform(pb::PlatformCredential {})
+                }
+                Creds::UserVault { user_id, key } => {
+                    pb::credential_source::Source::UserVault(common::VaultEntryRef {
+                        user_id: user_id.clone(),
+                        key: key.clone(),
+                        version: 0,
+                    })
+                }
+            }),
+        };
+        let fp = |k: &Option<String>| {
+            k.as_deref()
+                .and_then(|k| orchestrator_deploy_keys::fingerprint(k).ok())
+                .unwrap_or_default()
+        };
+        pb::Server {
+            id: s.id.clone(),
+            project_id: s.project_id.clone(),
+            provider: pb::Provider::Digitalocean as i32,
+            provider_server_id: s.provider_server_id.clone().unwrap_or_default(),
+            state: state as i32,
+            hostname: s.hostname.clone(),
+            ipv4_address: s.ipv4.clone().unwrap_or_default(),
+            ipv6_address: String::new(),
+            region: s.region.clone(),
+            size: s.size.clone(),
+            image: s.image.clone(),
+            deploy_user: s.deploy_user.clone(),
+            deploy_key_fingerprint: fp(&s.deploy_public_key),
+            host_key_fingerprint: fp(&s.host_public_key),
+            provider_credentials: Some(source(&s.credentials)),
+            dns_credentials: Some(source(&Creds::Platform)),
+            operation_id: s.operation_id.clone(),
+            create_time: Some(ts(s.created_us)),
+            update_time: Some(ts(s.updated_us)),
+            ready_time: s.ready_us.map(ts),
+            destroy_time: s.destroyed_us.map(ts),
+        }
+    }
+
+    /// Operations an earlier process left unfinished: picked up at start.
+    pub async fn unfinished(&self) -> Result<Vec<String>, Status> {
+        let rows = sqlx::query("SELECT id FROM operations WHERE state IN ('pending', 'running')")
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(store)?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("id").map_err(store))
+            .collect()
+    }
+}
+
+/// The gRPC service: a handle on the shared state (background operations hold one too).
+#[derive(Debug, Clone)]
+pub struct Api(pub Arc<Infra>);
+
+impl std::ops::Deref for Api {
+    type Target = Infra;
+    fn deref(&self) -> &Infra {
+        &self.0
+    }
+}
+
+type BoxStream<T> =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl InfraService for Api {
+    async fn provision_server(
+        &self,
+        request: Request<pb::ProvisionServerRequest>,
+    ) -> Result<Response<pb::ProvisionServerResponse>, Status> {
+        let caller = caller(&request)?.to_string();
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        v.check(
+            (1..=128).contains(&req.request_id.len()),
+            "request_id",
+            "required, 1-128 characters",
+        );
+        v.check(
+            (1..=128).contains(&req.project_id.len()),
+            "project_id",
+            "required",
+        );
+        v.check(
+            valid_hostname(&req.hostname),
+            "hostname",
+            "a lowercase DNS name",
+        );
+        let provider = pb::Provider::try_from(req.provider).unwrap_or(pb::Provider::Unspecified);
+        v.check(
+            provider == pb::Provider::Digitalocean,
+            "provider",
+            "DIGITALOCEAN (Time4VPS takeover is not implemented yet)",
+        );
+        let spec = match &req.spec {
+            Some(pb::provision_server_request::Spec::Digitalocean(d)) => Some(d.clone()),
+            _ => None,
+        };
+        v.check(
+            spec.as_ref()
+                .is_some_and(|d| !d.region.is_empty() && !d.size.is_empty() && !d.image.is_empty()),
+            "digitalocean",
+            "region, size and image are required",
+        );
+        let deploy_user = if req.deploy_user.is_empty() {
+            "deploy".to_owned()
+        } else {
+            req.deploy_user.clone()
+        };
+        let creds = match req
+            .provider_credentials
+            .as_ref()
+            .and_then(|c| c.source.clone())
+        {
+            Some(pb::credential_source::Source::UserVault(u)) => {
+                v.check(
+                    !u.user_id.is_empty() && !u.key.is_empty(),
+                    "provider_credentials.user_vault",
+                    "user_id and key are required",
+                );
+                Creds::UserVault {
+                    user_id: u.user_id,
+                    key: u.key,
+                }
+            }
+            _ => Creds::Platform,
+        };
+        v.finish()?;
+        let spec = spec.unwrap_or_default();
+        if let Some(existing) = sqlx::query("SELECT id FROM operations WHERE request_id = $1")
+            .bind(&req.request_id)
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(store)?
+        {
+            let id: String = existing.try_get("id").map_err(store)?;
+            return Ok(Response::new(pb::ProvisionServerResponse {
+                operation: Some(self.operation(&id).await?),
+            }));
+        }
+        let (op_id, server_id) = (
+            format!("op-{}", random_hex(8)),
+            format!("srv-{}", random_hex(8)),
+        );
+        let (o2, s2) = (op_id.clone(), server_id.clone());
+        self.ledger
+            .write(move |conn| {
+                Box::pin(async move {
+                    let now = now_us();
+                    sqlx::query(
+                        "INSERT INTO servers (id, project_id, provider, state, hostname, region, size, image, deploy_user, provider_credentials, operation_id, created_us, updated_us) \
+                         VALUES ($1, $2, 'digitalocean', 'provisioning', $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+                    )
+                    .bind(&s2)
+                    .bind(&req.project_id)
+                    .bind(&req.hostname)
+                    .bind(&spec.region)
+                    .bind(&spec.size)
+                    .bind(&spec.image)
+                    .bind(&deploy_user)
+                    .bind(creds_json(&creds))
+                    .bind(&o2)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(store)?;
+                    sqlx::query(
+                        "INSERT INTO operations (id, request_id, kind, server_id, project_id, state, steps, message, created_us, updated_us) \
+                         VALUES ($1, $2, 'provision', $3, $4, 'pending', $5, 'accepted', $6, $6)",
+                    )
+                    .bind(&o2)
+                    .bind(&req.request_id)
+                    .bind(&s2)
+                    .bind(&req.project_id)
+                    .bind(initial_steps(&PROVISION))
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| match StoreError::from(e) {
+                        StoreError::Conflict(_) => with_reason(Code::Aborted, "CONCURRENT_REQUEST", "the same request_id is being accepted concurrently; retry", &[]),
+                        other => other.into(),
+                    })?;
+                    let entry = Entry::new(&caller, "/orchestrator.infra.v1.InfraService/ProvisionServer", format!("servers/{s2}"))
+                        .request_id(&req.request_id)
+                        .detail(format!("operation {o2} host {}", req.hostname));
+                    Ok(((), vec![entry]))
+                })
+            })
+            .await?;
+        let infra = self.0.clone();
+        let id = op_id.clone();
+        tokio::spawn(async move { infra.run(id).await });
+        Ok(Response::new(pb::ProvisionServerResponse {
+            operation: Some(self.operation(&op_id).await?),
+        }))
+    }
+
+    async fn watch_operation(
+        &self,
+        request: Request<pb::WatchOperationRequest>,
+    ) -> Result<Response<BoxStream<pb::WatchOperationResponse>>, Status> {
+        let id = request.into_inner().operation_id;
+        let first = self.operation(&id).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let infra = self.0.clone();
+        tokio::spawn(async move {
+            let mut last = first.update_time;
+            let mut current = first;
+            loop {
+                let terminal = current.state == pb::OperationState::Succeeded as i32
+                    || current.state == pb::OperationState::Failed as i32;
+                if tx
+                    .send(Ok(pb::WatchOperationResponse {
+                        operation: Some(current.clone()),
+                    }))
+                    .await
+                    .is_err()
+                    || terminal
+                {
+                    return;
+                }
+                // Poll for the next change: every replica's progress lands in the database.
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    match infra.operation(&id).await {
+                        Ok(op) if op.update_time != last => {
+                            last = op.update_time;
+                            current = op;
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                    if tx.is_closed() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_operation(
+        &self,
+        request: Request<pb::GetOperationRequest>,
+    ) -> Result<Response<pb::GetOperationResponse>, Status> {
+        Ok(Response::new(pb::GetOperationResponse {
+            operation: Some(self.operation(&request.into_inner().operation_id).await?),
+        }))
+    }
+
+    async fn get_server(
+        &self,
+        request: Request<pb::GetServerRequest>,
+    ) -> Result<Response<pb::GetServerResponse>, Status> {
+        let server = self.server(&request.into_inner().server_id).await?;
+        Ok(Response::new(pb::GetServerResponse {
+            server: Some(self.server_pb(&server)),
+        }))
+    }
+
+    async fn list_servers(
+        &self,
+        request: Request<pb::ListServersRequest>,
+    ) -> Result<Response<pb::ListServersResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        v.check(req.page_size >= 0, "page_size", "must not be negative");
+        v.finish()?;
+        let page = if req.page_size == 0 {
+            50
+        } else {
+            i64::from(req.page_size).min(1000)
+        };
+        let rows = sqlx::query(
+            "SELECT id FROM servers WHERE id > $1 AND ($2 = '' OR project_id = $2) AND ($3 = 1 OR state <> 'destroyed') ORDER BY id LIMIT $4",
+        )
+        .bind(&req.page_token)
+        .bind(&req.project_id)
+        .bind(i64::from(req.show_destroyed))
+        .bind(page + 1)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(store)?;
+        let mut servers = Vec::new();
+        for row in rows.iter().take(page as usize) {
+            servers.push(
+                self.server_pb(
+                    &self
+                        .server(&row.try_get::<String, _>("id").map_err(store)?)
+                        .await?,
+                ),
+            );
+        }
+        let next_page_token = if rows.len() as i64 > page {
+            servers.last().map(|s| s.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListServersResponse {
+            servers,
+            next_page_token,
+        }))
+    }
+
+    async fn destroy_server(
+        &self,
+        request: Request<pb::DestroyServerRequest>,
+    ) -> Result<Response<pb::DestroyServerResponse>, Status> {
+        let caller = caller(&request)?.to_string();
+        let server = self.server(&request.into_inner().server_id).await?;
+        // Idempotent: a destroy already running or done is returned as it is.
+        if let Some(existing) = sqlx::query("SELECT id FROM operations WHERE server_id = $1 AND kind = 'destroy' ORDER BY created_us DESC LIMIT 1")
+            .bind(&server.id)
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(store)?
+        {
+            let id: String = existing.try_get("id").map_err(store)?;
+            return Ok(Response::new(pb::DestroyServerResponse { operation: Some(self.operation(&id).await?) }));
+        }
+        let op_id = format!("op-{}", random_hex(8));
+        let (o2, s2, p2) = (op_id.clone(), server.id.clone(), server.project_id.clone());
+        self.ledger
+            .write(move |conn| {
+                Box::pin(async move {
+                    let now = now_us();
+                    sqlx::query("INSERT INTO operations (id, kind, server_id, project_id, state, steps, message, created_us, updated_us) VALUES ($1, 'destroy', $2, $3, 'pending', $4, 'accepted', $5, $5)")
+                        .bind(&o2)
+                        .bind(&s2)
+                        .bind(&p2)
+                        .bind(initial_steps(&DESTROY))
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(store)?;
+                    sqlx::query("UPDATE servers SET state = 'destroying', updated_us = $2 WHERE id = $1").bind(&s2).bind(now).execute(&mut *conn).await.map_err(store)?;
+                    Ok(((), vec![Entry::new(&caller, "/orchestrator.infra.v1.InfraService/DestroyServer", format!("servers/{s2}")).detail(format!("operation {o2}"))]))
+                })
+            })
+            .await?;
+        let infra = self.0.clone();
+        let id = op_id.clone();
+        tokio::spawn(async move { infra.run(id).await });
+        Ok(Response::new(pb::DestroyServerResponse {
+            operation: Some(self.operation(&op_id).await?),
+        }))
+    }
+}
