@@ -401,3 +401,138 @@ async fn faults_and_an_infra_crash_still_make_exactly_one_droplet() {
     assert_deploy_credentials(&h);
     drop(h.api);
 }
+
+/// A provision with the user's own DigitalOcean key: read from the vault for that call, seen
+/// by the provider exactly, and nowhere in infra's storage, audit records or logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_own_provider_key_comes_from_the_vault_and_is_kept_nowhere() {
+    use orchestrator_proto::vault::v1 as vault;
+    use orchestrator_proto::vault::v1::vault_service_client::VaultServiceClient;
+    let user_token = "users-own-do-token";
+    let h = start(None).await;
+    let vault_proc = Launch::new(Service::Vault, &h.pki)
+        .unwrap()
+        .spawn()
+        .await
+        .unwrap();
+    let mut vault_api = VaultServiceClient::new(
+        vault_proc
+            .channel(&h.pki.client("api").unwrap())
+            .await
+            .unwrap(),
+    );
+    vault_api
+        .put_user_secret(vault::PutUserSecretRequest {
+            user_id: "u1".into(),
+            key: "digitalocean".into(),
+            value: user_token.as_bytes().to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // An infra that can reach this vault.
+    let infra = infra_launch(
+        &h.pki,
+        &h.db,
+        &h.broker,
+        &h.digitalocean,
+        &h.cloudflare,
+        h.files.path(),
+    )
+    .await
+    .env("INFRA_VAULT_ADDR", vault_proc.grpc.to_string())
+    .spawn()
+    .await
+    .unwrap();
+    let mut api =
+        InfraServiceClient::new(infra.channel(&h.pki.client("api").unwrap()).await.unwrap());
+    let mut req = provision("prov-user-key");
+    req.provider_credentials = Some(pb::CredentialSource {
+        source: Some(pb::credential_source::Source::UserVault(
+            common::VaultEntryRef {
+                user_id: "u1".into(),
+                key: "digitalocean".into(),
+                version: 0,
+            },
+        )),
+    });
+    let op = api
+        .provision_server(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    let seen = watch(&mut api, &op.id).await;
+    assert_eq!(
+        seen.last().unwrap().state,
+        pb::OperationState::Succeeded as i32,
+        "{:?}",
+        seen.last()
+    );
+    let droplets = h.digitalocean.live_droplets();
+    assert_eq!(droplets.len(), 1);
+    assert_eq!(
+        droplets[0].token_used, user_token,
+        "the provider saw another token"
+    );
+    assert!(!infra.logs().contains(user_token));
+    let url = h.db.admin_url("infra");
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(
+        secrecy::ExposeSecret::expose_secret(&url),
+    )
+    .await
+    .unwrap();
+    for table in ["infra.servers", "infra.operations", "infra.audit_log"] {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT CAST(t AS TEXT) AS dump FROM {table} t"
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        for row in rows {
+            let dump: String = sqlx::Row::try_get(&row, "dump").unwrap();
+            assert!(!dump.contains(user_token), "{table} holds the user's key");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchctl_infra_provision_shows_live_progress() {
+    let h = start(None).await;
+    let out = tokio::process::Command::new(orchestrator_e2e::bin("orchctl"))
+        .args([
+            "infra",
+            "provision",
+            "--project",
+            "p1",
+            "--hostname",
+            "cli.orchestrator.test",
+        ])
+        .arg("--pki")
+        .arg(h.pki.dir())
+        .arg("--target")
+        .arg(h.infra.grpc.to_string())
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    let bars: Vec<&str> = text.lines().filter(|l| l.starts_with('[')).collect();
+    assert!(
+        bars.len() >= 3,
+        "progress was not shown step by step:\n{text}"
+    );
+    assert!(
+        bars.last()
+            .unwrap()
+            .starts_with("[####################] 5/5"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("done"), "{text}");
+}
