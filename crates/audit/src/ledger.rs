@@ -4,6 +4,7 @@ use std::any::Any as StdAny;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use orchestrator_store::{Database, Dialect, StoreError};
 use sqlx::any::AnyRow;
@@ -199,7 +200,20 @@ impl Writer {
                 }
             }
             let size = batch.len();
-            match self.commit(batch).await {
+            // A panic in one request's work must not stop the writer for good: the batch's
+            // transaction is dropped (rolled back), its callers see their replies vanish
+            // (UNAVAILABLE), and the next batch goes on.
+            let committed = std::panic::AssertUnwindSafe(self.commit(batch))
+                .catch_unwind()
+                .await;
+            let Ok(committed) = committed else {
+                tracing::error!(
+                    batch = size,
+                    "audit batch panicked; its requests fail, the writer goes on"
+                );
+                continue;
+            };
+            match committed {
                 Ok(outcomes) => {
                     for outcome in outcomes {
                         match outcome {
