@@ -350,6 +350,40 @@ impl Launch {
     }
 }
 
+/// Asserts that none of `needles` appears in any row of `tables` (schema-qualified), read as a
+/// superuser of the PostgreSQL test database; rows are cast to text, so bytes show as hex.
+pub async fn assert_absent_from_tables(
+    db: &orchestrator_store::testing::TestDatabase,
+    service: &str,
+    tables: &[&str],
+    needles: &[&str],
+) {
+    use secrecy::ExposeSecret as _;
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    let url = db.admin_url(service);
+    let mut conn = sqlx::AnyConnection::connect(url.expose_secret())
+        .await
+        .expect("connect as the DBA");
+    for table in tables {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT CAST(t AS TEXT) AS dump FROM {table} t"
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .expect("read the table");
+        for row in rows {
+            let dump: String = sqlx::Row::try_get(&row, "dump").expect("a text dump");
+            for needle in needles {
+                assert!(
+                    !dump.contains(needle),
+                    "{table} holds a value it must never hold"
+                );
+            }
+        }
+    }
+}
+
 /// The GitHub App id the test brokers and emulators share.
 pub const APP_ID: u64 = 4242;
 

@@ -191,31 +191,19 @@ async fn a_pushed_value_decrypts_at_github_and_only_a_reference_stays() {
     // The canary is nowhere in the broker's logs (trace level) or storage.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!h.broker.logs().contains(&canary));
-    let url = h._db.admin_url("secret-broker");
-    sqlx::any::install_default_drivers();
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(
-        secrecy::ExposeSecret::expose_secret(&url),
+    orchestrator_e2e::assert_absent_from_tables(
+        &h._db,
+        "secret-broker",
+        &[
+            "secret_broker.repositories",
+            "secret_broker.secret_refs",
+            "secret_broker.write_requests",
+            "secret_broker.installation_pacing",
+            "secret_broker.audit_log",
+        ],
+        &[&canary],
     )
-    .await
-    .unwrap();
-    for table in [
-        "repositories",
-        "secret_refs",
-        "write_requests",
-        "installation_pacing",
-        "audit_log",
-    ] {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT CAST(t AS TEXT) AS dump FROM secret_broker.{table} t"
-        )))
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
-        for row in rows {
-            let dump: String = sqlx::Row::try_get(&row, "dump").unwrap();
-            assert!(!dump.contains(&canary), "{table} holds the canary");
-        }
-    }
+    .await;
 }
 
 #[tokio::test]

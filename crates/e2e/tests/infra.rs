@@ -313,30 +313,13 @@ async fn provision_and_destroy_on_digitalocean() {
     assert_eq!(again.id, destroy.id);
     // No private key in infra's storage or logs.
     assert!(!h.infra.logs().contains("PRIVATE KEY"));
-    let url = h.db.admin_url("infra");
-    sqlx::any::install_default_drivers();
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(
-        secrecy::ExposeSecret::expose_secret(&url),
+    orchestrator_e2e::assert_absent_from_tables(
+        &h.db,
+        "infra",
+        &["infra.servers", "infra.operations", "infra.audit_log"],
+        &["PRIVATE KEY", DO_TOKEN, CF_TOKEN],
     )
-    .await
-    .unwrap();
-    for table in ["infra.servers", "infra.operations", "infra.audit_log"] {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT CAST(t AS TEXT) AS dump FROM {table} t"
-        )))
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
-        for row in rows {
-            let dump: String = sqlx::Row::try_get(&row, "dump").unwrap();
-            assert!(
-                !dump.contains("PRIVATE KEY")
-                    && !dump.contains(DO_TOKEN)
-                    && !dump.contains(CF_TOKEN),
-                "{table} holds a secret"
-            );
-        }
-    }
+    .await;
     drop(h.files);
 }
 
@@ -477,25 +460,13 @@ async fn a_users_own_provider_key_comes_from_the_vault_and_is_kept_nowhere() {
         "the provider saw another token"
     );
     assert!(!infra.logs().contains(user_token));
-    let url = h.db.admin_url("infra");
-    sqlx::any::install_default_drivers();
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(
-        secrecy::ExposeSecret::expose_secret(&url),
+    orchestrator_e2e::assert_absent_from_tables(
+        &h.db,
+        "infra",
+        &["infra.servers", "infra.operations", "infra.audit_log"],
+        &[user_token],
     )
-    .await
-    .unwrap();
-    for table in ["infra.servers", "infra.operations", "infra.audit_log"] {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT CAST(t AS TEXT) AS dump FROM {table} t"
-        )))
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
-        for row in rows {
-            let dump: String = sqlx::Row::try_get(&row, "dump").unwrap();
-            assert!(!dump.contains(user_token), "{table} holds the user's key");
-        }
-    }
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

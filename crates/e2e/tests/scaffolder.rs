@@ -196,30 +196,18 @@ async fn create_project_makes_one_repository_with_the_workflow_and_the_secrets()
     for proc in [&h.scaffolder, &h.broker] {
         assert!(!proc.logs().contains(&canary));
     }
-    let url = h.db.admin_url("scaffolder");
-    sqlx::any::install_default_drivers();
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(
-        secrecy::ExposeSecret::expose_secret(&url),
+    orchestrator_e2e::assert_absent_from_tables(
+        &h.db,
+        "scaffolder",
+        &[
+            "scaffolder.projects",
+            "scaffolder.audit_log",
+            "secret_broker.secret_refs",
+            "secret_broker.audit_log",
+        ],
+        &[&canary],
     )
-    .await
-    .unwrap();
-    for table in [
-        "scaffolder.projects",
-        "scaffolder.audit_log",
-        "secret_broker.secret_refs",
-        "secret_broker.audit_log",
-    ] {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT CAST(t AS TEXT) AS dump FROM {table} t"
-        )))
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
-        for row in rows {
-            let dump: String = sqlx::Row::try_get(&row, "dump").unwrap();
-            assert!(!dump.contains(&canary), "{table} holds the canary");
-        }
-    }
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

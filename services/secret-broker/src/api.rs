@@ -68,6 +68,22 @@ fn valid_project_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
+fn check_project_id(v: &mut Violations, id: &str) {
+    v.check(
+        valid_project_id(id),
+        "project_id",
+        "1-128 characters of [A-Za-z0-9_-]",
+    );
+}
+
+fn check_request_id(v: &mut Violations, id: &str) {
+    v.check(
+        valid_request_id(id),
+        "request_id",
+        "required, 1-128 printable characters",
+    );
+}
+
 fn valid_request_id(id: &str) -> bool {
     (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
 }
@@ -454,16 +470,8 @@ impl SecretBrokerService for Broker {
         let caller = caller(&request)?.to_string();
         let req = request.into_inner();
         let mut v = Violations::new();
-        v.check(
-            valid_request_id(&req.request_id),
-            "request_id",
-            "required, 1-128 printable characters",
-        );
-        v.check(
-            valid_project_id(&req.project_id),
-            "project_id",
-            "1-128 characters of [A-Za-z0-9_-]",
-        );
+        check_request_id(&mut v, &req.request_id);
+        check_project_id(&mut v, &req.project_id);
         let repo = match &req.repository {
             Some(r) => RepoRef::new(&r.owner, &r.name)
                 .map_err(|e| v.add("repository", e.to_string()))
@@ -539,16 +547,8 @@ impl SecretBrokerService for Broker {
         let caller = caller(&request)?.to_string();
         let req = request.into_inner();
         let mut v = Violations::new();
-        v.check(
-            valid_request_id(&req.request_id),
-            "request_id",
-            "required, 1-128 printable characters",
-        );
-        v.check(
-            valid_project_id(&req.project_id),
-            "project_id",
-            "1-128 characters of [A-Za-z0-9_-]",
-        );
+        check_request_id(&mut v, &req.request_id);
+        check_project_id(&mut v, &req.project_id);
         let secrets = validate_batch(&mut v, req.secrets, false);
         v.finish()?;
         let results = self
@@ -571,16 +571,8 @@ impl SecretBrokerService for Broker {
         let caller = caller(&request)?.to_string();
         let req = request.into_inner();
         let mut v = Violations::new();
-        v.check(
-            valid_request_id(&req.request_id),
-            "request_id",
-            "required, 1-128 printable characters",
-        );
-        v.check(
-            valid_project_id(&req.project_id),
-            "project_id",
-            "1-128 characters of [A-Za-z0-9_-]",
-        );
+        check_request_id(&mut v, &req.request_id);
+        check_project_id(&mut v, &req.project_id);
         let creds = req.credentials.unwrap_or_default();
         // Any non-empty subset: the key is handed over as soon as infra generates it.
         let values: Vec<common::ProjectSecretValue> = [
@@ -626,11 +618,7 @@ impl SecretBrokerService for Broker {
     ) -> Result<Response<pb::ListProjectSecretsResponse>, Status> {
         let req = request.into_inner();
         let mut v = Violations::new();
-        v.check(
-            valid_project_id(&req.project_id),
-            "project_id",
-            "1-128 characters of [A-Za-z0-9_-]",
-        );
+        check_project_id(&mut v, &req.project_id);
         v.check(req.page_size >= 0, "page_size", "must not be negative");
         v.check(
             req.page_token.is_empty() || SecretName::new(&req.page_token).is_ok(),
@@ -700,11 +688,7 @@ impl SecretBrokerService for Broker {
         let caller = caller(&request)?.to_string();
         let req = request.into_inner();
         let mut v = Violations::new();
-        v.check(
-            valid_project_id(&req.project_id),
-            "project_id",
-            "1-128 characters of [A-Za-z0-9_-]",
-        );
+        check_project_id(&mut v, &req.project_id);
         let name = SecretName::new(&req.name)
             .map_err(|e| v.add("name", e.to_string()))
             .ok();
@@ -784,11 +768,7 @@ impl SecretBrokerService for Broker {
         let caller = caller(&request)?.to_string();
         let req = request.into_inner();
         let mut v = Violations::new();
-        v.check(
-            valid_project_id(&req.project_id),
-            "project_id",
-            "1-128 characters of [A-Za-z0-9_-]",
-        );
+        check_project_id(&mut v, &req.project_id);
         v.finish()?;
         let reg = self.registered(&req.project_id).await?;
         let (token, _) = self
