@@ -379,7 +379,8 @@ fn dev_secret(path: &Path, prefix: &str) -> anyhow::Result<String> {
     Ok(path.display().to_string())
 }
 
-/// Builds the four service binaries with the same cargo and profile as this `orchctl`, so
+/// Builds the four service binaries and the emulators with the same cargo and profile as this
+/// `orchctl`, so
 /// `cargo run -p orchctl -- up` works on a fresh clone.
 fn build_services() -> anyhow::Result<()> {
     let Some(cargo) = std::env::var_os("CARGO") else {
@@ -393,6 +394,8 @@ fn build_services() -> anyhow::Result<()> {
     for service in Service::ALL {
         cmd.args(["-p", service.name()]);
     }
+    // The local stand-ins for GitHub and the providers.
+    cmd.args(["-p", "orchestrator-github-emulator", "-p", "orchestrator-provider-emulators"]);
     let status = cmd.status().context("cannot run cargo build")?;
     anyhow::ensure!(status.success(), "building the services failed");
     Ok(())
