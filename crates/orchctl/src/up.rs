@@ -395,7 +395,12 @@ fn build_services() -> anyhow::Result<()> {
         cmd.args(["-p", service.name()]);
     }
     // The local stand-ins for GitHub and the providers.
-    cmd.args(["-p", "orchestrator-github-emulator", "-p", "orchestrator-provider-emulators"]);
+    cmd.args([
+        "-p",
+        "orchestrator-github-emulator",
+        "-p",
+        "orchestrator-provider-emulators",
+    ]);
     let status = cmd.status().context("cannot run cargo build")?;
     anyhow::ensure!(status.success(), "building the services failed");
     Ok(())
