@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use orchestrator_store::{Database, Dialect, StoreError};
+use orchestrator_store::{Database, Dialect, StoreError, now_us};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot};
@@ -401,10 +401,4 @@ fn pending(job: Job) -> Outcome {
         Job::Record(_, tx) => Outcome::Recorded(tx),
         Job::Work(_, tx) => Outcome::Worked(tx, Err(Status::unavailable(""))),
     }
-}
-
-pub(crate) fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }

@@ -2,7 +2,6 @@
 //! dependencies answer) and `/metrics` (Prometheus text format). It carries no secrets and no
 //! RPCs, so it needs no TLS; bind it where only the platform's probes and scrapers reach.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -105,9 +104,4 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
-}
-
-/// The address an admin listener bound, for logs and the address file.
-pub fn local_addr(listener: &tokio::net::TcpListener) -> std::io::Result<SocketAddr> {
-    listener.local_addr()
 }

@@ -24,8 +24,35 @@ pub async fn connect(
     connect_with(move || tls.client_config(&server), target).await
 }
 
+/// A channel to `target` that connects on first use and reconnects after failures, so a
+/// service can hold one per peer from start-up on, whether or not the peer is up yet. Each new
+/// connection uses the newest client certificate and checks that the server proves `server`.
+pub fn connect_lazy(
+    tls: Arc<MeshTls>,
+    target: &str,
+    server: Identity,
+) -> Result<Channel, tonic::transport::Error> {
+    let (endpoint, connector) = endpoint(move || tls.client_config(&server), target)?;
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
 /// Connects with whatever client configuration `config` returns for each new connection.
 pub async fn connect_with<F>(config: F, target: &str) -> Result<Channel, tonic::transport::Error>
+where
+    F: Fn() -> Result<Arc<ClientConfig>, TlsError> + Send + Sync + 'static,
+{
+    let (endpoint, connector) = endpoint(config, target)?;
+    endpoint.connect_with_connector(connector).await
+}
+
+type Connector = tower::util::BoxCloneSyncService<
+    Uri,
+    TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+    io::Error,
+>;
+
+/// The endpoint and the mTLS connector both kinds of channel use.
+fn endpoint<F>(config: F, target: &str) -> Result<(Endpoint, Connector), tonic::transport::Error>
 where
     F: Fn() -> Result<Arc<ClientConfig>, TlsError> + Send + Sync + 'static,
 {
@@ -49,9 +76,8 @@ where
         }
     });
     // The scheme is `http` because TLS is ours, inside the connector.
-    Endpoint::from_shared(format!("http://{target}"))?
+    let endpoint = Endpoint::from_shared(format!("http://{target}"))?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect_with_connector(connector)
-        .await
+        .tcp_nodelay(true);
+    Ok((endpoint, tower::util::BoxCloneSyncService::new(connector)))
 }

@@ -239,9 +239,7 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
 
 /// A request id: 16 random bytes as hex.
 pub(crate) fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    orchestrator_store::random_hex(16)
 }
 
 /// Parses dotenv text: `NAME=value`, optional `export `, `#` comments, and values in double

@@ -40,6 +40,14 @@ pub mod infra {
     }
 }
 
+/// A timestamp from microseconds since the Unix epoch (how the services store times).
+pub fn timestamp(us: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: us.div_euclid(1_000_000),
+        nanos: (us.rem_euclid(1_000_000) * 1_000) as i32,
+    }
+}
+
 /// A gRPC service as declared in a descriptor set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceDescriptor {

@@ -186,6 +186,26 @@ impl Database {
     }
 }
 
+/// Now, in microseconds since the Unix epoch: how the services store times.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// `bytes` random bytes as lowercase hex, for ids (`prj-…`, `op-…`).
+pub fn random_hex(bytes: usize) -> String {
+    use std::fmt::Write as _;
+    let mut buf = vec![0u8; bytes];
+    // A failing system RNG leaves zeros; ids are also unique by their database constraints.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf);
+    buf.iter()
+        .fold(String::with_capacity(bytes * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 /// Removes a connection URL (which may hold a password) from an error message.
 fn redact(message: &str, url: &str) -> String {
     message.replace(url, "<DATABASE_URL>")

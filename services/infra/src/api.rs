@@ -4,14 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orchestrator_audit::{Entry, Ledger};
+use orchestrator_mesh::caller;
 use orchestrator_mesh::status::{Violations, with_reason};
-use orchestrator_mesh::{Identity, MeshTls, caller};
 use orchestrator_proto::common::v1 as common;
 use orchestrator_proto::infra::v1::{self as pb, infra_service_server::InfraService};
 use orchestrator_proto::secretbroker::v1::secret_broker_service_client::SecretBrokerServiceClient;
+use orchestrator_proto::timestamp as ts;
 use orchestrator_proto::vault::v1 as vault;
 use orchestrator_proto::vault::v1::vault_service_client::VaultServiceClient;
 use orchestrator_providers::Cloudflare;
+use orchestrator_store::random_hex;
 use orchestrator_store::{Database, StoreError};
 use secrecy::SecretString;
 use sqlx::Row;
@@ -27,11 +29,10 @@ pub struct Infra {
     pub db: Database,
     pub ledger: Ledger,
     pub self_id: String,
-    pub tls: Arc<MeshTls>,
-    pub broker_addr: String,
-    pub broker_identity: Identity,
-    pub vault_addr: String,
-    pub vault_identity: Identity,
+    /// The broker (deploy credentials) and the vault (users' keys): one channel each,
+    /// connected on first use and reconnected as needed.
+    pub broker: Channel,
+    pub vault: Channel,
     pub do_url: String,
     pub do_token: Option<SecretString>,
     pub cloudflare: Option<(Cloudflare, String)>,
@@ -41,13 +42,6 @@ pub struct Infra {
 
 pub fn store(e: sqlx::Error) -> Status {
     StoreError::from(e).into()
-}
-
-fn ts(us: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: us.div_euclid(1_000_000),
-        nanos: (us.rem_euclid(1_000_000) * 1_000) as i32,
-    }
 }
 
 /// Where a server's provider token comes from.
@@ -100,12 +94,6 @@ fn creds_from_json(s: &str) -> Creds {
     }
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn valid_hostname(h: &str) -> bool {
     (1..=253).contains(&h.len())
         && h.split('.').all(|l| {
@@ -118,27 +106,14 @@ fn valid_hostname(h: &str) -> bool {
 }
 
 impl Infra {
-    pub async fn broker(&self) -> Result<SecretBrokerServiceClient<Channel>, Status> {
-        let channel = orchestrator_mesh::client::connect(
-            self.tls.clone(),
-            &self.broker_addr,
-            self.broker_identity.clone(),
-        )
-        .await
-        .map_err(|e| Status::unavailable(format!("the secret broker is unreachable: {e}")))?;
-        Ok(SecretBrokerServiceClient::new(channel))
+    /// A client on the one (lazily connecting) channel to the broker.
+    pub fn broker(&self) -> SecretBrokerServiceClient<Channel> {
+        SecretBrokerServiceClient::new(self.broker.clone())
     }
 
     /// A user's provider key from the vault, for one call; never stored or logged.
     pub async fn user_secret(&self, user_id: &str, key: &str) -> Result<SecretString, Status> {
-        let channel = orchestrator_mesh::client::connect(
-            self.tls.clone(),
-            &self.vault_addr,
-            self.vault_identity.clone(),
-        )
-        .await
-        .map_err(|e| Status::unavailable(format!("the vault is unreachable: {e}")))?;
-        let secret = VaultServiceClient::new(channel)
+        let secret = VaultServiceClient::new(self.vault.clone())
             .get_user_secret(vault::GetUserSecretRequest {
                 user_id: user_id.to_owned(),
                 key: key.to_owned(),

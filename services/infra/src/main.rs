@@ -22,14 +22,10 @@ use orchestrator_store::{Database, Dialect};
 use sqlx::migrate::Migrator;
 use tonic::service::Routes;
 
+use orchestrator_store::now_us;
+
 mod api;
 mod ops;
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
 
 fn migrations(dialect: Dialect) -> Migrator {
     match dialect {
@@ -88,20 +84,18 @@ fn main() -> std::process::ExitCode {
                 db,
                 ledger,
                 self_id,
-                tls,
-                broker_addr: env
-                    .get("INFRA_BROKER_ADDR")
-                    .unwrap_or("127.0.0.1:50052")
-                    .to_owned(),
-                broker_identity: Identity::new(
-                    trust_domain.clone(),
-                    Service::SecretBroker.identity_name(),
-                ),
-                vault_addr: env
-                    .get("INFRA_VAULT_ADDR")
-                    .unwrap_or("127.0.0.1:50053")
-                    .to_owned(),
-                vault_identity: Identity::new(trust_domain, Service::Vault.identity_name()),
+                broker: orchestrator_mesh::client::connect_lazy(
+                    tls.clone(),
+                    env.get("INFRA_BROKER_ADDR").unwrap_or("127.0.0.1:50052"),
+                    Identity::new(trust_domain.clone(), Service::SecretBroker.identity_name()),
+                )
+                .context("INFRA_BROKER_ADDR")?,
+                vault: orchestrator_mesh::client::connect_lazy(
+                    tls,
+                    env.get("INFRA_VAULT_ADDR").unwrap_or("127.0.0.1:50053"),
+                    Identity::new(trust_domain, Service::Vault.identity_name()),
+                )
+                .context("INFRA_VAULT_ADDR")?,
                 do_url: env
                     .get("DIGITALOCEAN_API_URL")
                     .unwrap_or("https://api.digitalocean.com")

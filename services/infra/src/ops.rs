@@ -278,7 +278,7 @@ impl Infra {
     async fn provision(&self, op_id: &str, mut server: ServerRow) -> Result<(), StepError> {
         use pb::OperationStep as Step;
         use pb::OperationStepState as St;
-        let mut broker = self.broker().await?;
+        let mut broker = self.broker();
         // The deploy key: handed to the broker the moment it exists; only its public half stays.
         if server.deploy_public_key.is_none() {
             let deploy = keys::generate(&format!("deploy@{}", server.hostname))

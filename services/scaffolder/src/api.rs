@@ -6,14 +6,16 @@ use std::sync::Arc;
 
 use orchestrator_audit::{Entry, Ledger};
 use orchestrator_github::{GitHub, GitHubError, RepoRef, SecretName};
+use orchestrator_mesh::caller;
 use orchestrator_mesh::status::{Violations, with_reason};
-use orchestrator_mesh::{Identity, MeshTls, caller};
 use orchestrator_proto::common::v1 as common;
 use orchestrator_proto::scaffolder::v1::{
     self as pb, scaffolder_service_server::ScaffolderService,
 };
 use orchestrator_proto::secretbroker::v1 as broker;
 use orchestrator_proto::secretbroker::v1::secret_broker_service_client::SecretBrokerServiceClient;
+use orchestrator_proto::timestamp as ts;
+use orchestrator_store::random_hex;
 use orchestrator_store::{Database, StoreError};
 use secrecy::SecretString;
 use sqlx::Row;
@@ -33,21 +35,12 @@ pub struct Scaffolder {
     pub org: String,
     /// A template repository to generate from instead of creating empty ones.
     pub template_repository: Option<RepoRef>,
-    /// How to reach the secret broker.
-    pub broker_addr: String,
-    pub broker_identity: Identity,
-    pub tls: Arc<MeshTls>,
+    /// The secret broker: one channel, connected on first use and reconnected as needed.
+    pub broker: Channel,
 }
 
 fn store(e: sqlx::Error) -> Status {
     StoreError::from(e).into()
-}
-
-fn ts(us: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: us.div_euclid(1_000_000),
-        nanos: (us.rem_euclid(1_000_000) * 1_000) as i32,
-    }
 }
 
 /// The steps of a creation, in order; stored by name.
@@ -243,22 +236,9 @@ fn valid_abstract_key(k: &str) -> bool {
 }
 
 impl Scaffolder {
-    async fn broker(&self) -> Result<SecretBrokerServiceClient<Channel>, Status> {
-        let channel = orchestrator_mesh::client::connect(
-            self.tls.clone(),
-            &self.broker_addr,
-            self.broker_identity.clone(),
-        )
-        .await
-        .map_err(|e| {
-            with_reason(
-                Code::Unavailable,
-                "BROKER_UNAVAILABLE",
-                format!("the secret broker is unreachable: {e}"),
-                &[],
-            )
-        })?;
-        Ok(SecretBrokerServiceClient::new(channel))
+    /// A client on the one (lazily connecting) channel to the broker.
+    fn broker(&self) -> SecretBrokerServiceClient<Channel> {
+        SecretBrokerServiceClient::new(self.broker.clone())
     }
 
     async fn find(&self, column: &'static str, value: &str) -> Result<Option<Row_>, Status> {
@@ -364,7 +344,6 @@ impl Scaffolder {
     async fn repository_token(&self, project: &Row_) -> Result<SecretString, Status> {
         let minted = self
             .broker()
-            .await?
             .mint_repository_token(broker::MintRepositoryTokenRequest {
                 scope: broker::RepositoryTokenScope::RepositoryCreation as i32,
                 project_id: project.id.clone(),
@@ -501,7 +480,6 @@ impl Scaffolder {
         }
         if project.step == Step::TemplateCommitted {
             self.broker()
-                .await?
                 .register_repository(broker::RegisterRepositoryRequest {
                     request_id: format!("{}-register", project.id),
                     project_id: project.id.clone(),
@@ -521,7 +499,6 @@ impl Scaffolder {
             // writes only what is missing. The values are never stored here.
             results = self
                 .broker()
-                .await?
                 .set_project_secrets(broker::SetProjectSecretsRequest {
                     request_id: project.request_id.clone(),
                     project_id: project.id.clone(),
@@ -548,7 +525,6 @@ impl Scaffolder {
             let known: BTreeMap<String, i32> =
                 if p.step >= pb::ProjectCreationStep::RepositoryRegistered {
                     self.broker()
-                        .await?
                         .list_project_secrets(broker::ListProjectSecretsRequest {
                             project_id: p.id.clone(),
                             page_size: 100,
@@ -918,10 +894,4 @@ impl Scaffolder {
             ready_us: None,
         })
     }
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
 }

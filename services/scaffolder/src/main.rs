@@ -21,13 +21,9 @@ use orchestrator_store::{Database, Dialect};
 use sqlx::migrate::Migrator;
 use tonic::service::Routes;
 
-mod api;
+use orchestrator_store::now_us;
 
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
+mod api;
 
 fn migrations(dialect: Dialect) -> Migrator {
     match dialect {
@@ -92,15 +88,16 @@ fn main() -> std::process::ExitCode {
                 }),
             );
             let ledger = Ledger::start(db.clone(), audit_key);
+            let broker =
+                orchestrator_mesh::client::connect_lazy(tls, &broker_addr, broker_identity)
+                    .context("SCAFFOLDER_BROKER_ADDR")?;
             let scaffolder = api::Scaffolder {
                 db,
                 ledger,
                 github,
                 org,
                 template_repository,
-                broker_addr,
-                broker_identity,
-                tls,
+                broker,
             };
             Ok(Routes::new(ScaffolderServiceServer::new(scaffolder)))
         }

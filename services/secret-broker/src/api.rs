@@ -11,6 +11,7 @@ use orchestrator_proto::common::v1 as common;
 use orchestrator_proto::secretbroker::v1::{
     self as pb, secret_broker_service_server::SecretBrokerService,
 };
+use orchestrator_proto::timestamp as ts_us;
 use orchestrator_store::{Database, StoreError};
 use secrecy::ExposeSecret;
 use sqlx::Row;
@@ -44,13 +45,6 @@ fn store(e: sqlx::Error) -> Status {
 
 fn method(name: &str) -> String {
     format!("{SERVICE}{name}")
-}
-
-fn ts_us(us: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: us.div_euclid(1_000_000),
-        nanos: (us.rem_euclid(1_000_000) * 1_000) as i32,
-    }
 }
 
 fn ts_rfc3339(s: &str) -> Option<prost_types::Timestamp> {
@@ -110,6 +104,24 @@ struct Registered {
 }
 
 impl Broker {
+    /// A token for the project repository's Actions secrets (narrowed to that repository and
+    /// `secrets: write`; cached by the client until shortly before it expires).
+    async fn secrets_token(
+        &self,
+        reg: &Registered,
+    ) -> Result<Arc<orchestrator_github::InstallationToken>, Status> {
+        let (token, _) = self
+            .github
+            .token(
+                reg.installation as u64,
+                &[reg.repo.name()],
+                &[("secrets", "write")],
+            )
+            .await
+            .map_err(|e| github_status(&e))?;
+        Ok(token)
+    }
+
     async fn registered(&self, project_id: &str) -> Result<Registered, Status> {
         let row = sqlx::query("SELECT owner, name, installation_id, created_us FROM repositories WHERE project_id = $1")
             .bind(project_id)
@@ -138,15 +150,7 @@ impl Broker {
         deploy: bool,
     ) -> Result<Vec<common::SecretWriteResult>, Status> {
         let reg = self.registered(project_id).await?;
-        let (token, _) = self
-            .github
-            .token(
-                reg.installation as u64,
-                &[reg.repo.name()],
-                &[("secrets", "write")],
-            )
-            .await
-            .map_err(|e| github_status(&e))?;
+        let token = self.secrets_token(&reg).await?;
         // GitHub allows 100 secrets per repository, counting the ones already there.
         let existing = self
             .github
@@ -716,15 +720,7 @@ impl SecretBrokerService for Broker {
                 &[],
             ));
         }
-        let (token, _) = self
-            .github
-            .token(
-                reg.installation as u64,
-                &[reg.repo.name()],
-                &[("secrets", "write")],
-            )
-            .await
-            .map_err(|e| github_status(&e))?;
+        let token = self.secrets_token(&reg).await?;
         let deleted = self
             .pacer
             .paced(reg.installation, || {
@@ -771,15 +767,7 @@ impl SecretBrokerService for Broker {
         check_project_id(&mut v, &req.project_id);
         v.finish()?;
         let reg = self.registered(&req.project_id).await?;
-        let (token, _) = self
-            .github
-            .token(
-                reg.installation as u64,
-                &[reg.repo.name()],
-                &[("secrets", "write")],
-            )
-            .await
-            .map_err(|e| github_status(&e))?;
+        let token = self.secrets_token(&reg).await?;
         let at_github: BTreeMap<String, String> = self
             .github
             .list_secrets(&token.token, &reg.repo)

@@ -21,14 +21,10 @@ use orchestrator_store::{Database, Dialect};
 use sqlx::migrate::Migrator;
 use tonic::service::Routes;
 
+use orchestrator_store::now_us;
+
 mod api;
 mod pacing;
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
 
 fn migrations(dialect: Dialect) -> Migrator {
     match dialect {

@@ -10,13 +10,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use orchestrator_store::{Database, Dialect, StoreError};
+use orchestrator_store::{Database, Dialect, StoreError, now_us};
 use sqlx::Row;
 use tonic::Status;
-
-fn now_us() -> i64 {
-    crate::now_us()
-}
 
 #[derive(Debug)]
 pub struct Pacer {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use orchestrator_audit::{Entry, Ledger};
 use orchestrator_mesh::caller;
 use orchestrator_mesh::status::{Violations, with_reason};
+use orchestrator_proto::timestamp as ts;
 use orchestrator_proto::vault::v1::{self as pb, vault_service_server::VaultService};
 use orchestrator_store::{Database, StoreError};
 use sqlx::{AnyConnection, Row};
@@ -86,13 +87,6 @@ fn check_user_key(v: &mut Violations, prefix: &str, user_id: &str, key: &str) {
 
 pub fn store(e: sqlx::Error) -> Status {
     StoreError::from(e).into()
-}
-
-fn ts(us: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: us.div_euclid(1_000_000),
-        nanos: (us.rem_euclid(1_000_000) * 1_000) as i32,
-    }
 }
 
 fn version_mismatch(current: i64) -> Status {
