@@ -382,7 +382,13 @@ impl MeshTls {
             loop {
                 tick.tick().await;
                 let Some(tls) = tls.upgrade() else { return };
-                match tls.reload() {
+                // Reading and parsing the files is blocking I/O; keep it off the runtime's workers.
+                let reloaded = {
+                    let tls = tls.clone();
+                    tokio::task::spawn_blocking(move || tls.reload()).await
+                };
+                let Ok(reloaded) = reloaded else { return };
+                match reloaded {
                     Ok(true) => {
                         tracing::info!(identity = %tls.identity(), "TLS certificate reloaded")
                     }
