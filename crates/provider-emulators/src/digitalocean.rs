@@ -22,6 +22,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
 use crate::core::{self, Core, Count, Fault, Running, Window, lock};
+use crate::host::{self, Exec, Host, HostsConfig};
 use crate::keys::PublicKey;
 use crate::{Faults, Stats};
 
@@ -45,6 +46,9 @@ pub struct DoConfig {
     pub rate_limit_per_hour: u32,
     /// `GET /v2/account/keys` per minute per token (DigitalOcean: 10; 0 = unlimited).
     pub key_list_limit_per_minute: u32,
+    /// Boot droplets for real SSH: each gets its own `127.x.y.z` public address where an SSH
+    /// daemon serves what its cloud-init says. `None` = addresses from 198.51.100.0/24, no SSH.
+    pub hosts: Option<HostsConfig>,
 }
 
 impl Default for DoConfig {
@@ -57,6 +61,7 @@ impl Default for DoConfig {
             rate_limit_per_minute: 250,
             rate_limit_per_hour: 5000,
             key_list_limit_per_minute: 10,
+            hosts: None,
         }
     }
 }
@@ -114,6 +119,8 @@ struct Droplet {
     deleted: bool,
     polls_404_left: u32,
     action_id: u64,
+    /// Its SSH side, while it exists (with [`DoConfig::hosts`]).
+    host: Option<Host>,
 }
 
 #[derive(Debug)]
@@ -148,6 +155,8 @@ struct DoState {
     core: Core,
     world: Mutex<World>,
     limits: Mutex<Limits>,
+    /// With hosts: the emulator's own `127.x.y.0/24` (random, so parallel tests differ).
+    loopback_net: [u8; 2],
 }
 
 /// The token the gate accepted.
@@ -183,6 +192,7 @@ impl DigitalOcean {
             core: Core::new("digitalocean"),
             world: Mutex::new(World::default()),
             limits: Mutex::new(limits),
+            loopback_net: core::random_bytes::<2>(),
         });
         let running = Running::spawn("digitalocean", listener, url, router(state.clone()));
         Ok(Self {
@@ -219,10 +229,26 @@ impl DigitalOcean {
                 token_used: d.account.clone(),
                 deleted: d.deleted,
                 status: self.state.status(d, now).to_owned(),
-                ipv4: self.state.has_public(d, now).then(|| public_ip(d.seq)),
+                ipv4: self
+                    .state
+                    .has_public(d, now)
+                    .then(|| self.state.public_ip(d.seq)),
                 create_body: d.body.clone(),
             })
             .collect()
+    }
+
+    /// The commands a droplet's server was asked to run over SSH (other than the readiness
+    /// check), in order.
+    pub fn commands(&self, id: u64) -> Vec<Exec> {
+        let world = lock(&self.state.world);
+        world
+            .droplets
+            .iter()
+            .find(|d| d.id == id)
+            .and_then(|d| d.host.as_ref())
+            .map(|h| lock(&h.log).clone())
+            .unwrap_or_default()
     }
 
     /// Droplets not deleted.
@@ -252,6 +278,7 @@ impl DigitalOcean {
         match world.droplets.iter_mut().find(|d| d.id == id && !d.deleted) {
             Some(d) => {
                 d.deleted = true;
+                d.host = None;
                 true
             }
             None => false,
@@ -298,6 +325,35 @@ impl DoState {
             >= self.config.active_after + self.config.address_after
     }
 
+    fn public_ip(&self, seq: u64) -> String {
+        match self.config.hosts {
+            Some(_) => {
+                let [a, b] = self.loopback_net;
+                format!("127.{a}.{}.{}", b.max(1), 2 + seq % 250)
+            }
+            None => format!("198.51.100.{}", 2 + seq % 250),
+        }
+    }
+
+    /// Boots `d` for SSH: up when it has its public address, cloud-init done `boot_time` later.
+    fn boot(&self, d: &Droplet) -> Option<Host> {
+        let hosts = self.config.hosts.as_ref()?;
+        let up_at = d.created + self.config.active_after + self.config.address_after;
+        let boot = host::from_cloud_init(
+            self.public_ip(d.seq).parse().ok()?,
+            d.user_data.as_deref(),
+            up_at,
+            up_at + hosts.boot_time,
+        );
+        match host::start(boot, hosts.ssh_port) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "droplet could not boot");
+                None
+            }
+        }
+    }
+
     fn droplet_json(&self, d: &Droplet, now: Instant) -> Value {
         let status = self.status(d, now);
         let mut v4 = Vec::new();
@@ -311,7 +367,7 @@ impl DoState {
         }
         if self.has_public(d, now) {
             v4.push(json!({
-                "ip_address": public_ip(d.seq),
+                "ip_address": self.public_ip(d.seq),
                 "netmask": "255.255.255.0",
                 "gateway": "198.51.100.1",
                 "type": "public",
@@ -374,10 +430,6 @@ impl DoState {
             "region_slug": d.region.clone().unwrap_or_else(|| "nyc3".to_owned()),
         })
     }
-}
-
-fn public_ip(seq: u64) -> String {
-    format!("198.51.100.{}", 2 + seq % 250)
 }
 
 fn private_ip(seq: u64) -> String {
@@ -753,6 +805,7 @@ fn validate_create(
         deleted: false,
         polls_404_left: 0,
         action_id: 0,
+        host: None,
     })
 }
 
@@ -789,6 +842,7 @@ async fn create_droplet(
     // The create answer is always "new" with no networks, however short active_after is.
     body["droplet"]["status"] = json!("new");
     body["droplet"]["networks"] = json!({"v4": [], "v6": []});
+    droplet.host = s.boot(&droplet);
     world.droplets.push(droplet);
     Ok(ok(StatusCode::ACCEPTED, body))
 }
@@ -912,6 +966,7 @@ async fn delete_droplet(
         .find(|d| d.id == id && d.account == token && !d.deleted)
         .ok_or_else(DoError::not_found)?;
     d.deleted = true;
+    d.host = None;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -932,6 +987,7 @@ async fn delete_by_tag(
         .filter(|d| !d.deleted && d.account == token && d.tags.contains(tag))
     {
         d.deleted = true;
+        d.host = None;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

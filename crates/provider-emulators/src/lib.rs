@@ -23,6 +23,7 @@
 mod cloudflare;
 mod core;
 mod digitalocean;
+mod host;
 mod keys;
 mod time4vps;
 
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 pub use cloudflare::{CfConfig, Cloudflare, DnsRecordView};
 pub use digitalocean::{DigitalOcean, DoConfig, DropletRecord, SshKeyRecord};
+pub use host::{Exec, HostsConfig};
 pub use time4vps::{ReinstallRecord, ServerView, T4Config, Time4Vps};
 
 /// Faults injected into requests that passed authentication and the rate limits. Probabilities

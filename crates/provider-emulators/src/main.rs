@@ -11,6 +11,9 @@
 //!   default `orchestrator.test`).
 //! - `TIME4VPS_EMULATOR_USER`, `TIME4VPS_EMULATOR_PASSWORD`, `TIME4VPS_EMULATOR_SERVERS`
 //!   (`101=203.0.113.10,102=203.0.113.11`), `TIME4VPS_EMULATOR_TASK_AFTER_MS`.
+//! - `PROVIDER_EMULATORS_SSH_PORT`: boot servers for real SSH on this port of their own
+//!   loopback addresses (droplets get `127.x.y.z` addresses; Time4VPS servers should be
+//!   configured with loopback IPs), `PROVIDER_EMULATORS_BOOT_MS`: how long cloud-init runs.
 //! - `PROVIDER_EMULATORS_FAULTS`: faults for all three, `seed=7,rate=0.3` (see
 //!   `Faults::mixed`) or any of `seed`, `server_error`, `rate_limited_429`,
 //!   `dropped_connection`, `after_handler`, `latency_ms`, `retry_after_secs`.
@@ -21,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use orchestrator_provider_emulators::{
-    CfConfig, DoConfig, Faults, ProviderEmulators, ProvidersConfig, T4Config,
+    CfConfig, DoConfig, Faults, HostsConfig, ProviderEmulators, ProvidersConfig, T4Config,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -148,6 +151,14 @@ fn config() -> anyhow::Result<ProvidersConfig> {
     };
     if let Some(d) = millis("TIME4VPS_EMULATOR_TASK_AFTER_MS")? {
         time4vps.task_after = d;
+    }
+    if let Some(ssh_port) = number("PROVIDER_EMULATORS_SSH_PORT")? {
+        let hosts = HostsConfig {
+            ssh_port,
+            boot_time: millis("PROVIDER_EMULATORS_BOOT_MS")?.unwrap_or(Duration::from_millis(500)),
+        };
+        digitalocean.hosts = Some(hosts.clone());
+        time4vps.hosts = Some(hosts);
     }
     Ok(ProvidersConfig {
         digitalocean,

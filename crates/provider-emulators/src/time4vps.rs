@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::core::{self, Core, Fault, Running, Window, lock};
+use crate::host::{self, Exec, Host, HostsConfig};
 use crate::keys::PublicKey;
 use crate::{Faults, Stats};
 
@@ -41,6 +42,9 @@ pub struct T4Config {
     pub scripts: Vec<(u64, String)>,
     /// Requests per minute for the account (0 = unlimited; Time4VPS documents none).
     pub rate_limit_per_minute: u32,
+    /// Boot reinstalled servers for real SSH on their (then loopback) IPs: root with the
+    /// reinstall's `ssh_key` and a fresh host key, no cloud-init. `None` = no SSH.
+    pub hosts: Option<HostsConfig>,
 }
 
 impl Default for T4Config {
@@ -57,6 +61,7 @@ impl Default for T4Config {
             ],
             scripts: Vec::new(),
             rate_limit_per_minute: 0,
+            hosts: None,
         }
     }
 }
@@ -99,6 +104,8 @@ struct Server {
     ip: String,
     initial_os: String,
     tasks: Vec<Task>,
+    /// Its SSH side since the last reinstall (with [`T4Config::hosts`]).
+    host: Option<Host>,
 }
 
 #[derive(Debug)]
@@ -223,6 +230,7 @@ impl Time4Vps {
                 ip: ip.clone(),
                 initial_os: initial.clone(),
                 tasks: Vec::new(),
+                host: None,
             });
         }
         let (listener, url) = core::bind(addr).await?;
@@ -274,6 +282,24 @@ impl Time4Vps {
             .tasks
             .last()
             .map(|t| t.reinstall.clone())
+    }
+
+    /// Server `id`'s host key (OpenSSH public line) since its last reinstall, with hosts.
+    pub fn host_key(&self, id: u64) -> Option<String> {
+        let servers = lock(&self.state.servers);
+        let host = servers.iter().find(|s| s.id == id)?.host.as_ref()?;
+        Some(host.host_public.clone())
+    }
+
+    /// The commands server `id` was asked to run over SSH since its last reinstall.
+    pub fn commands(&self, id: u64) -> Vec<Exec> {
+        let servers = lock(&self.state.servers);
+        servers
+            .iter()
+            .find(|s| s.id == id)
+            .and_then(|s| s.host.as_ref())
+            .map(|h| lock(&h.log).clone())
+            .unwrap_or_default()
     }
 
     /// Every reinstall requested for server `id`, oldest first.
@@ -473,7 +499,7 @@ async fn reinstall(
     if !s.config.oses.contains(&os) {
         return Err(T4Error::bad("Invalid OS"));
     }
-    let ssh_key = match body.get("ssh_key") {
+    let ssh_key: Option<String> = match body.get("ssh_key") {
         None | Some(Value::Null) => None,
         Some(Value::String(k)) if k.trim().is_empty() => None,
         Some(Value::String(k)) if PublicKey::parse(k).is_some() && !k.trim().contains('\n') => {
@@ -507,6 +533,30 @@ async fn reinstall(
         *next += 1;
         *next
     };
+    // The reinstall wipes the server: the old SSH side goes now, the new one answers when the
+    // task completes, with root's key from the request and a host key nobody knew before.
+    srv.host = None;
+    if let Some(hosts) = &s.config.hosts
+        && let Ok(ip) = srv.ip.parse()
+    {
+        let up_at = now + s.config.task_after;
+        let users = ssh_key
+            .iter()
+            .map(|k| ("root".to_owned(), vec![k.clone()]))
+            .collect();
+        let boot = host::Boot {
+            ip,
+            host_key: None,
+            users,
+            up_at,
+            ready_at: up_at,
+            cloud_init: false,
+            failed: false,
+        };
+        srv.host = host::start(boot, hosts.ssh_port)
+            .inspect_err(|e| tracing::warn!(error = %e, "server could not boot"))
+            .ok();
+    }
     srv.tasks.push(Task {
         id: task_id,
         name: "reinstall",

@@ -1,0 +1,298 @@
+//! The servers the emulated providers "boot", as infra meets them over SSH: an SSH daemon on
+//! the server's own loopback address that serves the server's host key, lets in exactly the
+//! users and keys the server was given (cloud-init `users`, or root with the Time4VPS
+//! reinstall's `ssh_key`), and answers `cloud-init status --wait` once boot is over.
+//!
+//! Every other command is recorded (user, command line, stdin) and answers exit 0 without
+//! running anything: a test machine must not become the server. Tests read the record.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use russh::keys::ssh_key::private::Ed25519Keypair;
+use russh::keys::{PrivateKey, PublicKey};
+use russh::server::{self, Auth, Msg, Server as _, Session};
+use russh::{Channel, ChannelId};
+
+use crate::core::{lock, random_bytes};
+
+/// How the emulated providers boot servers.
+#[derive(Debug, Clone)]
+pub struct HostsConfig {
+    /// The port each server's SSH daemon listens on (on the server's own loopback address).
+    pub ssh_port: u16,
+    /// How long cloud-init runs after the server has its address (`status --wait` blocks).
+    pub boot_time: Duration,
+}
+
+/// One command a server was asked to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    pub user: String,
+    pub command: String,
+    pub stdin: Vec<u8>,
+}
+
+/// What a server boots with.
+#[derive(Debug)]
+pub(crate) struct Boot {
+    pub ip: IpAddr,
+    /// The host key (OpenSSH private key text); `None` = a fresh one.
+    pub host_key: Option<String>,
+    /// Login name -> authorized public key lines.
+    pub users: BTreeMap<String, Vec<String>>,
+    /// When the daemon starts answering.
+    pub up_at: Instant,
+    /// When `cloud-init status --wait` returns.
+    pub ready_at: Instant,
+    /// Whether the image has cloud-init (Time4VPS's have not: `command not found`).
+    pub cloud_init: bool,
+    /// cloud-init failed (unreadable user data): `status: error`.
+    pub failed: bool,
+}
+
+/// A running server's SSH side; stops when dropped.
+#[derive(Debug)]
+pub(crate) struct Host {
+    pub host_public: String,
+    pub log: Arc<Mutex<Vec<Exec>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Shared {
+    users: BTreeMap<String, Vec<PublicKey>>,
+    ready_at: Instant,
+    cloud_init: bool,
+    failed: bool,
+    log: Arc<Mutex<Vec<Exec>>>,
+}
+
+/// What a droplet boots with, read from its user data the way cloud-init would: `users` (name
+/// and `ssh_authorized_keys`; root only if `disable_root` is false) and the injected
+/// `ssh_keys.ed25519_private`. User data that is not a `#cloud-config` document this emulator
+/// can read (JSON, which is YAML) boots with no users and `status: error`.
+pub(crate) fn from_cloud_init(
+    ip: IpAddr,
+    user_data: Option<&str>,
+    up_at: Instant,
+    ready_at: Instant,
+) -> Boot {
+    let config = user_data
+        .and_then(|d| d.strip_prefix("#cloud-config\n"))
+        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok());
+    let mut boot = Boot {
+        ip,
+        host_key: None,
+        users: BTreeMap::new(),
+        up_at,
+        ready_at,
+        cloud_init: true,
+        failed: config.is_none(),
+    };
+    let Some(config) = config else { return boot };
+    boot.host_key = config["ssh_keys"]["ed25519_private"]
+        .as_str()
+        .map(str::to_owned);
+    let root_allowed = config["disable_root"] == serde_json::Value::Bool(false);
+    for user in config["users"].as_array().into_iter().flatten() {
+        let Some(name) = user["name"].as_str() else {
+            continue;
+        };
+        if name == "root" && !root_allowed {
+            continue;
+        }
+        let keys = user["ssh_authorized_keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k.as_str().map(str::to_owned))
+            .collect();
+        boot.users.insert(name.to_owned(), keys);
+    }
+    boot
+}
+
+/// Starts `boot`'s SSH daemon on `boot.ip:port` (at `boot.up_at`).
+pub(crate) fn start(boot: Boot, port: u16) -> anyhow::Result<Host> {
+    let key = match &boot.host_key {
+        Some(text) => PrivateKey::from_openssh(text)?,
+        None => PrivateKey::new(Ed25519Keypair::from_seed(&random_bytes()).into(), "")?,
+    };
+    let mut public = key.public_key().clone();
+    public.set_comment("");
+    let host_public = public.to_openssh()?;
+    let users = boot
+        .users
+        .iter()
+        .map(|(name, keys)| {
+            let keys = keys
+                .iter()
+                .filter_map(|k| PublicKey::from_openssh(k).ok())
+                .collect();
+            (name.clone(), keys)
+        })
+        .collect();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let shared = Arc::new(Shared {
+        users,
+        ready_at: boot.ready_at,
+        cloud_init: boot.cloud_init,
+        failed: boot.failed,
+        log: log.clone(),
+    });
+    let config = Arc::new(server::Config {
+        keys: vec![key],
+        auth_rejection_time: Duration::from_millis(10),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        inactivity_timeout: Some(Duration::from_secs(120)),
+        ..Default::default()
+    });
+    let addr = SocketAddr::new(boot.ip, port);
+    let up_at = boot.up_at;
+    let task = tokio::spawn(async move {
+        tokio::time::sleep_until(up_at.into()).await;
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "emulated server cannot listen for SSH");
+                return;
+            }
+        };
+        let mut daemon = Daemon { shared };
+        let _ = daemon.run_on_socket(config, &listener).await;
+    });
+    Ok(Host {
+        host_public,
+        log,
+        task,
+    })
+}
+
+#[derive(Clone)]
+struct Daemon {
+    shared: Arc<Shared>,
+}
+
+impl server::Server for Daemon {
+    type Handler = Connection;
+    fn new_client(&mut self, _: Option<SocketAddr>) -> Connection {
+        Connection {
+            shared: self.shared.clone(),
+            user: String::new(),
+            pending: BTreeMap::new(),
+        }
+    }
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    user: String,
+    /// Per channel: the command and the stdin received so far.
+    pending: BTreeMap<ChannelId, (String, Vec<u8>)>,
+}
+
+impl server::Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let allowed = self.shared.users.get(user).is_some_and(|keys| {
+            keys.iter()
+                .any(|k| k.key_data() == key.public_key.key_data())
+        });
+        if allowed {
+            self.user = user.to_owned();
+            Ok(Auth::Accept)
+        } else {
+            Ok(Auth::reject())
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        _channel: Channel<Msg>,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.pending.insert(
+            channel,
+            (String::from_utf8_lossy(data).into_owned(), Vec::new()),
+        );
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some((_, stdin)) = self.pending.get_mut(&channel) {
+            stdin.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some((command, stdin)) = self.pending.remove(&channel) else {
+            return Ok(());
+        };
+        let shared = self.shared.clone();
+        let user = self.user.clone();
+        let handle = session.handle();
+        // Answered from a task: `cloud-init status --wait` blocks until boot is over.
+        tokio::spawn(async move {
+            let (status, out) =
+                if command.split_whitespace().next() == Some("cloud-init") && !shared.cloud_init {
+                    (127, "")
+                } else if command.trim() == "cloud-init status --wait" {
+                    tokio::time::sleep_until(shared.ready_at.into()).await;
+                    if shared.failed {
+                        (1, "status: error\n")
+                    } else {
+                        (0, "status: done\n")
+                    }
+                } else {
+                    lock(&shared.log).push(Exec {
+                        user,
+                        command,
+                        stdin,
+                    });
+                    (0, "")
+                };
+            if !out.is_empty() {
+                let _ = handle.data(channel, out.as_bytes().to_vec()).await;
+            }
+            let _ = handle.exit_status_request(channel, status).await;
+            let _ = handle.eof(channel).await;
+            let _ = handle.close(channel).await;
+        });
+        Ok(())
+    }
+}
