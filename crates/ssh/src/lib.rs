@@ -302,25 +302,38 @@ impl Session {
             reason: e.to_string(),
         };
         let exchange = async {
-            let mut channel = self.handle.channel_open_session().await.map_err(protocol)?;
+            let channel = self.handle.channel_open_session().await.map_err(protocol)?;
             channel.exec(true, command).await.map_err(protocol)?;
-            if !stdin.is_empty() {
-                channel.data(stdin).await.map_err(protocol)?;
-            }
-            channel.eof().await.map_err(protocol)?;
-            let mut output = Output {
-                status: None,
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-            };
-            while let Some(message) = channel.wait().await {
-                match message {
-                    ChannelMsg::Data { data } => output.stdout.extend_from_slice(&data),
-                    ChannelMsg::ExtendedData { data, .. } => output.stderr.extend_from_slice(&data),
-                    ChannelMsg::ExitStatus { exit_status } => output.status = Some(exit_status),
-                    _ => {}
+            // Send stdin while reading the output: a command that writes before it has read
+            // all of its stdin (`cat`) would otherwise fill our receive window, stop reading,
+            // and both sides would wait for each other until the timeout.
+            let (mut reader, writer) = channel.split();
+            let send = async {
+                if !stdin.is_empty() {
+                    writer.data(stdin).await?;
                 }
-            }
+                writer.eof().await
+            };
+            let receive = async {
+                let mut output = Output {
+                    status: None,
+                    stdout: Vec::new(),
+                    stderr: Vec::new(),
+                };
+                while let Some(message) = reader.wait().await {
+                    match message {
+                        ChannelMsg::Data { data } => output.stdout.extend_from_slice(&data),
+                        ChannelMsg::ExtendedData { data, .. } => {
+                            output.stderr.extend_from_slice(&data)
+                        }
+                        ChannelMsg::ExitStatus { exit_status } => output.status = Some(exit_status),
+                        _ => {}
+                    }
+                }
+                output
+            };
+            let (sent, output) = tokio::join!(send, receive);
+            sent.map_err(protocol)?;
             Ok(output)
         };
         tokio::time::timeout(self.timeout, exchange)

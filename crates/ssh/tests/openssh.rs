@@ -242,6 +242,23 @@ async fn pinned_host_key_logs_in_and_runs_commands() {
 }
 
 #[tokio::test]
+async fn large_stdin_echoed_back_does_not_deadlock() {
+    let (host, admin) = (key("host"), key("admin"));
+    let sshd = Sshd::start(&host, &admin);
+    let session = sshd
+        .login(HostKey::LearnOnFirstUse, &admin_key(&admin))
+        .await;
+    // More than the client's receive window (2 MiB) and the pipes: the output has to be read
+    // while stdin is still being sent.
+    let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let out = session.run("cat", &data).await.unwrap();
+    assert_eq!(out.status, Some(0));
+    assert_eq!(out.stdout.len(), data.len());
+    assert!(out.stdout == data, "cat echoed other bytes");
+    session.close().await;
+}
+
+#[tokio::test]
 async fn another_pinned_key_is_refused_before_login() {
     let (host, admin, other) = (key("host"), key("admin"), key("other"));
     let sshd = Sshd::start(&host, &admin);
