@@ -88,7 +88,8 @@ pub fn known_hosts(host: &str, host_public: &str) -> String {
     format!("{host} {kind} {key}\n")
 }
 
-fn valid_user(user: &str) -> bool {
+/// A user name cloud-init and useradd both accept, and not root.
+pub fn valid_user(user: &str) -> bool {
     (1..=32).contains(&user.len())
         && user.as_bytes()[0].is_ascii_lowercase()
         && user
@@ -119,7 +120,7 @@ pub fn cloud_init(
     // JSON is valid YAML, and serde_json quotes everything: nothing here can inject YAML.
     let config = serde_json::json!({
         "users": [
-            { "name": "orchestrator-admin", "groups": ["sudo"], "sudo": "ALL=(ALL) NOPASSWD:ALL", "shell": "/bin/bash", "ssh_authorized_keys": [admin_public] },
+            { "name": ADMIN_USER, "groups": ["sudo"], "sudo": "ALL=(ALL) NOPASSWD:ALL", "shell": "/bin/bash", "ssh_authorized_keys": [admin_public] },
             { "name": deploy_user, "groups": ["docker"], "shell": "/bin/bash", "ssh_authorized_keys": [deploy_public] }
         ],
         "disable_root": true,
@@ -133,6 +134,85 @@ pub fn cloud_init(
         "runcmd": [["systemctl", "enable", "--now", "docker"]],
     });
     Ok(format!("#cloud-config\n{config}\n"))
+}
+
+/// The account infra logs in as (with the orchestrator's admin key) to check readiness and,
+/// later, to rotate the deploy key.
+pub const ADMIN_USER: &str = "orchestrator-admin";
+
+/// `type base64` of an OpenSSH public key line: no comment, so nothing free-form reaches a
+/// script or a file.
+pub fn normalized(public_openssh: &str) -> Result<String, KeyError> {
+    let mut key = ssh_key::PublicKey::from_openssh(public_openssh)
+        .map_err(|_| KeyError::PublicKey(public_openssh.chars().take(20).collect()))?;
+    key.set_comment("");
+    key.to_openssh()
+        .map(|k| k.trim().to_owned())
+        .map_err(|e| KeyError::Generate(e.to_string()))
+}
+
+/// The script that takes over a freshly reinstalled Time4VPS server (no cloud-init there),
+/// run as root over the admin key the reinstall installed: the same end state as
+/// [`cloud_init`] — the admin account with sudo and the admin key, the deploy user (docker
+/// group) with the deploy key, root login and passwords off — then it checks the result and
+/// exits non-zero if anything is missing. Idempotent, so a retry can run it again.
+pub fn takeover_script(
+    deploy_user: &str,
+    deploy_public: &str,
+    admin_public: &str,
+) -> Result<String, KeyError> {
+    if !valid_user(deploy_user) || deploy_user == ADMIN_USER {
+        return Err(KeyError::User(deploy_user.to_owned()));
+    }
+    // Normalized keys are `ssh-ed25519 AAAA...`: no quote can end the literals below.
+    let (deploy_key, admin_key) = (normalized(deploy_public)?, normalized(admin_public)?);
+    Ok(format!(
+        r#"#!/bin/bash
+# Takeover of a reinstalled server by the orchestrator (the Time4VPS counterpart of cloud-init).
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+add_user() {{ # name, key, groups
+  getent group "$3" >/dev/null || groupadd "$3"
+  id -u "$1" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash --groups "$3" "$1"
+  local home
+  home=$(getent passwd "$1" | cut -d: -f6)
+  install -d -m 700 -o "$1" -g "$1" "$home/.ssh"
+  printf '%s
+' "$2" > "$home/.ssh/authorized_keys"
+  chown "$1:$1" "$home/.ssh/authorized_keys"
+  chmod 600 "$home/.ssh/authorized_keys"
+}}
+
+add_user {admin_user} '{admin_key}' sudo
+printf '%s
+' '{admin_user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-{admin_user}
+chmod 440 /etc/sudoers.d/90-{admin_user}
+visudo -cf /etc/sudoers.d/90-{admin_user} >/dev/null
+
+if ! command -v docker >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq docker.io >/dev/null
+  systemctl enable --now docker
+fi
+add_user {deploy_user} '{deploy_key}' docker
+
+install -d /etc/ssh/sshd_config.d
+printf '%s
+' 'PermitRootLogin no' 'PasswordAuthentication no' 'KbdInteractiveAuthentication no'   > /etc/ssh/sshd_config.d/00-orchestrator.conf
+sshd -t
+passwd -l root >/dev/null
+rm -f /root/.ssh/authorized_keys
+systemctl reload ssh 2>/dev/null || systemctl reload sshd
+
+# The result, or a non-zero exit naming what is missing.
+for u in {admin_user} {deploy_user}; do
+  id -u "$u" >/dev/null || {{ echo "user $u missing" >&2; exit 1; }}
+done
+sshd -T | grep -qx 'permitrootlogin no' || {{ echo 'root login still allowed' >&2; exit 1; }}
+echo 'takeover: done'
+"#,
+        admin_user = ADMIN_USER,
+    ))
 }
 
 #[cfg(test)]
@@ -166,6 +246,34 @@ mod tests {
         assert!(!format!("{deploy:?}").contains("PRIVATE"));
         assert!(cloud_init("root", &deploy.public_openssh, &admin.public_openssh, &host).is_err());
         assert!(cloud_init("deploy", "not a key", &admin.public_openssh, &host).is_err());
+    }
+
+    #[test]
+    fn the_takeover_script_installs_both_keys_and_turns_root_off() {
+        let deploy = generate("deploy's key; rm -rf /").unwrap();
+        let admin = generate("admin").unwrap();
+        let script = takeover_script("web", &deploy.public_openssh, &admin.public_openssh).unwrap();
+        assert!(script.contains(&normalized(&deploy.public_openssh).unwrap()));
+        assert!(script.contains(&normalized(&admin.public_openssh).unwrap()));
+        assert!(script.contains("add_user web '"));
+        assert!(script.contains("'PermitRootLogin no'"));
+        assert!(
+            !script.contains("rm -rf /'"),
+            "the key comment never reaches the script"
+        );
+        // bash agrees it is a script.
+        let checked = std::process::Command::new("bash")
+            .args(["-n", "-c", &script])
+            .status()
+            .unwrap();
+        assert!(checked.success());
+        assert!(
+            takeover_script(ADMIN_USER, &deploy.public_openssh, &admin.public_openssh).is_err()
+        );
+        assert!(takeover_script("root", &deploy.public_openssh, &admin.public_openssh).is_err());
+        assert!(
+            takeover_script("web", "ssh-ed25519 AAAA' ; reboot", &admin.public_openssh).is_err()
+        );
     }
 
     #[test]

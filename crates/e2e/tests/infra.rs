@@ -1,6 +1,7 @@
-//! Infra end to end with real processes: provisioning on the DigitalOcean emulator with DNS at
-//! the Cloudflare emulator and the deploy credentials handed to a real broker (decrypted at the
-//! GitHub emulator), under faults and across an infra crash; destroy; a user's own key.
+//! Infra end to end with real processes: provisioning on the DigitalOcean emulator (readiness
+//! checked over SSH against the booted droplet) and Time4VPS takeovers, DNS at the Cloudflare
+//! emulator, the deploy credentials handed to a real broker (decrypted at the GitHub emulator
+//! and then used to log in), under faults and across an infra crash; destroy; users' own keys.
 
 #![allow(clippy::unwrap_used)] // Test helpers: a failed step is a failed test.
 
@@ -21,6 +22,10 @@ use tonic::transport::Channel;
 const ORG: &str = "acme";
 const DO_TOKEN: &str = "do-platform-token";
 const CF_TOKEN: &str = "cf-platform-token";
+const T4_USER: &str = "t4-platform-user";
+const T4_PASSWORD: &str = "t4-platform-password";
+/// The Time4VPS server bought in advance.
+const T4_SERVER: u64 = 701;
 
 struct Harness {
     pki: Pki,
@@ -28,24 +33,49 @@ struct Harness {
     github: orchestrator_github_emulator::Emulator,
     digitalocean: emu::DigitalOcean,
     cloudflare: emu::Cloudflare,
+    time4vps: emu::Time4Vps,
+    /// The port the emulated servers answer SSH on.
+    ssh_port: u16,
     broker: Proc,
     infra: Proc,
     api: InfraServiceClient<Channel>,
     files: tempfile::TempDir,
 }
 
-async fn infra_launch(
+impl Harness {
+    /// Infra as configured for this harness (a restart gets the same settings).
+    fn infra_launch(&self) -> Launch {
+        infra_launch(
+            &self.pki,
+            &self.db,
+            &self.broker,
+            (&self.digitalocean, &self.cloudflare, &self.time4vps),
+            self.ssh_port,
+            self.files.path(),
+        )
+    }
+}
+
+fn infra_launch(
     h_pki: &Pki,
     db: &TestDatabase,
     broker: &Proc,
-    digitalocean: &emu::DigitalOcean,
-    cloudflare: &emu::Cloudflare,
+    (digitalocean, cloudflare, time4vps): (&emu::DigitalOcean, &emu::Cloudflare, &emu::Time4Vps),
+    ssh_port: u16,
     files: &std::path::Path,
 ) -> Launch {
     Launch::new(Service::Infra, h_pki)
         .unwrap()
         .database(&db.url("infra"))
         .env("INFRA_BROKER_ADDR", broker.grpc.to_string())
+        .env("INFRA_SSH_PORT", ssh_port.to_string())
+        .env("INFRA_READY_TIMEOUT_SECS", "60")
+        .env("TIME4VPS_API_URL", time4vps.url())
+        .env("TIME4VPS_USER", T4_USER)
+        .env(
+            "TIME4VPS_PASSWORD_FILE",
+            orchestrator_e2e::write_secret(files, "t4_password", T4_PASSWORD).unwrap(),
+        )
         .env("DIGITALOCEAN_API_URL", digitalocean.url())
         .env(
             "DIGITALOCEAN_TOKEN_FILE",
@@ -57,11 +87,26 @@ async fn infra_launch(
             orchestrator_e2e::write_secret(files, "cf_token", CF_TOKEN).unwrap(),
         )
         .env("CLOUDFLARE_ZONE", "orchestrator.test")
-        // The same AUDIT_KEY across restarts: keep it in the harness's folder.
+        // The same AUDIT_KEY and admin key across restarts: kept in the harness's folder.
         .env(
             "AUDIT_KEY_FILE",
             orchestrator_e2e::write_secret(files, "audit_key", &audit_key(files)).unwrap(),
         )
+        .env(
+            "ORCHESTRATOR_SSH_PRIVATE_KEY_FILE",
+            orchestrator_e2e::write_secret(files, "admin_key", &admin_key(files)).unwrap(),
+        )
+}
+
+fn admin_key(files: &std::path::Path) -> String {
+    use secrecy::ExposeSecret as _;
+    let path = files.join("admin_key.value");
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        return k;
+    }
+    let k = orchestrator_deploy_keys::generate("orchestrator-admin").unwrap();
+    std::fs::write(&path, k.private_openssh.expose_secret()).unwrap();
+    k.private_openssh.expose_secret().to_owned()
 }
 
 fn audit_key(files: &std::path::Path) -> String {
@@ -80,17 +125,44 @@ async fn start(faults: Option<emu::Faults>) -> Harness {
     let db = TestDatabase::postgres(&["infra", "secret-broker"]).await;
     let github = github_emulator(ORG, GhConfig::default()).await.unwrap();
     github.create_repository(ORG, "app1");
+    // Servers answer SSH on their own loopback addresses, all on one port.
+    let ssh_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hosts = emu::HostsConfig {
+        ssh_port,
+        boot_time: Duration::from_millis(300),
+    };
     let digitalocean = emu::DigitalOcean::start(emu::DoConfig {
         tokens: vec![DO_TOKEN.into(), "users-own-do-token".into()],
         active_after: Duration::from_millis(150),
         address_after: Duration::from_millis(150),
         transient_404_polls: 1,
+        hosts: Some(hosts.clone()),
         ..emu::DoConfig::default()
     })
     .await
     .unwrap();
+    let [a, b] = orchestrator_e2e::random_key().as_bytes()[..2] else {
+        unreachable!()
+    };
+    let time4vps = emu::Time4Vps::start(emu::T4Config {
+        user: T4_USER.into(),
+        password: T4_PASSWORD.into(),
+        servers: vec![(
+            T4_SERVER,
+            format!("127.{}.{}.17", a % 200 + 20, b % 250 + 1),
+        )],
+        task_after: Duration::from_millis(300),
+        hosts: Some(hosts),
+        ..emu::T4Config::default()
+    })
+    .await
+    .unwrap();
     let cloudflare = emu::Cloudflare::start(emu::CfConfig {
-        tokens: vec![CF_TOKEN.into()],
+        tokens: vec![CF_TOKEN.into(), "users-own-cf-token".into()],
         zones: vec!["orchestrator.test".into()],
         ..emu::CfConfig::default()
     })
@@ -125,11 +197,17 @@ async fn start(faults: Option<emu::Faults>) -> Harness {
         })
         .await
         .unwrap();
-    let infra = infra_launch(&pki, &db, &broker, &digitalocean, &cloudflare, files.path())
-        .await
-        .spawn()
-        .await
-        .unwrap();
+    let infra = infra_launch(
+        &pki,
+        &db,
+        &broker,
+        (&digitalocean, &cloudflare, &time4vps),
+        ssh_port,
+        files.path(),
+    )
+    .spawn()
+    .await
+    .unwrap();
     let api = InfraServiceClient::new(infra.channel(&pki.client("api").unwrap()).await.unwrap());
     Harness {
         pki,
@@ -137,6 +215,8 @@ async fn start(faults: Option<emu::Faults>) -> Harness {
         github,
         digitalocean,
         cloudflare,
+        time4vps,
+        ssh_port,
         broker,
         infra,
         api,
@@ -172,10 +252,7 @@ async fn watch(api: &mut InfraServiceClient<Channel>, id: &str) -> Vec<pb::Opera
         .into_inner();
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while let Ok(Some(item)) = tokio::time::timeout_at(deadline, stream.message())
-        .await
-        .unwrap()
-    {
+    while let Ok(Ok(Some(item))) = tokio::time::timeout_at(deadline, stream.message()).await {
         seen.push(item.operation.unwrap());
     }
     seen
@@ -224,6 +301,33 @@ fn assert_deploy_credentials(h: &Harness) {
     );
 }
 
+/// Logs in to `ip` as DEPLOY_USER with DEPLOY_SSH_KEY, the host key pinned by
+/// DEPLOY_KNOWN_HOSTS, all read back from the GitHub emulator (where they were decrypted).
+async fn deploy_login(h: &Harness, ip: &str) {
+    let secret = |name| String::from_utf8(h.github.secret(ORG, "app1", name).unwrap()).unwrap();
+    let known = secret("DEPLOY_KNOWN_HOSTS");
+    let line = known
+        .lines()
+        .find(|l| l.starts_with(&format!("{ip} ")))
+        .unwrap_or_else(|| panic!("{ip} is not pinned in {known}"));
+    let host_key = line.split_once(' ').unwrap().1.to_owned();
+    let key = orchestrator_ssh::AdminKey::from_openssh(&secrecy::SecretString::from(secret(
+        "DEPLOY_SSH_KEY",
+    )))
+    .unwrap();
+    let target = orchestrator_ssh::Target {
+        host: ip.to_owned(),
+        port: h.ssh_port,
+        user: secret("DEPLOY_USER"),
+        host_key: orchestrator_ssh::HostKey::Pinned(host_key),
+    };
+    orchestrator_ssh::connect(&target, &key, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("the deploy credentials do not log in: {e}"))
+        .close()
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provision_and_destroy_on_digitalocean() {
     let mut h = start(None).await;
@@ -258,6 +362,12 @@ async fn provision_and_destroy_on_digitalocean() {
         h.digitalocean.live_droplets()[0].ipv4
     );
     assert_deploy_credentials(&h);
+    let ready = last.steps.last().unwrap();
+    assert!(ready.detail.contains("cloud-init done"), "{ready:?}");
+    // What the workflow will do: log in as the deploy user with the handed-over key, pinning
+    // the handed-over host key — on the droplet that cloud-init built.
+    let ip = h.digitalocean.live_droplets()[0].ipv4.clone().unwrap();
+    deploy_login(&h, &ip).await;
     // The same request again: the same operation, no second droplet.
     let again = h
         .api
@@ -344,18 +454,7 @@ async fn faults_and_an_infra_crash_still_make_exactly_one_droplet() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     h.infra.kill().await;
-    let restarted = infra_launch(
-        &h.pki,
-        &h.db,
-        &h.broker,
-        &h.digitalocean,
-        &h.cloudflare,
-        h.files.path(),
-    )
-    .await
-    .spawn()
-    .await
-    .unwrap();
+    let restarted = h.infra_launch().spawn().await.unwrap();
     let mut api = InfraServiceClient::new(
         restarted
             .channel(&h.pki.client("api").unwrap())
@@ -366,8 +465,9 @@ async fn faults_and_an_infra_crash_still_make_exactly_one_droplet() {
     assert_eq!(
         seen.last().unwrap().state,
         pb::OperationState::Succeeded as i32,
-        "{:?}",
-        seen.last()
+        "{:?}\n{}",
+        seen.last(),
+        restarted.logs()
     );
     assert_eq!(
         h.digitalocean
@@ -392,6 +492,7 @@ async fn a_users_own_provider_key_comes_from_the_vault_and_is_kept_nowhere() {
     use orchestrator_proto::vault::v1 as vault;
     use orchestrator_proto::vault::v1::vault_service_client::VaultServiceClient;
     let user_token = "users-own-do-token";
+    let user_dns_token = "users-own-cf-token";
     let h = start(None).await;
     let vault_proc = Launch::new(Service::Vault, &h.pki)
         .unwrap()
@@ -404,29 +505,24 @@ async fn a_users_own_provider_key_comes_from_the_vault_and_is_kept_nowhere() {
             .await
             .unwrap(),
     );
-    vault_api
-        .put_user_secret(vault::PutUserSecretRequest {
-            user_id: "u1".into(),
-            key: "digitalocean".into(),
-            value: user_token.as_bytes().to_vec(),
-            ..Default::default()
-        })
+    for (key, value) in [("digitalocean", user_token), ("cloudflare", user_dns_token)] {
+        vault_api
+            .put_user_secret(vault::PutUserSecretRequest {
+                user_id: "u1".into(),
+                key: key.into(),
+                value: value.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    // An infra that can reach this vault.
+    let infra = h
+        .infra_launch()
+        .env("INFRA_VAULT_ADDR", vault_proc.grpc.to_string())
+        .spawn()
         .await
         .unwrap();
-    // An infra that can reach this vault.
-    let infra = infra_launch(
-        &h.pki,
-        &h.db,
-        &h.broker,
-        &h.digitalocean,
-        &h.cloudflare,
-        h.files.path(),
-    )
-    .await
-    .env("INFRA_VAULT_ADDR", vault_proc.grpc.to_string())
-    .spawn()
-    .await
-    .unwrap();
     let mut api =
         InfraServiceClient::new(infra.channel(&h.pki.client("api").unwrap()).await.unwrap());
     let mut req = provision("prov-user-key");
@@ -435,6 +531,15 @@ async fn a_users_own_provider_key_comes_from_the_vault_and_is_kept_nowhere() {
             common::VaultEntryRef {
                 user_id: "u1".into(),
                 key: "digitalocean".into(),
+                version: 0,
+            },
+        )),
+    });
+    req.dns_credentials = Some(pb::CredentialSource {
+        source: Some(pb::credential_source::Source::UserVault(
+            common::VaultEntryRef {
+                user_id: "u1".into(),
+                key: "cloudflare".into(),
                 version: 0,
             },
         )),
@@ -459,12 +564,193 @@ async fn a_users_own_provider_key_comes_from_the_vault_and_is_kept_nowhere() {
         droplets[0].token_used, user_token,
         "the provider saw another token"
     );
-    assert!(!infra.logs().contains(user_token));
+    let records = h.cloudflare.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        records[0].token_used, user_dns_token,
+        "Cloudflare saw another token"
+    );
+    let server = api
+        .get_server(pb::GetServerRequest {
+            server_id: op.server_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .server
+        .unwrap();
+    assert!(matches!(
+        server.dns_credentials.and_then(|c| c.source),
+        Some(pb::credential_source::Source::UserVault(ref u)) if u.key == "cloudflare"
+    ));
+    // Destroy removes the record with the user's DNS key too.
+    let destroy = api
+        .destroy_server(pb::DestroyServerRequest {
+            server_id: op.server_id,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    let done = watch(&mut api, &destroy.id).await;
+    assert_eq!(
+        done.last().unwrap().state,
+        pb::OperationState::Succeeded as i32
+    );
+    assert!(h.cloudflare.records().is_empty());
+    for token in [user_token, user_dns_token] {
+        assert!(!infra.logs().contains(token));
+    }
     orchestrator_e2e::assert_absent_from_tables(
         &h.db,
         "infra",
         &["infra.servers", "infra.operations", "infra.audit_log"],
-        &[user_token],
+        &[user_token, user_dns_token],
+    )
+    .await;
+}
+
+/// Time4VPS: the server bought in advance is reinstalled with the admin key for root, taken
+/// over over SSH (deploy user, admin account, root off), its host key learned on that first
+/// contact and pinned for the workflow; DNS and the four DEPLOY_* secrets as on DigitalOcean;
+/// destroy wipes it (it stays bought) and removes the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time4vps_takeover_reinstalls_takes_over_and_pins_the_host_key() {
+    let mut h = start(None).await;
+    let mut req = provision("prov-t4");
+    req.provider = pb::Provider::Time4vps as i32;
+    req.spec = Some(pb::provision_server_request::Spec::Time4vps(
+        pb::Time4VpsServerSpec {
+            server_id: T4_SERVER as i64,
+            os: String::new(),
+        },
+    ));
+    let op = h
+        .api
+        .provision_server(req.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    let seen = watch(&mut h.api, &op.id).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.state, pb::OperationState::Succeeded as i32, "{last:?}");
+    assert!(
+        last.steps
+            .iter()
+            .all(|s| s.state == pb::OperationStepState::Done as i32),
+        "{:?}",
+        last.steps
+    );
+
+    // Reinstalled once, root getting the orchestrator's admin key (not the deploy key).
+    let reinstalls = h.time4vps.reinstalls(T4_SERVER);
+    assert_eq!(reinstalls.len(), 1);
+    assert_eq!(reinstalls[0].os, "kvm-ubuntu-24.04-gpt-x86_64");
+    let deploy_key =
+        String::from_utf8(h.github.secret(ORG, "app1", "DEPLOY_SSH_KEY").unwrap()).unwrap();
+    let deploy_public =
+        orchestrator_deploy_keys::public_of(&secrecy::SecretString::from(deploy_key.clone()))
+            .unwrap();
+    let root_key = reinstalls[0].ssh_key.clone().unwrap();
+    assert_ne!(
+        orchestrator_deploy_keys::normalized(&root_key).unwrap(),
+        orchestrator_deploy_keys::normalized(&deploy_public).unwrap(),
+        "root must not get the deploy key"
+    );
+    // One takeover script, as root, carrying the deploy public key and never a private key.
+    let commands = h.time4vps.commands(T4_SERVER);
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    assert_eq!(
+        (commands[0].user.as_str(), commands[0].command.as_str()),
+        ("root", "bash -s")
+    );
+    let script = String::from_utf8(commands[0].stdin.clone()).unwrap();
+    assert!(script.contains(&orchestrator_deploy_keys::normalized(&deploy_public).unwrap()));
+    assert!(script.contains("add_user deploy '"));
+    assert!(script.contains("'PermitRootLogin no'"));
+    assert!(!script.contains("PRIVATE KEY"));
+    // The host key pinned for the workflow is the server's own, learned on first contact.
+    let server_ip = h.time4vps.servers()[0].ip.clone();
+    let known =
+        String::from_utf8(h.github.secret(ORG, "app1", "DEPLOY_KNOWN_HOSTS").unwrap()).unwrap();
+    let host_key = h.time4vps.host_key(T4_SERVER).unwrap();
+    assert!(
+        known.contains(&format!(
+            "{server_ip} {}",
+            orchestrator_deploy_keys::normalized(&host_key).unwrap()
+        )),
+        "{known}"
+    );
+    assert_eq!(
+        h.github.secret(ORG, "app1", "DEPLOY_USER").unwrap(),
+        b"deploy"
+    );
+    let records = h.cloudflare.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].content, server_ip);
+    let server = h
+        .api
+        .get_server(pb::GetServerRequest {
+            server_id: op.server_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .server
+        .unwrap();
+    assert_eq!(server.provider, pb::Provider::Time4vps as i32);
+    assert_eq!(server.provider_server_id, T4_SERVER.to_string());
+    assert_eq!(
+        server.host_key_fingerprint,
+        orchestrator_deploy_keys::fingerprint(&host_key).unwrap()
+    );
+
+    // A server serves one project at a time.
+    req.request_id = "prov-t4-again".into();
+    let refused = h.api.provision_server(req).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("already taken over"),
+        "{}",
+        refused.message()
+    );
+
+    // Destroy: wiped by a reinstall with the admin key only; the record goes.
+    let destroy = h
+        .api
+        .destroy_server(pb::DestroyServerRequest {
+            server_id: op.server_id,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    let done = watch(&mut h.api, &destroy.id).await;
+    assert_eq!(
+        done.last().unwrap().state,
+        pb::OperationState::Succeeded as i32,
+        "{:?}",
+        done.last()
+    );
+    let reinstalls = h.time4vps.reinstalls(T4_SERVER);
+    assert_eq!(reinstalls.len(), 2);
+    assert_eq!(reinstalls[1].ssh_key.as_deref(), Some(root_key.as_str()));
+    assert!(h.cloudflare.records().is_empty());
+    assert!(!h.infra.logs().contains("PRIVATE KEY"));
+    assert!(!h.infra.logs().contains(T4_PASSWORD));
+    orchestrator_e2e::assert_absent_from_tables(
+        &h.db,
+        "infra",
+        &["infra.servers", "infra.operations", "infra.audit_log"],
+        &["PRIVATE KEY", T4_PASSWORD],
     )
     .await;
 }

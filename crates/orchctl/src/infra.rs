@@ -37,12 +37,22 @@ pub(crate) struct ProvisionArgs {
     /// The server's DNS name (an A record in the configured zone).
     #[arg(long)]
     hostname: String,
+    /// DigitalOcean region (the default provider).
     #[arg(long, default_value = "fra1")]
     region: String,
+    /// DigitalOcean size.
     #[arg(long, default_value = "s-1vcpu-1gb")]
     size: String,
+    /// DigitalOcean image.
     #[arg(long, default_value = "ubuntu-24-04-x64")]
     image: String,
+    /// Take over this Time4VPS server (bought in advance; it is reinstalled, everything on it
+    /// wiped) instead of creating a droplet.
+    #[arg(long, value_name = "SERVER_ID")]
+    time4vps_server: Option<i64>,
+    /// The OS for a Time4VPS reinstall (default: infra's).
+    #[arg(long, requires = "time4vps_server")]
+    time4vps_os: Option<String>,
     /// Idempotency key: the same id returns the same operation.
     #[arg(long, value_name = "ID")]
     request_id: Option<String>,
@@ -86,14 +96,26 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(crate::secrets::random_id),
             project_id: args.project.clone(),
-            provider: pb::Provider::Digitalocean as i32,
-            spec: Some(pb::provision_server_request::Spec::Digitalocean(
-                pb::DigitalOceanServerSpec {
-                    region: args.region.clone(),
-                    size: args.size.clone(),
-                    image: args.image.clone(),
-                },
-            )),
+            provider: if args.time4vps_server.is_some() {
+                pb::Provider::Time4vps
+            } else {
+                pb::Provider::Digitalocean
+            } as i32,
+            spec: Some(match args.time4vps_server {
+                Some(server_id) => {
+                    pb::provision_server_request::Spec::Time4vps(pb::Time4VpsServerSpec {
+                        server_id,
+                        os: args.time4vps_os.clone().unwrap_or_default(),
+                    })
+                }
+                None => {
+                    pb::provision_server_request::Spec::Digitalocean(pb::DigitalOceanServerSpec {
+                        region: args.region.clone(),
+                        size: args.size.clone(),
+                        image: args.image.clone(),
+                    })
+                }
+            }),
             hostname: args.hostname.clone(),
             ..Default::default()
         })

@@ -126,10 +126,17 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .context("the GitHub emulator wrote no url")?
         .to_owned();
     // DigitalOcean, Cloudflare and Time4VPS, locally, with development tokens only infra holds.
-    let (do_token, cf_token) = (
+    let (do_token, cf_token, t4_password) = (
         dev_token(&state, "digitalocean_token")?,
         dev_token(&state, "cloudflare_token")?,
+        dev_token(&state, "time4vps_password")?,
     );
+    // Emulated servers answer SSH on their own loopback addresses, all on one free port, so
+    // infra's readiness checks and Time4VPS takeovers work locally too.
+    let ssh_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port()
+        .to_string();
     let provider_env = [
         (
             "DIGITALOCEAN_EMULATOR_TOKEN",
@@ -140,6 +147,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             std::fs::read_to_string(&cf_token)?,
         ),
         ("CLOUDFLARE_EMULATOR_ZONE", "orchestrator.test".to_owned()),
+        ("TIME4VPS_EMULATOR_USER", DEV_TIME4VPS_USER.to_owned()),
+        (
+            "TIME4VPS_EMULATOR_PASSWORD",
+            std::fs::read_to_string(&t4_password)?,
+        ),
+        ("TIME4VPS_EMULATOR_SERVERS", DEV_TIME4VPS_SERVERS.to_owned()),
+        ("PROVIDER_EMULATORS_SSH_PORT", ssh_port.clone()),
     ];
     let (mut providers, provider_urls) = start_emulator(
         &bin_dir,
@@ -174,6 +188,19 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             cf_token.display().to_string(),
         ),
         ("CLOUDFLARE_ZONE".to_owned(), "orchestrator.test".to_owned()),
+        (
+            "TIME4VPS_API_URL".to_owned(),
+            provider_urls["time4vps"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        ("TIME4VPS_USER".to_owned(), DEV_TIME4VPS_USER.to_owned()),
+        (
+            "TIME4VPS_PASSWORD_FILE".to_owned(),
+            t4_password.display().to_string(),
+        ),
+        ("INFRA_SSH_PORT".to_owned(), ssh_port),
         (
             "ORCHESTRATOR_SSH_PRIVATE_KEY_FILE".to_owned(),
             dev_admin_key(&state)?.display().to_string(),
@@ -456,6 +483,10 @@ fn prefix_output(label: &'static str, child: &mut Child) {
 }
 
 /// A random development token in infra's secrets folder (created once); returns its path.
+/// The local Time4VPS account and its servers "bought in advance" (on loopback addresses).
+const DEV_TIME4VPS_USER: &str = "dev";
+const DEV_TIME4VPS_SERVERS: &str = "101=127.61.0.11,102=127.61.0.12";
+
 fn dev_token(state: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let dir = state.join("secrets").join(Service::Infra.name());
     std::fs::create_dir_all(&dir)?;

@@ -1,5 +1,5 @@
 //! Time4VPS: not a cloud API — servers are bought in advance and taken over by reinstalling
-//! them with the deploy key, then polling the reinstall task.
+//! them with the orchestrator's admin key for root, then polling the reinstall task.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,8 @@ pub struct Time4VpsServer {
     pub id: u64,
     pub ip: String,
     pub os: String,
+    /// A task still running on it (a reinstall someone, perhaps we, already started).
+    pub active_task: Option<u64>,
 }
 
 /// Time4VPS errors are `{"error": ["wronglogin"]}`-shaped.
@@ -85,10 +87,16 @@ impl Time4Vps {
             id,
             ip: body["ip"].as_str().unwrap_or_default().to_owned(),
             os: body["os"].as_str().unwrap_or_default().to_owned(),
+            active_task: body["last_tasks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|t| t["completed"].as_str().is_none_or(str::is_empty))
+                .and_then(|t| t["id"].as_u64()),
         })
     }
 
-    /// Reinstalls (wipes) the server with `os` and the deploy `ssh_key`; returns the task id.
+    /// Reinstalls (wipes) the server with `os` and root's `ssh_key`; returns the task id.
     /// Not retried: a second reinstall would start over.
     pub async fn reinstall(&self, id: u64, os: &str, ssh_key: &str) -> Result<u64, ProviderError> {
         let body = serde_json::json!({ "os": os, "ssh_key": ssh_key });

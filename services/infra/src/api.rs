@@ -12,7 +12,7 @@ use orchestrator_proto::secretbroker::v1::secret_broker_service_client::SecretBr
 use orchestrator_proto::timestamp as ts;
 use orchestrator_proto::vault::v1 as vault;
 use orchestrator_proto::vault::v1::vault_service_client::VaultServiceClient;
-use orchestrator_providers::Cloudflare;
+use orchestrator_ssh::AdminKey;
 use orchestrator_store::random_hex;
 use orchestrator_store::{Database, StoreError};
 use secrecy::SecretString;
@@ -35,16 +35,51 @@ pub struct Infra {
     pub vault: Channel,
     pub do_url: String,
     pub do_token: Option<SecretString>,
-    pub cloudflare: Option<(Cloudflare, String)>,
-    /// The orchestrator's admin public key (from its L1 private key), installed on servers.
-    pub admin_public_key: String,
+    pub t4_url: String,
+    /// The platform's Time4VPS account: user and password.
+    pub t4_login: Option<(String, SecretString)>,
+    pub t4_default_os: String,
+    pub cf_url: String,
+    pub cf_token: Option<SecretString>,
+    /// The Cloudflare zone for servers' A records; `None` = no DNS step.
+    pub cf_zone: Option<String>,
+    /// The orchestrator's admin key (L1): installed on servers, used for readiness checks
+    /// and Time4VPS takeovers; it never leaves infra.
+    pub admin_key: AdminKey,
+    /// The port servers' SSH daemons listen on.
+    pub ssh_port: u16,
+    /// How long a new server may take to become ready (cloud-init, reinstall, takeover).
+    pub ready_timeout: Duration,
 }
 
 pub fn store(e: sqlx::Error) -> Status {
     StoreError::from(e).into()
 }
 
-/// Where a server's provider token comes from.
+/// Where a server lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    DigitalOcean,
+    Time4Vps,
+}
+
+impl Provider {
+    fn as_str(self) -> &'static str {
+        match self {
+            Provider::DigitalOcean => "digitalocean",
+            Provider::Time4Vps => "time4vps",
+        }
+    }
+
+    fn pb(self) -> pb::Provider {
+        match self {
+            Provider::DigitalOcean => pb::Provider::Digitalocean,
+            Provider::Time4Vps => pb::Provider::Time4vps,
+        }
+    }
+}
+
+/// Where a server's provider (or DNS) token comes from.
 #[derive(Debug, Clone)]
 pub enum Creds {
     Platform,
@@ -55,6 +90,7 @@ pub enum Creds {
 pub struct ServerRow {
     pub id: String,
     pub project_id: String,
+    pub provider: Provider,
     pub state: String,
     pub hostname: String,
     pub provider_server_id: Option<String>,
@@ -66,7 +102,10 @@ pub struct ServerRow {
     pub deploy_public_key: Option<String>,
     pub host_public_key: Option<String>,
     pub dns_record_id: Option<String>,
+    /// A Time4VPS reinstall infra started (and may still be waiting for).
+    pub provider_task_id: Option<String>,
     pub credentials: Creds,
+    pub dns_credentials: Creds,
     pub operation_id: String,
     pub created_us: i64,
     pub updated_us: i64,
@@ -91,6 +130,28 @@ fn creds_from_json(s: &str) -> Creds {
             key: u["key"].as_str().unwrap_or_default().to_owned(),
         },
         None => Creds::Platform,
+    }
+}
+
+/// A credential source from the request; a vault reference needs both its parts.
+fn credential_source(
+    v: &mut Violations,
+    field: &str,
+    source: Option<&pb::CredentialSource>,
+) -> Creds {
+    match source.and_then(|c| c.source.clone()) {
+        Some(pb::credential_source::Source::UserVault(u)) => {
+            v.check(
+                !u.user_id.is_empty() && !u.key.is_empty(),
+                format!("{field}.user_vault"),
+                "user_id and key are required",
+            );
+            Creds::UserVault {
+                user_id: u.user_id,
+                key: u.key,
+            }
+        }
+        _ => Creds::Platform,
     }
 }
 
@@ -141,6 +202,11 @@ impl Infra {
         Ok(ServerRow {
             id: s("id")?,
             project_id: s("project_id")?,
+            provider: if s("provider")? == "time4vps" {
+                Provider::Time4Vps
+            } else {
+                Provider::DigitalOcean
+            },
             state: s("state")?,
             hostname: s("hostname")?,
             provider_server_id: o("provider_server_id")?,
@@ -152,7 +218,9 @@ impl Infra {
             deploy_public_key: o("deploy_public_key")?,
             host_public_key: o("host_public_key")?,
             dns_record_id: o("dns_record_id")?,
+            provider_task_id: o("provider_task_id")?,
             credentials: creds_from_json(&s("provider_credentials")?),
+            dns_credentials: creds_from_json(&s("dns_credentials")?),
             operation_id: s("operation_id")?,
             created_us: r.try_get("created_us").map_err(store)?,
             updated_us: r.try_get("updated_us").map_err(store)?,
@@ -256,7 +324,7 @@ impl Infra {
         pb::Server {
             id: s.id.clone(),
             project_id: s.project_id.clone(),
-            provider: pb::Provider::Digitalocean as i32,
+            provider: s.provider.pb() as i32,
             provider_server_id: s.provider_server_id.clone().unwrap_or_default(),
             state: state as i32,
             hostname: s.hostname.clone(),
@@ -269,7 +337,7 @@ impl Infra {
             deploy_key_fingerprint: fp(&s.deploy_public_key),
             host_key_fingerprint: fp(&s.host_public_key),
             provider_credentials: Some(source(&s.credentials)),
-            dns_credentials: Some(source(&Creds::Platform)),
+            dns_credentials: Some(source(&s.dns_credentials)),
             operation_id: s.operation_id.clone(),
             create_time: Some(ts(s.created_us)),
             update_time: Some(ts(s.updated_us)),
@@ -328,47 +396,106 @@ impl InfraService for Api {
             "hostname",
             "a lowercase DNS name",
         );
-        let provider = pb::Provider::try_from(req.provider).unwrap_or(pb::Provider::Unspecified);
-        v.check(
-            provider == pb::Provider::Digitalocean,
-            "provider",
-            "DIGITALOCEAN (Time4VPS takeover is not implemented yet)",
-        );
-        let spec = match &req.spec {
-            Some(pb::provision_server_request::Spec::Digitalocean(d)) => Some(d.clone()),
+        let provider = match pb::Provider::try_from(req.provider) {
+            Ok(pb::Provider::Digitalocean) => Some(Provider::DigitalOcean),
+            Ok(pb::Provider::Time4vps) => Some(Provider::Time4Vps),
             _ => None,
         };
-        v.check(
-            spec.as_ref()
-                .is_some_and(|d| !d.region.is_empty() && !d.size.is_empty() && !d.image.is_empty()),
-            "digitalocean",
-            "region, size and image are required",
-        );
+        v.check(provider.is_some(), "provider", "DIGITALOCEAN or TIME4VPS");
+        // What the server row records: DigitalOcean's region/size/image; Time4VPS's server id and OS.
+        let (region, size, image, provider_server_id) = match (&req.spec, provider) {
+            (
+                Some(pb::provision_server_request::Spec::Digitalocean(d)),
+                Some(Provider::DigitalOcean),
+            ) => {
+                v.check(
+                    !d.region.is_empty() && !d.size.is_empty() && !d.image.is_empty(),
+                    "digitalocean",
+                    "region, size and image are required",
+                );
+                (d.region.clone(), d.size.clone(), d.image.clone(), None)
+            }
+            (Some(pb::provision_server_request::Spec::Time4vps(t)), Some(Provider::Time4Vps)) => {
+                v.check(
+                    t.server_id > 0,
+                    "time4vps.server_id",
+                    "the id of a server bought in advance",
+                );
+                let os = if t.os.is_empty() {
+                    self.t4_default_os.clone()
+                } else {
+                    t.os.clone()
+                };
+                v.check(
+                    os.len() <= 128
+                        && os
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+                    "time4vps.os",
+                    "an OS template name such as kvm-ubuntu-24.04-gpt-x86_64",
+                );
+                (
+                    String::new(),
+                    String::new(),
+                    os,
+                    Some(t.server_id.to_string()),
+                )
+            }
+            _ => {
+                v.check(
+                    false,
+                    "spec",
+                    "the spec must match the provider (digitalocean or time4vps)",
+                );
+                Default::default()
+            }
+        };
         let deploy_user = if req.deploy_user.is_empty() {
             "deploy".to_owned()
         } else {
             req.deploy_user.clone()
         };
-        let creds = match req
-            .provider_credentials
-            .as_ref()
-            .and_then(|c| c.source.clone())
-        {
-            Some(pb::credential_source::Source::UserVault(u)) => {
-                v.check(
-                    !u.user_id.is_empty() && !u.key.is_empty(),
-                    "provider_credentials.user_vault",
-                    "user_id and key are required",
-                );
-                Creds::UserVault {
-                    user_id: u.user_id,
-                    key: u.key,
-                }
-            }
-            _ => Creds::Platform,
-        };
+        v.check(
+            orchestrator_deploy_keys::valid_user(&deploy_user)
+                && deploy_user != orchestrator_deploy_keys::ADMIN_USER,
+            "deploy_user",
+            "1-32 of [a-z0-9_-] starting with a letter; not root or the admin account",
+        );
+        let creds = credential_source(
+            &mut v,
+            "provider_credentials",
+            req.provider_credentials.as_ref(),
+        );
+        let dns_creds = credential_source(&mut v, "dns_credentials", req.dns_credentials.as_ref());
         v.finish()?;
-        let spec = spec.unwrap_or_default();
+        // Fail at once, not in the background, when the platform credential asked for is not there.
+        let provider = provider.unwrap_or(Provider::DigitalOcean);
+        let platform_missing = match provider {
+            Provider::DigitalOcean => self.do_token.is_none().then_some("DIGITALOCEAN_TOKEN"),
+            Provider::Time4Vps => self
+                .t4_login
+                .is_none()
+                .then_some("TIME4VPS_USER and TIME4VPS_PASSWORD"),
+        };
+        if let (Creds::Platform, Some(missing)) = (&creds, platform_missing) {
+            return Err(with_reason(
+                Code::FailedPrecondition,
+                "PROVIDER_NOT_CONFIGURED",
+                format!(
+                    "infra has no platform credential for {} ({missing}); pass the user's own key in provider_credentials",
+                    provider.as_str()
+                ),
+                &[],
+            ));
+        }
+        if self.cf_zone.is_none() && matches!(dns_creds, Creds::UserVault { .. }) {
+            return Err(with_reason(
+                Code::FailedPrecondition,
+                "DNS_NOT_CONFIGURED",
+                "infra has no DNS zone (CLOUDFLARE_ZONE): dns_credentials cannot be used",
+                &[],
+            ));
+        }
         if let Some(existing) = sqlx::query("SELECT id FROM operations WHERE request_id = $1")
             .bind(&req.request_id)
             .fetch_optional(self.db.pool())
@@ -389,18 +516,37 @@ impl InfraService for Api {
             .write(move |conn| {
                 Box::pin(async move {
                     let now = now_us();
+                    // A Time4VPS server serves one project at a time.
+                    if let Some(id) = &provider_server_id
+                        && let Some(other) = sqlx::query("SELECT id FROM servers WHERE provider = 'time4vps' AND provider_server_id = $1 AND state <> 'destroyed'")
+                            .bind(id)
+                            .fetch_optional(&mut *conn)
+                            .await
+                            .map_err(store)?
+                    {
+                        let other: String = other.try_get("id").map_err(store)?;
+                        return Err(with_reason(
+                            Code::FailedPrecondition,
+                            "SERVER_IN_USE",
+                            format!("Time4VPS server {id} is already taken over as {other}; destroy that first"),
+                            &[],
+                        ));
+                    }
                     sqlx::query(
-                        "INSERT INTO servers (id, project_id, provider, state, hostname, region, size, image, deploy_user, provider_credentials, operation_id, created_us, updated_us) \
-                         VALUES ($1, $2, 'digitalocean', 'provisioning', $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+                        "INSERT INTO servers (id, project_id, provider, provider_server_id, state, hostname, region, size, image, deploy_user, provider_credentials, dns_credentials, operation_id, created_us, updated_us) \
+                         VALUES ($1, $2, $3, $4, 'provisioning', $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
                     )
                     .bind(&s2)
                     .bind(&req.project_id)
+                    .bind(provider.as_str())
+                    .bind(&provider_server_id)
                     .bind(&req.hostname)
-                    .bind(&spec.region)
-                    .bind(&spec.size)
-                    .bind(&spec.image)
+                    .bind(&region)
+                    .bind(&size)
+                    .bind(&image)
                     .bind(&deploy_user)
                     .bind(creds_json(&creds))
+                    .bind(creds_json(&dns_creds))
                     .bind(&o2)
                     .bind(now)
                     .execute(&mut *conn)

@@ -3,9 +3,11 @@
 //! credentials to the broker and keeps public keys only.
 //!
 //! Its environment: `DATABASE_URL`, `AUDIT_KEY`, `ORCHESTRATOR_SSH_PRIVATE_KEY` (each also as
-//! `_FILE`); `DIGITALOCEAN_TOKEN`, `CLOUDFLARE_API_TOKEN` (L1, optional: a user's own key from the
-//! vault can stand in for DigitalOcean's); `DIGITALOCEAN_API_URL`, `CLOUDFLARE_API_URL`,
-//! `CLOUDFLARE_ZONE`; `INFRA_BROKER_ADDR` (`127.0.0.1:50052`), `INFRA_VAULT_ADDR` (`127.0.0.1:50053`).
+//! `_FILE`); `DIGITALOCEAN_TOKEN`, `TIME4VPS_USER` + `TIME4VPS_PASSWORD`, `CLOUDFLARE_API_TOKEN`
+//! (L1, each optional: a user's own key from the vault can stand in); `DIGITALOCEAN_API_URL`,
+//! `TIME4VPS_API_URL`, `TIME4VPS_DEFAULT_OS`, `CLOUDFLARE_API_URL`, `CLOUDFLARE_ZONE` (no zone =
+//! no DNS step); `INFRA_SSH_PORT` (22), `INFRA_READY_TIMEOUT_SECS` (900);
+//! `INFRA_BROKER_ADDR` (`127.0.0.1:50052`), `INFRA_VAULT_ADDR` (`127.0.0.1:50053`).
 
 // A binary crate: `pub` marks what the modules share, nothing is exported.
 #![allow(unreachable_pub)]
@@ -17,7 +19,7 @@ use anyhow::Context as _;
 use orchestrator_audit::{AuditKey, Ledger};
 use orchestrator_mesh::{Identity, Service, service_main};
 use orchestrator_proto::infra::v1::infra_service_server::InfraServiceServer;
-use orchestrator_providers::{Cloudflare, Retry};
+use orchestrator_ssh::AdminKey;
 use orchestrator_store::{Database, Dialect};
 use sqlx::migrate::Migrator;
 use tonic::service::Routes;
@@ -44,25 +46,22 @@ fn main() -> std::process::ExitCode {
         async move {
             let url = env.required_secret("DATABASE_URL")?;
             let audit_key = AuditKey::from_base64(&env.required_secret("AUDIT_KEY")?)?;
-            let admin_key = env.required_secret("ORCHESTRATOR_SSH_PRIVATE_KEY")?;
-            let admin_public_key = orchestrator_deploy_keys::public_of(&admin_key)
-                .context("ORCHESTRATOR_SSH_PRIVATE_KEY")?;
-            drop(admin_key);
-            let cloudflare = match (
-                env.secret("CLOUDFLARE_API_TOKEN")?,
-                env.get("CLOUDFLARE_ZONE"),
-            ) {
-                (Some(token), Some(zone)) => {
-                    let base = env
-                        .get("CLOUDFLARE_API_URL")
-                        .unwrap_or("https://api.cloudflare.com/client/v4");
-                    Some((
-                        Cloudflare::new(base, token, Retry::default())?,
-                        zone.to_owned(),
-                    ))
-                }
-                _ => None,
+            let admin_key =
+                AdminKey::from_openssh(&env.required_secret("ORCHESTRATOR_SSH_PRIVATE_KEY")?)
+                    .context("ORCHESTRATOR_SSH_PRIVATE_KEY")?;
+            let t4_login = match (env.get("TIME4VPS_USER"), env.secret("TIME4VPS_PASSWORD")?) {
+                (Some(user), Some(password)) => Some((user.to_owned(), password)),
+                (None, None) => None,
+                _ => anyhow::bail!("TIME4VPS_USER and TIME4VPS_PASSWORD go together"),
             };
+            let number = |name: &str, default: u64| -> anyhow::Result<u64> {
+                env.get(name).map_or(Ok(default), |v| {
+                    v.parse().with_context(|| format!("{name}: not a number"))
+                })
+            };
+            let ssh_port =
+                u16::try_from(number("INFRA_SSH_PORT", 22)?).context("INFRA_SSH_PORT")?;
+            let ready_timeout = Duration::from_secs(number("INFRA_READY_TIMEOUT_SECS", 900)?);
             let db = Database::connect(&url, Duration::from_secs(30))
                 .await
                 .context("DATABASE_URL")?;
@@ -101,8 +100,24 @@ fn main() -> std::process::ExitCode {
                     .unwrap_or("https://api.digitalocean.com")
                     .to_owned(),
                 do_token: env.secret("DIGITALOCEAN_TOKEN")?,
-                cloudflare,
-                admin_public_key,
+                t4_url: env
+                    .get("TIME4VPS_API_URL")
+                    .unwrap_or("https://billing.time4vps.com")
+                    .to_owned(),
+                t4_login,
+                t4_default_os: env
+                    .get("TIME4VPS_DEFAULT_OS")
+                    .unwrap_or("kvm-ubuntu-24.04-gpt-x86_64")
+                    .to_owned(),
+                cf_url: env
+                    .get("CLOUDFLARE_API_URL")
+                    .unwrap_or("https://api.cloudflare.com/client/v4")
+                    .to_owned(),
+                cf_token: env.secret("CLOUDFLARE_API_TOKEN")?,
+                cf_zone: env.get("CLOUDFLARE_ZONE").map(str::to_owned),
+                admin_key,
+                ssh_port,
+                ready_timeout,
             });
             // Operations a previous process left unfinished resume from their recorded step.
             for id in infra.unfinished().await? {

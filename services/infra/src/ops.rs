@@ -1,19 +1,23 @@
 //! Operations: provisioning and destroying servers in the background, step by step, each step
 //! recorded so an infra restart resumes where it stopped, and retried only where it is safe.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use orchestrator_audit::Entry;
 use orchestrator_deploy_keys as keys;
+use orchestrator_mesh::status::with_reason;
 use orchestrator_proto::infra::v1 as pb;
 use orchestrator_proto::secretbroker::v1 as broker;
-use orchestrator_providers::{CreateDroplet, DigitalOcean, ProviderError, Retry};
+use orchestrator_providers::{
+    Cloudflare, CreateDroplet, DigitalOcean, ProviderError, Retry, Time4Vps,
+};
+use orchestrator_ssh::{HostKey, Session, SshError, Target};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::json;
 use sqlx::Row;
 use tonic::Status;
 
-use crate::api::{Infra, ServerRow, store};
+use crate::api::{Creds, Infra, Provider, ServerRow, store};
 use crate::now_us;
 
 /// Steps of a provision, in order.
@@ -63,6 +67,35 @@ impl From<Status> for StepError {
             _ => StepError::Final(s),
         }
     }
+}
+
+/// SSH failures: transient ones (still booting) are retried; a host key that does not match
+/// the pinned one never is.
+fn ssh_error(e: SshError) -> StepError {
+    match &e {
+        SshError::HostKeyMismatch { .. } => StepError::Final(with_reason(
+            tonic::Code::FailedPrecondition,
+            "HOST_KEY_MISMATCH",
+            e.to_string(),
+            &[],
+        )),
+        SshError::AuthRefused { .. } => StepError::Final(with_reason(
+            tonic::Code::FailedPrecondition,
+            "ADMIN_KEY_REFUSED",
+            e.to_string(),
+            &[],
+        )),
+        _ if e.is_transient() => StepError::Transient(e.to_string()),
+        _ => StepError::Final(Status::internal(e.to_string())),
+    }
+}
+
+/// The last line(s) of a command's stderr, for an error message (bounded).
+fn tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let text = text.trim();
+    let start = text.len().saturating_sub(300);
+    text[text.floor_char_boundary(start)..].to_owned()
 }
 
 /// A fresh list of step states for `steps`, all pending.
@@ -173,6 +206,9 @@ impl Infra {
             "deploy_public_key" => {
                 "UPDATE servers SET deploy_public_key = $2, updated_us = $3 WHERE id = $1"
             }
+            "provider_task_id" => {
+                "UPDATE servers SET provider_task_id = $2, updated_us = $3 WHERE id = $1"
+            }
             _ => "UPDATE servers SET host_public_key = $2, updated_us = $3 WHERE id = $1",
         };
         let (server_id, value, self_id) =
@@ -199,25 +235,81 @@ impl Infra {
             .await
     }
 
-    /// The provider token for this server: the platform's (L1), or the user's own from the
-    /// vault, read for this call only and dropped (zeroized) after it.
-    async fn provider_token(&self, server: &ServerRow) -> Result<SecretString, StepError> {
-        match &server.credentials {
-            crate::api::Creds::Platform => self.do_token.clone().ok_or_else(|| {
-                StepError::Final(Status::failed_precondition(
-                    "DIGITALOCEAN_TOKEN is not configured on infra",
-                ))
+    /// A credential: the platform's (L1), or the user's own from the vault, read for this
+    /// call only and dropped (zeroized) after it.
+    async fn credential(
+        &self,
+        creds: &Creds,
+        platform: Option<&SecretString>,
+        name: &str,
+    ) -> Result<SecretString, StepError> {
+        match creds {
+            Creds::Platform => platform.cloned().ok_or_else(|| {
+                StepError::Final(Status::failed_precondition(format!(
+                    "{name} is not configured on infra"
+                )))
             }),
-            crate::api::Creds::UserVault { user_id, key } => {
-                let secret = self.user_secret(user_id, key).await?;
-                Ok(secret)
-            }
+            Creds::UserVault { user_id, key } => Ok(self.user_secret(user_id, key).await?),
         }
     }
 
     async fn digitalocean(&self, server: &ServerRow) -> Result<DigitalOcean, StepError> {
-        let token = self.provider_token(server).await?;
+        let token = self
+            .credential(
+                &server.credentials,
+                self.do_token.as_ref(),
+                "DIGITALOCEAN_TOKEN",
+            )
+            .await?;
         Ok(DigitalOcean::new(&self.do_url, token, Retry::default())?)
+    }
+
+    /// Time4VPS logs in with a user and a password: the platform's, or the user's own vault
+    /// entry holding `username:password`.
+    async fn time4vps(&self, server: &ServerRow) -> Result<Time4Vps, StepError> {
+        let (user, password) = match &server.credentials {
+            Creds::Platform => self.t4_login.clone().ok_or_else(|| {
+                StepError::Final(Status::failed_precondition(
+                    "TIME4VPS_USER and TIME4VPS_PASSWORD are not configured on infra",
+                ))
+            })?,
+            Creds::UserVault { user_id, key } => {
+                let secret = self.user_secret(user_id, key).await?;
+                let (user, password) = secret.expose_secret().split_once(':').ok_or_else(|| {
+                    StepError::Final(Status::failed_precondition(
+                        "the user's Time4VPS entry must be `username:password`",
+                    ))
+                })?;
+                (user.to_owned(), SecretString::from(password.to_owned()))
+            }
+        };
+        Ok(Time4Vps::new(
+            &self.t4_url,
+            &user,
+            password,
+            Retry::default(),
+        )?)
+    }
+
+    /// Cloudflare with the server's DNS credential, and the zone; `None` = no DNS configured.
+    async fn cloudflare(
+        &self,
+        server: &ServerRow,
+    ) -> Result<Option<(Cloudflare, String)>, StepError> {
+        let Some(zone) = &self.cf_zone else {
+            return Ok(None);
+        };
+        let token = self
+            .credential(
+                &server.dns_credentials,
+                self.cf_token.as_ref(),
+                "CLOUDFLARE_API_TOKEN",
+            )
+            .await?;
+        Ok(Some((
+            Cloudflare::new(&self.cf_url, token, Retry::default())?,
+            zone.clone(),
+        )))
     }
 
     /// Runs (or resumes) an operation until it ends. Transient failures are retried with
@@ -276,28 +368,52 @@ impl Infra {
     }
 
     async fn provision(&self, op_id: &str, mut server: ServerRow) -> Result<(), StepError> {
+        self.hand_over_deploy_key(op_id, &mut server).await?;
+        match server.provider {
+            Provider::DigitalOcean => self.create_droplet(op_id, &mut server).await?,
+            Provider::Time4Vps => self.take_over(op_id, &mut server).await?,
+        }
+        self.set_dns(op_id, &mut server).await?;
+        self.hand_over_host(op_id, &server).await?;
+        self.check_ready(op_id, &server).await?;
+        self.finish(op_id, &server.id, None, "ready").await?;
+        Ok(())
+    }
+
+    /// The deploy key: handed to the broker the moment it exists; only its public half stays,
+    /// so no later step (nor a restart) needs a private key infra no longer has.
+    async fn hand_over_deploy_key(
+        &self,
+        op_id: &str,
+        server: &mut ServerRow,
+    ) -> Result<(), StepError> {
+        if server.deploy_public_key.is_some() {
+            return Ok(());
+        }
+        let deploy = keys::generate(&format!("deploy@{}", server.hostname))
+            .map_err(|e| StepError::Final(Status::internal(e.to_string())))?;
+        self.broker()
+            .set_deploy_credentials(broker::SetDeployCredentialsRequest {
+                request_id: format!("{op_id}-key-{}", &deploy.fingerprint[7..15]),
+                project_id: server.project_id.clone(),
+                credentials: Some(broker::DeployCredentials {
+                    ssh_private_key: deploy.private_openssh.expose_secret().as_bytes().to_vec(),
+                    ..Default::default()
+                }),
+                server_id: server.id.clone(),
+            })
+            .await?;
+        self.set_server(&server.id, "deploy_public_key", &deploy.public_openssh)
+            .await?;
+        server.deploy_public_key = Some(deploy.public_openssh.clone());
+        Ok(())
+    }
+
+    /// DigitalOcean: a droplet found by its tag or created with the host key injected, then
+    /// its public address.
+    async fn create_droplet(&self, op_id: &str, server: &mut ServerRow) -> Result<(), StepError> {
         use pb::OperationStep as Step;
         use pb::OperationStepState as St;
-        let mut broker = self.broker();
-        // The deploy key: handed to the broker the moment it exists; only its public half stays.
-        if server.deploy_public_key.is_none() {
-            let deploy = keys::generate(&format!("deploy@{}", server.hostname))
-                .map_err(|e| StepError::Final(Status::internal(e.to_string())))?;
-            broker
-                .set_deploy_credentials(broker::SetDeployCredentialsRequest {
-                    request_id: format!("{op_id}-key-{}", &deploy.fingerprint[7..15]),
-                    project_id: server.project_id.clone(),
-                    credentials: Some(broker::DeployCredentials {
-                        ssh_private_key: deploy.private_openssh.expose_secret().as_bytes().to_vec(),
-                        ..Default::default()
-                    }),
-                    server_id: server.id.clone(),
-                })
-                .await?;
-            self.set_server(&server.id, "deploy_public_key", &deploy.public_openssh)
-                .await?;
-            server.deploy_public_key = Some(deploy.public_openssh.clone());
-        }
         if server.provider_server_id.is_none() {
             self.mark(
                 op_id,
@@ -306,7 +422,7 @@ impl Infra {
                 "creating the server",
             )
             .await?;
-            let digitalocean = self.digitalocean(&server).await?;
+            let digitalocean = self.digitalocean(server).await?;
             let tag = format!("orch-{op_id}");
             let droplet = match digitalocean.droplets_by_tag(&tag).await?.into_iter().next() {
                 Some(existing) => existing,
@@ -320,7 +436,7 @@ impl Infra {
                     let user_data = keys::cloud_init(
                         &server.deploy_user,
                         server.deploy_public_key.as_deref().unwrap_or_default(),
-                        &self.admin_public_key,
+                        &self.admin_key.public_openssh(),
                         &host,
                     )
                     .map_err(|e| StepError::Final(Status::invalid_argument(e.to_string())))?;
@@ -363,7 +479,7 @@ impl Infra {
                 .parse()
                 .unwrap_or_default();
             let droplet = self
-                .digitalocean(&server)
+                .digitalocean(server)
                 .await?
                 .wait_for_address(id, Duration::from_secs(600), Duration::from_millis(250))
                 .await?;
@@ -373,41 +489,224 @@ impl Infra {
             self.mark(op_id, Step::AddressAssigned, St::Done, &ip)
                 .await?;
         }
-        let ip = server.ipv4.clone().unwrap_or_default();
-        if server.dns_record_id.is_none() {
-            match &self.cloudflare {
-                Some((cf, zone)) => {
-                    self.mark(
-                        op_id,
-                        Step::DnsRecordSet,
-                        St::Running,
-                        "setting the A record",
-                    )
-                    .await?;
-                    let zone_id = cf.zone_id(zone).await?;
-                    let record = cf.upsert_a_record(&zone_id, &server.hostname, &ip).await?;
-                    self.set_server(&server.id, "dns_record_id", &record)
-                        .await?;
-                    self.mark(
-                        op_id,
-                        Step::DnsRecordSet,
-                        St::Done,
-                        &format!("{} -> {ip}", server.hostname),
-                    )
-                    .await?;
-                }
+        Ok(())
+    }
+
+    /// Time4VPS: reinstall the server bought in advance with the admin key for root, wait for
+    /// the task, then take it over over SSH (no cloud-init there). The host key is learned on
+    /// that first contact — right after the reinstall infra itself asked for, the only moment
+    /// it can be — and pinned from then on.
+    async fn take_over(&self, op_id: &str, server: &mut ServerRow) -> Result<(), StepError> {
+        use pb::OperationStep as Step;
+        use pb::OperationStepState as St;
+        let id: u64 = server
+            .provider_server_id
+            .as_deref()
+            .and_then(|i| i.parse().ok())
+            .unwrap_or_default();
+        if server.host_public_key.is_none() {
+            let t4 = self.time4vps(server).await?;
+            let wait =
+                |task| t4.wait_for_task(id, task, self.ready_timeout, Duration::from_millis(500));
+            let recorded = server
+                .provider_task_id
+                .as_deref()
+                .and_then(|t| t.parse().ok());
+            let task = match recorded {
+                Some(task) => task,
                 None => {
                     self.mark(
                         op_id,
-                        Step::DnsRecordSet,
-                        St::Skipped,
-                        "no DNS provider configured",
+                        Step::ServerCreated,
+                        St::Running,
+                        &format!("reinstalling server {id} with {}", server.image),
                     )
-                    .await?
+                    .await?;
+                    // A reinstall still running (perhaps ours, its answer lost) finishes first;
+                    // then ours, whose task id is recorded before anything else happens.
+                    if let Some(active) = t4.server(id).await?.active_task {
+                        wait(active).await?;
+                    }
+                    let task = t4
+                        .reinstall(id, &server.image, &self.admin_key.public_openssh())
+                        .await?;
+                    self.set_server(&server.id, "provider_task_id", &task.to_string())
+                        .await?;
+                    server.provider_task_id = Some(task.to_string());
+                    task
                 }
+            };
+            self.mark(
+                op_id,
+                Step::ServerCreated,
+                St::Running,
+                &format!("waiting for reinstall task {task}"),
+            )
+            .await?;
+            wait(task).await?;
+            let ip = t4.server(id).await?.ip;
+            self.mark(
+                op_id,
+                Step::ServerCreated,
+                St::Running,
+                "taking over the reinstalled server",
+            )
+            .await?;
+            let script = keys::takeover_script(
+                &server.deploy_user,
+                server.deploy_public_key.as_deref().unwrap_or_default(),
+                &self.admin_key.public_openssh(),
+            )
+            .map_err(|e| StepError::Final(Status::invalid_argument(e.to_string())))?;
+            let target = Target {
+                host: ip.clone(),
+                port: self.ssh_port,
+                user: "root".to_owned(),
+                host_key: HostKey::LearnOnFirstUse,
+            };
+            let session = match self.ssh_when_up(&target).await {
+                Ok(session) => session,
+                // Root refused after our reinstall: a previous attempt took the server over but
+                // died before recording its host key. Reinstall again rather than guess.
+                Err(SshError::AuthRefused { .. }) if recorded.is_some() => {
+                    self.set_server(&server.id, "provider_task_id", "").await?;
+                    server.provider_task_id = None;
+                    return Err(StepError::Transient(format!(
+                        "server {id} was taken over by an earlier attempt; reinstalling again"
+                    )));
+                }
+                Err(e) => return Err(self.not_ready(e)),
+            };
+            let output = session
+                .run("bash -s", script.as_bytes())
+                .await
+                .map_err(ssh_error)?;
+            let host_key = session.host_key().to_owned();
+            session.close().await;
+            if !output.success() {
+                return Err(StepError::Final(with_reason(
+                    tonic::Code::FailedPrecondition,
+                    "TAKEOVER_FAILED",
+                    format!(
+                        "the takeover script on server {id} exited with {:?}: {}",
+                        output.status,
+                        tail(&output.stderr)
+                    ),
+                    &[],
+                )));
+            }
+            self.set_server(&server.id, "host_public_key", &host_key)
+                .await?;
+            server.host_public_key = Some(host_key.clone());
+            let fingerprint = keys::fingerprint(&host_key).unwrap_or_default();
+            self.mark(
+                op_id,
+                Step::ServerCreated,
+                St::Done,
+                &format!(
+                    "server {id} reinstalled with {} and taken over; host key {fingerprint} pinned",
+                    server.image
+                ),
+            )
+            .await?;
+        }
+        if server.ipv4.is_none() {
+            let ip = self.time4vps(server).await?.server(id).await?.ip;
+            self.set_server(&server.id, "ipv4", &ip).await?;
+            server.ipv4 = Some(ip.clone());
+            self.mark(op_id, Step::AddressAssigned, St::Done, &ip)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Logs in as soon as the server answers, within the readiness deadline: a refused
+    /// connection or login while it boots is retried, a wrong host key never is. Root refused
+    /// on first contact is returned at once (see [`Self::take_over`]).
+    async fn ssh_when_up(&self, target: &Target) -> Result<Session, SshError> {
+        let deadline = Instant::now() + self.ready_timeout;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match orchestrator_ssh::connect(target, &self.admin_key, Duration::from_secs(30)).await
+            {
+                Ok(session) => return Ok(session),
+                Err(SshError::AuthRefused { .. })
+                    if target.host_key == HostKey::LearnOnFirstUse => {}
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "server not answering over SSH yet");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            return Err(SshError::AuthRefused {
+                addr: target.host.clone(),
+                user: target.user.clone(),
+            });
+        }
+    }
+
+    /// A login that did not happen within the readiness deadline, or was refused for good.
+    fn not_ready(&self, e: SshError) -> StepError {
+        if e.is_transient() && !matches!(e, SshError::AuthRefused { .. }) {
+            StepError::Final(with_reason(
+                tonic::Code::DeadlineExceeded,
+                "SERVER_NOT_READY",
+                format!("{e} (gave up after {:?})", self.ready_timeout),
+                &[],
+            ))
+        } else {
+            ssh_error(e)
+        }
+    }
+
+    async fn set_dns(&self, op_id: &str, server: &mut ServerRow) -> Result<(), StepError> {
+        use pb::OperationStep as Step;
+        use pb::OperationStepState as St;
+        if server.dns_record_id.is_some() {
+            return Ok(());
+        }
+        let ip = server.ipv4.clone().unwrap_or_default();
+        match self.cloudflare(server).await? {
+            Some((cf, zone)) => {
+                self.mark(
+                    op_id,
+                    Step::DnsRecordSet,
+                    St::Running,
+                    "setting the A record",
+                )
+                .await?;
+                let zone_id = cf.zone_id(&zone).await?;
+                let record = cf.upsert_a_record(&zone_id, &server.hostname, &ip).await?;
+                self.set_server(&server.id, "dns_record_id", &record)
+                    .await?;
+                server.dns_record_id = Some(record);
+                self.mark(
+                    op_id,
+                    Step::DnsRecordSet,
+                    St::Done,
+                    &format!("{} -> {ip}", server.hostname),
+                )
+                .await?;
+            }
+            None => {
+                self.mark(
+                    op_id,
+                    Step::DnsRecordSet,
+                    St::Skipped,
+                    "no DNS zone configured",
+                )
+                .await?
             }
         }
-        // Host, user and the pinned host key: the workflow can now deploy.
+        Ok(())
+    }
+
+    /// Host, user and the pinned host key: the workflow can now deploy.
+    async fn hand_over_host(&self, op_id: &str, server: &ServerRow) -> Result<(), StepError> {
+        use pb::OperationStep as Step;
+        use pb::OperationStepState as St;
         self.mark(
             op_id,
             Step::DeployCredentialsHandedOver,
@@ -415,18 +714,19 @@ impl Infra {
             "handing over the deploy credentials",
         )
         .await?;
+        let ip = server.ipv4.clone().unwrap_or_default();
         let host_public = server.host_public_key.clone().unwrap_or_default();
         let known_hosts = format!(
             "{}{}",
             keys::known_hosts(&server.hostname, &host_public),
             keys::known_hosts(&ip, &host_public)
         );
-        let host = if self.cloudflare.is_some() {
+        let host = if self.cf_zone.is_some() {
             server.hostname.clone()
         } else {
             ip.clone()
         };
-        broker
+        self.broker()
             .set_deploy_credentials(broker::SetDeployCredentialsRequest {
                 request_id: format!("{op_id}-host"),
                 project_id: server.project_id.clone(),
@@ -446,14 +746,66 @@ impl Infra {
             "DEPLOY_HOST, DEPLOY_USER, DEPLOY_SSH_KEY, DEPLOY_KNOWN_HOSTS",
         )
         .await?;
+        Ok(())
+    }
+
+    /// Ready when the admin account gets in under the pinned host key and cloud-init says it
+    /// is done (DigitalOcean); a Time4VPS takeover script checked its own result.
+    async fn check_ready(&self, op_id: &str, server: &ServerRow) -> Result<(), StepError> {
+        use pb::OperationStep as Step;
+        use pb::OperationStepState as St;
+        if server.provider == Provider::Time4Vps {
+            return Ok(self
+                .mark(
+                    op_id,
+                    Step::ServerReady,
+                    St::Done,
+                    "takeover finished: deploy user set up, root login off",
+                )
+                .await?);
+        }
+        self.mark(
+            op_id,
+            Step::ServerReady,
+            St::Running,
+            "waiting for cloud-init",
+        )
+        .await?;
+        let target = Target {
+            host: server.ipv4.clone().unwrap_or_default(),
+            port: self.ssh_port,
+            user: keys::ADMIN_USER.to_owned(),
+            host_key: HostKey::Pinned(server.host_public_key.clone().unwrap_or_default()),
+        };
+        let session = self
+            .ssh_when_up(&target)
+            .await
+            .map_err(|e| self.not_ready(e))?;
+        let output = session
+            .run("cloud-init status --wait", b"")
+            .await
+            .map_err(ssh_error)?;
+        session.close().await;
+        let said = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        if !output.success() || !said.contains("status: done") {
+            return Err(StepError::Final(with_reason(
+                tonic::Code::FailedPrecondition,
+                "CLOUD_INIT_FAILED",
+                format!(
+                    "cloud-init on {} did not finish: {said} {}",
+                    target.host,
+                    tail(&output.stderr)
+                ),
+                &[],
+            )));
+        }
         self.mark(
             op_id,
             Step::ServerReady,
             St::Done,
-            "created, addressed, credentials handed over",
+            "cloud-init done; the admin key and the pinned host key work",
         )
         .await?;
-        self.finish(op_id, &server.id, None, "ready").await?;
         Ok(())
     }
 
@@ -467,31 +819,53 @@ impl Infra {
             "deleting the server",
         )
         .await?;
-        if let Some(id) = server
+        let provider_id = server
             .provider_server_id
             .as_deref()
-            .and_then(|i| i.parse::<u64>().ok())
-        {
-            let gone = self.digitalocean(&server).await?.delete_droplet(id).await?;
-            self.mark(
-                op_id,
-                Step::ServerDeleted,
-                St::Done,
-                if gone { "deleted" } else { "already gone" },
-            )
-            .await?;
-        } else {
-            self.mark(
-                op_id,
-                Step::ServerDeleted,
-                St::Skipped,
-                "no server was created",
-            )
-            .await?;
+            .and_then(|i| i.parse::<u64>().ok());
+        match (server.provider, provider_id) {
+            (Provider::DigitalOcean, Some(id)) => {
+                let gone = self.digitalocean(&server).await?.delete_droplet(id).await?;
+                self.mark(
+                    op_id,
+                    Step::ServerDeleted,
+                    St::Done,
+                    if gone { "deleted" } else { "already gone" },
+                )
+                .await?;
+            }
+            // A Time4VPS server stays bought: wiped by a reinstall with only the admin key, so
+            // neither the project's data nor its deploy key survive, ready for a next takeover.
+            (Provider::Time4Vps, Some(id)) => {
+                let t4 = self.time4vps(&server).await?;
+                if let Some(active) = t4.server(id).await?.active_task {
+                    t4.wait_for_task(id, active, self.ready_timeout, Duration::from_millis(500))
+                        .await?;
+                }
+                let task = t4
+                    .reinstall(id, &server.image, &self.admin_key.public_openssh())
+                    .await?;
+                self.mark(
+                    op_id,
+                    Step::ServerDeleted,
+                    St::Done,
+                    &format!("server {id} wiped (reinstall task {task}); it stays bought"),
+                )
+                .await?;
+            }
+            (_, None) => {
+                self.mark(
+                    op_id,
+                    Step::ServerDeleted,
+                    St::Skipped,
+                    "no server was created",
+                )
+                .await?;
+            }
         }
-        match &self.cloudflare {
+        match self.cloudflare(&server).await? {
             Some((cf, zone)) => {
-                let zone_id = cf.zone_id(zone).await?;
+                let zone_id = cf.zone_id(&zone).await?;
                 let removed = cf.delete_a_record(&zone_id, &server.hostname).await?;
                 self.mark(
                     op_id,
@@ -506,7 +880,7 @@ impl Infra {
                     op_id,
                     Step::DnsRecordRemoved,
                     St::Skipped,
-                    "no DNS provider configured",
+                    "no DNS zone configured",
                 )
                 .await?
             }
