@@ -478,3 +478,29 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 }
+
+/// A minimal HTTP/1.1 request with a bearer token to an emulator (`http://` only): the
+/// status code. Panics on a transport error.
+pub async fn raw_http(base: &str, method: &str, path: &str, token: &str, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the emulator");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nUser-Agent: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes())
+        .await
+        .expect("send the request");
+    let mut response = String::new();
+    tcp.read_to_string(&mut response)
+        .await
+        .expect("read the answer");
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("an HTTP status line")
+}

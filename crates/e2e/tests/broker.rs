@@ -505,7 +505,7 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
             path.to_owned(),
             body.to_owned(),
         );
-        async move { raw_http(&url, &method, &path, &token, &body).await }
+        async move { orchestrator_e2e::raw_http(&url, &method, &path, &token, &body).await }
     };
     assert_eq!(
         http("GET", "/repos/acme/app1/actions/secrets/public-key", "").await,
@@ -552,21 +552,6 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
     // Tokens are audited, never logged.
     assert!(!h.broker.logs().contains(&created.token));
     drop(h.pki);
-}
-
-/// Minimal HTTP/1.1 request to the emulator: the status code.
-async fn raw_http(base: &str, method: &str, path: &str, token: &str, body: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = base.trim_start_matches("http://");
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nUser-Agent: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).await.unwrap();
-    response.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// 20 % of calls failing in each way GitHub fails, one way at a time: every secret ends

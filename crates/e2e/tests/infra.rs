@@ -50,7 +50,7 @@ impl Harness {
             &self.db,
             &self.broker,
             (&self.digitalocean, &self.cloudflare, &self.time4vps),
-            self.ssh_port,
+            (self.ssh_port, &self.github.url()),
             self.files.path(),
         )
     }
@@ -61,7 +61,7 @@ fn infra_launch(
     db: &TestDatabase,
     broker: &Proc,
     (digitalocean, cloudflare, time4vps): (&emu::DigitalOcean, &emu::Cloudflare, &emu::Time4Vps),
-    ssh_port: u16,
+    (ssh_port, github_url): (u16, &str),
     files: &std::path::Path,
 ) -> Launch {
     Launch::new(Service::Infra, h_pki)
@@ -70,6 +70,7 @@ fn infra_launch(
         .env("INFRA_BROKER_ADDR", broker.grpc.to_string())
         .env("INFRA_SSH_PORT", ssh_port.to_string())
         .env("INFRA_READY_TIMEOUT_SECS", "60")
+        .env("INFRA_GIT_URL", github_url)
         .env("TIME4VPS_API_URL", time4vps.url())
         .env("TIME4VPS_USER", T4_USER)
         .env(
@@ -202,7 +203,7 @@ async fn start(faults: Option<emu::Faults>) -> Harness {
         &db,
         &broker,
         (&digitalocean, &cloudflare, &time4vps),
-        ssh_port,
+        (ssh_port, &github.url()),
         files.path(),
     )
     .spawn()
@@ -331,9 +332,11 @@ async fn deploy_login(h: &Harness, ip: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provision_and_destroy_on_digitalocean() {
     let mut h = start(None).await;
+    let mut request = provision("prov-1");
+    request.checkout_repository = true;
     let op = h
         .api
-        .provision_server(provision("prov-1"))
+        .provision_server(request.clone())
         .await
         .unwrap()
         .into_inner()
@@ -362,8 +365,44 @@ async fn provision_and_destroy_on_digitalocean() {
         h.digitalocean.live_droplets()[0].ipv4
     );
     assert_deploy_credentials(&h);
-    let ready = last.steps.last().unwrap();
+    let ready = &last.steps[4];
     assert!(ready.detail.contains("cloud-init done"), "{ready:?}");
+    assert_eq!(
+        last.steps[5].step,
+        pb::OperationStep::RepositoryCheckedOut as i32
+    );
+    // The checkout: as the deploy user, a clone token on stdin only — one that reads this
+    // repository and nothing else — kept nowhere by infra.
+    let droplet_id = h.digitalocean.live_droplets()[0].id;
+    let commands = h.digitalocean.commands(droplet_id);
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    assert_eq!(commands[0].user, "orchestrator-admin");
+    assert_eq!(commands[0].command, "sudo -u deploy -H bash -s");
+    let stdin = String::from_utf8(commands[0].stdin.clone()).unwrap();
+    let token = stdin.lines().nth(2).unwrap().to_owned();
+    assert!(token.starts_with("ghs_"), "{token}");
+    assert!(stdin.contains(&format!("'{}/acme/app1.git'", h.github.url())));
+    let status = |path: &'static str| {
+        let (url, token) = (h.github.url(), token.clone());
+        async move { orchestrator_e2e::raw_http(&url, "GET", path, &token, "").await }
+    };
+    assert_eq!(
+        status("/repos/acme/app1/contents/README.md").await,
+        404,
+        "read access, no such file"
+    );
+    assert_eq!(
+        status("/repos/acme/app1/actions/secrets/public-key").await,
+        403
+    );
+    assert!(!h.infra.logs().contains(&token));
+    orchestrator_e2e::assert_absent_from_tables(
+        &h.db,
+        "infra",
+        &["infra.servers", "infra.operations", "infra.audit_log"],
+        &[&token],
+    )
+    .await;
     // What the workflow will do: log in as the deploy user with the handed-over key, pinning
     // the handed-over host key — on the droplet that cloud-init built.
     let ip = h.digitalocean.live_droplets()[0].ipv4.clone().unwrap();
@@ -371,7 +410,7 @@ async fn provision_and_destroy_on_digitalocean() {
     // The same request again: the same operation, no second droplet.
     let again = h
         .api
-        .provision_server(provision("prov-1"))
+        .provision_server(request)
         .await
         .unwrap()
         .into_inner()

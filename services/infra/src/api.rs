@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::now_us;
-use crate::ops::{DESTROY, PROVISION, initial_steps};
+use crate::ops::{DESTROY, initial_steps, provision_steps};
 
 #[derive(Debug)]
 pub struct Infra {
@@ -50,6 +50,8 @@ pub struct Infra {
     pub ssh_port: u16,
     /// How long a new server may take to become ready (cloud-init, reinstall, takeover).
     pub ready_timeout: Duration,
+    /// Where servers clone repositories from (`https://github.com`).
+    pub git_url: String,
 }
 
 pub fn store(e: sqlx::Error) -> Status {
@@ -560,7 +562,7 @@ impl InfraService for Api {
                     .bind(&req.request_id)
                     .bind(&s2)
                     .bind(&req.project_id)
-                    .bind(initial_steps(&PROVISION))
+                    .bind(initial_steps(&provision_steps(req.checkout_repository)))
                     .bind(now)
                     .execute(&mut *conn)
                     .await

@@ -6,7 +6,8 @@
 //! `_FILE`); `DIGITALOCEAN_TOKEN`, `TIME4VPS_USER` + `TIME4VPS_PASSWORD`, `CLOUDFLARE_API_TOKEN`
 //! (L1, each optional: a user's own key from the vault can stand in); `DIGITALOCEAN_API_URL`,
 //! `TIME4VPS_API_URL`, `TIME4VPS_DEFAULT_OS`, `CLOUDFLARE_API_URL`, `CLOUDFLARE_ZONE` (no zone =
-//! no DNS step); `INFRA_SSH_PORT` (22), `INFRA_READY_TIMEOUT_SECS` (900);
+//! no DNS step); `INFRA_SSH_PORT` (22), `INFRA_READY_TIMEOUT_SECS` (900), `INFRA_GIT_URL`
+//! (`https://github.com`, where servers clone from);
 //! `INFRA_BROKER_ADDR` (`127.0.0.1:50052`), `INFRA_VAULT_ADDR` (`127.0.0.1:50053`).
 
 // A binary crate: `pub` marks what the modules share, nothing is exported.
@@ -118,6 +119,11 @@ fn main() -> std::process::ExitCode {
                 admin_key,
                 ssh_port,
                 ready_timeout,
+                git_url: env
+                    .get("INFRA_GIT_URL")
+                    .unwrap_or("https://github.com")
+                    .trim_end_matches('/')
+                    .to_owned(),
             });
             // Operations a previous process left unfinished resume from their recorded step.
             for id in infra.unfinished().await? {

@@ -20,14 +20,20 @@ use tonic::Status;
 use crate::api::{Creds, Infra, Provider, ServerRow, store};
 use crate::now_us;
 
-/// Steps of a provision, in order.
-pub const PROVISION: [pb::OperationStep; 5] = [
-    pb::OperationStep::ServerCreated,
-    pb::OperationStep::AddressAssigned,
-    pb::OperationStep::DnsRecordSet,
-    pb::OperationStep::DeployCredentialsHandedOver,
-    pb::OperationStep::ServerReady,
-];
+/// Steps of a provision, in order; the checkout only when asked for.
+pub fn provision_steps(checkout: bool) -> Vec<pb::OperationStep> {
+    let mut steps = vec![
+        pb::OperationStep::ServerCreated,
+        pb::OperationStep::AddressAssigned,
+        pb::OperationStep::DnsRecordSet,
+        pb::OperationStep::DeployCredentialsHandedOver,
+        pb::OperationStep::ServerReady,
+    ];
+    if checkout {
+        steps.push(pb::OperationStep::RepositoryCheckedOut);
+    }
+    steps
+}
 
 /// Steps of a destroy, in order.
 pub const DESTROY: [pb::OperationStep; 2] = [
@@ -88,6 +94,28 @@ fn ssh_error(e: SshError) -> StepError {
         _ if e.is_transient() => StepError::Transient(e.to_string()),
         _ => StepError::Final(Status::internal(e.to_string())),
     }
+}
+
+/// What `bash -s` on the server reads: line 2 is the token (bash reads a script from a pipe
+/// line by line, so `read` takes the line that follows it), then the script, which clones (or
+/// fetches) `url` into `~/<dir>` with the token from `$GIT_TOKEN`. The credential helper on
+/// git's command line names the variable, never the token.
+fn checkout_stdin(token: &SecretString, url: &str, dir: &str) -> zeroize::Zeroizing<String> {
+    zeroize::Zeroizing::new(format!(
+        r#"set -euo pipefail
+IFS= read -r GIT_TOKEN
+{token}
+export GIT_TOKEN
+helper='!f() {{ test "$1" = get && printf "username=x-access-token\npassword=%s\n" "$GIT_TOKEN"; }}; f'
+git_() {{ git -c credential.helper= -c "credential.helper=$helper" "$@"; }}
+if [ -d "$HOME/{dir}/.git" ]; then
+  git_ -C "$HOME/{dir}" fetch --quiet origin
+else
+  git_ clone --quiet '{url}' "$HOME/{dir}"
+fi
+"#,
+        token = token.expose_secret(),
+    ))
 }
 
 /// The last line(s) of a command's stderr, for an error message (bounded).
@@ -376,6 +404,9 @@ impl Infra {
         self.set_dns(op_id, &mut server).await?;
         self.hand_over_host(op_id, &server).await?;
         self.check_ready(op_id, &server).await?;
+        if self.wants_checkout(op_id).await? {
+            self.check_out(op_id, &server).await?;
+        }
         self.finish(op_id, &server.id, None, "ready").await?;
         Ok(())
     }
@@ -617,6 +648,105 @@ impl Infra {
             self.mark(op_id, Step::AddressAssigned, St::Done, &ip)
                 .await?;
         }
+        Ok(())
+    }
+
+    async fn wants_checkout(&self, op_id: &str) -> Result<bool, Status> {
+        let row = sqlx::query("SELECT steps FROM operations WHERE id = $1")
+            .bind(op_id)
+            .fetch_one(self.db.pool())
+            .await
+            .map_err(store)?;
+        let steps: String = row.try_get("steps").map_err(store)?;
+        let step = pb::OperationStep::RepositoryCheckedOut as i64;
+        Ok(serde_json::from_str::<serde_json::Value>(&steps)
+            .unwrap_or_default()
+            .as_array()
+            .is_some_and(|list| list.iter().any(|s| s["step"].as_i64() == Some(step))))
+    }
+
+    /// Clones the project's repository on the server as the deploy user, with a clone-scoped
+    /// token minted for this one use: it travels over the SSH channel's stdin, reaches git
+    /// through a credential helper reading the environment, and is stored nowhere (the
+    /// checkout's remote carries no credential). Safe to repeat: an existing checkout is
+    /// fetched instead.
+    async fn check_out(&self, op_id: &str, server: &ServerRow) -> Result<(), StepError> {
+        use pb::OperationStep as Step;
+        use pb::OperationStepState as St;
+        self.mark(
+            op_id,
+            Step::RepositoryCheckedOut,
+            St::Running,
+            "cloning the repository",
+        )
+        .await?;
+        let minted = self
+            .broker()
+            .mint_repository_token(broker::MintRepositoryTokenRequest {
+                scope: broker::RepositoryTokenScope::Clone as i32,
+                project_id: server.project_id.clone(),
+            })
+            .await?
+            .into_inner();
+        let token = SecretString::from(minted.token);
+        let repository = minted.repositories.first().cloned().ok_or_else(|| {
+            StepError::Final(Status::failed_precondition(
+                "the broker minted a clone token for no repository",
+            ))
+        })?;
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                && !s.starts_with('.')
+        };
+        if !valid(&repository.owner) || !valid(&repository.name) {
+            return Err(StepError::Final(Status::failed_precondition(
+                "the repository's owner or name is not a plain GitHub name",
+            )));
+        }
+        let url = format!(
+            "{}/{}/{}.git",
+            self.git_url, repository.owner, repository.name
+        );
+        let stdin = checkout_stdin(&token, &url, &repository.name);
+        let target = Target {
+            host: server.ipv4.clone().unwrap_or_default(),
+            port: self.ssh_port,
+            user: keys::ADMIN_USER.to_owned(),
+            host_key: HostKey::Pinned(server.host_public_key.clone().unwrap_or_default()),
+        };
+        let session = self
+            .ssh_when_up(&target)
+            .await
+            .map_err(|e| self.not_ready(e))?;
+        let command = format!("sudo -u {} -H bash -s", server.deploy_user);
+        let output = session
+            .run(&command, stdin.as_bytes())
+            .await
+            .map_err(ssh_error)?;
+        session.close().await;
+        if !output.success() {
+            return Err(StepError::Final(with_reason(
+                tonic::Code::FailedPrecondition,
+                "CHECKOUT_FAILED",
+                format!(
+                    "cloning {url} on the server failed: {}",
+                    tail(&output.stderr)
+                ),
+                &[],
+            )));
+        }
+        self.mark(
+            op_id,
+            Step::RepositoryCheckedOut,
+            St::Done,
+            &format!(
+                "{}/{} in ~{}/{}",
+                repository.owner, repository.name, server.deploy_user, repository.name
+            ),
+        )
+        .await?;
         Ok(())
     }
 
@@ -887,5 +1017,94 @@ impl Infra {
         }
         self.finish(op_id, &server.id, None, "destroyed").await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+
+    fn git(dir: &std::path::Path, args: &[&str]) {
+        let ok = Command::new("git")
+            .current_dir(dir)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "git {args:?}");
+    }
+
+    /// The checkout script, run by a real bash and git: it clones, keeps no credential, runs
+    /// again as a fetch, and its credential helper answers with the token from stdin.
+    #[test]
+    fn the_checkout_clones_keeps_no_token_and_repeats() {
+        let tmp = tempfile::tempdir().unwrap();
+        let origin = tmp.path().join("origin");
+        std::fs::create_dir(&origin).unwrap();
+        git(&origin, &["init", "--quiet", "--initial-branch=main"]);
+        std::fs::write(origin.join("compose.yaml"), "services: {}\n").unwrap();
+        git(&origin, &["add", "."]);
+        git(
+            &origin,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "--quiet",
+                "-m",
+                "first",
+            ],
+        );
+        let home = tmp.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        let token = SecretString::from("ghs_canary_clone_token_0123456789".to_owned());
+        let url = format!("file://{}", origin.display());
+        let run = |stdin: &str| {
+            let mut child = Command::new("bash")
+                .arg("-s")
+                .env("HOME", &home)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(stdin.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out
+        };
+        let stdin = checkout_stdin(&token, &url, "app");
+        assert_eq!(stdin.lines().nth(2), Some(token.expose_secret()));
+        run(&stdin);
+        assert!(home.join("app/compose.yaml").exists());
+        run(&stdin); // again: a fetch, not a failed clone
+        let config = std::fs::read_to_string(home.join("app/.git/config")).unwrap();
+        assert!(!config.contains("ghs_canary"), "{config}");
+        // The helper hands git the token read from stdin (what an HTTPS clone would send).
+        let head = &stdin[..stdin.find("if [ -d").unwrap()];
+        let probe = format!(
+            "{head}printf 'protocol=https\\nhost=github.com\\n\\n' | git_ credential fill\n"
+        );
+        let out = run(&probe);
+        let answer = String::from_utf8(out.stdout).unwrap();
+        assert!(answer.contains("username=x-access-token"), "{answer}");
+        assert!(
+            answer.contains(&format!("password={}", token.expose_secret())),
+            "{answer}"
+        );
     }
 }
