@@ -407,6 +407,27 @@ async fn provision_and_destroy_on_digitalocean() {
     // the handed-over host key — on the droplet that cloud-init built.
     let ip = h.digitalocean.live_droplets()[0].ipv4.clone().unwrap();
     deploy_login(&h, &ip).await;
+    // Nothing the deploy credentials hold is a provider credential: none of them, as a token,
+    // can delete the droplet or the record.
+    let droplet_id = h.digitalocean.live_droplets()[0].id;
+    for name in [
+        "DEPLOY_SSH_KEY",
+        "DEPLOY_HOST",
+        "DEPLOY_USER",
+        "DEPLOY_KNOWN_HOSTS",
+    ] {
+        let value = String::from_utf8(h.github.secret(ORG, "app1", name).unwrap()).unwrap();
+        let token: String = value.split_whitespace().collect::<Vec<_>>().join("");
+        let path = format!("/v2/droplets/{droplet_id}");
+        let refused =
+            orchestrator_e2e::raw_http(&h.digitalocean.url(), "DELETE", &path, &token, "").await;
+        assert_eq!(refused, 401, "{name} deleted a droplet");
+        let zones =
+            orchestrator_e2e::raw_http(&h.cloudflare.url(), "GET", "/client/v4/zones", &token, "")
+                .await;
+        assert_ne!(zones, 200, "{name} reads Cloudflare");
+    }
+    assert_eq!(h.digitalocean.live_droplets().len(), 1);
     // The same request again: the same operation, no second droplet.
     let again = h
         .api
@@ -792,6 +813,78 @@ async fn time4vps_takeover_reinstalls_takes_over_and_pins_the_host_key() {
         &["PRIVATE KEY", T4_PASSWORD],
     )
     .await;
+}
+
+/// A Time4VPS takeover under 30 % faults (some after the reinstall was accepted) with infra
+/// killed once the reinstall started: it finishes, and the pinned host key is the one the
+/// server has now (a lost reinstall is waited for, never guessed about).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time4vps_takeover_survives_faults_and_an_infra_crash() {
+    let mut h = start(None).await;
+    h.time4vps.set_faults(emu::Faults::mixed(33, 0.3));
+    h.cloudflare.set_faults(emu::Faults::mixed(34, 0.3));
+    let mut req = provision("prov-t4-crash");
+    req.provider = pb::Provider::Time4vps as i32;
+    req.spec = Some(pb::provision_server_request::Spec::Time4vps(
+        pb::Time4VpsServerSpec {
+            server_id: T4_SERVER as i64,
+            os: "kvm-debian-12-gpt-x86_64".into(),
+        },
+    ));
+    let mut api = h.api.clone();
+    let op = api
+        .provision_server(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while h.time4vps.reinstalls(T4_SERVER).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reinstall was ever requested"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.infra.kill().await;
+    let restarted = h.infra_launch().spawn().await.unwrap();
+    let mut api = InfraServiceClient::new(
+        restarted
+            .channel(&h.pki.client("api").unwrap())
+            .await
+            .unwrap(),
+    );
+    let seen = watch(&mut api, &op.id).await;
+    assert_eq!(
+        seen.last().unwrap().state,
+        pb::OperationState::Succeeded as i32,
+        "{:?}\n{}",
+        seen.last(),
+        restarted.logs()
+    );
+    h.time4vps.clear_faults();
+    let reinstalls = h.time4vps.reinstalls(T4_SERVER);
+    assert!(
+        reinstalls
+            .iter()
+            .all(|r| r.os == "kvm-debian-12-gpt-x86_64")
+    );
+    let server_ip = h.time4vps.servers()[0].ip.clone();
+    let known =
+        String::from_utf8(h.github.secret(ORG, "app1", "DEPLOY_KNOWN_HOSTS").unwrap()).unwrap();
+    let host_key =
+        orchestrator_deploy_keys::normalized(&h.time4vps.host_key(T4_SERVER).unwrap()).unwrap();
+    assert!(
+        known.contains(&format!("{server_ip} {host_key}")),
+        "pinned another key: {known}"
+    );
+    assert_eq!(
+        h.time4vps.commands(T4_SERVER).len(),
+        1,
+        "one takeover after the last reinstall"
+    );
+    assert_eq!(h.cloudflare.records().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
