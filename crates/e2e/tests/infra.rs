@@ -302,6 +302,35 @@ fn assert_deploy_credentials(h: &Harness) {
     );
 }
 
+/// Kills infra as soon as `started` holds, restarts it, and watches operation `op_id` to a
+/// success; the restarted process replaces `h.infra`.
+async fn crash_when(h: &mut Harness, op_id: &str, started: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !started() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the operation never got that far"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.infra.kill().await;
+    h.infra = h.infra_launch().spawn().await.unwrap();
+    h.api = InfraServiceClient::new(
+        h.infra
+            .channel(&h.pki.client("api").unwrap())
+            .await
+            .unwrap(),
+    );
+    let seen = watch(&mut h.api, op_id).await;
+    assert_eq!(
+        seen.last().unwrap().state,
+        pb::OperationState::Succeeded as i32,
+        "{:?}\n{}",
+        seen.last(),
+        h.infra.logs()
+    );
+}
+
 /// Logs in to `ip` as DEPLOY_USER with DEPLOY_SSH_KEY, the host key pinned by
 /// DEPLOY_KNOWN_HOSTS, all read back from the GitHub emulator (where they were decrypted).
 async fn deploy_login(h: &Harness, ip: &str) {
@@ -505,30 +534,8 @@ async fn faults_and_an_infra_crash_still_make_exactly_one_droplet() {
         .operation
         .unwrap();
     // Crash infra once the droplet exists but before the operation finished.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while h.digitalocean.droplets().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no droplet was ever created"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    h.infra.kill().await;
-    let restarted = h.infra_launch().spawn().await.unwrap();
-    let mut api = InfraServiceClient::new(
-        restarted
-            .channel(&h.pki.client("api").unwrap())
-            .await
-            .unwrap(),
-    );
-    let seen = watch(&mut api, &op.id).await;
-    assert_eq!(
-        seen.last().unwrap().state,
-        pb::OperationState::Succeeded as i32,
-        "{:?}\n{}",
-        seen.last(),
-        restarted.logs()
-    );
+    let digitalocean = h.digitalocean.clone();
+    crash_when(&mut h, &op.id, move || !digitalocean.droplets().is_empty()).await;
     assert_eq!(
         h.digitalocean
             .droplets()
@@ -839,30 +846,11 @@ async fn time4vps_takeover_survives_faults_and_an_infra_crash() {
         .into_inner()
         .operation
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while h.time4vps.reinstalls(T4_SERVER).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reinstall was ever requested"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    h.infra.kill().await;
-    let restarted = h.infra_launch().spawn().await.unwrap();
-    let mut api = InfraServiceClient::new(
-        restarted
-            .channel(&h.pki.client("api").unwrap())
-            .await
-            .unwrap(),
-    );
-    let seen = watch(&mut api, &op.id).await;
-    assert_eq!(
-        seen.last().unwrap().state,
-        pb::OperationState::Succeeded as i32,
-        "{:?}\n{}",
-        seen.last(),
-        restarted.logs()
-    );
+    let time4vps = h.time4vps.clone();
+    crash_when(&mut h, &op.id, move || {
+        !time4vps.reinstalls(T4_SERVER).is_empty()
+    })
+    .await;
     h.time4vps.clear_faults();
     let reinstalls = h.time4vps.reinstalls(T4_SERVER);
     assert!(

@@ -710,16 +710,7 @@ impl Infra {
             self.git_url, repository.owner, repository.name
         );
         let stdin = checkout_stdin(&token, &url, &repository.name);
-        let target = Target {
-            host: server.ipv4.clone().unwrap_or_default(),
-            port: self.ssh_port,
-            user: keys::ADMIN_USER.to_owned(),
-            host_key: HostKey::Pinned(server.host_public_key.clone().unwrap_or_default()),
-        };
-        let session = self
-            .ssh_when_up(&target)
-            .await
-            .map_err(|e| self.not_ready(e))?;
+        let session = self.admin_session(server).await?;
         let command = format!("sudo -u {} -H bash -s", server.deploy_user);
         let output = session
             .run(&command, stdin.as_bytes())
@@ -775,6 +766,19 @@ impl Infra {
                 user: target.user.clone(),
             });
         }
+    }
+
+    /// The admin account on `server`, under its pinned host key, as soon as it answers.
+    async fn admin_session(&self, server: &ServerRow) -> Result<Session, StepError> {
+        let target = Target {
+            host: server.ipv4.clone().unwrap_or_default(),
+            port: self.ssh_port,
+            user: keys::ADMIN_USER.to_owned(),
+            host_key: HostKey::Pinned(server.host_public_key.clone().unwrap_or_default()),
+        };
+        self.ssh_when_up(&target)
+            .await
+            .map_err(|e| self.not_ready(e))
     }
 
     /// A login that did not happen within the readiness deadline, or was refused for good.
@@ -901,16 +905,7 @@ impl Infra {
             "waiting for cloud-init",
         )
         .await?;
-        let target = Target {
-            host: server.ipv4.clone().unwrap_or_default(),
-            port: self.ssh_port,
-            user: keys::ADMIN_USER.to_owned(),
-            host_key: HostKey::Pinned(server.host_public_key.clone().unwrap_or_default()),
-        };
-        let session = self
-            .ssh_when_up(&target)
-            .await
-            .map_err(|e| self.not_ready(e))?;
+        let session = self.admin_session(server).await?;
         let output = session
             .run("cloud-init status --wait", b"")
             .await
@@ -923,7 +918,7 @@ impl Infra {
                 "CLOUD_INIT_FAILED",
                 format!(
                     "cloud-init on {} did not finish: {said} {}",
-                    target.host,
+                    server.ipv4.as_deref().unwrap_or_default(),
                     tail(&output.stderr)
                 ),
                 &[],
