@@ -115,6 +115,17 @@ pub struct ServerRow {
     pub destroyed_us: Option<i64>,
 }
 
+impl ServerRow {
+    /// Whether the provider was asked for the server (a droplet exists, or our reinstall was
+    /// accepted): from then on a retry waits for it instead of asking again.
+    pub fn started(&self) -> bool {
+        match self.provider {
+            Provider::DigitalOcean => self.provider_server_id.is_some(),
+            Provider::Time4Vps => self.provider_task_id.is_some(),
+        }
+    }
+}
+
 fn creds_json(c: &Creds) -> String {
     match c {
         Creds::Platform => serde_json::json!({ "platform": {} }).to_string(),

@@ -9,7 +9,7 @@ use orchestrator_mesh::status::with_reason;
 use orchestrator_proto::infra::v1 as pb;
 use orchestrator_proto::secretbroker::v1 as broker;
 use orchestrator_providers::{
-    Cloudflare, CreateDroplet, DigitalOcean, ProviderError, Retry, Time4Vps,
+    Cloudflare, DigitalOcean, ProviderError, Retry, ServerProvider, ServerSpec, Started, Time4Vps,
 };
 use orchestrator_ssh::{HostKey, Session, SshError, Target};
 use secrecy::{ExposeSecret as _, SecretString};
@@ -118,6 +118,18 @@ fi
     ))
 }
 
+/// What the first step says while it runs.
+fn starting(server: &ServerRow) -> String {
+    match server.provider {
+        Provider::DigitalOcean => "creating the server".to_owned(),
+        Provider::Time4Vps => format!(
+            "reinstalling server {} with {}",
+            server.provider_server_id.as_deref().unwrap_or_default(),
+            server.image
+        ),
+    }
+}
+
 /// The last line(s) of a command's stderr, for an error message (bounded).
 fn tail(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
@@ -217,6 +229,7 @@ impl Infra {
             .await
     }
 
+    /// Sets one column of a server row (an empty value clears it), audited.
     async fn set_server(
         &self,
         server_id: &str,
@@ -246,7 +259,7 @@ impl Infra {
                 Box::pin(async move {
                     sqlx::query(sql)
                         .bind(&server_id)
-                        .bind(&value)
+                        .bind((!value.is_empty()).then_some(&value))
                         .bind(now_us())
                         .execute(&mut *conn)
                         .await
@@ -398,8 +411,14 @@ impl Infra {
     async fn provision(&self, op_id: &str, mut server: ServerRow) -> Result<(), StepError> {
         self.hand_over_deploy_key(op_id, &mut server).await?;
         match server.provider {
-            Provider::DigitalOcean => self.create_droplet(op_id, &mut server).await?,
-            Provider::Time4Vps => self.take_over(op_id, &mut server).await?,
+            Provider::DigitalOcean => {
+                let provider = self.digitalocean(&server).await?;
+                self.bring_up(op_id, &mut server, &provider).await?
+            }
+            Provider::Time4Vps => {
+                let provider = self.time4vps(&server).await?;
+                self.bring_up(op_id, &mut server, &provider).await?
+            }
         }
         self.set_dns(op_id, &mut server).await?;
         self.hand_over_host(op_id, &server).await?;
@@ -440,60 +459,59 @@ impl Infra {
         Ok(())
     }
 
-    /// DigitalOcean: a droplet found by its tag or created with the host key injected, then
-    /// its public address.
-    async fn create_droplet(&self, op_id: &str, server: &mut ServerRow) -> Result<(), StepError> {
+    /// The server, through whichever provider: found by its key or started (where cloud-init
+    /// runs, with the host key injected, so it is known and pinned before the server answers),
+    /// then its public address; where it does not (Time4VPS), taken over over SSH.
+    async fn bring_up<P: ServerProvider>(
+        &self,
+        op_id: &str,
+        server: &mut ServerRow,
+        provider: &P,
+    ) -> Result<(), StepError> {
         use pb::OperationStep as Step;
         use pb::OperationStepState as St;
-        if server.provider_server_id.is_none() {
-            self.mark(
-                op_id,
-                Step::ServerCreated,
-                St::Running,
-                "creating the server",
-            )
-            .await?;
-            let digitalocean = self.digitalocean(server).await?;
-            let tag = format!("orch-{op_id}");
-            let droplet = match digitalocean.droplets_by_tag(&tag).await?.into_iter().next() {
+        let mut spec = self.server_spec(op_id, server);
+        if !server.started() {
+            self.mark(op_id, Step::ServerCreated, St::Running, &starting(server))
+                .await?;
+            let started = match provider.find(&spec).await? {
                 Some(existing) => existing,
                 None => {
-                    // The host key is injected, so it is known (and pinned) before the server answers.
-                    let host = keys::generate(&format!("host@{}", server.hostname))
-                        .map_err(|e| StepError::Final(Status::internal(e.to_string())))?;
-                    self.set_server(&server.id, "host_public_key", &host.public_openssh)
-                        .await?;
-                    server.host_public_key = Some(host.public_openssh.clone());
-                    let user_data = keys::cloud_init(
-                        &server.deploy_user,
-                        server.deploy_public_key.as_deref().unwrap_or_default(),
-                        &self.admin_key.public_openssh(),
-                        &host,
-                    )
-                    .map_err(|e| StepError::Final(Status::invalid_argument(e.to_string())))?;
-                    digitalocean
-                        .create_droplet(&CreateDroplet {
-                            name: server.hostname.replace('.', "-"),
-                            region: server.region.clone(),
-                            size: server.size.clone(),
-                            image: server.image.clone(),
-                            tag,
-                            user_data,
-                            ssh_keys: Vec::new(),
-                        })
-                        .await?
+                    if provider.runs_cloud_init() {
+                        let host = keys::generate(&format!("host@{}", server.hostname))
+                            .map_err(|e| StepError::Final(Status::internal(e.to_string())))?;
+                        self.set_server(&server.id, "host_public_key", &host.public_openssh)
+                            .await?;
+                        server.host_public_key = Some(host.public_openssh.clone());
+                        spec.user_data = keys::cloud_init(
+                            &server.deploy_user,
+                            server.deploy_public_key.as_deref().unwrap_or_default(),
+                            &self.admin_key.public_openssh(),
+                            &host,
+                        )
+                        .map_err(|e| StepError::Final(Status::invalid_argument(e.to_string())))?;
+                    }
+                    provider.start(&spec).await?
                 }
             };
-            self.set_server(&server.id, "provider_server_id", &droplet.id.to_string())
+            // The task first: from now on a restart waits for it instead of starting another.
+            if let Some(task) = &started.task {
+                self.set_server(&server.id, "provider_task_id", task)
+                    .await?;
+                server.provider_task_id = Some(task.clone());
+            }
+            self.set_server(&server.id, "provider_server_id", &started.id)
                 .await?;
-            server.provider_server_id = Some(droplet.id.to_string());
-            self.mark(
-                op_id,
-                Step::ServerCreated,
-                St::Done,
-                &format!("droplet {}", droplet.id),
-            )
-            .await?;
+            server.provider_server_id = Some(started.id.clone());
+            let detail = match &started.task {
+                Some(task) => format!(
+                    "server {} reinstalling with {} (task {task})",
+                    started.id, server.image
+                ),
+                None => format!("droplet {}", started.id),
+            };
+            self.mark(op_id, Step::ServerCreated, St::Done, &detail)
+                .await?;
         }
         if server.ipv4.is_none() {
             self.mark(
@@ -503,151 +521,101 @@ impl Infra {
                 "waiting for a public address",
             )
             .await?;
-            let id: u64 = server
-                .provider_server_id
-                .as_deref()
-                .unwrap_or_default()
-                .parse()
-                .unwrap_or_default();
-            let droplet = self
-                .digitalocean(server)
-                .await?
-                .wait_for_address(id, Duration::from_secs(600), Duration::from_millis(250))
-                .await?;
-            let ip = droplet.public_ipv4.unwrap_or_default();
+            let started = Started {
+                id: server.provider_server_id.clone().unwrap_or_default(),
+                task: server.provider_task_id.clone(),
+            };
+            let ip = provider.wait_until_up(&started, self.ready_timeout).await?;
             self.set_server(&server.id, "ipv4", &ip).await?;
             server.ipv4 = Some(ip.clone());
             self.mark(op_id, Step::AddressAssigned, St::Done, &ip)
                 .await?;
+        }
+        if server.host_public_key.is_none() {
+            self.take_over(op_id, server).await?;
         }
         Ok(())
     }
 
-    /// Time4VPS: reinstall the server bought in advance with the admin key for root, wait for
-    /// the task, then take it over over SSH (no cloud-init there). The host key is learned on
-    /// that first contact — right after the reinstall infra itself asked for, the only moment
-    /// it can be — and pinned from then on.
+    /// What the provider is asked for, from the server's record.
+    fn server_spec(&self, op_id: &str, server: &ServerRow) -> ServerSpec {
+        ServerSpec {
+            key: format!("orch-{op_id}"),
+            existing: match server.provider {
+                Provider::Time4Vps => server.provider_server_id.clone().unwrap_or_default(),
+                Provider::DigitalOcean => String::new(),
+            },
+            name: server.hostname.replace('.', "-"),
+            region: server.region.clone(),
+            size: server.size.clone(),
+            image: server.image.clone(),
+            user_data: String::new(),
+            root_key: self.admin_key.public_openssh(),
+        }
+    }
+
+    /// A server without cloud-init (Time4VPS), freshly reinstalled with the admin key for
+    /// root: the takeover script over SSH sets it up as cloud-init would. Its host key is
+    /// learned on this first contact — right after the reinstall infra itself asked for, the
+    /// only moment it can be — and pinned from then on.
     async fn take_over(&self, op_id: &str, server: &mut ServerRow) -> Result<(), StepError> {
         use pb::OperationStep as Step;
         use pb::OperationStepState as St;
-        let id: u64 = server
-            .provider_server_id
-            .as_deref()
-            .and_then(|i| i.parse().ok())
-            .unwrap_or_default();
-        if server.host_public_key.is_none() {
-            let t4 = self.time4vps(server).await?;
-            let wait =
-                |task| t4.wait_for_task(id, task, self.ready_timeout, Duration::from_millis(500));
-            let recorded = server
-                .provider_task_id
-                .as_deref()
-                .and_then(|t| t.parse().ok());
-            let task = match recorded {
-                Some(task) => task,
-                None => {
-                    self.mark(
-                        op_id,
-                        Step::ServerCreated,
-                        St::Running,
-                        &format!("reinstalling server {id} with {}", server.image),
-                    )
-                    .await?;
-                    // A reinstall still running (perhaps ours, its answer lost) finishes first;
-                    // then ours, whose task id is recorded before anything else happens.
-                    if let Some(active) = t4.server(id).await?.active_task {
-                        wait(active).await?;
-                    }
-                    let task = t4
-                        .reinstall(id, &server.image, &self.admin_key.public_openssh())
-                        .await?;
-                    self.set_server(&server.id, "provider_task_id", &task.to_string())
-                        .await?;
-                    server.provider_task_id = Some(task.to_string());
-                    task
+        let ip = server.ipv4.clone().unwrap_or_default();
+        self.mark(
+            op_id,
+            Step::ServerReady,
+            St::Running,
+            "taking over the reinstalled server",
+        )
+        .await?;
+        let script = keys::takeover_script(
+            &server.deploy_user,
+            server.deploy_public_key.as_deref().unwrap_or_default(),
+            &self.admin_key.public_openssh(),
+        )
+        .map_err(|e| StepError::Final(Status::invalid_argument(e.to_string())))?;
+        let target = Target {
+            host: ip.clone(),
+            port: self.ssh_port,
+            user: "root".to_owned(),
+            host_key: HostKey::LearnOnFirstUse,
+        };
+        let session = match self.ssh_when_up(&target).await {
+            Ok(session) => session,
+            // Root refused after our reinstall: an earlier attempt took the server over but
+            // died before recording its host key. Reinstall again rather than guess.
+            Err(SshError::AuthRefused { .. }) => {
+                for column in ["provider_task_id", "ipv4"] {
+                    self.set_server(&server.id, column, "").await?;
                 }
-            };
-            self.mark(
-                op_id,
-                Step::ServerCreated,
-                St::Running,
-                &format!("waiting for reinstall task {task}"),
-            )
-            .await?;
-            wait(task).await?;
-            let ip = t4.server(id).await?.ip;
-            self.mark(
-                op_id,
-                Step::ServerCreated,
-                St::Running,
-                "taking over the reinstalled server",
-            )
-            .await?;
-            let script = keys::takeover_script(
-                &server.deploy_user,
-                server.deploy_public_key.as_deref().unwrap_or_default(),
-                &self.admin_key.public_openssh(),
-            )
-            .map_err(|e| StepError::Final(Status::invalid_argument(e.to_string())))?;
-            let target = Target {
-                host: ip.clone(),
-                port: self.ssh_port,
-                user: "root".to_owned(),
-                host_key: HostKey::LearnOnFirstUse,
-            };
-            let session = match self.ssh_when_up(&target).await {
-                Ok(session) => session,
-                // Root refused after our reinstall: a previous attempt took the server over but
-                // died before recording its host key. Reinstall again rather than guess.
-                Err(SshError::AuthRefused { .. }) if recorded.is_some() => {
-                    self.set_server(&server.id, "provider_task_id", "").await?;
-                    server.provider_task_id = None;
-                    return Err(StepError::Transient(format!(
-                        "server {id} was taken over by an earlier attempt; reinstalling again"
-                    )));
-                }
-                Err(e) => return Err(self.not_ready(e)),
-            };
-            let output = session
-                .run("bash -s", script.as_bytes())
-                .await
-                .map_err(ssh_error)?;
-            let host_key = session.host_key().to_owned();
-            session.close().await;
-            if !output.success() {
-                return Err(StepError::Final(with_reason(
-                    tonic::Code::FailedPrecondition,
-                    "TAKEOVER_FAILED",
-                    format!(
-                        "the takeover script on server {id} exited with {:?}: {}",
-                        output.status,
-                        tail(&output.stderr)
-                    ),
-                    &[],
+                return Err(StepError::Transient(format!(
+                    "{ip} was taken over by an earlier attempt; reinstalling again"
                 )));
             }
-            self.set_server(&server.id, "host_public_key", &host_key)
-                .await?;
-            server.host_public_key = Some(host_key.clone());
-            let fingerprint = keys::fingerprint(&host_key).unwrap_or_default();
-            self.mark(
-                op_id,
-                Step::ServerCreated,
-                St::Done,
-                &format!(
-                    "server {id} reinstalled with {} and taken over; host key {fingerprint} pinned",
-                    server.image
+            Err(e) => return Err(self.not_ready(e)),
+        };
+        let output = session
+            .run("bash -s", script.as_bytes())
+            .await
+            .map_err(ssh_error)?;
+        let host_key = session.host_key().to_owned();
+        session.close().await;
+        if !output.success() {
+            return Err(StepError::Final(with_reason(
+                tonic::Code::FailedPrecondition,
+                "TAKEOVER_FAILED",
+                format!(
+                    "the takeover script on {ip} exited with {:?}: {}",
+                    output.status,
+                    tail(&output.stderr)
                 ),
-            )
+                &[],
+            )));
+        }
+        self.set_server(&server.id, "host_public_key", &host_key)
             .await?;
-        }
-        if server.ipv4.is_none() {
-            let ip = self.time4vps(server).await?.server(id).await?.ip;
-            self.set_server(&server.id, "ipv4", &ip).await?;
-            server.ipv4 = Some(ip.clone());
-            self.mark(op_id, Step::AddressAssigned, St::Done, &ip)
-                .await?;
-        }
+        server.host_public_key = Some(host_key);
         Ok(())
     }
 
@@ -944,50 +912,24 @@ impl Infra {
             "deleting the server",
         )
         .await?;
-        let provider_id = server
-            .provider_server_id
-            .as_deref()
-            .and_then(|i| i.parse::<u64>().ok());
-        match (server.provider, provider_id) {
+        let spec = self.server_spec(op_id, &server);
+        let released = match (server.provider, server.provider_server_id.as_deref()) {
+            (_, None) => None,
             (Provider::DigitalOcean, Some(id)) => {
-                let gone = self.digitalocean(&server).await?.delete_droplet(id).await?;
-                self.mark(
-                    op_id,
-                    Step::ServerDeleted,
-                    St::Done,
-                    if gone { "deleted" } else { "already gone" },
-                )
-                .await?;
+                Some(self.digitalocean(&server).await?.release(id, &spec).await?)
             }
-            // A Time4VPS server stays bought: wiped by a reinstall with only the admin key, so
-            // neither the project's data nor its deploy key survive, ready for a next takeover.
             (Provider::Time4Vps, Some(id)) => {
-                let t4 = self.time4vps(&server).await?;
-                if let Some(active) = t4.server(id).await?.active_task {
-                    t4.wait_for_task(id, active, self.ready_timeout, Duration::from_millis(500))
-                        .await?;
-                }
-                let task = t4
-                    .reinstall(id, &server.image, &self.admin_key.public_openssh())
-                    .await?;
-                self.mark(
-                    op_id,
-                    Step::ServerDeleted,
-                    St::Done,
-                    &format!("server {id} wiped (reinstall task {task}); it stays bought"),
-                )
-                .await?;
+                Some(self.time4vps(&server).await?.release(id, &spec).await?)
             }
-            (_, None) => {
-                self.mark(
-                    op_id,
-                    Step::ServerDeleted,
-                    St::Skipped,
-                    "no server was created",
-                )
-                .await?;
-            }
-        }
+        };
+        let (state, detail) = match (released, server.provider) {
+            (None, _) => (St::Skipped, "no server was created"),
+            (Some(false), _) => (St::Done, "already gone"),
+            (Some(true), Provider::DigitalOcean) => (St::Done, "deleted"),
+            // A server bought in advance stays bought, wiped of the project and its keys.
+            (Some(true), Provider::Time4Vps) => (St::Done, "wiped by a reinstall; it stays bought"),
+        };
+        self.mark(op_id, Step::ServerDeleted, state, detail).await?;
         match self.cloudflare(&server).await? {
             Some((cf, zone)) => {
                 let zone_id = cf.zone_id(&zone).await?;
