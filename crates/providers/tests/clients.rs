@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use orchestrator_provider_emulators as emu;
 use orchestrator_providers::{
-    Cloudflare, CreateDroplet, DigitalOcean, ProviderError, Retry, Time4Vps,
+    Cloudflare, CreateDroplet, DigitalOcean, ProviderError, Retry, ServerProvider, ServerSpec,
+    Time4Vps,
 };
 use secrecy::SecretString;
 
@@ -195,7 +196,7 @@ async fn dns_records_are_created_or_updated_and_removed() {
 }
 
 #[tokio::test]
-async fn time4vps_servers_are_taken_over_by_reinstalling_with_the_deploy_key() {
+async fn time4vps_servers_are_taken_over_by_reinstalling_with_the_admin_key() {
     init();
     let config = emu::T4Config {
         user: "acct".into(),
@@ -230,4 +231,90 @@ async fn time4vps_servers_are_taken_over_by_reinstalling_with_the_deploy_key() {
         bad.server(101).await,
         Err(ProviderError::Auth { .. })
     ));
+}
+
+/// The one trait, over both providers: DigitalOcean finds the droplet made for a key instead of
+/// making another; Time4VPS refuses to start while a task runs, waits for exactly its own task,
+/// and releases by wiping (the server stays).
+#[tokio::test]
+async fn both_providers_behind_one_trait() {
+    init();
+    let droplets = emu::DigitalOcean::start(emu::DoConfig {
+        tokens: vec!["t".into()],
+        active_after: Duration::from_millis(50),
+        address_after: Duration::from_millis(50),
+        ..emu::DoConfig::default()
+    })
+    .await
+    .unwrap();
+    let digitalocean = DigitalOcean::new(&droplets.url(), token("t"), retry()).unwrap();
+    let spec = ServerSpec {
+        key: "orch-op-1".into(),
+        name: "app-1".into(),
+        region: "fra1".into(),
+        size: "s-1vcpu-1gb".into(),
+        image: "ubuntu-24-04-x64".into(),
+        user_data: "#cloud-config\n{}\n".into(),
+        ..ServerSpec::default()
+    };
+    assert!(digitalocean.runs_cloud_init());
+    assert_eq!(digitalocean.find(&spec).await.unwrap(), None);
+    let started = digitalocean.start(&spec).await.unwrap();
+    assert_eq!(
+        digitalocean.find(&spec).await.unwrap(),
+        Some(started.clone())
+    );
+    assert_eq!(
+        digitalocean.start(&spec).await.unwrap(),
+        started,
+        "no second droplet"
+    );
+    let ip = digitalocean
+        .wait_until_up(&started, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        droplets.live_droplets()[0].ipv4.as_deref(),
+        Some(ip.as_str())
+    );
+    assert!(digitalocean.release(&started.id, &spec).await.unwrap());
+    assert!(
+        !digitalocean.release(&started.id, &spec).await.unwrap(),
+        "already gone"
+    );
+
+    let servers = emu::Time4Vps::start(emu::T4Config {
+        user: "acct".into(),
+        password: "pw".into(),
+        servers: vec![(101, "203.0.113.10".into())],
+        task_after: Duration::from_millis(300),
+        ..emu::T4Config::default()
+    })
+    .await
+    .unwrap();
+    let time4vps = Time4Vps::new(&servers.url(), "acct", token("pw"), retry()).unwrap();
+    let spec = ServerSpec {
+        existing: "101".into(),
+        image: "kvm-debian-12-gpt-x86_64".into(),
+        root_key: orchestrator_deploy_keys_like_key(),
+        ..ServerSpec::default()
+    };
+    assert!(!time4vps.runs_cloud_init());
+    assert_eq!(time4vps.find(&spec).await.unwrap(), None);
+    let started = time4vps.start(&spec).await.unwrap();
+    assert!(started.task.is_some());
+    let busy = time4vps.start(&spec).await.unwrap_err();
+    assert!(matches!(busy, ProviderError::Unavailable { .. }), "{busy}");
+    let ip = time4vps
+        .wait_until_up(&started, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(ip, "203.0.113.10");
+    assert_eq!(
+        servers.servers()[0].os,
+        "kvm-debian-12-gpt-x86_64",
+        "up means reinstalled"
+    );
+    assert!(time4vps.release("101", &spec).await.unwrap());
+    assert_eq!(servers.reinstalls(101).len(), 2);
 }
