@@ -18,6 +18,7 @@ use orchestrator_proto::secretbroker::v1::secret_broker_service_client::SecretBr
 use orchestrator_provider_emulators as emu;
 use orchestrator_store::testing::TestDatabase;
 use tonic::transport::Channel;
+use tonic_types::StatusExt;
 
 const ORG: &str = "acme";
 const DO_TOKEN: &str = "do-platform-token";
@@ -121,6 +122,11 @@ fn audit_key(files: &std::path::Path) -> String {
 }
 
 async fn start(faults: Option<emu::Faults>) -> Harness {
+    start_with(faults, 0).await
+}
+
+/// With a DigitalOcean droplet limit per account (0 = none).
+async fn start_with(faults: Option<emu::Faults>, droplet_limit: usize) -> Harness {
     let pki = Pki::new().unwrap();
     let files = tempfile::tempdir().unwrap();
     let db = TestDatabase::postgres(&["infra", "secret-broker"]).await;
@@ -141,6 +147,7 @@ async fn start(faults: Option<emu::Faults>) -> Harness {
         active_after: Duration::from_millis(150),
         address_after: Duration::from_millis(150),
         transient_404_polls: 1,
+        droplet_limit,
         hosts: Some(hosts.clone()),
         ..emu::DoConfig::default()
     })
@@ -873,6 +880,89 @@ async fn time4vps_takeover_survives_faults_and_an_infra_crash() {
         "one takeover after the last reinstall"
     );
     assert_eq!(h.cloudflare.records().len(), 1);
+}
+
+/// Refusals are final and precise: over DigitalOcean's droplet limit the operation fails with
+/// RESOURCE_EXHAUSTED, PROVIDER_QUOTA_EXCEEDED and DigitalOcean's own message (no retry, no
+/// second droplet); an unknown Time4VPS server is PROVIDER_NOT_FOUND; a request id reused for
+/// another request is INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_refusals_fail_the_operation_with_the_providers_reason() {
+    let mut h = start_with(None, 1).await;
+    let first = h
+        .api
+        .provision_server(provision("quota-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    let done = watch(&mut h.api, &first.id).await;
+    assert_eq!(
+        done.last().unwrap().state,
+        pb::OperationState::Succeeded as i32
+    );
+    let mut second = provision("quota-2");
+    second.hostname = "app2.orchestrator.test".into();
+    let op = h
+        .api
+        .provision_server(second)
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    let failed = watch(&mut h.api, &op.id).await.pop().unwrap();
+    assert_eq!(
+        failed.state,
+        pb::OperationState::Failed as i32,
+        "{failed:?}"
+    );
+    let error = failed.error.unwrap();
+    assert_eq!(error.code, tonic::Code::ResourceExhausted as i32);
+    assert_eq!(error.reason, "PROVIDER_QUOTA_EXCEEDED");
+    assert!(error.message.contains("droplet limit"), "{}", error.message);
+    assert_eq!(h.digitalocean.droplets().len(), 1);
+    let server = h
+        .api
+        .get_server(pb::GetServerRequest {
+            server_id: op.server_id,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .server
+        .unwrap();
+    assert_eq!(server.state, pb::ServerState::Failed as i32);
+
+    let mut unknown = provision("t4-unknown");
+    unknown.provider = pb::Provider::Time4vps as i32;
+    unknown.spec = Some(pb::provision_server_request::Spec::Time4vps(
+        pb::Time4VpsServerSpec {
+            server_id: 999,
+            os: String::new(),
+        },
+    ));
+    unknown.hostname = "app3.orchestrator.test".into();
+    let op = h
+        .api
+        .provision_server(unknown)
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    let failed = watch(&mut h.api, &op.id).await.pop().unwrap();
+    let error = failed.error.unwrap();
+    assert_eq!(error.reason, "PROVIDER_NOT_FOUND", "{error:?}");
+    assert!(error.message.contains("Time4VPS"), "{}", error.message);
+
+    let mut reused = provision("quota-1");
+    reused.hostname = "other.orchestrator.test".into();
+    let refused = h.api.provision_server(reused).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let violations = refused.get_error_details().bad_request().cloned().unwrap();
+    assert_eq!(violations.field_violations[0].field, "request_id");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

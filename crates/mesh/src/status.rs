@@ -74,6 +74,14 @@ pub fn with_reason(
     )
 }
 
+/// The `ErrorInfo` reason and metadata a status carries, if any.
+pub fn reason_of(status: &Status) -> Option<(String, HashMap<String, String>)> {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| (info.reason.clone(), info.metadata.clone()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +98,19 @@ mod tests {
         assert_eq!(bad.field_violations.len(), 2);
         assert_eq!(bad.field_violations[0].field, "user_id");
         assert!(Violations::new().finish().is_ok());
+    }
+
+    #[test]
+    fn reasons_round_trip() {
+        let status = with_reason(
+            Code::ResourceExhausted,
+            "QUOTA",
+            "full",
+            &[("n", "1".into())],
+        );
+        let (reason, metadata) = reason_of(&status).unwrap();
+        assert_eq!(reason, "QUOTA");
+        assert_eq!(metadata["n"], "1");
+        assert!(reason_of(&Status::internal("x")).is_none());
     }
 }

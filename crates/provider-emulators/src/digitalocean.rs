@@ -46,6 +46,9 @@ pub struct DoConfig {
     pub rate_limit_per_hour: u32,
     /// `GET /v2/account/keys` per minute per token (DigitalOcean: 10; 0 = unlimited).
     pub key_list_limit_per_minute: u32,
+    /// Live droplets per account (DigitalOcean's droplet limit; 0 = none): a create beyond it
+    /// is refused with DigitalOcean's 422.
+    pub droplet_limit: usize,
     /// Boot droplets for real SSH: each gets its own `127.x.y.z` public address where an SSH
     /// daemon serves what its cloud-init says. `None` = addresses from 198.51.100.0/24, no SSH.
     pub hosts: Option<HostsConfig>,
@@ -61,6 +64,7 @@ impl Default for DoConfig {
             rate_limit_per_minute: 250,
             rate_limit_per_hour: 5000,
             key_list_limit_per_minute: 10,
+            droplet_limit: 0,
             hosts: None,
         }
     }
@@ -824,6 +828,16 @@ async fn create_droplet(
     let body = core::parse_object(&body).map_err(|()| DoError::bad_json())?;
     let mut world = lock(&s.world);
     let mut droplet = validate_create(&body, &world.keys, &token)?;
+    let live = world
+        .droplets
+        .iter()
+        .filter(|d| !d.deleted && d.account == token)
+        .count();
+    if s.config.droplet_limit > 0 && live >= s.config.droplet_limit {
+        return Err(DoError::unprocessable(
+            "creating this/these droplet(s) will exceed your droplet limit",
+        ));
+    }
     world.next_seq += 1;
     let seq = world.next_seq;
     droplet.seq = seq;

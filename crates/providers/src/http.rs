@@ -41,6 +41,29 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// A stable, machine-readable reason for operation records and error details.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProviderError::Auth { .. } => "PROVIDER_AUTH_FAILED",
+            ProviderError::RateLimited { .. } => "PROVIDER_RATE_LIMITED",
+            ProviderError::Unavailable { .. } => "PROVIDER_UNAVAILABLE",
+            ProviderError::Decode { .. } => "PROVIDER_BAD_ANSWER",
+            ProviderError::Status { status, reason, .. } => {
+                let said = reason.to_ascii_lowercase();
+                match status {
+                    429 => "PROVIDER_RATE_LIMITED",
+                    s if *s >= 500 => "PROVIDER_UNAVAILABLE",
+                    404 => "PROVIDER_NOT_FOUND",
+                    // DigitalOcean: 422 "... will exceed your droplet limit".
+                    403 | 422 if said.contains("limit") || said.contains("quota") => {
+                        "PROVIDER_QUOTA_EXCEEDED"
+                    }
+                    _ => "PROVIDER_REJECTED",
+                }
+            }
+        }
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             ProviderError::Status { status, .. } => Some(*status),

@@ -277,8 +277,14 @@ impl Infra {
                 let v: serde_json::Value = serde_json::from_str(&e).unwrap_or_default();
                 common::Failure {
                     code: v["code"].as_i64().unwrap_or(2) as i32,
+                    reason: v["reason"].as_str().unwrap_or_default().to_owned(),
                     message: v["message"].as_str().unwrap_or_default().to_owned(),
-                    ..Default::default()
+                    metadata: v["metadata"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect(),
                 }
             });
         Ok(pb::Operation {
@@ -516,8 +522,24 @@ impl InfraService for Api {
             .map_err(store)?
         {
             let id: String = existing.try_get("id").map_err(store)?;
+            let operation = self.operation(&id).await?;
+            let earlier = self.server(&operation.server_id).await?;
+            let same = earlier.project_id == req.project_id
+                && earlier.provider == provider
+                && earlier.hostname == req.hostname
+                && earlier.deploy_user == deploy_user
+                && earlier.image == image
+                && earlier.region == region
+                && earlier.size == size
+                && (provider_server_id.is_none()
+                    || earlier.provider_server_id == provider_server_id);
+            if !same {
+                let mut v = Violations::new();
+                v.add("request_id", "already used for a different request");
+                v.finish()?;
+            }
             return Ok(Response::new(pb::ProvisionServerResponse {
-                operation: Some(self.operation(&id).await?),
+                operation: Some(operation),
             }));
         }
         let (op_id, server_id) = (

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use orchestrator_audit::Entry;
 use orchestrator_deploy_keys as keys;
-use orchestrator_mesh::status::with_reason;
+use orchestrator_mesh::status::{reason_of, with_reason};
 use orchestrator_proto::infra::v1 as pb;
 use orchestrator_proto::secretbroker::v1 as broker;
 use orchestrator_providers::{
@@ -49,18 +49,17 @@ enum StepError {
 
 impl From<ProviderError> for StepError {
     fn from(e: ProviderError) -> Self {
-        match &e {
-            ProviderError::Unavailable { .. } | ProviderError::RateLimited { .. } => {
-                StepError::Transient(e.to_string())
+        let code = match e.reason() {
+            "PROVIDER_RATE_LIMITED" | "PROVIDER_UNAVAILABLE" => {
+                return StepError::Transient(e.to_string());
             }
-            ProviderError::Status { status, .. } if *status >= 500 || *status == 429 => {
-                StepError::Transient(e.to_string())
-            }
-            ProviderError::Auth { .. } => {
-                StepError::Final(Status::permission_denied(e.to_string()))
-            }
-            _ => StepError::Final(Status::failed_precondition(e.to_string())),
-        }
+            "PROVIDER_AUTH_FAILED" => tonic::Code::PermissionDenied,
+            "PROVIDER_QUOTA_EXCEEDED" => tonic::Code::ResourceExhausted,
+            "PROVIDER_NOT_FOUND" => tonic::Code::NotFound,
+            "PROVIDER_BAD_ANSWER" => tonic::Code::Internal,
+            _ => tonic::Code::FailedPrecondition,
+        };
+        StepError::Final(with_reason(code, e.reason(), e.to_string(), &[]))
     }
 }
 
@@ -195,8 +194,12 @@ impl Infra {
             server_id.to_owned(),
             server_state.to_owned(),
         );
-        let error =
-            error.map(|e| json!({ "code": e.code() as i32, "message": e.message() }).to_string());
+        // The reason (and its facts) from the status's ErrorInfo, where it has one.
+        let error = error.map(|e| {
+            let (reason, metadata) = reason_of(e).unwrap_or_default();
+            json!({ "code": e.code() as i32, "reason": reason, "message": e.message(), "metadata": metadata })
+                .to_string()
+        });
         let self_id = self.self_id.clone();
         self.ledger
             .write(move |conn| {
