@@ -305,6 +305,44 @@ async fn a_scaffolder_killed_after_the_repository_was_created_finishes_on_retry(
     );
 }
 
+/// The broker down: CreateProject answers UNAVAILABLE naming the broker (not a bare transport
+/// error), creates no repository, and the same request finishes once the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_down_is_unavailable_naming_it_and_the_retry_finishes() {
+    let mut h = start().await;
+    h.broker.kill().await;
+    let down = h
+        .api
+        .create_project(create("req-down", "waits", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(down.code(), Code::Unavailable, "{down:?}");
+    assert_eq!(
+        down.get_error_details().error_info().unwrap().reason,
+        "SECRET_BROKER_UNAVAILABLE"
+    );
+    assert!(!h.github.stats().requests.contains_key(CREATE_REPO));
+    // The broker back on its address: the same request finishes.
+    let addr = h.broker.grpc;
+    h.broker = Launch::new(Service::SecretBroker, &h.pki)
+        .unwrap()
+        .database(&h.db.url("secret-broker"))
+        .github(&h.github, ORG)
+        .env("ORCH_LISTEN_ADDR", addr.to_string())
+        .spawn()
+        .await
+        .unwrap();
+    let project = h
+        .api
+        .create_project(create("req-down", "waits", &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .project
+        .unwrap();
+    assert_eq!(project.state, pb::ProjectState::Ready as i32);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orchctl_project_create_get_and_list() {
     let h = start().await;

@@ -74,6 +74,27 @@ pub fn with_reason(
     )
 }
 
+/// A peer's status as this service answers it: UNAVAILABLE (the peer is down or unreachable)
+/// becomes UNAVAILABLE with reason `<PEER>_UNAVAILABLE`, so a caller can tell which dependency
+/// is missing; any other status passes through unchanged (the peer's own answer).
+pub fn from_peer(peer: &'static str) -> impl Fn(Status) -> Status {
+    move |status| {
+        if status.code() != Code::Unavailable || reason_of(&status).is_some() {
+            return status;
+        }
+        let reason = format!(
+            "{}_UNAVAILABLE",
+            peer.to_ascii_uppercase().replace([' ', '-'], "_")
+        );
+        with_reason(
+            Code::Unavailable,
+            &reason,
+            format!("the {peer} is unavailable: {}", status.message()),
+            &[],
+        )
+    }
+}
+
 /// The `ErrorInfo` reason and metadata a status carries, if any.
 pub fn reason_of(status: &Status) -> Option<(String, HashMap<String, String>)> {
     status
@@ -98,6 +119,17 @@ mod tests {
         assert_eq!(bad.field_violations.len(), 2);
         assert_eq!(bad.field_violations[0].field, "user_id");
         assert!(Violations::new().finish().is_ok());
+    }
+
+    #[test]
+    fn a_peer_down_names_the_peer() {
+        let down = from_peer("secret broker")(Status::unavailable("tcp connect error"));
+        assert_eq!(down.code(), Code::Unavailable);
+        assert_eq!(reason_of(&down).unwrap().0, "SECRET_BROKER_UNAVAILABLE");
+        assert!(down.message().contains("tcp connect error"));
+        let refused = from_peer("secret broker")(Status::permission_denied("no"));
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert!(reason_of(&refused).is_none());
     }
 
     #[test]

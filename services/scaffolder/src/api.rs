@@ -7,7 +7,7 @@ use std::sync::Arc;
 use orchestrator_audit::{Entry, Ledger};
 use orchestrator_github::{GitHub, GitHubError, RepoRef, SecretName};
 use orchestrator_mesh::caller;
-use orchestrator_mesh::status::{Violations, with_reason};
+use orchestrator_mesh::status::{Violations, from_peer, with_reason};
 use orchestrator_proto::common::v1 as common;
 use orchestrator_proto::scaffolder::v1::{
     self as pb, scaffolder_service_server::ScaffolderService,
@@ -348,7 +348,8 @@ impl Scaffolder {
                 scope: broker::RepositoryTokenScope::RepositoryCreation as i32,
                 project_id: project.id.clone(),
             })
-            .await?
+            .await
+            .map_err(from_peer("secret broker"))?
             .into_inner();
         Ok(SecretString::from(minted.token))
     }
@@ -489,7 +490,8 @@ impl Scaffolder {
                         id: project.repository_id.unwrap_or_default(),
                     }),
                 })
-                .await?;
+                .await
+                .map_err(from_peer("secret broker"))?;
             self.advance(project, Step::RepositoryRegistered, None, caller)
                 .await?;
         }
@@ -504,7 +506,8 @@ impl Scaffolder {
                     project_id: project.id.clone(),
                     secrets: initial,
                 })
-                .await?
+                .await
+                .map_err(from_peer("secret broker"))?
                 .into_inner()
                 .results;
         }
@@ -530,7 +533,8 @@ impl Scaffolder {
                             page_size: 100,
                             page_token: String::new(),
                         })
-                        .await?
+                        .await
+                        .map_err(from_peer("secret broker"))?
                         .into_inner()
                         .secrets
                         .into_iter()
