@@ -228,6 +228,43 @@ async fn round_trip_versions_and_cas(backend: Backend) {
     for value in [&b"v1-secret"[..], b"v2-secret", b"v3-secret"] {
         assert!(!wire.windows(value.len()).any(|w| w == value));
     }
+    // Pages: each key with its own versions, in key order, across page boundaries.
+    for (key, versions) in [("a", 1), ("b", 3), ("c", 2)] {
+        for n in 0..versions {
+            h.api
+                .put_user_secret(put("u9", key, format!("{key}{n}").as_bytes(), None))
+                .await
+                .unwrap();
+        }
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = h
+            .api
+            .list_user_secrets(pb::ListUserSecretsRequest {
+                user_id: "u9".into(),
+                page_size: 2,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(
+            page.secrets
+                .iter()
+                .map(|s| (s.key.clone(), s.versions.len(), s.current_version)),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(
+        seen,
+        vec![("a".into(), 1, 1), ("b".into(), 3, 3), ("c".into(), 2, 2)]
+    );
 
     // Soft delete of the newest version: the latest live one is now 2; destroy removes for good.
     let deleted = h

@@ -1,6 +1,7 @@
 //! The gRPC surface of the vault: validation at the edge, then storage through the audit
 //! ledger (writes and reads of values are audited, fail closed).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use orchestrator_audit::{Entry, Ledger};
@@ -140,16 +141,18 @@ async fn versions(
     .await
     .map_err(store)?;
     rows.iter()
-        .map(|r| {
-            Ok(pb::UserSecretVersion {
-                version: r.try_get("version")?,
-                create_time: Some(ts(r.try_get("created_us")?)),
-                delete_time: r.try_get::<Option<i64>, _>("deleted_us")?.map(ts),
-                destroyed: r.try_get::<i64, _>("destroyed")? != 0,
-            })
-        })
+        .map(version_of)
         .collect::<Result<_, sqlx::Error>>()
         .map_err(store)
+}
+
+fn version_of(r: &sqlx::any::AnyRow) -> Result<pb::UserSecretVersion, sqlx::Error> {
+    Ok(pb::UserSecretVersion {
+        version: r.try_get("version")?,
+        create_time: Some(ts(r.try_get("created_us")?)),
+        delete_time: r.try_get::<Option<i64>, _>("deleted_us")?.map(ts),
+        destroyed: r.try_get::<i64, _>("destroyed")? != 0,
+    })
 }
 
 /// Takes the next version number of a key, applying check-and-set: one `UPDATE` for an
@@ -637,8 +640,10 @@ impl VaultService for Vault {
             0 => 50,
             n => i64::from(n).min(1000),
         };
+        // Two queries for a page, whatever its size: the keys, then all their versions.
         let rows = sqlx::query(
-            "SELECT key FROM user_vault_keys WHERE user_id = $1 AND key > $2 ORDER BY key LIMIT $3",
+            "SELECT key, current_version, created_us, updated_us FROM user_vault_keys \
+             WHERE user_id = $1 AND key > $2 ORDER BY key LIMIT $3",
         )
         .bind(&req.user_id)
         .bind(&after)
@@ -646,30 +651,61 @@ impl VaultService for Vault {
         .fetch_all(self.db.pool())
         .await
         .map_err(store)?;
-        let mut keys: Vec<String> = rows
+        let mut heads = rows
             .iter()
-            .map(|r| r.try_get("key"))
-            .collect::<Result<_, _>>()
+            .map(|r| {
+                Ok(pb::UserSecretMetadata {
+                    user_id: req.user_id.clone(),
+                    key: r.try_get("key")?,
+                    current_version: r.try_get("current_version")?,
+                    versions: Vec::new(),
+                    create_time: Some(ts(r.try_get("created_us")?)),
+                    update_time: Some(ts(r.try_get("updated_us")?)),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(store)?;
-        let next_page_token = if keys.len() as i64 > page {
-            keys.truncate(page as usize);
-            keys.last().map(|k| encode_token(k)).unwrap_or_default()
+        let next_page_token = if heads.len() as i64 > page {
+            heads.truncate(page as usize);
+            heads
+                .last()
+                .map(|h| encode_token(&h.key))
+                .unwrap_or_default()
         } else {
             String::new()
         };
-        let mut conn = self.db.pool().acquire().await.map_err(store)?;
-        let mut secrets = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Some(meta) = metadata(&mut conn, &req.user_id, &key).await? {
-                let live = meta
-                    .versions
-                    .iter()
-                    .any(|v| v.delete_time.is_none() && !v.destroyed);
-                if live || req.show_deleted {
-                    secrets.push(meta);
-                }
+        if let Some(last) = heads.last().map(|h| h.key.clone()) {
+            let rows = sqlx::query(
+                "SELECT key, version, created_us, deleted_us, destroyed FROM user_vault \
+                 WHERE user_id = $1 AND key > $2 AND key <= $3 ORDER BY key, version DESC",
+            )
+            .bind(&req.user_id)
+            .bind(&after)
+            .bind(&last)
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(store)?;
+            let mut by_key: BTreeMap<String, Vec<pb::UserSecretVersion>> = BTreeMap::new();
+            for r in &rows {
+                by_key
+                    .entry(r.try_get("key").map_err(store)?)
+                    .or_default()
+                    .push(version_of(r).map_err(store)?);
+            }
+            for head in &mut heads {
+                head.versions = by_key.remove(&head.key).unwrap_or_default();
             }
         }
+        let secrets = heads
+            .into_iter()
+            .filter(|meta| {
+                req.show_deleted
+                    || meta
+                        .versions
+                        .iter()
+                        .any(|v| v.delete_time.is_none() && !v.destroyed)
+            })
+            .collect();
         Ok(Response::new(pb::ListUserSecretsResponse {
             secrets,
             next_page_token,
