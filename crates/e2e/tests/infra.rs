@@ -249,6 +249,40 @@ fn provision(request_id: &str) -> pb::ProvisionServerRequest {
     }
 }
 
+/// Sends a provision; the operation as accepted.
+async fn accept(
+    api: &mut InfraServiceClient<Channel>,
+    request: pb::ProvisionServerRequest,
+) -> pb::Operation {
+    api.provision_server(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap()
+}
+
+/// Sends a destroy; the operation as accepted (or the earlier one, for a repeat).
+async fn destroy(api: &mut InfraServiceClient<Channel>, server_id: String) -> pb::Operation {
+    api.destroy_server(pb::DestroyServerRequest { server_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap()
+}
+
+/// Makes `request` a takeover of Time4VPS server `server_id` (with `os`, empty = infra's).
+fn takeover(request: &mut pb::ProvisionServerRequest, server_id: u64, os: impl Into<String>) {
+    request.provider = pb::Provider::Time4vps as i32;
+    request.spec = Some(pb::provision_server_request::Spec::Time4vps(
+        pb::Time4VpsServerSpec {
+            server_id: server_id as i64,
+            os: os.into(),
+        },
+    ));
+}
+
 /// Watches an operation to its end, returning every snapshot seen.
 async fn watch(api: &mut InfraServiceClient<Channel>, id: &str) -> Vec<pb::Operation> {
     let mut stream = api
@@ -370,14 +404,7 @@ async fn provision_and_destroy_on_digitalocean() {
     let mut h = start(None).await;
     let mut request = provision("prov-1");
     request.checkout_repository = true;
-    let op = h
-        .api
-        .provision_server(request.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .operation
-        .unwrap();
+    let op = accept(&mut h.api, request.clone()).await;
     let seen = watch(&mut h.api, &op.id).await;
     let last = seen.last().unwrap();
     assert_eq!(last.state, pb::OperationState::Succeeded as i32, "{last:?}");
@@ -465,14 +492,7 @@ async fn provision_and_destroy_on_digitalocean() {
     }
     assert_eq!(h.digitalocean.live_droplets().len(), 1);
     // The same request again: the same operation, no second droplet.
-    let again = h
-        .api
-        .provision_server(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .operation
-        .unwrap();
+    let again = accept(&mut h.api, request).await;
     assert_eq!(again.id, op.id);
     assert_eq!(h.digitalocean.droplets().len(), 1);
 
@@ -488,17 +508,8 @@ async fn provision_and_destroy_on_digitalocean() {
         .unwrap();
     assert_eq!(server.state, pb::ServerState::Ready as i32);
     assert!(server.deploy_key_fingerprint.starts_with("SHA256:"));
-    let destroy = h
-        .api
-        .destroy_server(pb::DestroyServerRequest {
-            server_id: op.server_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .operation
-        .unwrap();
-    let done = watch(&mut h.api, &destroy.id).await;
+    let destroying = destroy(&mut h.api, op.server_id.clone()).await;
+    let done = watch(&mut h.api, &destroying.id).await;
     assert_eq!(
         done.last().unwrap().state,
         pb::OperationState::Succeeded as i32
@@ -506,17 +517,8 @@ async fn provision_and_destroy_on_digitalocean() {
     assert!(h.digitalocean.live_droplets().is_empty());
     assert!(h.cloudflare.records().is_empty());
     // Destroy is idempotent.
-    let again = h
-        .api
-        .destroy_server(pb::DestroyServerRequest {
-            server_id: op.server_id,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .operation
-        .unwrap();
-    assert_eq!(again.id, destroy.id);
+    let again = destroy(&mut h.api, op.server_id).await;
+    assert_eq!(again.id, destroying.id);
     // No private key in infra's storage or logs.
     assert!(!h.infra.logs().contains("PRIVATE KEY"));
     orchestrator_e2e::assert_absent_from_tables(
@@ -532,14 +534,7 @@ async fn provision_and_destroy_on_digitalocean() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_and_an_infra_crash_still_make_exactly_one_droplet() {
     let mut h = start(Some(emu::Faults::mixed(21, 0.3))).await;
-    let op = h
-        .api
-        .provision_server(provision("prov-crash"))
-        .await
-        .unwrap()
-        .into_inner()
-        .operation
-        .unwrap();
+    let op = accept(&mut h.api, provision("prov-crash")).await;
     // Crash infra once the droplet exists but before the operation finished.
     let digitalocean = h.digitalocean.clone();
     crash_when(&mut h, &op.id, move || !digitalocean.droplets().is_empty()).await;
@@ -618,13 +613,7 @@ async fn a_users_own_provider_key_comes_from_the_vault_and_is_kept_nowhere() {
             },
         )),
     });
-    let op = api
-        .provision_server(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .operation
-        .unwrap();
+    let op = accept(&mut api, req).await;
     let seen = watch(&mut api, &op.id).await;
     assert_eq!(
         seen.last().unwrap().state,
@@ -658,16 +647,8 @@ async fn a_users_own_provider_key_comes_from_the_vault_and_is_kept_nowhere() {
         Some(pb::credential_source::Source::UserVault(ref u)) if u.key == "cloudflare"
     ));
     // Destroy removes the record with the user's DNS key too.
-    let destroy = api
-        .destroy_server(pb::DestroyServerRequest {
-            server_id: op.server_id,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .operation
-        .unwrap();
-    let done = watch(&mut api, &destroy.id).await;
+    let destroying = destroy(&mut api, op.server_id).await;
+    let done = watch(&mut api, &destroying.id).await;
     assert_eq!(
         done.last().unwrap().state,
         pb::OperationState::Succeeded as i32
@@ -693,21 +674,8 @@ async fn a_users_own_provider_key_comes_from_the_vault_and_is_kept_nowhere() {
 async fn time4vps_takeover_reinstalls_takes_over_and_pins_the_host_key() {
     let mut h = start(None).await;
     let mut req = provision("prov-t4");
-    req.provider = pb::Provider::Time4vps as i32;
-    req.spec = Some(pb::provision_server_request::Spec::Time4vps(
-        pb::Time4VpsServerSpec {
-            server_id: T4_SERVER as i64,
-            os: String::new(),
-        },
-    ));
-    let op = h
-        .api
-        .provision_server(req.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .operation
-        .unwrap();
+    takeover(&mut req, T4_SERVER, "");
+    let op = accept(&mut h.api, req.clone()).await;
     let seen = watch(&mut h.api, &op.id).await;
     let last = seen.last().unwrap();
     assert_eq!(last.state, pb::OperationState::Succeeded as i32, "{last:?}");
@@ -797,17 +765,8 @@ async fn time4vps_takeover_reinstalls_takes_over_and_pins_the_host_key() {
     );
 
     // Destroy: wiped by a reinstall with the admin key only; the record goes.
-    let destroy = h
-        .api
-        .destroy_server(pb::DestroyServerRequest {
-            server_id: op.server_id,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .operation
-        .unwrap();
-    let done = watch(&mut h.api, &destroy.id).await;
+    let destroying = destroy(&mut h.api, op.server_id).await;
+    let done = watch(&mut h.api, &destroying.id).await;
     assert_eq!(
         done.last().unwrap().state,
         pb::OperationState::Succeeded as i32,
@@ -838,21 +797,9 @@ async fn time4vps_takeover_survives_faults_and_an_infra_crash() {
     h.time4vps.set_faults(emu::Faults::mixed(33, 0.3));
     h.cloudflare.set_faults(emu::Faults::mixed(34, 0.3));
     let mut req = provision("prov-t4-crash");
-    req.provider = pb::Provider::Time4vps as i32;
-    req.spec = Some(pb::provision_server_request::Spec::Time4vps(
-        pb::Time4VpsServerSpec {
-            server_id: T4_SERVER as i64,
-            os: "kvm-debian-12-gpt-x86_64".into(),
-        },
-    ));
+    takeover(&mut req, T4_SERVER, "kvm-debian-12-gpt-x86_64");
     let mut api = h.api.clone();
-    let op = api
-        .provision_server(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .operation
-        .unwrap();
+    let op = accept(&mut api, req).await;
     let time4vps = h.time4vps.clone();
     crash_when(&mut h, &op.id, move || {
         !time4vps.reinstalls(T4_SERVER).is_empty()
@@ -889,14 +836,7 @@ async fn time4vps_takeover_survives_faults_and_an_infra_crash() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_refusals_fail_the_operation_with_the_providers_reason() {
     let mut h = start_with(None, 1).await;
-    let first = h
-        .api
-        .provision_server(provision("quota-1"))
-        .await
-        .unwrap()
-        .into_inner()
-        .operation
-        .unwrap();
+    let first = accept(&mut h.api, provision("quota-1")).await;
     let done = watch(&mut h.api, &first.id).await;
     assert_eq!(
         done.last().unwrap().state,
@@ -904,14 +844,7 @@ async fn provider_refusals_fail_the_operation_with_the_providers_reason() {
     );
     let mut second = provision("quota-2");
     second.hostname = "app2.orchestrator.test".into();
-    let op = h
-        .api
-        .provision_server(second)
-        .await
-        .unwrap()
-        .into_inner()
-        .operation
-        .unwrap();
+    let op = accept(&mut h.api, second).await;
     let failed = watch(&mut h.api, &op.id).await.pop().unwrap();
     assert_eq!(
         failed.state,
@@ -936,22 +869,9 @@ async fn provider_refusals_fail_the_operation_with_the_providers_reason() {
     assert_eq!(server.state, pb::ServerState::Failed as i32);
 
     let mut unknown = provision("t4-unknown");
-    unknown.provider = pb::Provider::Time4vps as i32;
-    unknown.spec = Some(pb::provision_server_request::Spec::Time4vps(
-        pb::Time4VpsServerSpec {
-            server_id: 999,
-            os: String::new(),
-        },
-    ));
+    takeover(&mut unknown, 999, "");
     unknown.hostname = "app3.orchestrator.test".into();
-    let op = h
-        .api
-        .provision_server(unknown)
-        .await
-        .unwrap()
-        .into_inner()
-        .operation
-        .unwrap();
+    let op = accept(&mut h.api, unknown).await;
     let failed = watch(&mut h.api, &op.id).await.pop().unwrap();
     let error = failed.error.unwrap();
     assert_eq!(error.reason, "PROVIDER_NOT_FOUND", "{error:?}");
