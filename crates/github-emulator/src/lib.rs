@@ -16,15 +16,14 @@
 //!   header, a token or a body.
 //!
 //! Architecture: an axum router behind one middleware (`limits::gate`) that authenticates,
-//! counts, limits and injects faults; handlers take the identity it resolved. The accept loop is
-//! our own (hyper http1) so a fault can close a connection without an answer.
+//! counts, limits and injects faults; handlers take the identity it resolved. The accept loop
+//! (`orchestrator-emulator-kit`) lets a fault close a connection without an answer.
 
 mod auth;
 mod error;
 mod limits;
 mod model;
 mod routes;
-mod server;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,9 +33,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use base64::Engine as _;
 use crypto_box::aead::OsRng;
+use orchestrator_emulator_kit::Running;
 use rsa::pkcs1::EncodeRsaPrivateKey as _;
 use rsa::pkcs8::{EncodePublicKey as _, LineEnding};
-use tokio::sync::watch;
 
 pub use auth::AppKeyError;
 
@@ -151,20 +150,13 @@ pub struct Emulator {
 
 struct Handle {
     state: Arc<model::State>,
-    url: String,
-    shutdown: watch::Sender<bool>,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.shutdown.send_replace(true);
-    }
+    running: Running,
 }
 
 impl std::fmt::Debug for Emulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Emulator")
-            .field("url", &self.inner.url)
+            .field("url", &self.inner.running.url)
             .finish()
     }
 }
@@ -184,32 +176,23 @@ impl Emulator {
         );
         let app_key = auth::AppKey::from_pem(&config.app_public_key_pem)
             .context("the App's public key (Config::app_public_key_pem)")?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
-        let local = listener.local_addr().context("reading the bound address")?;
-        let url = format!("http://{local}");
+        let (listener, url) = orchestrator_emulator_kit::bind(addr).await?;
         let state = Arc::new(model::State::new(config, app_key, url.clone()));
-        let (shutdown, watcher) = watch::channel(false);
         let router = routes::router(state.clone());
-        tokio::spawn(server::serve(listener, router, watcher));
+        let running = Running::spawn("github-emulator", listener, url, router);
         Ok(Emulator {
-            inner: Arc::new(Handle {
-                state,
-                url,
-                shutdown,
-            }),
+            inner: Arc::new(Handle { state, running }),
         })
     }
 
     /// The API base, e.g. `http://127.0.0.1:41234` (no trailing slash).
     pub fn url(&self) -> String {
-        self.inner.url.clone()
+        self.inner.running.url.clone()
     }
 
     /// Stops the server: no new connections, open ones are closed.
     pub fn shutdown(&self) {
-        self.inner.shutdown.send_replace(true);
+        self.inner.running.stop();
     }
 
     /// Installs the App on organization `account` for all its repositories with the default

@@ -22,10 +22,7 @@ use crate::auth::{self, Identity};
 use crate::error::ApiError;
 use crate::model;
 
-/// Marker in a response's extensions: the accept loop closes the connection instead of
-/// answering.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct DropConnection;
+use orchestrator_emulator_kit::{DropConnection, Rng, dropped};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Bucket {
@@ -106,25 +103,6 @@ impl Drop for InFlight {
     }
 }
 
-/// SplitMix64: tiny, seedable, good enough to spread faults.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 #[derive(Debug, Clone)]
 struct Configured {
     faults: Faults,
@@ -133,7 +111,7 @@ struct Configured {
 
 impl Configured {
     fn new(faults: Faults) -> Self {
-        let rng = Rng(faults.seed);
+        let rng = Rng::new(faults.seed);
         Self { faults, rng }
     }
 }
@@ -400,11 +378,7 @@ async fn admit_and_run(
             .entry(fault.name().to_owned())
             .or_default() += 1;
         let response = match fault {
-            Fault::Drop => {
-                let mut r = StatusCode::INTERNAL_SERVER_ERROR.into_response();
-                r.extensions_mut().insert(DropConnection);
-                r
-            }
+            Fault::Drop => dropped(),
             Fault::ServerError(status) => {
                 let message = match status {
                     StatusCode::BAD_GATEWAY => "Bad Gateway",

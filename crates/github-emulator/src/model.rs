@@ -6,7 +6,7 @@
 //! lower-cased name and keep the spelling they were created with for display.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
 use crypto_box::aead::OsRng;
 use ring::rand::SecureRandom as _;
@@ -28,10 +28,7 @@ pub(crate) struct State {
     stats: Mutex<Stats>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a lock leaves plain data behind: keep serving.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use orchestrator_emulator_kit::lock;
 
 impl State {
     pub(crate) fn new(config: Config, app_key: AppKey, base_url: String) -> Self {

@@ -1,156 +1,19 @@
-//! What the three emulators share: the accept loop (so a fault can drop a connection), the
-//! seeded fault generator with per-route overrides, fixed rate-limit windows, counters, and the
-//! one log line per request.
+//! What the three provider emulators share beyond `orchestrator-emulator-kit` (the accept loop,
+//! the server handle, the generator): the seeded faults with per-route overrides, fixed
+//! rate-limit windows, counters, and the one log line per request.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tower::ServiceExt as _;
+use axum::response::Response;
+
+pub(crate) use orchestrator_emulator_kit::{DropConnection, Rng, Running, bind, dropped, lock};
 
 use crate::{Faults, Stats};
-
-/// Locks a mutex, ignoring poisoning (a panicking handler must not wedge the emulator).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Marker in a response's extensions: the accept loop closes the connection instead of
-/// answering.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct DropConnection;
-
-/// A response that becomes a closed connection.
-pub(crate) fn dropped() -> Response {
-    let mut r = StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    r.extensions_mut().insert(DropConnection);
-    r
-}
-
-/// The error that makes hyper drop a connection.
-#[derive(Debug, thiserror::Error)]
-#[error("connection dropped by fault injection")]
-struct Dropped;
-
-/// Binds `127.0.0.1:0` (or `addr`) and serves `router` until `shutdown` flips; returns the URL.
-pub(crate) async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<(TcpListener, String)> {
-    use anyhow::Context as _;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    let local = listener.local_addr().context("reading the bound address")?;
-    Ok((listener, format!("http://{local}")))
-}
-
-/// The accept loop: hyper http1 per connection; a response marked [`DropConnection`] becomes
-/// a service error, so hyper closes the connection without writing anything.
-pub(crate) async fn serve(
-    name: &'static str,
-    listener: TcpListener,
-    router: Router,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
-            Err(e) => {
-                tracing::warn!(emulator = name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let router = router.clone();
-                async move {
-                    let response = match router.oneshot(req).await {
-                        Ok(r) => r,
-                        Err(never) => match never {},
-                    };
-                    if response.extensions().get::<DropConnection>().is_some() {
-                        return Err(Dropped);
-                    }
-                    Ok::<_, Dropped>(response)
-                }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                result = connection => {
-                    if let Err(e) = result {
-                        tracing::debug!(emulator = name, error = %e, "connection ended");
-                    }
-                }
-                _ = stop.changed() => {}
-            }
-        });
-    }
-}
-
-/// A running server: stops when the last handle drops.
-#[derive(Debug)]
-pub(crate) struct Running {
-    pub(crate) url: String,
-    shutdown: watch::Sender<bool>,
-}
-
-impl Running {
-    pub(crate) fn spawn(
-        name: &'static str,
-        listener: TcpListener,
-        url: String,
-        router: Router,
-    ) -> Self {
-        let (shutdown, watcher) = watch::channel(false);
-        tokio::spawn(serve(name, listener, router, watcher));
-        Self { url, shutdown }
-    }
-
-    pub(crate) fn stop(&self) {
-        self.shutdown.send_replace(true);
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.shutdown.send_replace(true);
-    }
-}
-
-/// SplitMix64: tiny, seedable, good enough to spread faults.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 #[derive(Debug, Clone)]
 struct Configured {
@@ -160,7 +23,7 @@ struct Configured {
 
 impl Configured {
     fn new(faults: Faults) -> Self {
-        let rng = Rng(faults.seed);
+        let rng = Rng::new(faults.seed);
         Self { faults, rng }
     }
 }

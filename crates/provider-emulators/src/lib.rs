@@ -17,8 +17,8 @@
 //! failures *after* the change was made, the case that makes a retried create dangerous), with
 //! per-route overrides, and log one line per request without headers, tokens or bodies.
 //! Each emulator is an axum router on its own `127.0.0.1` port behind a middleware that
-//! authenticates, limits and injects faults; the accept loop is our own (hyper http1) so a
-//! fault can close a connection without an answer.
+//! authenticates, limits and injects faults; the accept loop (`orchestrator-emulator-kit`) lets
+//! a fault close a connection without an answer.
 
 mod cloudflare;
 mod core;
