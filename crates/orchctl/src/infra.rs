@@ -191,7 +191,10 @@ async fn follow(
                 return Ok(());
             }
             Ok(pb::OperationState::Failed) => {
-                let why = op.error.map(|e| e.message).unwrap_or_default();
+                let why = op
+                    .error
+                    .map(|e| format!("{} ({})", e.message, e.reason))
+                    .unwrap_or_default();
                 anyhow::bail!("the operation failed: {why}");
             }
             _ => {}
@@ -214,8 +217,12 @@ async fn get(args: ServerArgs) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no server in the answer"))?;
     let state = pb::ServerState::try_from(server.state)
         .map_or("?".to_owned(), |s| format!("{s:?}").to_lowercase());
+    let provider = match pb::Provider::try_from(server.provider) {
+        Ok(pb::Provider::Time4vps) => format!("time4vps {}", server.provider_server_id),
+        _ => format!("digitalocean {}", server.provider_server_id),
+    };
     println!(
-        "{}  {}  {state}  {}  deploy key {}  host key {}",
+        "{}  {}  {state}  {provider}  {}  deploy key {}  host key {}",
         server.id,
         server.hostname,
         server.ipv4_address,
