@@ -896,6 +896,7 @@ async fn orchctl_infra_provision_shows_live_progress() {
             "p1",
             "--hostname",
             "cli.orchestrator.test",
+            "--checkout-repository",
         ])
         .arg("--pki")
         .arg(h.pki.dir())
@@ -918,7 +919,7 @@ async fn orchctl_infra_provision_shows_live_progress() {
     assert!(
         bars.last()
             .unwrap()
-            .starts_with("[####################] 5/5"),
+            .starts_with("[####################] 6/6"),
         "{text}"
     );
     assert!(text.trim_end().ends_with("done"), "{text}");

@@ -53,6 +53,10 @@ pub(crate) struct ProvisionArgs {
     /// The OS for a Time4VPS reinstall (default: infra's).
     #[arg(long, requires = "time4vps_server")]
     time4vps_os: Option<String>,
+    /// Clone the project's repository into the deploy user's home once the server is ready
+    /// (with a one-use, read-only token infra gets from the broker).
+    #[arg(long)]
+    checkout_repository: bool,
     /// Idempotency key: the same id returns the same operation.
     #[arg(long, value_name = "ID")]
     request_id: Option<String>,
@@ -117,6 +121,7 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
                 }
             }),
             hostname: args.hostname.clone(),
+            checkout_repository: args.checkout_repository,
             ..Default::default()
         })
         .await
