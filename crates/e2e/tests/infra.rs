@@ -122,11 +122,29 @@ fn audit_key(files: &std::path::Path) -> String {
 }
 
 async fn start(faults: Option<emu::Faults>) -> Harness {
-    start_with(faults, 0).await
+    start_with(Setup {
+        faults,
+        ..Setup::default()
+    })
+    .await
 }
 
-/// With a DigitalOcean droplet limit per account (0 = none).
-async fn start_with(faults: Option<emu::Faults>, droplet_limit: usize) -> Harness {
+/// How the providers behave for one test.
+#[derive(Default)]
+struct Setup {
+    faults: Option<emu::Faults>,
+    /// DigitalOcean's droplet limit per account (0 = none).
+    droplet_limit: usize,
+    /// How the emulated servers boot (the SSH port is the harness's).
+    hosts: emu::HostsConfig,
+}
+
+async fn start_with(setup: Setup) -> Harness {
+    let Setup {
+        faults,
+        droplet_limit,
+        hosts,
+    } = setup;
     let pki = Pki::new().unwrap();
     let files = tempfile::tempdir().unwrap();
     let db = TestDatabase::postgres(&["infra", "secret-broker"]).await;
@@ -141,6 +159,7 @@ async fn start_with(faults: Option<emu::Faults>, droplet_limit: usize) -> Harnes
     let hosts = emu::HostsConfig {
         ssh_port,
         boot_time: Duration::from_millis(300),
+        ..hosts
     };
     let digitalocean = emu::DigitalOcean::start(emu::DoConfig {
         tokens: vec![DO_TOKEN.into(), "users-own-do-token".into()],
@@ -835,7 +854,11 @@ async fn time4vps_takeover_survives_faults_and_an_infra_crash() {
 /// another request is INVALID_ARGUMENT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_refusals_fail_the_operation_with_the_providers_reason() {
-    let mut h = start_with(None, 1).await;
+    let mut h = start_with(Setup {
+        droplet_limit: 1,
+        ..Setup::default()
+    })
+    .await;
     let first = accept(&mut h.api, provision("quota-1")).await;
     let done = watch(&mut h.api, &first.id).await;
     assert_eq!(
@@ -883,6 +906,66 @@ async fn provider_refusals_fail_the_operation_with_the_providers_reason() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     let violations = refused.get_error_details().bad_request().cloned().unwrap();
     assert_eq!(violations.field_violations[0].field, "request_id");
+}
+
+/// Something else answers at the droplet's address with another host key: infra refuses to
+/// log in (HOST_KEY_MISMATCH, never retried), the server is not marked ready, and the
+/// workflow's DEPLOY_KNOWN_HOSTS pins the injected key, so it would refuse the impostor too.
+/// A cloud-init that fails is CLOUD_INIT_FAILED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impostor_host_key_or_a_failed_cloud_init_is_never_ready() {
+    let mut h = start_with(Setup {
+        hosts: emu::HostsConfig {
+            impostor: true,
+            ..emu::HostsConfig::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    let op = accept(&mut h.api, provision("impostor")).await;
+    let failed = watch(&mut h.api, &op.id).await.pop().unwrap();
+    assert_eq!(
+        failed.state,
+        pb::OperationState::Failed as i32,
+        "{failed:?}"
+    );
+    let error = failed.error.unwrap();
+    assert_eq!(error.reason, "HOST_KEY_MISMATCH", "{error:?}");
+    let ready = failed
+        .steps
+        .iter()
+        .find(|s| s.step == pb::OperationStep::ServerReady as i32)
+        .unwrap();
+    assert_ne!(ready.state, pb::OperationStepState::Done as i32);
+    let known =
+        String::from_utf8(h.github.secret(ORG, "app1", "DEPLOY_KNOWN_HOSTS").unwrap()).unwrap();
+    let injected = h.digitalocean.live_droplets()[0].user_data.clone().unwrap();
+    let pinned = known
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_owned();
+    assert!(
+        injected.contains(&pinned),
+        "the pin is the injected key, not the impostor's"
+    );
+
+    let mut h = start_with(Setup {
+        hosts: emu::HostsConfig {
+            cloud_init_fails: true,
+            ..emu::HostsConfig::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    let op = accept(&mut h.api, provision("cloud-init-fails")).await;
+    let failed = watch(&mut h.api, &op.id).await.pop().unwrap();
+    let error = failed.error.unwrap();
+    assert_eq!(error.reason, "CLOUD_INIT_FAILED", "{error:?}");
+    assert!(error.message.contains("status: error"), "{}", error.message);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -343,12 +343,16 @@ impl DoState {
     fn boot(&self, d: &Droplet) -> Option<Host> {
         let hosts = self.config.hosts.as_ref()?;
         let up_at = d.created + self.config.active_after + self.config.address_after;
-        let boot = host::from_cloud_init(
+        let mut boot = host::from_cloud_init(
             self.public_ip(d.seq).parse().ok()?,
             d.user_data.as_deref(),
             up_at,
             up_at + hosts.boot_time,
         );
+        if hosts.impostor {
+            boot.host_key = None;
+        }
+        boot.failed |= hosts.cloud_init_fails;
         match host::start(boot, hosts.ssh_port) {
             Ok(h) => Some(h),
             Err(e) => {

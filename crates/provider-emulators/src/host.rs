@@ -19,12 +19,17 @@ use russh::{Channel, ChannelId};
 use crate::core::{lock, random_bytes};
 
 /// How the emulated providers boot servers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct HostsConfig {
     /// The port each server's SSH daemon listens on (on the server's own loopback address).
     pub ssh_port: u16,
     /// How long cloud-init runs after the server has its address (`status --wait` blocks).
     pub boot_time: Duration,
+    /// Something else answers at every droplet's address, with a host key of its own (a
+    /// man in the middle, or a recycled address): what a pinned host key must refuse.
+    pub impostor: bool,
+    /// cloud-init fails on every droplet (`status: error`).
+    pub cloud_init_fails: bool,
 }
 
 /// One command a server was asked to run.

@@ -156,6 +156,7 @@ fn config() -> anyhow::Result<ProvidersConfig> {
         let hosts = HostsConfig {
             ssh_port,
             boot_time: millis("PROVIDER_EMULATORS_BOOT_MS")?.unwrap_or(Duration::from_millis(500)),
+            ..Default::default()
         };
         digitalocean.hosts = Some(hosts.clone());
         time4vps.hosts = Some(hosts);

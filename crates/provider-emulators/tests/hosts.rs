@@ -75,6 +75,7 @@ async fn a_droplet_boots_what_its_cloud_init_says() {
         hosts: Some(HostsConfig {
             ssh_port: port,
             boot_time,
+            ..Default::default()
         }),
         ..DoConfig::default()
     })
@@ -228,6 +229,7 @@ async fn a_reinstalled_time4vps_server_lets_in_root_with_the_reinstall_key() {
         hosts: Some(HostsConfig {
             ssh_port: port,
             boot_time: Duration::ZERO,
+            ..Default::default()
         }),
         ..T4Config::default()
     })
