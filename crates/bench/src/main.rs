@@ -80,7 +80,11 @@ pub(crate) struct Figures {
 
 pub(crate) fn figures(mut latencies: Vec<Duration>, elapsed: Duration) -> Figures {
     latencies.sort_unstable();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    // No samples (a phase too short for any call to finish): zeros, not a panic.
+    let at = |q: f64| {
+        let i = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
+        latencies.get(i).copied().unwrap_or_default()
+    };
     Figures {
         ops_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: at(0.50),
