@@ -462,7 +462,10 @@ async fn provision_and_destroy_on_digitalocean() {
     assert_eq!(commands[0].command, "sudo -u deploy -H bash -s");
     let stdin = String::from_utf8(commands[0].stdin.clone()).unwrap();
     let token = stdin.lines().nth(2).unwrap().to_owned();
-    assert!(token.starts_with("ghs_"), "{token}");
+    assert!(
+        token.starts_with("ghs_"),
+        "line 3 of stdin is not the token"
+    );
     assert!(stdin.contains(&format!("'{}/acme/app1.git'", h.github.url())));
     let status = |path: &'static str| {
         let (url, token) = (h.github.url(), token.clone());

@@ -33,11 +33,22 @@ pub struct HostsConfig {
 }
 
 /// One command a server was asked to run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Exec {
     pub user: String,
     pub command: String,
+    /// What came over stdin: may hold a secret (a clone token), so `Debug` shows its length.
     pub stdin: Vec<u8>,
+}
+
+impl std::fmt::Debug for Exec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exec")
+            .field("user", &self.user)
+            .field("command", &self.command)
+            .field("stdin_len", &self.stdin.len())
+            .finish()
+    }
 }
 
 /// What a server boots with.
