@@ -911,6 +911,45 @@ async fn provider_refusals_fail_the_operation_with_the_providers_reason() {
     assert_eq!(violations.field_violations[0].field, "request_id");
 }
 
+/// A destroy while the provision runs: the provision stops at its next step (SERVER_DESTROYED),
+/// then the droplet it made goes, and the server ends destroyed, not failed or ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroy_during_the_provision_stops_it_and_removes_what_it_made() {
+    let mut h = start(None).await;
+    let provision_op = accept(&mut h.api, provision("stopped")).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while h.digitalocean.live_droplets().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no droplet was created"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let destroying = destroy(&mut h.api, provision_op.server_id.clone()).await;
+    let destroyed = watch(&mut h.api, &destroying.id).await.pop().unwrap();
+    assert_eq!(
+        destroyed.state,
+        pb::OperationState::Succeeded as i32,
+        "{destroyed:?}"
+    );
+    let stopped = watch(&mut h.api, &provision_op.id).await.pop().unwrap();
+    assert_eq!(stopped.state, pb::OperationState::Failed as i32);
+    assert_eq!(stopped.error.unwrap().reason, "SERVER_DESTROYED");
+    assert!(h.digitalocean.live_droplets().is_empty());
+    assert!(h.cloudflare.records().is_empty());
+    let server = h
+        .api
+        .get_server(pb::GetServerRequest {
+            server_id: provision_op.server_id,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .server
+        .unwrap();
+    assert_eq!(server.state, pb::ServerState::Destroyed as i32);
+}
+
 /// Something else answers at the droplet's address with another host key: infra refuses to
 /// log in (HOST_KEY_MISMATCH, never retried), the server is not marked ready, and the
 /// workflow's DEPLOY_KNOWN_HOSTS pins the injected key, so it would refuse the impostor too.

@@ -186,6 +186,11 @@ impl ServerProvider for Time4Vps {
             existing: id.to_owned(),
             ..spec.clone()
         };
-        self.reinstall_idle(&spec).await.map(|_| true)
+        match self.reinstall_idle(&spec).await {
+            Ok(_) => Ok(true),
+            // Not (or no longer) on this account: nothing of ours to wipe.
+            Err(e) if e.reason() == "PROVIDER_NOT_FOUND" => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }

@@ -217,7 +217,8 @@ impl Infra {
                     sqlx::query(
                         "UPDATE servers SET state = $2, updated_us = $3, \
                          ready_us = CASE WHEN $2 = 'ready' THEN $3 ELSE ready_us END, \
-                         destroyed_us = CASE WHEN $2 = 'destroyed' THEN $3 ELSE destroyed_us END WHERE id = $1",
+                         destroyed_us = CASE WHEN $2 = 'destroyed' THEN $3 ELSE destroyed_us END \
+                         WHERE id = $1 AND ($2 = 'destroyed' OR state NOT IN ('destroying', 'destroyed'))",
                     )
                     .bind(&server_id)
                     .bind(&server_state)
@@ -412,7 +413,9 @@ impl Infra {
     }
 
     async fn provision(&self, op_id: &str, mut server: ServerRow) -> Result<(), StepError> {
+        self.still_wanted(&server.id).await?;
         self.hand_over_deploy_key(op_id, &mut server).await?;
+        self.still_wanted(&server.id).await?;
         match server.provider {
             Provider::DigitalOcean => {
                 let provider = self.digitalocean(&server).await?;
@@ -423,10 +426,14 @@ impl Infra {
                 self.bring_up(op_id, &mut server, &provider).await?
             }
         }
+        self.still_wanted(&server.id).await?;
         self.set_dns(op_id, &mut server).await?;
+        self.still_wanted(&server.id).await?;
         self.hand_over_host(op_id, &server).await?;
+        self.still_wanted(&server.id).await?;
         self.check_ready(op_id, &server).await?;
         if self.wants_checkout(op_id).await? {
+            self.still_wanted(&server.id).await?;
             self.check_out(op_id, &server).await?;
         }
         self.finish(op_id, &server.id, None, "ready").await?;
@@ -620,6 +627,40 @@ impl Infra {
             .await?;
         server.host_public_key = Some(host_key);
         Ok(())
+    }
+
+    /// A provision stops at its next step once a destroy of its server was asked for (the
+    /// destroy waits for it, then removes whatever it made).
+    async fn still_wanted(&self, server_id: &str) -> Result<(), StepError> {
+        let state = self.server(server_id).await?.state;
+        if matches!(state.as_str(), "destroying" | "destroyed") {
+            return Err(StepError::Final(with_reason(
+                tonic::Code::Cancelled,
+                "SERVER_DESTROYED",
+                "the server is being destroyed: provisioning stopped",
+                &[],
+            )));
+        }
+        Ok(())
+    }
+
+    /// The provision operation of `server_id` and whether it has ended.
+    async fn provision_of(&self, server_id: &str) -> Result<Option<(String, bool)>, Status> {
+        let row = sqlx::query(
+            "SELECT id, state FROM operations WHERE server_id = $1 AND kind = 'provision'",
+        )
+        .bind(server_id)
+        .fetch_optional(self.db.pool())
+        .await
+        .map_err(store)?;
+        row.map(|r| {
+            let state: String = r.try_get("state").map_err(store)?;
+            Ok((
+                r.try_get("id").map_err(store)?,
+                matches!(state.as_str(), "succeeded" | "failed"),
+            ))
+        })
+        .transpose()
     }
 
     async fn wants_checkout(&self, op_id: &str) -> Result<bool, Status> {
@@ -915,15 +956,31 @@ impl Infra {
             "deleting the server",
         )
         .await?;
-        let spec = self.server_spec(op_id, &server);
+        // A provision still running stops at its next step; then whatever it made goes, a
+        // droplet too whose id it never recorded (found by the provision's tag).
+        let provision = self.provision_of(&server.id).await?;
+        if let Some((_, false)) = provision {
+            return Err(StepError::Transient(
+                "waiting for the provision to stop at its next step".to_owned(),
+            ));
+        }
+        let provision_op = provision.map(|(id, _)| id).unwrap_or_default();
+        let spec = self.server_spec(&provision_op, &server);
         let released = match (server.provider, server.provider_server_id.as_deref()) {
-            (_, None) => None,
             (Provider::DigitalOcean, Some(id)) => {
                 Some(self.digitalocean(&server).await?.release(id, &spec).await?)
+            }
+            (Provider::DigitalOcean, None) => {
+                let digitalocean = self.digitalocean(&server).await?;
+                match digitalocean.find(&spec).await? {
+                    Some(made) => Some(digitalocean.release(&made.id, &spec).await?),
+                    None => None,
+                }
             }
             (Provider::Time4Vps, Some(id)) => {
                 Some(self.time4vps(&server).await?.release(id, &spec).await?)
             }
+            (Provider::Time4Vps, None) => None,
         };
         let (state, detail) = match (released, server.provider) {
             (None, _) => (St::Skipped, "no server was created"),
