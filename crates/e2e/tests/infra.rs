@@ -774,6 +774,7 @@ async fn time4vps_takeover_reinstalls_takes_over_and_pins_the_host_key() {
 
     // A server serves one project at a time.
     req.request_id = "prov-t4-again".into();
+    req.hostname = "app1-again.orchestrator.test".into();
     let refused = h.api.provision_server(req).await.unwrap_err();
     assert_eq!(
         refused.code(),
@@ -902,6 +903,18 @@ async fn provider_refusals_fail_the_operation_with_the_providers_reason() {
     let error = failed.error.unwrap();
     assert_eq!(error.reason, "PROVIDER_NOT_FOUND", "{error:?}");
     assert!(error.message.contains("Time4VPS"), "{}", error.message);
+
+    // One live server per hostname.
+    let taken = h
+        .api
+        .provision_server(provision("same-host"))
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code(), tonic::Code::AlreadyExists, "{taken:?}");
+    assert_eq!(
+        taken.get_error_details().error_info().unwrap().reason,
+        "HOSTNAME_IN_USE"
+    );
 
     let mut reused = provision("quota-1");
     reused.hostname = "other.orchestrator.test".into();

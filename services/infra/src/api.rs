@@ -551,6 +551,21 @@ impl InfraService for Api {
             .write(move |conn| {
                 Box::pin(async move {
                     let now = now_us();
+                    // One live server per hostname: its A record and DEPLOY_HOST are that server's.
+                    if let Some(other) = sqlx::query("SELECT id FROM servers WHERE hostname = $1 AND state <> 'destroyed'")
+                        .bind(&req.hostname)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(store)?
+                    {
+                        let other: String = other.try_get("id").map_err(store)?;
+                        return Err(with_reason(
+                            Code::AlreadyExists,
+                            "HOSTNAME_IN_USE",
+                            format!("{} is already the hostname of server {other}; destroy it first", req.hostname),
+                            &[],
+                        ));
+                    }
                     // A Time4VPS server serves one project at a time.
                     if let Some(id) = &provider_server_id
                         && let Some(other) = sqlx::query("SELECT id FROM servers WHERE provider = 'time4vps' AND provider_server_id = $1 AND state <> 'destroyed'")
