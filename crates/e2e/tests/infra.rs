@@ -440,6 +440,13 @@ async fn provision_and_destroy_on_digitalocean() {
         last.steps
     );
     assert_eq!(h.digitalocean.live_droplets().len(), 1);
+    for step in &last.steps {
+        let (start, end) = (step.start_time.unwrap(), step.end_time.unwrap());
+        assert!(
+            (end.seconds, end.nanos) >= (start.seconds, start.nanos),
+            "{step:?}"
+        );
+    }
     let records = h.cloudflare.records();
     assert_eq!(records.len(), 1);
     assert_eq!(
@@ -903,6 +910,59 @@ async fn provider_refusals_fail_the_operation_with_the_providers_reason() {
     let error = failed.error.unwrap();
     assert_eq!(error.reason, "PROVIDER_NOT_FOUND", "{error:?}");
     assert!(error.message.contains("Time4VPS"), "{}", error.message);
+
+    // Listing: newest first, a page at a time, by provider.
+    let list = |page_token: String, provider: pb::Provider| pb::ListServersRequest {
+        page_size: 1,
+        page_token,
+        provider: provider as i32,
+        ..Default::default()
+    };
+    let mut ids = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = h
+            .api
+            .list_servers(list(token, pb::Provider::Unspecified))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.servers.len() <= 1);
+        ids.extend(page.servers.iter().map(|s| {
+            (
+                s.id.clone(),
+                s.create_time.unwrap().seconds,
+                s.create_time.unwrap().nanos,
+            )
+        }));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert!(
+        ids.windows(2).all(|w| (w[0].1, w[0].2) >= (w[1].1, w[1].2)),
+        "newest first: {ids:?}"
+    );
+    let t4 = h
+        .api
+        .list_servers(pb::ListServersRequest {
+            provider: pb::Provider::Time4vps as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t4.servers.len(), 1);
+    assert_eq!(t4.servers[0].provider, pb::Provider::Time4vps as i32);
+    assert_eq!(t4.servers[0].id, ids[0].0, "the takeover was the newest");
+    let bad = h
+        .api
+        .list_servers(list("garbage".into(), pb::Provider::Unspecified))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
 
     // One live server per hostname.
     let taken = h

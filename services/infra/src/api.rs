@@ -260,8 +260,8 @@ impl Infra {
                 step: s["step"].as_i64().unwrap_or_default() as i32,
                 state: s["state"].as_i64().unwrap_or_default() as i32,
                 detail: s["detail"].as_str().unwrap_or_default().to_owned(),
-                start_time: None,
-                end_time: None,
+                start_time: s["start_us"].as_i64().map(ts),
+                end_time: s["end_us"].as_i64().map(ts),
             })
             .collect();
         let state = match r.try_get::<String, _>("state").map_err(store)?.as_str() {
@@ -707,18 +707,46 @@ impl InfraService for Api {
         let req = request.into_inner();
         let mut v = Violations::new();
         v.check(req.page_size >= 0, "page_size", "must not be negative");
+        // The token is where the previous page ended: `<created_us>.<id>` (newest first).
+        let after = if req.page_token.is_empty() {
+            Some((i64::MAX, String::new()))
+        } else {
+            req.page_token
+                .split_once('.')
+                .and_then(|(us, id)| Some((us.parse::<i64>().ok()?, id.to_owned())))
+        };
+        v.check(
+            after.is_some(),
+            "page_token",
+            "not a token this service issued",
+        );
+        let provider = match pb::Provider::try_from(req.provider) {
+            Ok(pb::Provider::Digitalocean) => Provider::DigitalOcean.as_str(),
+            Ok(pb::Provider::Time4vps) => Provider::Time4Vps.as_str(),
+            Ok(pb::Provider::Unspecified) => "",
+            Err(_) => {
+                v.add("provider", "unknown provider");
+                ""
+            }
+        };
         v.finish()?;
+        let (before_us, before_id) = after.unwrap_or_default();
         let page = if req.page_size == 0 {
             50
         } else {
             i64::from(req.page_size).min(1000)
         };
         let rows = sqlx::query(
-            "SELECT id FROM servers WHERE id > $1 AND ($2 = '' OR project_id = $2) AND ($3 = 1 OR state <> 'destroyed') ORDER BY id LIMIT $4",
+            "SELECT id, created_us FROM servers \
+             WHERE ($1 = '' OR project_id = $1) AND ($2 = '' OR provider = $2) AND ($3 = 1 OR state <> 'destroyed') \
+             AND (created_us < $4 OR (created_us = $4 AND $5 <> '' AND id < $5)) \
+             ORDER BY created_us DESC, id DESC LIMIT $6",
         )
-        .bind(&req.page_token)
         .bind(&req.project_id)
+        .bind(provider)
         .bind(i64::from(req.show_destroyed))
+        .bind(before_us)
+        .bind(&before_id)
         .bind(page + 1)
         .fetch_all(self.db.pool())
         .await
@@ -733,10 +761,13 @@ impl InfraService for Api {
                 ),
             );
         }
-        let next_page_token = if rows.len() as i64 > page {
-            servers.last().map(|s| s.id.clone()).unwrap_or_default()
-        } else {
-            String::new()
+        let next_page_token = match rows.get(page as usize - 1) {
+            Some(last) if rows.len() as i64 > page => format!(
+                "{}.{}",
+                last.try_get::<i64, _>("created_us").map_err(store)?,
+                last.try_get::<String, _>("id").map_err(store)?
+            ),
+            _ => String::new(),
         };
         Ok(Response::new(pb::ListServersResponse {
             servers,

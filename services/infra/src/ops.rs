@@ -159,11 +159,19 @@ impl Infra {
                 Box::pin(async move {
                     let row = sqlx::query("SELECT steps FROM operations WHERE id = $1").bind(&op_id).fetch_one(&mut *conn).await.map_err(store)?;
                     let mut steps: serde_json::Value = serde_json::from_str(&row.try_get::<String, _>("steps").map_err(store)?).unwrap_or_default();
+                    let now = now_us();
                     if let Some(list) = steps.as_array_mut() {
                         for s in list.iter_mut() {
                             if s["step"].as_i64() == Some(step as i64) {
                                 s["state"] = json!(state as i32);
                                 s["detail"] = json!(detail);
+                                // When it started (first seen running) and when it ended.
+                                if s["start_us"].is_null() {
+                                    s["start_us"] = json!(now);
+                                }
+                                if state != pb::OperationStepState::Running {
+                                    s["end_us"] = json!(now);
+                                }
                             }
                         }
                     }
@@ -171,7 +179,7 @@ impl Infra {
                         .bind(&op_id)
                         .bind(steps.to_string())
                         .bind(&detail)
-                        .bind(now_us())
+                        .bind(now)
                         .execute(&mut *conn)
                         .await
                         .map_err(store)?;
