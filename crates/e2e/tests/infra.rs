@@ -976,6 +976,13 @@ async fn provider_refusals_fail_the_operation_with_the_providers_reason() {
         "HOSTNAME_IN_USE"
     );
 
+    let mut outside = provision("outside-zone");
+    outside.hostname = "app.example.com".into();
+    let refused = h.api.provision_server(outside).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let violations = refused.get_error_details().bad_request().cloned().unwrap();
+    assert_eq!(violations.field_violations[0].field, "hostname");
+
     let mut reused = provision("quota-1");
     reused.hostname = "other.orchestrator.test".into();
     let refused = h.api.provision_server(reused).await.unwrap_err();

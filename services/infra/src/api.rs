@@ -415,6 +415,13 @@ impl InfraService for Api {
             "hostname",
             "a lowercase DNS name",
         );
+        if let Some(zone) = &self.cf_zone {
+            v.check(
+                req.hostname == *zone || req.hostname.ends_with(&format!(".{zone}")),
+                "hostname",
+                format!("must be inside the DNS zone `{zone}`"),
+            );
+        }
         let provider = match pb::Provider::try_from(req.provider) {
             Ok(pb::Provider::Digitalocean) => Some(Provider::DigitalOcean),
             Ok(pb::Provider::Time4vps) => Some(Provider::Time4Vps),
