@@ -215,6 +215,20 @@ echo 'takeover: done'
     ))
 }
 
+/// The command infra runs on a server as the admin account, with a public key line on stdin,
+/// to add that key to `user`'s authorized keys (`user` is a validated name: nothing to quote).
+pub fn authorize_command(user: &str) -> String {
+    format!(r#"sudo -u {user} -H sh -c 'cat >> "$HOME/.ssh/authorized_keys"'"#)
+}
+
+/// The command that makes the key line on stdin `user`'s only authorized key: written beside
+/// the file, then renamed over it, so a cut connection never leaves it half written.
+pub fn replace_keys_command(user: &str) -> String {
+    format!(
+        r#"sudo -u {user} -H sh -c 'cat > "$HOME/.ssh/authorized_keys.new" && mv "$HOME/.ssh/authorized_keys.new" "$HOME/.ssh/authorized_keys"'"#
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

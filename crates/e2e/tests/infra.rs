@@ -991,6 +991,137 @@ async fn provider_refusals_fail_the_operation_with_the_providers_reason() {
     assert_eq!(violations.field_violations[0].field, "request_id");
 }
 
+/// Rotation: the new key is authorized next to the old one, handed to GitHub, then the only
+/// one: the old DEPLOY_SSH_KEY no longer logs in, the new one does, under the same pinned host
+/// key; no private key is kept by infra; a server that is not ready is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deploy_key_is_rotated_without_a_gap_and_the_old_one_revoked() {
+    let mut h = start(None).await;
+    let op = accept(&mut h.api, provision("rotate-me")).await;
+    assert_eq!(
+        watch(&mut h.api, &op.id).await.pop().unwrap().state,
+        pb::OperationState::Succeeded as i32
+    );
+    let ip = h.digitalocean.live_droplets()[0].ipv4.clone().unwrap();
+    let old_key = h.github.secret(ORG, "app1", "DEPLOY_SSH_KEY").unwrap();
+    deploy_login(&h, &ip).await;
+    let before = h
+        .api
+        .get_server(pb::GetServerRequest {
+            server_id: op.server_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .server
+        .unwrap();
+
+    let rotation = h
+        .api
+        .rotate_deploy_key(pb::RotateDeployKeyRequest {
+            request_id: "rot-1".into(),
+            server_id: op.server_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    assert_eq!(rotation.kind, pb::OperationKind::RotateDeployKey as i32);
+    let done = watch(&mut h.api, &rotation.id).await.pop().unwrap();
+    assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+    let new_key = h.github.secret(ORG, "app1", "DEPLOY_SSH_KEY").unwrap();
+    assert_ne!(new_key, old_key);
+    deploy_login(&h, &ip).await;
+    // The old key is revoked on the server.
+    let old = orchestrator_ssh::AdminKey::from_openssh(&secrecy::SecretString::from(
+        String::from_utf8(old_key.clone()).unwrap(),
+    ))
+    .unwrap();
+    let host_key = h.digitalocean.live_droplets()[0].user_data.clone().unwrap();
+    let pinned =
+        String::from_utf8(h.github.secret(ORG, "app1", "DEPLOY_KNOWN_HOSTS").unwrap()).unwrap();
+    let pinned = pinned
+        .lines()
+        .next()
+        .unwrap()
+        .split_once(' ')
+        .unwrap()
+        .1
+        .to_owned();
+    assert!(host_key.contains(pinned.split_whitespace().nth(1).unwrap()));
+    let refused = orchestrator_ssh::connect(
+        &orchestrator_ssh::Target {
+            host: ip.clone(),
+            port: h.ssh_port,
+            user: "deploy".into(),
+            host_key: orchestrator_ssh::HostKey::Pinned(pinned),
+        },
+        &old,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(refused, orchestrator_ssh::SshError::AuthRefused { .. }),
+        "{refused}"
+    );
+    let after = h
+        .api
+        .get_server(pb::GetServerRequest {
+            server_id: op.server_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .server
+        .unwrap();
+    assert_ne!(after.deploy_key_fingerprint, before.deploy_key_fingerprint);
+    assert_eq!(after.state, pb::ServerState::Ready as i32);
+    assert_eq!(
+        after.ready_time, before.ready_time,
+        "a rotation does not make the server new"
+    );
+    // The same request again: the same operation.
+    let again = h
+        .api
+        .rotate_deploy_key(pb::RotateDeployKeyRequest {
+            request_id: "rot-1".into(),
+            server_id: op.server_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    assert_eq!(again.id, rotation.id);
+    orchestrator_e2e::assert_absent_from_tables(
+        &h.db,
+        "infra",
+        &["infra.servers", "infra.operations", "infra.audit_log"],
+        &["PRIVATE KEY"],
+    )
+    .await;
+    assert!(!h.infra.logs().contains("PRIVATE KEY"));
+
+    // A server that is not ready is refused.
+    let destroying = destroy(&mut h.api, op.server_id.clone()).await;
+    watch(&mut h.api, &destroying.id).await;
+    let refused = h
+        .api
+        .rotate_deploy_key(pb::RotateDeployKeyRequest {
+            request_id: "rot-2".into(),
+            server_id: op.server_id,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        refused.get_error_details().error_info().unwrap().reason,
+        "SERVER_NOT_READY"
+    );
+}
+
 /// A destroy while the provision runs: the provision stops at its next step (SERVER_DESTROYED),
 /// then the droplet it made goes, and the server ends destroyed, not failed or ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

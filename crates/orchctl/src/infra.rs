@@ -10,10 +10,13 @@ use crate::conn::{MeshArgs, status_error};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum InfraCommand {
-    /// Provision a server for a project (DigitalOcean), showing each step as it happens.
+    /// Provision a server for a project (a DigitalOcean droplet, or a Time4VPS takeover),
+    /// showing each step as it happens.
     Provision(ProvisionArgs),
     /// Destroy a server and its DNS record.
     Destroy(ServerArgs),
+    /// Replace a server's deploy key (new key authorized, handed to GitHub, old one revoked).
+    RotateDeployKey(ServerArgs),
     /// A server's state, address and key fingerprints.
     Get(ServerArgs),
 }
@@ -86,6 +89,7 @@ pub(crate) fn run(command: InfraCommand) -> anyhow::Result<()> {
         match command {
             InfraCommand::Provision(args) => provision(args).await,
             InfraCommand::Destroy(args) => destroy(args).await,
+            InfraCommand::RotateDeployKey(args) => rotate(args).await,
             InfraCommand::Get(args) => get(args).await,
         }
     })
@@ -140,6 +144,21 @@ async fn destroy(args: ServerArgs) -> anyhow::Result<()> {
         })
         .await
         .map_err(|s| status_error("DestroyServer", &s))?
+        .into_inner()
+        .operation
+        .ok_or_else(|| anyhow::anyhow!("no operation in the answer"))?;
+    follow(&mut client, &operation.id, &args.server).await
+}
+
+async fn rotate(args: ServerArgs) -> anyhow::Result<()> {
+    let mut client = args.conn.client().await?;
+    let operation = client
+        .rotate_deploy_key(pb::RotateDeployKeyRequest {
+            request_id: crate::secrets::random_id(),
+            server_id: args.server.clone(),
+        })
+        .await
+        .map_err(|s| status_error("RotateDeployKey", &s))?
         .into_inner()
         .operation
         .ok_or_else(|| anyhow::anyhow!("no operation in the answer"))?;

@@ -59,6 +59,8 @@ pub(crate) struct Boot {
     pub host_key: Option<String>,
     /// Login name -> authorized public key lines.
     pub users: BTreeMap<String, Vec<String>>,
+    /// Who may `sudo`.
+    pub sudoers: Vec<String>,
     /// When the daemon starts answering.
     pub up_at: Instant,
     /// When `cloud-init status --wait` returns.
@@ -84,7 +86,10 @@ impl Drop for Host {
 }
 
 struct Shared {
-    users: BTreeMap<String, Vec<PublicKey>>,
+    /// Login name -> authorized keys; changed by the authorized-keys commands below.
+    users: Mutex<BTreeMap<String, Vec<PublicKey>>>,
+    /// Who may `sudo` (cloud-init users with a `sudo` rule; root).
+    sudoers: Vec<String>,
     ready_at: Instant,
     cloud_init: bool,
     failed: bool,
@@ -108,6 +113,7 @@ pub(crate) fn from_cloud_init(
         ip,
         host_key: None,
         users: BTreeMap::new(),
+        sudoers: Vec::new(),
         up_at,
         ready_at,
         cloud_init: true,
@@ -131,6 +137,9 @@ pub(crate) fn from_cloud_init(
             .flatten()
             .filter_map(|k| k.as_str().map(str::to_owned))
             .collect();
+        if !user["sudo"].is_null() {
+            boot.sudoers.push(name.to_owned());
+        }
         boot.users.insert(name.to_owned(), keys);
     }
     boot
@@ -158,7 +167,8 @@ pub(crate) fn start(boot: Boot, port: u16) -> anyhow::Result<Host> {
         .collect();
     let log = Arc::new(Mutex::new(Vec::new()));
     let shared = Arc::new(Shared {
-        users,
+        users: Mutex::new(users),
+        sudoers: boot.sudoers.clone(),
         ready_at: boot.ready_at,
         cloud_init: boot.cloud_init,
         failed: boot.failed,
@@ -192,6 +202,43 @@ pub(crate) fn start(boot: Boot, port: u16) -> anyhow::Result<Host> {
     })
 }
 
+impl Shared {
+    /// The two authorized-keys edits infra makes (as a sudoer, for another user, the key lines
+    /// on stdin) change who gets in, as on a real server: `cat >> authorized_keys` adds,
+    /// writing `authorized_keys.new` and renaming it replaces. Any other command changes
+    /// nothing. Returns the exit status.
+    fn authorized_keys(&self, user: &str, command: &str, stdin: &[u8]) -> u32 {
+        const ADD: &str = r#" -H sh -c 'cat >> "$HOME/.ssh/authorized_keys"'"#;
+        const REPLACE: &str = r#" -H sh -c 'cat > "$HOME/.ssh/authorized_keys.new" && mv "$HOME/.ssh/authorized_keys.new" "$HOME/.ssh/authorized_keys"'"#;
+        let Some(rest) = command.strip_prefix("sudo -u ") else {
+            return 0;
+        };
+        let (target, replace) = if let Some(t) = rest.strip_suffix(ADD) {
+            (t, false)
+        } else if let Some(t) = rest.strip_suffix(REPLACE) {
+            (t, true)
+        } else {
+            return 0;
+        };
+        if !self.sudoers.iter().any(|s| s == user) {
+            return 1;
+        }
+        let keys: Vec<PublicKey> = String::from_utf8_lossy(stdin)
+            .lines()
+            .filter_map(|l| PublicKey::from_openssh(l.trim()).ok())
+            .collect();
+        let mut users = lock(&self.users);
+        let Some(authorized) = users.get_mut(target) else {
+            return 1;
+        };
+        if replace {
+            authorized.clear();
+        }
+        authorized.extend(keys);
+        0
+    }
+}
+
 #[derive(Clone)]
 struct Daemon {
     shared: Arc<Shared>,
@@ -223,7 +270,7 @@ impl server::Handler for Connection {
         user: &str,
         key: server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let allowed = self.shared.users.get(user).is_some_and(|keys| {
+        let allowed = lock(&self.shared.users).get(user).is_some_and(|keys| {
             keys.iter()
                 .any(|k| k.key_data() == key.public_key.key_data())
         });
@@ -295,12 +342,13 @@ impl server::Handler for Connection {
                         (0, "status: done\n")
                     }
                 } else {
+                    let status = shared.authorized_keys(&user, &command, &stdin);
                     lock(&shared.log).push(Exec {
                         user,
                         command,
                         stdin,
                     });
-                    (0, "")
+                    (status, "")
                 };
             if !out.is_empty() {
                 let _ = handle.data(channel, out.as_bytes().to_vec()).await;

@@ -548,6 +548,7 @@ async fn reinstall(
             ip,
             host_key: None,
             users,
+            sudoers: vec!["root".to_owned()],
             up_at,
             ready_at: up_at,
             cloud_init: false,

@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::now_us;
-use crate::ops::{DESTROY, initial_steps, provision_steps};
+use crate::ops::{DESTROY, ROTATE, initial_steps, provision_steps};
 
 #[derive(Debug)]
 pub struct Infra {
@@ -289,10 +289,10 @@ impl Infra {
             });
         Ok(pb::Operation {
             id: r.try_get("id").map_err(store)?,
-            kind: if r.try_get::<String, _>("kind").map_err(store)? == "destroy" {
-                pb::OperationKind::Destroy
-            } else {
-                pb::OperationKind::Provision
+            kind: match r.try_get::<String, _>("kind").map_err(store)?.as_str() {
+                "destroy" => pb::OperationKind::Destroy,
+                "rotate" => pb::OperationKind::RotateDeployKey,
+                _ => pb::OperationKind::Provision,
             } as i32,
             server_id: r.try_get("server_id").map_err(store)?,
             project_id: r.try_get("project_id").map_err(store)?,
@@ -822,6 +822,95 @@ impl InfraService for Api {
         let id = op_id.clone();
         tokio::spawn(async move { infra.run(id).await });
         Ok(Response::new(pb::DestroyServerResponse {
+            operation: Some(self.operation(&op_id).await?),
+        }))
+    }
+
+    async fn rotate_deploy_key(
+        &self,
+        request: Request<pb::RotateDeployKeyRequest>,
+    ) -> Result<Response<pb::RotateDeployKeyResponse>, Status> {
+        let caller = caller(&request)?.to_string();
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        v.check(
+            (1..=128).contains(&req.request_id.len()),
+            "request_id",
+            "required, 1-128 characters",
+        );
+        v.check(!req.server_id.is_empty(), "server_id", "required");
+        v.finish()?;
+        if let Some(existing) =
+            sqlx::query("SELECT id, server_id FROM operations WHERE request_id = $1")
+                .bind(&req.request_id)
+                .fetch_optional(self.db.pool())
+                .await
+                .map_err(store)?
+        {
+            if existing.try_get::<String, _>("server_id").map_err(store)? != req.server_id {
+                let mut v = Violations::new();
+                v.add("request_id", "already used for a different request");
+                v.finish()?;
+            }
+            let id: String = existing.try_get("id").map_err(store)?;
+            return Ok(Response::new(pb::RotateDeployKeyResponse {
+                operation: Some(self.operation(&id).await?),
+            }));
+        }
+        let server = self.server(&req.server_id).await?;
+        if server.state != "ready" {
+            return Err(with_reason(
+                Code::FailedPrecondition,
+                "SERVER_NOT_READY",
+                format!(
+                    "server {} is {}, not ready: only a ready server's key can be rotated",
+                    server.id, server.state
+                ),
+                &[],
+            ));
+        }
+        let op_id = format!("op-{}", random_hex(8));
+        let (o2, s2, p2) = (op_id.clone(), server.id.clone(), server.project_id.clone());
+        self.ledger
+            .write(move |conn| {
+                Box::pin(async move {
+                    // One operation at a time per server.
+                    if let Some(running) = sqlx::query("SELECT id FROM operations WHERE server_id = $1 AND state IN ('pending', 'running')")
+                        .bind(&s2)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(store)?
+                    {
+                        let running: String = running.try_get("id").map_err(store)?;
+                        return Err(with_reason(
+                            Code::FailedPrecondition,
+                            "OPERATION_RUNNING",
+                            format!("operation {running} is running on server {s2}; rotate when it has ended"),
+                            &[],
+                        ));
+                    }
+                    let now = now_us();
+                    sqlx::query("INSERT INTO operations (id, request_id, kind, server_id, project_id, state, steps, message, created_us, updated_us) VALUES ($1, $2, 'rotate', $3, $4, 'pending', $5, 'accepted', $6, $6)")
+                        .bind(&o2)
+                        .bind(&req.request_id)
+                        .bind(&s2)
+                        .bind(&p2)
+                        .bind(initial_steps(&ROTATE))
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(store)?;
+                    let entry = Entry::new(&caller, "/orchestrator.infra.v1.InfraService/RotateDeployKey", format!("servers/{s2}"))
+                        .request_id(&req.request_id)
+                        .detail(format!("operation {o2}"));
+                    Ok(((), vec![entry]))
+                })
+            })
+            .await?;
+        let infra = self.0.clone();
+        let id = op_id.clone();
+        tokio::spawn(async move { infra.run(id).await });
+        Ok(Response::new(pb::RotateDeployKeyResponse {
             operation: Some(self.operation(&op_id).await?),
         }))
     }

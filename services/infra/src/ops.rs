@@ -35,6 +35,13 @@ pub fn provision_steps(checkout: bool) -> Vec<pb::OperationStep> {
     steps
 }
 
+/// Steps of a deploy key rotation, in order.
+pub const ROTATE: [pb::OperationStep; 3] = [
+    pb::OperationStep::DeployKeyAuthorized,
+    pb::OperationStep::DeployCredentialsHandedOver,
+    pb::OperationStep::OldDeployKeysRevoked,
+];
+
 /// Steps of a destroy, in order.
 pub const DESTROY: [pb::OperationStep; 2] = [
     pb::OperationStep::ServerDeleted,
@@ -224,7 +231,7 @@ impl Infra {
                         .map_err(store)?;
                     sqlx::query(
                         "UPDATE servers SET state = $2, updated_us = $3, \
-                         ready_us = CASE WHEN $2 = 'ready' THEN $3 ELSE ready_us END, \
+                         ready_us = CASE WHEN $2 = 'ready' AND ready_us IS NULL THEN $3 ELSE ready_us END, \
                          destroyed_us = CASE WHEN $2 = 'destroyed' THEN $3 ELSE destroyed_us END \
                          WHERE id = $1 AND ($2 = 'destroyed' OR state NOT IN ('destroying', 'destroyed'))",
                     )
@@ -381,9 +388,17 @@ impl Infra {
                 Err(StepError::Final(status)) => {
                     tracing::warn!(operation = %op_id, error = %status.message(), "operation failed");
                     if let Ok(server) = self.server_of(&op_id).await {
-                        let _ = self
-                            .finish(&op_id, &server.id, Some(&status), "failed")
-                            .await;
+                        // A failed rotation leaves a working server: the old key, or both.
+                        let rotation = self
+                            .operation(&op_id)
+                            .await
+                            .is_ok_and(|op| op.kind == pb::OperationKind::RotateDeployKey as i32);
+                        let state = if rotation {
+                            server.state.as_str()
+                        } else {
+                            "failed"
+                        };
+                        let _ = self.finish(&op_id, &server.id, Some(&status), state).await;
                     }
                     return;
                 }
@@ -416,6 +431,7 @@ impl Infra {
         let server = self.server_of(op_id).await?;
         match row.try_get::<String, _>("kind").map_err(store)?.as_str() {
             "destroy" => self.destroy(op_id, server).await,
+            "rotate" => self.rotate(op_id, server).await,
             _ => self.provision(op_id, server).await,
         }
     }
@@ -951,6 +967,110 @@ impl Infra {
             "cloud-init done; the admin key and the pinned host key work",
         )
         .await?;
+        Ok(())
+    }
+
+    /// A new deploy key, authorized next to the old one, handed to the broker, then the only
+    /// one. Started over from the top after any interruption: a key whose private half was lost
+    /// is harmless (nobody holds it) and the revocation leaves exactly the newest key.
+    async fn rotate(&self, op_id: &str, server: ServerRow) -> Result<(), StepError> {
+        use pb::OperationStep as Step;
+        use pb::OperationStepState as St;
+        self.still_wanted(&server.id).await?;
+        self.mark(
+            op_id,
+            Step::DeployKeyAuthorized,
+            St::Running,
+            "authorizing a new deploy key",
+        )
+        .await?;
+        let deploy = keys::generate(&format!("deploy@{}", server.hostname))
+            .map_err(|e| StepError::Final(Status::internal(e.to_string())))?;
+        let line = format!(
+            "{}\n",
+            keys::normalized(&deploy.public_openssh)
+                .map_err(|e| StepError::Final(Status::internal(e.to_string())))?
+        );
+        let session = self.admin_session(&server).await?;
+        let edit = |what: &'static str, output: orchestrator_ssh::Output| {
+            if output.success() {
+                Ok(())
+            } else {
+                Err(StepError::Final(with_reason(
+                    tonic::Code::FailedPrecondition,
+                    "ROTATION_FAILED",
+                    format!("{what} failed on the server: {}", tail(&output.stderr)),
+                    &[],
+                )))
+            }
+        };
+        let output = session
+            .run(
+                &keys::authorize_command(&server.deploy_user),
+                line.as_bytes(),
+            )
+            .await
+            .map_err(ssh_error)?;
+        edit("authorizing the new key", output)?;
+        self.mark(
+            op_id,
+            Step::DeployKeyAuthorized,
+            St::Done,
+            &deploy.fingerprint,
+        )
+        .await?;
+        self.still_wanted(&server.id).await?;
+        self.mark(
+            op_id,
+            Step::DeployCredentialsHandedOver,
+            St::Running,
+            "handing the new key to the broker",
+        )
+        .await?;
+        self.broker()
+            .set_deploy_credentials(broker::SetDeployCredentialsRequest {
+                request_id: format!("{op_id}-key-{}", &deploy.fingerprint[7..15]),
+                project_id: server.project_id.clone(),
+                credentials: Some(broker::DeployCredentials {
+                    ssh_private_key: deploy.private_openssh.expose_secret().as_bytes().to_vec(),
+                    ..Default::default()
+                }),
+                server_id: server.id.clone(),
+            })
+            .await?;
+        self.mark(
+            op_id,
+            Step::DeployCredentialsHandedOver,
+            St::Done,
+            "DEPLOY_SSH_KEY",
+        )
+        .await?;
+        self.mark(
+            op_id,
+            Step::OldDeployKeysRevoked,
+            St::Running,
+            "revoking the older keys",
+        )
+        .await?;
+        let output = session
+            .run(
+                &keys::replace_keys_command(&server.deploy_user),
+                line.as_bytes(),
+            )
+            .await
+            .map_err(ssh_error)?;
+        session.close().await;
+        edit("revoking the older keys", output)?;
+        self.set_server(&server.id, "deploy_public_key", &deploy.public_openssh)
+            .await?;
+        self.mark(
+            op_id,
+            Step::OldDeployKeysRevoked,
+            St::Done,
+            &format!("only {} is authorized", deploy.fingerprint),
+        )
+        .await?;
+        self.finish(op_id, &server.id, None, "ready").await?;
         Ok(())
     }
 
