@@ -1259,4 +1259,27 @@ async fn orchctl_infra_provision_shows_live_progress() {
         "{text}"
     );
     assert!(text.trim_end().ends_with("done"), "{text}");
+    // Then the key rotation, followed the same way.
+    let server = text
+        .split_whitespace()
+        .find(|w| w.starts_with("srv-"))
+        .unwrap()
+        .to_owned();
+    let rotated = tokio::process::Command::new(orchestrator_e2e::bin("orchctl"))
+        .args(["infra", "rotate-deploy-key", &server])
+        .arg("--pki")
+        .arg(h.pki.dir())
+        .arg("--target")
+        .arg(h.infra.grpc.to_string())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&rotated.stdout).into_owned();
+    assert!(
+        rotated.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    assert!(text.contains("[####################] 3/3"), "{text}");
+    assert!(text.trim_end().ends_with("done"), "{text}");
 }
