@@ -281,6 +281,16 @@ async fn accept(
         .unwrap()
 }
 
+/// One server, as GetServer shows it.
+async fn get_server(api: &mut InfraServiceClient<Channel>, server_id: String) -> pb::Server {
+    api.get_server(pb::GetServerRequest { server_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .server
+        .unwrap()
+}
+
 /// Sends a destroy; the operation as accepted (or the earlier one, for a repeat).
 async fn destroy(api: &mut InfraServiceClient<Channel>, server_id: String) -> pb::Operation {
     api.destroy_server(pb::DestroyServerRequest { server_id })
@@ -525,16 +535,7 @@ async fn provision_and_destroy_on_digitalocean() {
     assert_eq!(again.id, op.id);
     assert_eq!(h.digitalocean.droplets().len(), 1);
 
-    let server = h
-        .api
-        .get_server(pb::GetServerRequest {
-            server_id: op.server_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .server
-        .unwrap();
+    let server = get_server(&mut h.api, op.server_id.clone()).await;
     assert_eq!(server.state, pb::ServerState::Ready as i32);
     assert!(server.deploy_key_fingerprint.starts_with("SHA256:"));
     let destroying = destroy(&mut h.api, op.server_id.clone()).await;
@@ -662,15 +663,7 @@ async fn a_users_own_provider_key_comes_from_the_vault_and_is_kept_nowhere() {
         records[0].token_used, user_dns_token,
         "Cloudflare saw another token"
     );
-    let server = api
-        .get_server(pb::GetServerRequest {
-            server_id: op.server_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .server
-        .unwrap();
+    let server = get_server(&mut api, op.server_id.clone()).await;
     assert!(matches!(
         server.dns_credentials.and_then(|c| c.source),
         Some(pb::credential_source::Source::UserVault(ref u)) if u.key == "cloudflare"
@@ -762,16 +755,7 @@ async fn time4vps_takeover_reinstalls_takes_over_and_pins_the_host_key() {
     let records = h.cloudflare.records();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].content, server_ip);
-    let server = h
-        .api
-        .get_server(pb::GetServerRequest {
-            server_id: op.server_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .server
-        .unwrap();
+    let server = get_server(&mut h.api, op.server_id.clone()).await;
     assert_eq!(server.provider, pb::Provider::Time4vps as i32);
     assert_eq!(server.provider_server_id, T4_SERVER.to_string());
     assert_eq!(
@@ -890,16 +874,7 @@ async fn provider_refusals_fail_the_operation_with_the_providers_reason() {
     assert_eq!(error.reason, "PROVIDER_QUOTA_EXCEEDED");
     assert!(error.message.contains("droplet limit"), "{}", error.message);
     assert_eq!(h.digitalocean.droplets().len(), 1);
-    let server = h
-        .api
-        .get_server(pb::GetServerRequest {
-            server_id: op.server_id,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .server
-        .unwrap();
+    let server = get_server(&mut h.api, op.server_id).await;
     assert_eq!(server.state, pb::ServerState::Failed as i32);
 
     let mut unknown = provision("t4-unknown");
@@ -1005,16 +980,7 @@ async fn the_deploy_key_is_rotated_without_a_gap_and_the_old_one_revoked() {
     let ip = h.digitalocean.live_droplets()[0].ipv4.clone().unwrap();
     let old_key = h.github.secret(ORG, "app1", "DEPLOY_SSH_KEY").unwrap();
     deploy_login(&h, &ip).await;
-    let before = h
-        .api
-        .get_server(pb::GetServerRequest {
-            server_id: op.server_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .server
-        .unwrap();
+    let before = get_server(&mut h.api, op.server_id.clone()).await;
 
     let rotation = h
         .api
@@ -1066,16 +1032,7 @@ async fn the_deploy_key_is_rotated_without_a_gap_and_the_old_one_revoked() {
         matches!(refused, orchestrator_ssh::SshError::AuthRefused { .. }),
         "{refused}"
     );
-    let after = h
-        .api
-        .get_server(pb::GetServerRequest {
-            server_id: op.server_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .server
-        .unwrap();
+    let after = get_server(&mut h.api, op.server_id.clone()).await;
     assert_ne!(after.deploy_key_fingerprint, before.deploy_key_fingerprint);
     assert_eq!(after.state, pb::ServerState::Ready as i32);
     assert_eq!(
@@ -1148,16 +1105,7 @@ async fn a_destroy_during_the_provision_stops_it_and_removes_what_it_made() {
     assert_eq!(stopped.error.unwrap().reason, "SERVER_DESTROYED");
     assert!(h.digitalocean.live_droplets().is_empty());
     assert!(h.cloudflare.records().is_empty());
-    let server = h
-        .api
-        .get_server(pb::GetServerRequest {
-            server_id: provision_op.server_id,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .server
-        .unwrap();
+    let server = get_server(&mut h.api, provision_op.server_id).await;
     assert_eq!(server.state, pb::ServerState::Destroyed as i32);
 }
 

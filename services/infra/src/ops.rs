@@ -476,17 +476,7 @@ impl Infra {
         }
         let deploy = keys::generate(&format!("deploy@{}", server.hostname))
             .map_err(|e| StepError::Final(Status::internal(e.to_string())))?;
-        self.broker()
-            .set_deploy_credentials(broker::SetDeployCredentialsRequest {
-                request_id: format!("{op_id}-key-{}", &deploy.fingerprint[7..15]),
-                project_id: server.project_id.clone(),
-                credentials: Some(broker::DeployCredentials {
-                    ssh_private_key: deploy.private_openssh.expose_secret().as_bytes().to_vec(),
-                    ..Default::default()
-                }),
-                server_id: server.id.clone(),
-            })
-            .await?;
+        self.send_private_key(op_id, server, &deploy).await?;
         self.set_server(&server.id, "deploy_public_key", &deploy.public_openssh)
             .await?;
         server.deploy_public_key = Some(deploy.public_openssh.clone());
@@ -970,6 +960,28 @@ impl Infra {
         Ok(())
     }
 
+    /// Hands a deploy key's private half to the broker (DEPLOY_SSH_KEY); infra keeps none.
+    async fn send_private_key(
+        &self,
+        op_id: &str,
+        server: &ServerRow,
+        deploy: &keys::KeyPair,
+    ) -> Result<(), StepError> {
+        self.broker()
+            .set_deploy_credentials(broker::SetDeployCredentialsRequest {
+                // Per key: a retry with the same key is one write, a new key another.
+                request_id: format!("{op_id}-key-{}", &deploy.fingerprint[7..15]),
+                project_id: server.project_id.clone(),
+                credentials: Some(broker::DeployCredentials {
+                    ssh_private_key: deploy.private_openssh.expose_secret().as_bytes().to_vec(),
+                    ..Default::default()
+                }),
+                server_id: server.id.clone(),
+            })
+            .await?;
+        Ok(())
+    }
+
     /// A new deploy key, authorized next to the old one, handed to the broker, then the only
     /// one. Started over from the top after any interruption: a key whose private half was lost
     /// is harmless (nobody holds it) and the revocation leaves exactly the newest key.
@@ -1027,17 +1039,7 @@ impl Infra {
             "handing the new key to the broker",
         )
         .await?;
-        self.broker()
-            .set_deploy_credentials(broker::SetDeployCredentialsRequest {
-                request_id: format!("{op_id}-key-{}", &deploy.fingerprint[7..15]),
-                project_id: server.project_id.clone(),
-                credentials: Some(broker::DeployCredentials {
-                    ssh_private_key: deploy.private_openssh.expose_secret().as_bytes().to_vec(),
-                    ..Default::default()
-                }),
-                server_id: server.id.clone(),
-            })
-            .await?;
+        self.send_private_key(op_id, &server, &deploy).await?;
         self.mark(
             op_id,
             Step::DeployCredentialsHandedOver,
