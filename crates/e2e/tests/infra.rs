@@ -1079,6 +1079,89 @@ async fn the_deploy_key_is_rotated_without_a_gap_and_the_old_one_revoked() {
     );
 }
 
+/// Infra killed while the new key is on its way to GitHub (the broker's write held up): the
+/// restarted rotation starts over with a fresh key and ends with exactly that key, the one
+/// GitHub holds, authorized; the key from before the rotation no longer logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_cut_by_an_infra_crash_starts_over_and_ends_with_one_key() {
+    let mut h = start(None).await;
+    let op = accept(&mut h.api, provision("rotate-crash")).await;
+    watch(&mut h.api, &op.id).await;
+    let ip = h.digitalocean.live_droplets()[0].ipv4.clone().unwrap();
+    let old_key = h.github.secret(ORG, "app1", "DEPLOY_SSH_KEY").unwrap();
+    h.github.set_faults_for(
+        "PUT /repos/{owner}/{repo}/actions/secrets/{name}",
+        orchestrator_github_emulator::Faults {
+            latency: Duration::from_millis(1500),
+            ..Default::default()
+        },
+    );
+    let rotation = h
+        .api
+        .rotate_deploy_key(pb::RotateDeployKeyRequest {
+            request_id: "rot-crash".into(),
+            server_id: op.server_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    // Killed once the new key is authorized on the server, while its upload waits.
+    let (digitalocean, droplet) = (h.digitalocean.clone(), h.digitalocean.live_droplets()[0].id);
+    crash_when(&mut h, &rotation.id, move || {
+        !digitalocean.commands(droplet).is_empty()
+    })
+    .await;
+    let edits: Vec<_> = h
+        .digitalocean
+        .commands(droplet)
+        .into_iter()
+        .map(|e| e.command)
+        .collect();
+    assert!(
+        edits.len() >= 3,
+        "authorize, (restart) authorize, replace: {edits:?}"
+    );
+    assert!(
+        edits.last().unwrap().contains("authorized_keys.new"),
+        "{edits:?}"
+    );
+    // GitHub's key is the one the server accepts; the one from before is refused.
+    deploy_login(&h, &ip).await;
+    assert_ne!(
+        h.github.secret(ORG, "app1", "DEPLOY_SSH_KEY").unwrap(),
+        old_key
+    );
+    let old = orchestrator_ssh::AdminKey::from_openssh(&secrecy::SecretString::from(
+        String::from_utf8(old_key).unwrap(),
+    ))
+    .unwrap();
+    let known =
+        String::from_utf8(h.github.secret(ORG, "app1", "DEPLOY_KNOWN_HOSTS").unwrap()).unwrap();
+    let pinned = known
+        .lines()
+        .next()
+        .unwrap()
+        .split_once(' ')
+        .unwrap()
+        .1
+        .to_owned();
+    let target = orchestrator_ssh::Target {
+        host: ip,
+        port: h.ssh_port,
+        user: "deploy".into(),
+        host_key: orchestrator_ssh::HostKey::Pinned(pinned),
+    };
+    let refused = orchestrator_ssh::connect(&target, &old, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, orchestrator_ssh::SshError::AuthRefused { .. }),
+        "{refused}"
+    );
+}
+
 /// A destroy while the provision runs: the provision stops at its next step (SERVER_DESTROYED),
 /// then the droplet it made goes, and the server ends destroyed, not failed or ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
