@@ -61,25 +61,36 @@ impl SshError {
 /// The orchestrator's admin private key (L1), parsed once. `Debug` shows the fingerprint only;
 /// the key material is zeroized when the last clone is dropped.
 #[derive(Clone)]
-pub struct AdminKey(Arc<PrivateKey>);
+pub struct AdminKey {
+    key: Arc<PrivateKey>,
+    /// The public key line, computed once: it goes into every server's user data.
+    public: String,
+}
 
 impl AdminKey {
     /// Parses an OpenSSH private key (unencrypted).
     pub fn from_openssh(private: &SecretString) -> Result<Self, SshError> {
         let key = PrivateKey::from_openssh(private.expose_secret()).map_err(|_| SshError::Key)?;
-        Ok(Self(Arc::new(key)))
+        let mut public = key.public_key().clone();
+        public.set_comment("");
+        let public = public.to_openssh().map_err(|_| SshError::Key)?;
+        Ok(Self {
+            key: Arc::new(key),
+            public,
+        })
     }
 
     /// The public key line (`ssh-ed25519 AAAA...`), without comment.
-    pub fn public_openssh(&self) -> String {
-        let mut public = self.0.public_key().clone();
-        public.set_comment("");
-        public.to_openssh().unwrap_or_default()
+    pub fn public_openssh(&self) -> &str {
+        &self.public
     }
 
     /// `SHA256:...`
     pub fn fingerprint(&self) -> String {
-        self.0.public_key().fingerprint(HashAlg::Sha256).to_string()
+        self.key
+            .public_key()
+            .fingerprint(HashAlg::Sha256)
+            .to_string()
     }
 }
 
@@ -253,7 +264,7 @@ pub async fn connect(
         let auth = handle
             .authenticate_publickey(
                 target.user.clone(),
-                PrivateKeyWithHashAlg::new(key.0.clone(), hash),
+                PrivateKeyWithHashAlg::new(key.key.clone(), hash),
             )
             .await
             .map_err(protocol)?;

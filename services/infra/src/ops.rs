@@ -124,6 +124,51 @@ fi
     ))
 }
 
+/// The columns of a server row that operations record as they go.
+#[derive(Debug, Clone, Copy)]
+enum Column {
+    ProviderServerId,
+    ProviderTaskId,
+    Ipv4,
+    DnsRecordId,
+    DeployPublicKey,
+    HostPublicKey,
+}
+
+impl Column {
+    fn name(self) -> &'static str {
+        match self {
+            Column::ProviderServerId => "provider_server_id",
+            Column::ProviderTaskId => "provider_task_id",
+            Column::Ipv4 => "ipv4",
+            Column::DnsRecordId => "dns_record_id",
+            Column::DeployPublicKey => "deploy_public_key",
+            Column::HostPublicKey => "host_public_key",
+        }
+    }
+
+    fn update(self) -> &'static str {
+        match self {
+            Column::ProviderServerId => {
+                "UPDATE servers SET provider_server_id = $2, updated_us = $3 WHERE id = $1"
+            }
+            Column::ProviderTaskId => {
+                "UPDATE servers SET provider_task_id = $2, updated_us = $3 WHERE id = $1"
+            }
+            Column::Ipv4 => "UPDATE servers SET ipv4 = $2, updated_us = $3 WHERE id = $1",
+            Column::DnsRecordId => {
+                "UPDATE servers SET dns_record_id = $2, updated_us = $3 WHERE id = $1"
+            }
+            Column::DeployPublicKey => {
+                "UPDATE servers SET deploy_public_key = $2, updated_us = $3 WHERE id = $1"
+            }
+            Column::HostPublicKey => {
+                "UPDATE servers SET host_public_key = $2, updated_us = $3 WHERE id = $1"
+            }
+        }
+    }
+}
+
 /// What the first step says while it runs.
 fn starting(server: &ServerRow) -> String {
     match server.provider {
@@ -249,28 +294,8 @@ impl Infra {
     }
 
     /// Sets one column of a server row (an empty value clears it), audited.
-    async fn set_server(
-        &self,
-        server_id: &str,
-        column: &'static str,
-        value: &str,
-    ) -> Result<(), Status> {
-        let sql = match column {
-            "provider_server_id" => {
-                "UPDATE servers SET provider_server_id = $2, updated_us = $3 WHERE id = $1"
-            }
-            "ipv4" => "UPDATE servers SET ipv4 = $2, updated_us = $3 WHERE id = $1",
-            "dns_record_id" => {
-                "UPDATE servers SET dns_record_id = $2, updated_us = $3 WHERE id = $1"
-            }
-            "deploy_public_key" => {
-                "UPDATE servers SET deploy_public_key = $2, updated_us = $3 WHERE id = $1"
-            }
-            "provider_task_id" => {
-                "UPDATE servers SET provider_task_id = $2, updated_us = $3 WHERE id = $1"
-            }
-            _ => "UPDATE servers SET host_public_key = $2, updated_us = $3 WHERE id = $1",
-        };
+    async fn set_server(&self, server_id: &str, column: Column, value: &str) -> Result<(), Status> {
+        let (sql, column) = (column.update(), column.name());
         let (server_id, value, self_id) =
             (server_id.to_owned(), value.to_owned(), self.self_id.clone());
         self.ledger
@@ -477,7 +502,7 @@ impl Infra {
         let deploy = keys::generate(&format!("deploy@{}", server.hostname))
             .map_err(|e| StepError::Final(Status::internal(e.to_string())))?;
         self.send_private_key(op_id, server, &deploy).await?;
-        self.set_server(&server.id, "deploy_public_key", &deploy.public_openssh)
+        self.set_server(&server.id, Column::DeployPublicKey, &deploy.public_openssh)
             .await?;
         server.deploy_public_key = Some(deploy.public_openssh.clone());
         Ok(())
@@ -504,13 +529,13 @@ impl Infra {
                     if provider.runs_cloud_init() {
                         let host = keys::generate(&format!("host@{}", server.hostname))
                             .map_err(|e| StepError::Final(Status::internal(e.to_string())))?;
-                        self.set_server(&server.id, "host_public_key", &host.public_openssh)
+                        self.set_server(&server.id, Column::HostPublicKey, &host.public_openssh)
                             .await?;
                         server.host_public_key = Some(host.public_openssh.clone());
                         spec.user_data = keys::cloud_init(
                             &server.deploy_user,
                             server.deploy_public_key.as_deref().unwrap_or_default(),
-                            &self.admin_key.public_openssh(),
+                            self.admin_key.public_openssh(),
                             &host,
                         )
                         .map_err(|e| StepError::Final(Status::invalid_argument(e.to_string())))?;
@@ -520,11 +545,11 @@ impl Infra {
             };
             // The task first: from now on a restart waits for it instead of starting another.
             if let Some(task) = &started.task {
-                self.set_server(&server.id, "provider_task_id", task)
+                self.set_server(&server.id, Column::ProviderTaskId, task)
                     .await?;
                 server.provider_task_id = Some(task.clone());
             }
-            self.set_server(&server.id, "provider_server_id", &started.id)
+            self.set_server(&server.id, Column::ProviderServerId, &started.id)
                 .await?;
             server.provider_server_id = Some(started.id.clone());
             let detail = match &started.task {
@@ -550,7 +575,7 @@ impl Infra {
                 task: server.provider_task_id.clone(),
             };
             let ip = provider.wait_until_up(&started, self.ready_timeout).await?;
-            self.set_server(&server.id, "ipv4", &ip).await?;
+            self.set_server(&server.id, Column::Ipv4, &ip).await?;
             server.ipv4 = Some(ip.clone());
             self.mark(op_id, Step::AddressAssigned, St::Done, &ip)
                 .await?;
@@ -574,7 +599,7 @@ impl Infra {
             size: server.size.clone(),
             image: server.image.clone(),
             user_data: String::new(),
-            root_key: self.admin_key.public_openssh(),
+            root_key: self.admin_key.public_openssh().to_owned(),
         }
     }
 
@@ -596,7 +621,7 @@ impl Infra {
         let script = keys::takeover_script(
             &server.deploy_user,
             server.deploy_public_key.as_deref().unwrap_or_default(),
-            &self.admin_key.public_openssh(),
+            self.admin_key.public_openssh(),
         )
         .map_err(|e| StepError::Final(Status::invalid_argument(e.to_string())))?;
         let target = Target {
@@ -610,7 +635,7 @@ impl Infra {
             // Root refused after our reinstall: an earlier attempt took the server over but
             // died before recording its host key. Reinstall again rather than guess.
             Err(SshError::AuthRefused { .. }) => {
-                for column in ["provider_task_id", "ipv4"] {
+                for column in [Column::ProviderTaskId, Column::Ipv4] {
                     self.set_server(&server.id, column, "").await?;
                 }
                 return Err(StepError::Transient(format!(
@@ -637,7 +662,7 @@ impl Infra {
                 &[],
             )));
         }
-        self.set_server(&server.id, "host_public_key", &host_key)
+        self.set_server(&server.id, Column::HostPublicKey, &host_key)
             .await?;
         server.host_public_key = Some(host_key);
         Ok(())
@@ -720,22 +745,16 @@ impl Infra {
                 "the broker minted a clone token for no repository",
             ))
         })?;
-        let valid = |s: &str| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-                && !s.starts_with('.')
-        };
-        if !valid(&repository.owner) || !valid(&repository.name) {
-            return Err(StepError::Final(Status::failed_precondition(
-                "the repository's owner or name is not a plain GitHub name",
-            )));
-        }
+        // GitHub's own naming rules: nothing else reaches the URL or the checkout's path.
+        let repository = orchestrator_github::RepoRef::new(&repository.owner, &repository.name)
+            .map_err(|e| StepError::Final(Status::failed_precondition(e.to_string())))?;
         let url = format!(
             "{}/{}/{}.git",
-            self.git_url, repository.owner, repository.name
+            self.git_url,
+            repository.owner(),
+            repository.name()
         );
-        let stdin = checkout_stdin(&token, &url, &repository.name);
+        let stdin = checkout_stdin(&token, &url, repository.name());
         let session = self.admin_session(server).await?;
         let command = format!("sudo -u {} -H bash -s", server.deploy_user);
         let output = session
@@ -760,7 +779,10 @@ impl Infra {
             St::Done,
             &format!(
                 "{}/{} in ~{}/{}",
-                repository.owner, repository.name, server.deploy_user, repository.name
+                repository.owner(),
+                repository.name(),
+                server.deploy_user,
+                repository.name()
             ),
         )
         .await?;
@@ -777,20 +799,19 @@ impl Infra {
             match orchestrator_ssh::connect(target, &self.admin_key, Duration::from_secs(30)).await
             {
                 Ok(session) => return Ok(session),
-                Err(SshError::AuthRefused { .. })
-                    if target.host_key == HostKey::LearnOnFirstUse => {}
+                // Root refused on first contact is not a boot delay (see `take_over`).
+                Err(e @ SshError::AuthRefused { .. })
+                    if target.host_key == HostKey::LearnOnFirstUse =>
+                {
+                    return Err(e);
+                }
                 Err(e) if e.is_transient() && Instant::now() < deadline => {
                     tracing::debug!(error = %e, "server not answering over SSH yet");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));
-                    continue;
                 }
                 Err(e) => return Err(e),
             }
-            return Err(SshError::AuthRefused {
-                addr: target.host.clone(),
-                user: target.user.clone(),
-            });
         }
     }
 
@@ -839,7 +860,7 @@ impl Infra {
                 .await?;
                 let zone_id = cf.zone_id(&zone).await?;
                 let record = cf.upsert_a_record(&zone_id, &server.hostname, &ip).await?;
-                self.set_server(&server.id, "dns_record_id", &record)
+                self.set_server(&server.id, Column::DnsRecordId, &record)
                     .await?;
                 server.dns_record_id = Some(record);
                 self.mark(
@@ -1063,7 +1084,7 @@ impl Infra {
             .map_err(ssh_error)?;
         session.close().await;
         edit("revoking the older keys", output)?;
-        self.set_server(&server.id, "deploy_public_key", &deploy.public_openssh)
+        self.set_server(&server.id, Column::DeployPublicKey, &deploy.public_openssh)
             .await?;
         self.mark(
             op_id,
