@@ -96,6 +96,42 @@ fn outcomes(results: &[common::SecretWriteResult]) -> Vec<(String, i32)> {
 const CREATED: i32 = common::SecretWriteOutcome::Created as i32;
 const UPDATED: i32 = common::SecretWriteOutcome::Updated as i32;
 
+/// A request id is the caller's: two projects using the same one for the same secret both get
+/// their value written (the second is not answered from the first one's record).
+#[tokio::test]
+async fn the_same_request_id_in_two_projects_writes_both() {
+    let mut h = start(Config::default(), |l| l).await;
+    h.github.create_repository(ORG, "app2");
+    h.scaffolder
+        .register_repository(pb::RegisterRepositoryRequest {
+            request_id: "reg-2".into(),
+            project_id: "p2".into(),
+            repository: Some(common::RepositoryRef {
+                owner: ORG.into(),
+                name: "app2".into(),
+                id: 0,
+            }),
+        })
+        .await
+        .unwrap();
+    h.api
+        .set_project_secrets(secrets("same", &[("TOKEN", b"for-p1")]))
+        .await
+        .unwrap();
+    let mut second = secrets("same", &[("TOKEN", b"for-p2")]);
+    second.project_id = "p2".into();
+    let results = h
+        .api
+        .set_project_secrets(second)
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(outcomes(&results), vec![("TOKEN".into(), CREATED)]);
+    assert_eq!(h.github.secret(ORG, "app2", "TOKEN").unwrap(), b"for-p2");
+    assert_eq!(h.github.secret(ORG, "app1", "TOKEN").unwrap(), b"for-p1");
+}
+
 #[tokio::test]
 async fn a_pushed_value_decrypts_at_github_and_only_a_reference_stays() {
     let canary = format!("canary-{}", orchestrator_e2e::random_key());

@@ -180,7 +180,7 @@ impl Broker {
             .map_err(|e| github_status(&e))?;
         let mut results = Vec::with_capacity(secrets.len());
         for (name, value) in secrets {
-            if let Some(done) = self.recorded(request_id, &name).await? {
+            if let Some(done) = self.recorded(request_id, project_id, &name).await? {
                 results.push(done);
                 continue;
             }
@@ -250,10 +250,13 @@ impl Broker {
     async fn recorded(
         &self,
         request_id: &str,
+        project_id: &str,
         name: &SecretName,
     ) -> Result<Option<common::SecretWriteResult>, Status> {
-        let row = sqlx::query("SELECT outcome, key_id, github_updated_at, recorded_us FROM write_requests WHERE request_id = $1 AND name = $2")
+        // Per project: two projects may well pick the same request id.
+        let row = sqlx::query("SELECT outcome, key_id, github_updated_at, recorded_us FROM write_requests WHERE request_id = $1 AND project_id = $2 AND name = $3")
             .bind(request_id)
+            .bind(project_id)
             .bind(name.as_str())
             .fetch_optional(self.db.pool())
             .await

@@ -403,10 +403,8 @@ impl Vault {
         .execute(&mut *conn)
         .await
         .map_err(store)?;
-        self.keys
-            .load(conn)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        // Not loaded into the shared key cache here: this transaction may still roll back.
+        // The first use after the commit finds the id missing and loads it then.
         Ok((
             next,
             Entry::new(caller, ROTATE, format!("data_keys/{next}")).detail(why),
