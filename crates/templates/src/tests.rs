@@ -163,17 +163,26 @@ fn the_api_takes_no_secret_values() {
     )
     .expect_err("not a repository name");
     assert!(!format!("{err} {err:?}").contains(canary), "{err:?}");
-    // A value that happens to look like a name still renders only as a secret *name*.
-    let canary_like = "CANARYVALUE8F3A";
+    // In an expression, a secret's name appears only as GitHub's `${{ secrets.NAME }}`; elsewhere
+    // it is a plain label (to name a missing secret in an error), never evaluated.
+    let name = "CANARYVALUE8F3A";
+    let reference = format!("${{{{ secrets.{name} }}}}");
     for template in Template::ALL {
-        let files = render_ok(template, &sample());
-        for f in &files {
-            assert!(
-                !String::from_utf8_lossy(&f.content).contains(canary_like),
-                "{}",
-                f.path
-            );
+        let files = render_ok(template, &[var(name, "CANARY_ENV")]);
+        let mut referenced = 0;
+        for f in files.iter().filter(|f| !f.path.ends_with(".md")) {
+            for line in String::from_utf8_lossy(&f.content).lines() {
+                if line.contains(name) {
+                    assert!(
+                        line.contains(&reference) || !line.contains("${{"),
+                        "{}: {line}",
+                        f.path
+                    );
+                    referenced += usize::from(line.contains(&reference));
+                }
+            }
         }
+        assert!(referenced > 0, "{template:?} never references the secret");
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use orchestrator_audit::{Entry, Ledger};
 use orchestrator_github::{GitHub, GitHubError, RepoRef, SecretName};
 use orchestrator_mesh::caller;
-use orchestrator_mesh::status::{Violations, from_peer, with_reason};
+use orchestrator_mesh::status::{Violations, from_peer, reason_of, with_reason};
 use orchestrator_proto::common::v1 as common;
 use orchestrator_proto::scaffolder::v1::{
     self as pb, scaffolder_service_server::ScaffolderService,
@@ -307,7 +307,7 @@ impl Scaffolder {
         let (id, code, reason, message) = (
             project.id.clone(),
             status.code() as i64,
-            status.get_error_info_reason(),
+            reason_of(status).map(|(reason, _)| reason).unwrap_or_default(),
             status.message().to_owned(),
         );
         let (r2, m2) = (reason.clone(), message.clone());
@@ -576,20 +576,6 @@ impl Scaffolder {
             update_time: Some(ts(p.updated_us)),
             ready_time: p.ready_us.map(ts),
         })
-    }
-}
-
-trait ReasonExt {
-    fn get_error_info_reason(&self) -> String;
-}
-
-impl ReasonExt for Status {
-    fn get_error_info_reason(&self) -> String {
-        use tonic_types::StatusExt as _;
-        self.get_error_details()
-            .error_info()
-            .map(|i| i.reason.clone())
-            .unwrap_or_default()
     }
 }
 
