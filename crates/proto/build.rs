@@ -22,8 +22,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        // Until a later issue implements a method, it answers UNIMPLEMENTED by default.
-        .generate_default_stubs(true)
         .compile_fds(fds)?;
     Ok(())
 }

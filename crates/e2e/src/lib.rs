@@ -151,11 +151,20 @@ pub async fn channel_with(config: Arc<ClientConfig>, addr: SocketAddr) -> anyhow
 }
 
 /// How to start one service process.
-#[derive(Debug)]
 pub struct Launch {
     service: Service,
     env: BTreeMap<String, String>,
     dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for Launch {
+    // The environment can hold secrets (database URLs, keys): names only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launch")
+            .field("service", &self.service)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Launch {

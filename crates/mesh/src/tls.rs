@@ -94,7 +94,7 @@ impl Material {
             path: files.cert.clone(),
             source,
         })?;
-        let key_pem = read(&files.key)?;
+        let key_pem = zeroize::Zeroizing::new(read(&files.key)?);
         let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::NoKey {
             path: files.key.clone(),
         })?;
@@ -387,7 +387,11 @@ impl MeshTls {
                     let tls = tls.clone();
                     tokio::task::spawn_blocking(move || tls.reload()).await
                 };
-                let Ok(reloaded) = reloaded else { return };
+                let Ok(reloaded) = reloaded else {
+                    // A panic while reading the files: say so, and try again next tick.
+                    tracing::error!("reloading the TLS files failed unexpectedly; will retry");
+                    continue;
+                };
                 match reloaded {
                     Ok(true) => {
                         tracing::info!(identity = %tls.identity(), "TLS certificate reloaded")

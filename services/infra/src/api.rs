@@ -393,6 +393,8 @@ type BoxStream<T> =
 
 #[tonic::async_trait]
 impl InfraService for Api {
+    type WatchOperationStream = BoxStream<pb::WatchOperationResponse>;
+
     async fn provision_server(
         &self,
         request: Request<pb::ProvisionServerRequest>,
@@ -643,7 +645,7 @@ impl InfraService for Api {
     async fn watch_operation(
         &self,
         request: Request<pb::WatchOperationRequest>,
-    ) -> Result<Response<BoxStream<pb::WatchOperationResponse>>, Status> {
+    ) -> Result<Response<Self::WatchOperationStream>, Status> {
         let id = request.into_inner().operation_id;
         let first = self.operation(&id).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);

@@ -307,7 +307,9 @@ impl Scaffolder {
         let (id, code, reason, message) = (
             project.id.clone(),
             status.code() as i64,
-            reason_of(status).map(|(reason, _)| reason).unwrap_or_default(),
+            reason_of(status)
+                .map(|(reason, _)| reason)
+                .unwrap_or_default(),
             status.message().to_owned(),
         );
         let (r2, m2) = (reason.clone(), message.clone());
