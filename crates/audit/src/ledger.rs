@@ -43,7 +43,6 @@ const INSERT_CHUNK: usize = 100;
 #[derive(Clone)]
 pub struct Ledger {
     jobs: mpsc::Sender<Job>,
-    db: Database,
     key: Arc<AuditKey>,
 }
 
@@ -59,12 +58,12 @@ impl Ledger {
         let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
         let key = Arc::new(key);
         let writer = Writer {
-            db: db.clone(),
+            db,
             key: key.clone(),
             high_water: AtomicI64::new(0),
         };
         tokio::spawn(writer.run(rx));
-        Self { jobs, db, key }
+        Self { jobs, key }
     }
 
     /// Records `entry` durably; returns once it is committed. For reads of secrets: the value is
@@ -106,26 +105,6 @@ impl Ledger {
 }
 
 impl Ledger {
-    /// The digest of the newest record about `target` that carries one, after checking that
-    /// record's MAC: what the stored data must match. `Ok(None)`: no such record.
-    /// `Err(DATA_LOSS)`: the record is not authentic.
-    pub async fn attested_digest(&self, target: &str) -> Result<Option<Vec<u8>>, Status> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            attested_columns!(),
-            " FROM (SELECT * FROM audit_log WHERE target = $1 AND digest IS NOT NULL ORDER BY seq DESC LIMIT 1) a \
-             LEFT JOIN audit_log p ON p.seq = a.seq - 1"
-        ))
-        .bind(target)
-        .fetch_optional(self.db.pool())
-        .await
-        .map_err(StoreError::from)?;
-        match row {
-            Some(row) => self.attested(&row),
-            None => Ok(None),
-        }
-    }
-
     /// The digest of the audit record selected with [`attested_columns!`] in `row` (aliases
     /// `a` for the record, `p` for its predecessor), after checking its MAC; `None` when the
     /// row has no record (`a_seq` is NULL).

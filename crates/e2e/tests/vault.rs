@@ -630,7 +630,47 @@ macro_rules! on_both_more {
     };
 }
 
+/// A Put retried with its request id writes nothing more and answers what the first call
+/// answered (the version it wrote, even after later writes); the id for another secret is
+/// refused.
+async fn a_put_retried_with_its_request_id_writes_once(backend: Backend) {
+    let mut h = start(backend).await;
+    let mut first = put("u1", "k", b"v1", None);
+    first.request_id = "put-1".into();
+    let written = h
+        .api
+        .put_user_secret(first.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .secret
+        .unwrap();
+    assert_eq!(written.current_version, 1);
+    h.api
+        .put_user_secret(put("u1", "k", b"v2", None))
+        .await
+        .unwrap();
+    let again = h
+        .api
+        .put_user_secret(first.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .secret
+        .unwrap();
+    assert_eq!(
+        again.current_version, 1,
+        "the retry answers the version it wrote"
+    );
+    assert_eq!(again.versions.len(), 2, "and writes nothing");
+    let mut elsewhere = first;
+    elsewhere.key = "other".into();
+    let refused = h.api.put_user_secret(elsewhere).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+}
+
 on_both!(
+    a_put_retried_with_its_request_id_writes_once,
     round_trip_versions_and_cas,
     tampering_is_detected,
     audit_chain_verifies_and_names_an_edited_record,

@@ -236,11 +236,12 @@ impl Vault {
             value,
         } = put;
         if !request_id.is_empty() {
-            let seen = sqlx::query("SELECT user_id, key FROM put_requests WHERE request_id = $1")
-                .bind(&request_id)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(store)?;
+            let seen =
+                sqlx::query("SELECT user_id, key, version FROM put_requests WHERE request_id = $1")
+                    .bind(&request_id)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(store)?;
             if let Some(seen) = seen {
                 let same = seen.try_get::<String, _>("user_id").map_err(store)? == user_id
                     && seen.try_get::<String, _>("key").map_err(store)? == key;
@@ -252,9 +253,11 @@ impl Vault {
                         &[("request_id", request_id)],
                     ));
                 }
-                let meta = metadata(conn, &user_id, &key)
+                // The answer the first call gave: the version it wrote, even if others came since.
+                let mut meta = metadata(conn, &user_id, &key)
                     .await?
                     .ok_or_else(|| Status::not_found("secret not found"))?;
+                meta.current_version = seen.try_get("version").map_err(store)?;
                 return Ok((meta, Vec::new()));
             }
         }
