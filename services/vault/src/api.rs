@@ -278,10 +278,7 @@ impl Vault {
             Some(k) => k,
             None => {
                 // Another replica rotated: learn the new key.
-                self.keys
-                    .load(conn)
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                self.keys.load(conn).await?;
                 self.keys
                     .get(key_id)
                     .ok_or_else(|| Status::internal("the primary data key cannot be loaded"))?
@@ -482,10 +479,7 @@ impl Vault {
             Some(k) => k,
             None => {
                 let mut conn = self.db.pool().acquire().await.map_err(store)?;
-                self.keys
-                    .load(&mut conn)
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                self.keys.load(&mut conn).await?;
                 self.keys.get(key_id).ok_or_else(|| {
                     Status::data_loss(format!("{target}: unknown data key {key_id}"))
                 })?

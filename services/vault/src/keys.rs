@@ -39,6 +39,20 @@ pub enum KeyCheckError {
     Store(#[from] StoreError),
 }
 
+/// Callers learn that the vault cannot use a data key, not which master keys it holds or their
+/// check values: those go to the operator's log. A database error keeps its own status.
+impl From<KeyCheckError> for tonic::Status {
+    fn from(e: KeyCheckError) -> Self {
+        match e {
+            KeyCheckError::Store(e) => e.into(),
+            other => {
+                tracing::error!(error = %other, "a data key cannot be used");
+                tonic::Status::internal("a data key cannot be used; see the vault's log")
+            }
+        }
+    }
+}
+
 /// The unwrapped data keys by id, and which one is primary.
 #[derive(Debug)]
 pub struct DataKeys {

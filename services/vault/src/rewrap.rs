@@ -136,7 +136,7 @@ pub async fn rewrap_batch(vault: &Vault, limit: i64) -> Result<i64, Status> {
                 .map_err(store)?;
                 let primary_id: i64 = primary.try_get("id").map_err(store)?;
                 if v.keys.get(primary_id).is_none() {
-                    v.keys.load(conn).await.map_err(|e| Status::internal(e.to_string()))?;
+                    v.keys.load(conn).await?;
                 }
                 let new_key = v.keys.get(primary_id).ok_or_else(|| Status::internal("primary data key missing"))?;
                 let mut claimed = Vec::with_capacity(rows.len());
