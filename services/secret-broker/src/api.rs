@@ -908,40 +908,44 @@ impl SecretBrokerService for Broker {
                 ],
             ));
         }
-        let (installation, repos, permissions): (u64, Vec<String>, &[(&str, &str)]) = match scope {
-            pb::RepositoryTokenScope::Clone => {
-                let reg = self.registered(&req.project_id).await?;
-                (
-                    reg.installation as u64,
-                    vec![reg.repo.name().to_owned()],
-                    &[("contents", "read")],
-                )
-            }
-            _ => {
-                let org = self.org.clone().ok_or_else(|| {
-                    with_reason(
-                        Code::FailedPrecondition,
-                        "NO_ORGANIZATION",
-                        "GITHUB_ORG is not configured on the broker",
-                        &[],
+        // The owner the token's repositories belong to, from the same lookup as the token's scope.
+        let (installation, owner, repos, permissions): (u64, String, Vec<String>, &[(&str, &str)]) =
+            match scope {
+                pb::RepositoryTokenScope::Clone => {
+                    let reg = self.registered(&req.project_id).await?;
+                    (
+                        reg.installation as u64,
+                        reg.repo.owner().to_owned(),
+                        vec![reg.repo.name().to_owned()],
+                        &[("contents", "read")],
                     )
-                })?;
-                let installation = self
-                    .github
-                    .installation_for_org(&org)
-                    .await
-                    .map_err(|e| github_status(&e))?;
-                (
-                    installation,
-                    Vec::new(),
-                    &[
-                        ("administration", "write"),
-                        ("contents", "write"),
-                        ("workflows", "write"),
-                    ],
-                )
-            }
-        };
+                }
+                _ => {
+                    let org = self.org.clone().ok_or_else(|| {
+                        with_reason(
+                            Code::FailedPrecondition,
+                            "NO_ORGANIZATION",
+                            "GITHUB_ORG is not configured on the broker",
+                            &[],
+                        )
+                    })?;
+                    let installation = self
+                        .github
+                        .installation_for_org(&org)
+                        .await
+                        .map_err(|e| github_status(&e))?;
+                    (
+                        installation,
+                        org,
+                        Vec::new(),
+                        &[
+                            ("administration", "write"),
+                            ("contents", "write"),
+                            ("workflows", "write"),
+                        ],
+                    )
+                }
+            };
         let repo_names: Vec<&str> = repos.iter().map(String::as_str).collect();
         let token = self
             .github
@@ -972,14 +976,6 @@ impl SecretBrokerService for Broker {
                 })
             })
             .await?;
-        let owner = match &scope {
-            pb::RepositoryTokenScope::Clone => self
-                .registered(&req.project_id)
-                .await
-                .map(|r| r.repo.owner().to_owned())
-                .unwrap_or_default(),
-            _ => self.org.clone().unwrap_or_default(),
-        };
         Ok(Response::new(pb::MintRepositoryTokenResponse {
             token: token.token.expose_secret().to_owned(),
             expire_time: Some(prost_types::Timestamp {
