@@ -68,20 +68,27 @@ impl Pacer {
                     .map_err(store)?
                     .try_get("last_write_us")
                     .map_err(store)?;
-                wait_until(last, self.interval).await;
+                // This process's own last write counts too (its record may have failed).
+                wait_until(last.max(*last_local), self.interval).await;
                 // Spacing is measured between the starts of writes, as GitHub measures arrivals.
                 let started = now_us();
                 let out = write().await;
-                sqlx::query(
+                *last_local = started;
+                // The write happened: its result stands even if recording its time fails (this
+                // process still waits from its own clock; the row lock ends with the transaction).
+                let recorded = sqlx::query(
                     "UPDATE installation_pacing SET last_write_us = $2 WHERE installation_id = $1",
                 )
                 .bind(installation)
                 .bind(started)
                 .execute(&mut *tx)
-                .await
-                .map_err(store)?;
-                tx.commit().await.map_err(store)?;
-                *last_local = started;
+                .await;
+                if let Err(e) = match recorded {
+                    Ok(_) => tx.commit().await,
+                    Err(e) => Err(e),
+                } {
+                    tracing::warn!(installation, error = %e, "could not record a write's time for pacing");
+                }
                 Ok(out)
             }
         }
