@@ -106,13 +106,20 @@ async fn clients_verify_the_server_identity() {
         .await
         .unwrap();
     let api = pki.client("api").unwrap();
-    // infra's certificate is valid, but this client asked for the vault.
-    let result = orchestrator_e2e::channel(&api, infra.grpc, "vault").await;
-    let code = match result {
-        Err(_) => Code::Unavailable,
-        Ok(channel) => raw::call(channel, CHECK).await,
+    let call = |expected: &'static str| {
+        let api = api.clone();
+        let addr = infra.grpc;
+        async move {
+            match orchestrator_e2e::channel(&api, addr, expected).await {
+                Err(_) => Code::Unavailable,
+                Ok(channel) => raw::call(channel, CHECK).await,
+            }
+        }
     };
-    assert_eq!(code, Code::Unavailable);
+    // The same client, expecting infra: it gets through (so the refusal below is the identity's).
+    assert_eq!(call("infra").await, Code::Ok);
+    // infra's certificate is valid, but this client asked for the vault.
+    assert_eq!(call("vault").await, Code::Unavailable);
 }
 
 #[tokio::test]
