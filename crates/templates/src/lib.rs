@@ -229,7 +229,13 @@ pub fn render(template: Template, vars: &ProjectVars<'_>) -> Result<Vec<File>, R
             message: format!("{e:#}"),
         }
     };
-    let env = environment().map_err(engine_error(template.as_str()))?;
+    // Parsed once for the process: every render shares the compiled templates.
+    static ENV: std::sync::LazyLock<Result<Environment<'static>, minijinja::Error>> =
+        std::sync::LazyLock::new(environment);
+    let env = ENV.as_ref().map_err(|e| RenderError::Engine {
+        template: template.as_str(),
+        message: format!("{e:#}"),
+    })?;
     let ctx = context(template, vars);
     outputs(template)
         .iter()
