@@ -490,7 +490,13 @@ impl SecretBrokerService for Broker {
         };
         v.finish()?;
         let repo = repo.ok_or_else(|| Status::invalid_argument("repository"))?;
-        if let Ok(existing) = self.registered(&req.project_id).await {
+        // Not registered yet is NOT_FOUND; any other error (the database down) is the answer.
+        let existing = match self.registered(&req.project_id).await {
+            Ok(existing) => Some(existing),
+            Err(e) if e.code() == Code::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(existing) = existing {
             if existing.repo != repo {
                 return Err(with_reason(
                     Code::AlreadyExists,
