@@ -67,7 +67,7 @@ impl GitHubError {
             _ => "GITHUB_ERROR",
         };
         let status = self.status().map(|s| s.to_string()).unwrap_or_default();
-        orchestrator_mesh::status::with_reason(
+        orchestrator_status::with_reason(
             code,
             reason,
             self.to_string(),

@@ -1,14 +1,12 @@
 //! The per-RPC authorization layer: caller identity from the peer certificate (verified at the
 //! handshake), method from the HTTP/2 path, decision from the [`Policy`]. Default deny.
 
-use std::collections::HashMap;
 use std::future::{Ready, ready};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::Either;
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
 use crate::peer::Peer;
@@ -77,13 +75,11 @@ where
 
 /// PERMISSION_DENIED with one `ErrorInfo` naming the caller and the method (AIP-193).
 pub fn not_allowed(caller: &str, method: &str) -> Status {
-    let metadata = HashMap::from([
-        ("caller".to_owned(), caller.to_owned()),
-        ("method".to_owned(), method.to_owned()),
-    ]);
-    Status::with_error_details(
+    orchestrator_status::with_domain_reason(
         Code::PermissionDenied,
+        ERROR_DOMAIN,
+        REASON_NOT_ALLOWED,
         format!("{caller} is not allowed to call {method}"),
-        ErrorDetails::with_error_info(REASON_NOT_ALLOWED, ERROR_DOMAIN, metadata),
+        &[("caller", caller.to_owned()), ("method", method.to_owned())],
     )
 }

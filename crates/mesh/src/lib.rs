@@ -14,10 +14,12 @@ pub mod peer;
 pub mod policy;
 pub mod server;
 pub mod service;
-pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
+
+/// Precise gRPC errors, shared with the crates below the mesh.
+pub use orchestrator_status as status;
 
 pub use config::{ConfigError, Env, MeshConfig};
 pub use identity::{Identity, IdentityName, TrustDomain};
