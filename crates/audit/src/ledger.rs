@@ -6,13 +6,53 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use orchestrator_store::{Database, Dialect, StoreError, now_us};
+use orchestrator_store::{Database, StoreError, now_us};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot};
-use tonic::Status;
 
 use crate::chain::{AuditKey, Entry, Record};
+
+/// Why the ledger could not record (and so could not let the change or the read happen: the
+/// log fails closed). Callers map it to their own errors; [`tonic::Status`] has a `From`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    /// The batch's transaction failed in the database (unreachable, a conflict, a bug).
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    /// The writer task is gone (the process is stopping) or dropped this request.
+    #[error("the audit writer has stopped")]
+    Stopped,
+    /// The chain is not what this process wrote or what the key proves: the head moved
+    /// backwards, or a record is missing or fails its MAC.
+    #[error("{0}")]
+    Tampered(String),
+}
+
+impl From<StoreError> for AuditError {
+    fn from(e: StoreError) -> Self {
+        AuditError::Store(Arc::new(e))
+    }
+}
+
+impl From<sqlx::Error> for AuditError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::from(e).into()
+    }
+}
+
+impl From<AuditError> for tonic::Status {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::Store(e) => tonic::Status::from(&*e),
+            AuditError::Stopped => tonic::Status::unavailable("the audit writer has stopped"),
+            AuditError::Tampered(message) => tonic::Status::data_loss(message),
+        }
+    }
+}
+
+/// A work item's own error, boxed while it crosses the writer task.
+type WorkError = Box<dyn StdAny + Send>;
 
 /// Work run inside a batch transaction. It returns its result and the audit entries that
 /// describe what it changed; an `Err` rolls back just this work (a savepoint) and is returned
@@ -21,17 +61,22 @@ pub type Work = Box<
     dyn for<'c> FnOnce(
             &'c mut AnyConnection,
         )
-            -> BoxFuture<'c, Result<(Box<dyn StdAny + Send>, Vec<Entry>), Status>>
+            -> BoxFuture<'c, Result<(Box<dyn StdAny + Send>, Vec<Entry>), WorkError>>
         + Send,
 >;
 
+/// What a work item's caller gets back: its value, its own error, or the ledger's.
+enum Failure {
+    Work(WorkError),
+    Audit(AuditError),
+}
+
+type WorkReply = oneshot::Sender<Result<Box<dyn StdAny + Send>, Failure>>;
+
 enum Job {
     /// A record alone (a read of a secret): durable before the caller proceeds.
-    Record(Entry, oneshot::Sender<Result<(), Status>>),
-    Work(
-        Work,
-        oneshot::Sender<Result<Box<dyn StdAny + Send>, Status>>,
-    ),
+    Record(Entry, oneshot::Sender<Result<(), AuditError>>),
+    Work(Work, WorkReply),
 }
 
 /// Most requests one transaction carries; more wait for the next one.
@@ -68,26 +113,28 @@ impl Ledger {
 
     /// Records `entry` durably; returns once it is committed. For reads of secrets: the value is
     /// released to the caller only after this returns `Ok`.
-    pub async fn record(&self, entry: Entry) -> Result<(), Status> {
+    pub async fn record(&self, entry: Entry) -> Result<(), AuditError> {
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send(Job::Record(entry, tx))
             .await
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+            .map_err(|_| AuditError::Stopped)?;
+        rx.await.map_err(|_| AuditError::Stopped)?
     }
 
-    /// Runs `work` in a batch transaction and commits it with its audit records.
-    pub async fn write<T, F>(&self, work: F) -> Result<T, Status>
+    /// Runs `work` in a batch transaction and commits it with its audit records. The work's
+    /// own error type `E` passes through unchanged; the ledger's failures become `E` by `From`.
+    pub async fn write<T, E, F>(&self, work: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<(T, Vec<Entry>), Status>>
+        E: From<AuditError> + Send + 'static,
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<(T, Vec<Entry>), E>>
             + Send
             + 'static,
     {
         let work: Work = Box::new(move |conn| {
             Box::pin(async move {
-                let (value, entries) = work(conn).await?;
+                let (value, entries) = work(conn).await.map_err(|e| Box::new(e) as WorkError)?;
                 Ok((Box::new(value) as Box<dyn StdAny + Send>, entries))
             })
         });
@@ -95,12 +142,19 @@ impl Ledger {
         self.jobs
             .send(Job::Work(work, tx))
             .await
-            .map_err(|_| stopped())?;
-        let value = rx.await.map_err(|_| stopped())??;
-        value
-            .downcast::<T>()
-            .map(|b| *b)
-            .map_err(|_| Status::internal("audit ledger returned the wrong type"))
+            .map_err(|_| AuditError::Stopped)?;
+        match rx.await.map_err(|_| AuditError::Stopped)? {
+            // Both downcasts name the types this function boxed above.
+            Ok(value) => value
+                .downcast::<T>()
+                .map(|b| *b)
+                .map_err(|_| AuditError::Stopped.into()),
+            Err(Failure::Work(e)) => Err(e
+                .downcast::<E>()
+                .map(|b| *b)
+                .unwrap_or_else(|_| AuditError::Stopped.into())),
+            Err(Failure::Audit(e)) => Err(e.into()),
+        }
     }
 }
 
@@ -108,48 +162,43 @@ impl Ledger {
     /// The digest of the audit record selected with [`attested_columns!`] in `row` (aliases
     /// `a` for the record, `p` for its predecessor), after checking its MAC; `None` when the
     /// row has no record (`a_seq` is NULL).
-    pub fn attested(&self, row: &AnyRow) -> Result<Option<Vec<u8>>, Status> {
-        let get = |e: sqlx::Error| Status::from(StoreError::from(e));
-        let Some(seq) = row.try_get::<Option<i64>, _>("a_seq").map_err(get)? else {
+    pub fn attested(&self, row: &AnyRow) -> Result<Option<Vec<u8>>, AuditError> {
+        let Some(seq) = row.try_get::<Option<i64>, _>("a_seq")? else {
             return Ok(None);
         };
         let record = Record {
             seq,
-            at_us: row.try_get("a_at_us").map_err(get)?,
+            at_us: row.try_get("a_at_us")?,
             entry: Entry {
-                caller: row.try_get("a_caller").map_err(get)?,
-                method: row.try_get("a_method").map_err(get)?,
-                target: row.try_get("a_target").map_err(get)?,
-                outcome: row.try_get("a_outcome").map_err(get)?,
-                request_id: row.try_get("a_request_id").map_err(get)?,
-                detail: row.try_get("a_detail").map_err(get)?,
-                digest: row.try_get("a_digest").map_err(get)?,
+                caller: row.try_get("a_caller")?,
+                method: row.try_get("a_method")?,
+                target: row.try_get("a_target")?,
+                outcome: row.try_get("a_outcome")?,
+                request_id: row.try_get("a_request_id")?,
+                detail: row.try_get("a_detail")?,
+                digest: row.try_get("a_digest")?,
             },
         };
-        let mac: Vec<u8> = row.try_get("a_mac").map_err(get)?;
-        let prev: Option<Vec<u8>> = row.try_get("a_prev_mac").map_err(get)?;
+        let mac: Vec<u8> = row.try_get("a_mac")?;
+        let prev: Option<Vec<u8>> = row.try_get("a_prev_mac")?;
         let prev = match (record.seq, prev) {
             (1, _) => crate::chain::GENESIS.to_vec(),
             (_, Some(prev)) => prev,
             (seq, None) => {
-                return Err(Status::data_loss(format!(
+                return Err(AuditError::Tampered(format!(
                     "audit record {} is missing: the audit log was tampered with",
                     seq - 1
                 )));
             }
         };
         if !self.key.verify(&prev, &record, &mac) {
-            return Err(Status::data_loss(format!(
+            return Err(AuditError::Tampered(format!(
                 "audit record {} fails its MAC: the audit log was tampered with",
                 record.seq
             )));
         }
         Ok(record.entry.digest)
     }
-}
-
-fn stopped() -> Status {
-    Status::unavailable("the audit writer has stopped")
 }
 
 struct Writer {
@@ -161,11 +210,8 @@ struct Writer {
 }
 
 enum Outcome {
-    Recorded(oneshot::Sender<Result<(), Status>>),
-    Worked(
-        oneshot::Sender<Result<Box<dyn StdAny + Send>, Status>>,
-        Result<Box<dyn StdAny + Send>, Status>,
-    ),
+    Recorded(oneshot::Sender<Result<(), AuditError>>),
+    Worked(WorkReply, Result<Box<dyn StdAny + Send>, Failure>),
 }
 
 impl Writer {
@@ -201,12 +247,14 @@ impl Writer {
                         }
                     }
                 }
-                Err((status, replies)) => {
-                    tracing::error!(batch = size, error = %status.message(), "audit batch failed; every request in it fails");
+                Err((error, replies)) => {
+                    tracing::error!(batch = size, %error, "audit batch failed; every request in it fails");
                     for reply in replies {
                         match reply {
-                            Outcome::Recorded(tx) => drop(tx.send(Err(status.clone()))),
-                            Outcome::Worked(tx, _) => drop(tx.send(Err(status.clone()))),
+                            Outcome::Recorded(tx) => drop(tx.send(Err(error.clone()))),
+                            Outcome::Worked(tx, _) => {
+                                drop(tx.send(Err(Failure::Audit(error.clone()))))
+                            }
                         }
                     }
                 }
@@ -216,7 +264,7 @@ impl Writer {
 
     /// One transaction for the whole batch. On failure every request gets the error (fail
     /// closed), with the reply channels handed back so none is left hanging.
-    async fn commit(&self, batch: Vec<Job>) -> Result<Vec<Outcome>, (Status, Vec<Outcome>)> {
+    async fn commit(&self, batch: Vec<Job>) -> Result<Vec<Outcome>, (AuditError, Vec<Outcome>)> {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut entries = Vec::with_capacity(batch.len());
         let mut tx = match self.db.begin_write().await {
@@ -225,7 +273,7 @@ impl Writer {
         };
         let head = match self.lock_head(&mut tx).await {
             Ok(head) => head,
-            Err(status) => return Err((status, batch.into_iter().map(pending).collect())),
+            Err(error) => return Err((error, batch.into_iter().map(pending).collect())),
         };
         let mut jobs = batch.into_iter();
         while let Some(job) = jobs.next() {
@@ -239,9 +287,14 @@ impl Writer {
                         entries.extend(new_entries);
                         outcomes.push(Outcome::Worked(reply, Ok(value)));
                     }
-                    Ok(Err(status)) => outcomes.push(Outcome::Worked(reply, Err(status))),
+                    Ok(Err(error)) => {
+                        outcomes.push(Outcome::Worked(reply, Err(Failure::Work(error))))
+                    }
                     Err(e) => {
-                        outcomes.push(Outcome::Worked(reply, Err(Status::unavailable(""))));
+                        outcomes.push(Outcome::Worked(
+                            reply,
+                            Err(Failure::Audit(AuditError::Stopped)),
+                        ));
                         outcomes.extend(jobs.map(pending));
                         return Err((e.into(), outcomes));
                     }
@@ -254,23 +307,22 @@ impl Writer {
                     self.high_water.fetch_max(new_head, Ordering::SeqCst);
                     Ok(outcomes)
                 }
-                Err(e) => Err((StoreError::from(e).into(), outcomes)),
+                Err(e) => Err((e.into(), outcomes)),
             },
-            Err(status) => Err((status, outcomes)),
+            Err(error) => Err((error, outcomes)),
         }
     }
 
-    async fn lock_head(&self, conn: &mut AnyConnection) -> Result<(i64, Vec<u8>), Status> {
-        let sql = match self.db.dialect() {
-            Dialect::Postgres => "SELECT seq, mac FROM audit_head WHERE id = 1 FOR UPDATE",
-            Dialect::Sqlite => "SELECT seq, mac FROM audit_head WHERE id = 1",
-        };
-        let row = sqlx::query(sql)
+    async fn lock_head(&self, conn: &mut AnyConnection) -> Result<(i64, Vec<u8>), AuditError> {
+        let sql = format!(
+            "SELECT seq, mac FROM audit_head WHERE id = 1{}",
+            self.db.dialect().for_update()
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .fetch_one(&mut *conn)
-            .await
-            .map_err(StoreError::from)?;
-        let seq: i64 = row.try_get("seq").map_err(StoreError::from)?;
-        let mac: Vec<u8> = row.try_get("mac").map_err(StoreError::from)?;
+            .await?;
+        let seq: i64 = row.try_get("seq")?;
+        let mac: Vec<u8> = row.try_get("mac")?;
         let seen = self.high_water.load(Ordering::SeqCst);
         if seq < seen {
             tracing::error!(
@@ -278,7 +330,7 @@ impl Writer {
                 seen,
                 "the audit log moved backwards: the database was rolled back"
             );
-            return Err(Status::data_loss(format!(
+            return Err(AuditError::Tampered(format!(
                 "the audit log moved backwards (head {seq}, this process wrote up to {seen}): the database was rolled back; refusing to continue"
             )));
         }
@@ -291,7 +343,7 @@ impl Writer {
         conn: &mut AnyConnection,
         head: (i64, Vec<u8>),
         entries: Vec<Entry>,
-    ) -> Result<i64, Status> {
+    ) -> Result<i64, AuditError> {
         let (mut seq, mut prev) = head;
         if entries.is_empty() {
             return Ok(seq);
@@ -344,14 +396,13 @@ impl Writer {
                     .bind(record.entry.digest.clone())
                     .bind(mac.to_vec());
             }
-            query.execute(&mut *conn).await.map_err(StoreError::from)?;
+            query.execute(&mut *conn).await?;
         }
         sqlx::query("UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1")
             .bind(seq)
             .bind(&prev[..])
             .execute(&mut *conn)
-            .await
-            .map_err(StoreError::from)?;
+            .await?;
         Ok(seq)
     }
 }
@@ -361,7 +412,7 @@ impl Writer {
 async fn run_isolated(
     conn: &mut AnyConnection,
     work: Work,
-) -> Result<Result<(Box<dyn StdAny + Send>, Vec<Entry>), Status>, StoreError> {
+) -> Result<Result<(Box<dyn StdAny + Send>, Vec<Entry>), WorkError>, StoreError> {
     sqlx::query("SAVEPOINT work").execute(&mut *conn).await?;
     let result = work(conn).await;
     if result.is_err() {
@@ -378,6 +429,6 @@ async fn run_isolated(
 fn pending(job: Job) -> Outcome {
     match job {
         Job::Record(_, tx) => Outcome::Recorded(tx),
-        Job::Work(_, tx) => Outcome::Worked(tx, Err(Status::unavailable(""))),
+        Job::Work(_, tx) => Outcome::Worked(tx, Err(Failure::Audit(AuditError::Stopped))),
     }
 }

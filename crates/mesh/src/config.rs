@@ -40,6 +40,8 @@ pub enum ConfigError {
     },
     #[error("{var} is required but not set (nor {var}_FILE)")]
     Missing { var: String },
+    #[error("{var} is required: {what}")]
+    Required { var: String, what: String },
 }
 
 /// A snapshot of the process environment. Tests build one from a map instead of mutating the
@@ -81,7 +83,17 @@ impl Env {
             .filter(|v| !v.is_empty())
     }
 
-    fn parse<T: std::str::FromStr>(&self, var: &str, default: T) -> Result<T, ConfigError>
+    /// A required setting (not a secret: see [`Env::required_secret`]); `what` says what it is
+    /// for in the error.
+    pub fn required(&self, var: &str, what: &str) -> Result<&str, ConfigError> {
+        self.get(var).ok_or_else(|| ConfigError::Required {
+            var: var.to_owned(),
+            what: what.to_owned(),
+        })
+    }
+
+    /// `var` parsed as `T`, or `default` when unset.
+    pub fn parse<T: std::str::FromStr>(&self, var: &str, default: T) -> Result<T, ConfigError>
     where
         T::Err: std::fmt::Display,
     {
@@ -94,13 +106,36 @@ impl Env {
         }
     }
 
-    fn duration(&self, var: &str, default: Duration) -> Result<Duration, ConfigError> {
+    /// A positive count (a batch size, a limit), or `default` when unset.
+    pub fn positive(&self, var: &str, default: u64) -> Result<u64, ConfigError> {
+        match self.parse::<u64>(var, default)? {
+            0 => Err(ConfigError::Invalid {
+                var: var.to_owned(),
+                reason: "must be a positive integer".to_owned(),
+            }),
+            n => Ok(n),
+        }
+    }
+
+    /// A duration like `500ms`, `10s`, `5m` or `1h`, or `default` when unset.
+    pub fn duration(&self, var: &str, default: Duration) -> Result<Duration, ConfigError> {
         match self.get(var) {
             None => Ok(default),
             Some(raw) => parse_duration(raw).ok_or_else(|| ConfigError::Invalid {
                 var: var.to_owned(),
                 reason: format!("`{raw}` is not a duration like 500ms, 10s or 5m"),
             }),
+        }
+    }
+
+    /// A duration that must not be zero (an interval a loop sleeps between rounds).
+    pub fn positive_duration(&self, var: &str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.duration(var, default)? {
+            d if d.is_zero() => Err(ConfigError::Invalid {
+                var: var.to_owned(),
+                reason: "must be longer than zero".to_owned(),
+            }),
+            d => Ok(d),
         }
     }
 
@@ -226,10 +261,11 @@ impl MeshConfig {
             },
             policy_file: path("ORCH_POLICY_FILE", PathBuf::from("config/policy.toml")),
             log_format: env.parse("ORCH_LOG_FORMAT", LogFormat::Text)?,
+            // Zero would spin the reload loop (tokio's interval refuses it with a panic).
             tls_reload_interval: env
-                .duration("ORCH_TLS_RELOAD_INTERVAL", Duration::from_secs(10))?,
+                .positive_duration("ORCH_TLS_RELOAD_INTERVAL", Duration::from_secs(10))?,
             max_connection_age: env
-                .duration("ORCH_MAX_CONNECTION_AGE", Duration::from_secs(300))?,
+                .positive_duration("ORCH_MAX_CONNECTION_AGE", Duration::from_secs(300))?,
             addr_file: env.get("ORCH_ADDR_FILE").map(PathBuf::from),
         })
     }
@@ -329,5 +365,42 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("5"), None);
+    }
+
+    #[test]
+    fn zero_intervals_are_refused_at_start() {
+        for var in ["ORCH_TLS_RELOAD_INTERVAL", "ORCH_MAX_CONNECTION_AGE"] {
+            let env = Env::from_pairs([(var, "0s")]);
+            let err = MeshConfig::from_env(Service::Vault, &env)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(var) && err.contains("longer than zero"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn typed_settings_name_their_variable() {
+        let env = Env::from_pairs([("N", "0"), ("M", "x"), ("D", "3s")]);
+        assert!(
+            env.positive("N", 5)
+                .unwrap_err()
+                .to_string()
+                .contains("N is invalid")
+        );
+        assert!(env.positive("M", 5).is_err());
+        assert_eq!(env.positive("UNSET", 5).unwrap(), 5);
+        assert_eq!(
+            env.duration("D", Duration::ZERO).unwrap(),
+            Duration::from_secs(3)
+        );
+        assert!(
+            env.required("UNSET", "the organization")
+                .unwrap_err()
+                .to_string()
+                .contains("UNSET is required: the organization")
+        );
     }
 }

@@ -5,18 +5,23 @@ use std::future::Future;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use orchestrator_audit::{AuditKey, Ledger};
 use orchestrator_proto::ServiceDescriptor;
+use orchestrator_store::{Database, Dialect};
+use sqlx::migrate::Migrator;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::Routes;
+use tonic::transport::Channel;
 use tonic_health::ServingStatus;
 
 use crate::admin::{self, Readiness};
 use crate::authz::AuthzLayer;
 use crate::config::{Env, MeshConfig};
-use crate::identity::TrustDomain;
+use crate::identity::{Identity, TrustDomain};
 use crate::observe::ObserveLayer;
 use crate::policy::Policy;
 use crate::service::Service;
@@ -25,7 +30,7 @@ use crate::tls::MeshTls;
 use crate::transport;
 
 /// What a service's route builder gets to set itself up.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Startup {
     pub config: MeshConfig,
     /// The process environment, for the service's own L1 secrets ([`Env::secret`]).
@@ -36,12 +41,59 @@ pub struct Startup {
     pub readiness: Readiness,
 }
 
+impl Startup {
+    /// The service's own database (`DATABASE_URL`) and audit ledger (`AUDIT_KEY`): connects,
+    /// waiting up to 30 s for the database to come up, applies the audit tables' migrations and
+    /// then the service's own, registers the database as a `/readyz` check, and starts the
+    /// ledger's writer.
+    pub async fn open_database(
+        &self,
+        migrations: fn(Dialect) -> Migrator,
+    ) -> anyhow::Result<(Database, Ledger)> {
+        let url = self.env.required_secret("DATABASE_URL")?;
+        let audit_key = AuditKey::from_base64(&self.env.required_secret("AUDIT_KEY")?)?;
+        let db = Database::connect(&url, Duration::from_secs(30))
+            .await
+            .context("DATABASE_URL")?;
+        db.migrate([
+            orchestrator_audit::migrations(db.dialect()),
+            migrations(db.dialect()),
+        ])
+        .await?;
+        let probe = db.clone();
+        self.readiness.add_check(
+            "database",
+            Arc::new(move || {
+                let db = probe.clone();
+                Box::pin(async move { db.ping().await })
+            }),
+        );
+        let ledger = Ledger::start(db.clone(), audit_key);
+        Ok((db, ledger))
+    }
+
+    /// One long-lived channel to `peer` at the address in `var` (default: the peer's default
+    /// port on 127.0.0.1), connected on first use; the peer must prove its own identity.
+    pub fn peer(&self, peer: Service, var: &str) -> anyhow::Result<Channel> {
+        let default = format!("127.0.0.1:{}", peer.default_port());
+        let addr = self.env.get(var).unwrap_or(&default);
+        let identity = Identity::new(self.config.trust_domain.clone(), peer.identity_name());
+        crate::client::connect_lazy(self.tls.clone(), addr, identity)
+            .with_context(|| format!("{var}={addr}"))
+    }
+
+    /// This service's own SPIFFE ID, as the caller of its background work in audit records.
+    pub fn self_id(&self) -> String {
+        self.config.identity().to_string()
+    }
+}
+
 /// The whole `main` of a service: configuration, identity and policy checks, then serving until
 /// SIGINT or SIGTERM. Any start-up failure is printed (naming what is wrong, never a secret)
 /// and the process exits non-zero.
 pub fn service_main<F, Fut>(service: Service, routes: F) -> ExitCode
 where
-    F: FnOnce(&Startup) -> Fut,
+    F: FnOnce(Startup) -> Fut,
     Fut: Future<Output = anyhow::Result<Routes>>,
 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -116,7 +168,7 @@ pub fn load_policy(path: &Path, service: Service) -> anyhow::Result<Policy> {
 
 async fn run<F, Fut>(service: Service, routes: F) -> anyhow::Result<()>
 where
-    F: FnOnce(&Startup) -> Fut,
+    F: FnOnce(Startup) -> Fut,
     Fut: Future<Output = anyhow::Result<Routes>>,
 {
     // Exactly one rustls provider in the process, whatever the dependency tree pulls in.
@@ -138,7 +190,7 @@ where
         tls,
         readiness: Readiness::default(),
     };
-    let own = routes(&startup).await?;
+    let own = routes(startup.clone()).await?;
     let Startup {
         config,
         tls,

@@ -22,6 +22,34 @@ pub enum Dialect {
     Sqlite,
 }
 
+impl Dialect {
+    /// ` FOR UPDATE` on PostgreSQL, nothing on SQLite (whose write transactions lock the whole
+    /// database up front, see [`Database::begin_write`]). Appended to a `SELECT`.
+    pub fn for_update(self) -> &'static str {
+        match self {
+            Dialect::Postgres => " FOR UPDATE",
+            Dialect::Sqlite => "",
+        }
+    }
+
+    /// ` FOR UPDATE SKIP LOCKED` on PostgreSQL (replicas claim disjoint rows), nothing on SQLite
+    /// (one writer at a time).
+    pub fn skip_locked(self) -> &'static str {
+        match self {
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        }
+    }
+
+    /// The type of a byte string column, for `CAST($n AS ...)`.
+    pub fn blob(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "BYTEA",
+            Dialect::Sqlite => "BLOB",
+        }
+    }
+}
+
 /// Errors from the database, already sorted by what the caller should tell its client.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,6 +97,12 @@ impl From<sqlx::Error> for StoreError {
 
 impl From<StoreError> for tonic::Status {
     fn from(e: StoreError) -> Self {
+        Self::from(&e)
+    }
+}
+
+impl From<&StoreError> for tonic::Status {
+    fn from(e: &StoreError) -> Self {
         match e {
             StoreError::Unavailable(_) => {
                 tonic::Status::unavailable("the database is unavailable; retry later")

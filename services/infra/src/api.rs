@@ -816,7 +816,7 @@ impl InfraService for Api {
                         .await
                         .map_err(store)?;
                     sqlx::query("UPDATE servers SET state = 'destroying', updated_us = $2 WHERE id = $1").bind(&s2).bind(now).execute(&mut *conn).await.map_err(store)?;
-                    Ok(((), vec![Entry::new(&caller, "/orchestrator.infra.v1.InfraService/DestroyServer", format!("servers/{s2}")).detail(format!("operation {o2}"))]))
+                    Ok::<_, Status>(((), vec![Entry::new(&caller, "/orchestrator.infra.v1.InfraService/DestroyServer", format!("servers/{s2}")).detail(format!("operation {o2}"))]))
                 })
             })
             .await?;

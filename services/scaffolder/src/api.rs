@@ -286,7 +286,7 @@ impl Scaffolder {
                     .execute(&mut *conn)
                     .await
                     .map_err(store)?;
-                    Ok((now, vec![Entry::new(&caller, CREATE, format!("projects/{id}")).detail(step_name(step))]))
+                    Ok::<_, Status>((now, vec![Entry::new(&caller, CREATE, format!("projects/{id}")).detail(step_name(step))]))
                 })
             })
             .await?;
@@ -328,7 +328,7 @@ impl Scaffolder {
                         .map_err(store)?;
                     let mut entry = Entry::new(&caller, CREATE, format!("projects/{id}")).detail(format!("failed: {m2}"));
                     entry.outcome = format!("{:?}", Code::from_i32(code as i32));
-                    Ok(((), vec![entry]))
+                    Ok::<_, Status>(((), vec![entry]))
                 })
             })
             .await;
@@ -863,7 +863,7 @@ impl Scaffolder {
                     let entry = Entry::new(&caller, CREATE, format!("projects/{id2}"))
                         .request_id(&req2.request_id)
                         .detail(format!("recorded name={} template={}", req2.name, template_name(template)));
-                    Ok((now, vec![entry]))
+                    Ok::<_, Status>((now, vec![entry]))
                 })
             })
             .await?;

@@ -13,11 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use orchestrator_audit::{AuditKey, Ledger};
 use orchestrator_github::{GitHub, RepoRef, RetryPolicy};
 use orchestrator_mesh::{Service, service_main};
 use orchestrator_proto::scaffolder::v1::scaffolder_service_server::ScaffolderServiceServer;
-use orchestrator_store::{Database, Dialect};
+use orchestrator_store::Dialect;
 use sqlx::migrate::Migrator;
 use tonic::service::Routes;
 
@@ -33,73 +32,41 @@ fn migrations(dialect: Dialect) -> Migrator {
 }
 
 fn main() -> std::process::ExitCode {
-    service_main(Service::Scaffolder, |startup| {
-        let env = startup.env.clone();
-        let readiness = startup.readiness.clone();
-        let tls = startup.tls.clone();
-        let trust_domain = startup.config.trust_domain.clone();
-        async move {
-            let url = env.required_secret("DATABASE_URL")?;
-            let audit_key = AuditKey::from_base64(&env.required_secret("AUDIT_KEY")?)?;
-            let org = env.get("GITHUB_ORG").context("GITHUB_ORG is required: the organization where projects' repositories are created")?.to_owned();
-            let template_repository = match env.get("SCAFFOLDER_TEMPLATE_REPOSITORY") {
-                None => None,
-                Some(raw) => {
-                    let (owner, name) = raw
-                        .split_once('/')
-                        .context("SCAFFOLDER_TEMPLATE_REPOSITORY must be owner/name")?;
-                    Some(RepoRef::new(owner, name).context("SCAFFOLDER_TEMPLATE_REPOSITORY")?)
-                }
-            };
-            let api_url = env
-                .get("GITHUB_API_URL")
-                .unwrap_or("https://api.github.com")
-                .to_owned();
-            let github = Arc::new(GitHub::with_tokens_only(
-                &api_url,
-                RetryPolicy {
-                    deadline: Duration::from_secs(60),
-                    ..RetryPolicy::default()
-                },
-            )?);
-            let broker_addr = env
-                .get("SCAFFOLDER_BROKER_ADDR")
-                .unwrap_or("127.0.0.1:50052")
-                .to_owned();
-            let broker_identity = orchestrator_mesh::Identity::new(
-                trust_domain,
-                Service::SecretBroker.identity_name(),
-            );
-
-            let db = Database::connect(&url, Duration::from_secs(30))
-                .await
-                .context("DATABASE_URL")?;
-            db.migrate([
-                orchestrator_audit::migrations(db.dialect()),
-                migrations(db.dialect()),
-            ])
-            .await?;
-            let probe = db.clone();
-            readiness.add_check(
-                "database",
-                Arc::new(move || {
-                    let db = probe.clone();
-                    Box::pin(async move { db.ping().await })
-                }),
-            );
-            let ledger = Ledger::start(db.clone(), audit_key);
-            let broker =
-                orchestrator_mesh::client::connect_lazy(tls, &broker_addr, broker_identity)
-                    .context("SCAFFOLDER_BROKER_ADDR")?;
-            let scaffolder = api::Scaffolder {
-                db,
-                ledger,
-                github,
-                org,
-                template_repository,
-                broker,
-            };
-            Ok(Routes::new(ScaffolderServiceServer::new(scaffolder)))
-        }
+    service_main(Service::Scaffolder, |startup| async move {
+        let env = &startup.env;
+        let org = env
+            .required(
+                "GITHUB_ORG",
+                "the organization where projects' repositories are created",
+            )?
+            .to_owned();
+        let template_repository = match env.get("SCAFFOLDER_TEMPLATE_REPOSITORY") {
+            None => None,
+            Some(raw) => {
+                let (owner, name) = raw
+                    .split_once('/')
+                    .context("SCAFFOLDER_TEMPLATE_REPOSITORY must be owner/name")?;
+                Some(RepoRef::new(owner, name).context("SCAFFOLDER_TEMPLATE_REPOSITORY")?)
+            }
+        };
+        let github = Arc::new(GitHub::with_tokens_only(
+            env.get("GITHUB_API_URL")
+                .unwrap_or("https://api.github.com"),
+            RetryPolicy {
+                deadline: Duration::from_secs(60),
+                ..RetryPolicy::default()
+            },
+        )?);
+        let broker = startup.peer(Service::SecretBroker, "SCAFFOLDER_BROKER_ADDR")?;
+        let (db, ledger) = startup.open_database(migrations).await?;
+        let scaffolder = api::Scaffolder {
+            db,
+            ledger,
+            github,
+            org,
+            template_repository,
+            broker,
+        };
+        Ok(Routes::new(ScaffolderServiceServer::new(scaffolder)))
     })
 }

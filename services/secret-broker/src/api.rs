@@ -539,7 +539,7 @@ impl SecretBrokerService for Broker {
                     let entry = Entry::new(&caller, &method, format!("projects/{project_id}"))
                         .request_id(&req.request_id)
                         .detail(format!("repository={repo2} installation={installation}"));
-                    Ok((now, vec![entry]))
+                    Ok::<_, Status>((now, vec![entry]))
                 })
             })
             .await?;
@@ -757,7 +757,7 @@ impl SecretBrokerService for Broker {
                     } else {
                         "already gone at GitHub"
                     });
-                    Ok(((), vec![entry]))
+                    Ok::<_, Status>(((), vec![entry]))
                 })
             })
             .await?;
@@ -860,7 +860,7 @@ impl SecretBrokerService for Broker {
                             .map_err(store)?;
                             entries.push(Entry::new(&caller, &method, format!("projects/{project_id}/secrets/{name}")).detail("recovered: present at GitHub"));
                         }
-                        Ok(((), entries))
+                        Ok::<_, Status>(((), entries))
                     })
                 })
                 .await?;
@@ -972,7 +972,7 @@ impl SecretBrokerService for Broker {
             .write(move |_conn| {
                 Box::pin(async move {
                     // Audited: who, what for, until when. Never the token.
-                    Ok((
+                    Ok::<_, Status>((
                         (),
                         vec![
                             Entry::new(&caller, &method, format!("projects/{project_id}/tokens"))

@@ -13,11 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use orchestrator_audit::{AuditKey, Ledger};
 use orchestrator_github::{AppAuth, GitHub, RetryPolicy};
 use orchestrator_mesh::{Service, service_main};
 use orchestrator_proto::secretbroker::v1::secret_broker_service_server::SecretBrokerServiceServer;
-use orchestrator_store::{Database, Dialect};
+use orchestrator_store::Dialect;
 use sqlx::migrate::Migrator;
 use tonic::service::Routes;
 
@@ -33,75 +32,36 @@ fn migrations(dialect: Dialect) -> Migrator {
     }
 }
 
-fn duration(
-    env: &orchestrator_mesh::Env,
-    var: &str,
-    default: Duration,
-) -> anyhow::Result<Duration> {
-    match env.get(var) {
-        None => Ok(default),
-        Some(raw) => orchestrator_mesh::config::parse_duration(raw)
-            .with_context(|| format!("{var} must be a duration like 200ms or 1s")),
-    }
-}
-
 fn main() -> std::process::ExitCode {
-    service_main(Service::SecretBroker, |startup| {
-        let env = startup.env.clone();
-        let readiness = startup.readiness.clone();
-        async move {
-            let url = env.required_secret("DATABASE_URL")?;
-            let audit_key = AuditKey::from_base64(&env.required_secret("AUDIT_KEY")?)?;
-            let app_id: u64 = env
-                .get("GITHUB_APP_ID")
-                .context("GITHUB_APP_ID is required")?
-                .parse()
-                .context("GITHUB_APP_ID must be a number")?;
-            let app = AppAuth::from_pem(app_id, &env.required_secret("GITHUB_APP_PRIVATE_KEY")?)?;
-            let api_url = env
-                .get("GITHUB_API_URL")
-                .unwrap_or("https://api.github.com")
-                .to_owned();
-            let retry = RetryPolicy {
-                deadline: duration(&env, "BROKER_GITHUB_DEADLINE", Duration::from_secs(120))?,
-                secondary_wait: duration(&env, "BROKER_SECONDARY_WAIT", Duration::from_secs(60))?,
-                base_backoff: duration(&env, "BROKER_BACKOFF", Duration::from_millis(500))?,
-                attempt_timeout: duration(
-                    &env,
-                    "BROKER_GITHUB_ATTEMPT_TIMEOUT",
-                    Duration::from_secs(20),
-                )?,
-                ..RetryPolicy::default()
-            };
-            let github = Arc::new(GitHub::new(&api_url, app, retry)?);
-            let interval = duration(&env, "BROKER_MIN_WRITE_INTERVAL", Duration::from_secs(1))?;
-
-            let db = Database::connect(&url, Duration::from_secs(30))
-                .await
-                .context("DATABASE_URL")?;
-            db.migrate([
-                orchestrator_audit::migrations(db.dialect()),
-                migrations(db.dialect()),
-            ])
-            .await?;
-            let probe = db.clone();
-            readiness.add_check(
-                "database",
-                Arc::new(move || {
-                    let db = probe.clone();
-                    Box::pin(async move { db.ping().await })
-                }),
-            );
-            let ledger = Ledger::start(db.clone(), audit_key);
-            let pacer = Arc::new(pacing::Pacer::new(db.clone(), interval));
-            let broker = api::Broker {
-                db,
-                ledger,
-                github,
-                pacer,
-                org: env.get("GITHUB_ORG").map(str::to_owned),
-            };
-            Ok(Routes::new(SecretBrokerServiceServer::new(broker)))
-        }
+    service_main(Service::SecretBroker, |startup| async move {
+        let env = &startup.env;
+        let app_id: u64 = env
+            .required("GITHUB_APP_ID", "the GitHub App's id")?
+            .parse()
+            .context("GITHUB_APP_ID must be a number")?;
+        let app = AppAuth::from_pem(app_id, &env.required_secret("GITHUB_APP_PRIVATE_KEY")?)?;
+        let api_url = env
+            .get("GITHUB_API_URL")
+            .unwrap_or("https://api.github.com");
+        let retry = RetryPolicy {
+            deadline: env.duration("BROKER_GITHUB_DEADLINE", Duration::from_secs(120))?,
+            secondary_wait: env.duration("BROKER_SECONDARY_WAIT", Duration::from_secs(60))?,
+            base_backoff: env.duration("BROKER_BACKOFF", Duration::from_millis(500))?,
+            attempt_timeout: env
+                .duration("BROKER_GITHUB_ATTEMPT_TIMEOUT", Duration::from_secs(20))?,
+            ..RetryPolicy::default()
+        };
+        let github = Arc::new(GitHub::new(api_url, app, retry)?);
+        let interval = env.duration("BROKER_MIN_WRITE_INTERVAL", Duration::from_secs(1))?;
+        let (db, ledger) = startup.open_database(migrations).await?;
+        let pacer = Arc::new(pacing::Pacer::new(db.clone(), interval));
+        let broker = api::Broker {
+            db,
+            ledger,
+            github,
+            pacer,
+            org: env.get("GITHUB_ORG").map(str::to_owned),
+        };
+        Ok(Routes::new(SecretBrokerServiceServer::new(broker)))
     })
 }

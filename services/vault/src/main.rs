@@ -11,11 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use orchestrator_audit::{AuditKey, Ledger};
 use orchestrator_mesh::{Service, service_main};
 use orchestrator_proto::vault::v1::vault_service_server::VaultServiceServer;
-use orchestrator_store::{Database, Dialect};
+use orchestrator_store::Dialect;
 use sqlx::migrate::Migrator;
 use tonic::service::Routes;
 
@@ -34,67 +32,29 @@ fn migrations(dialect: Dialect) -> Migrator {
 }
 
 fn main() -> std::process::ExitCode {
-    service_main(Service::Vault, |startup| {
-        let env = startup.env.clone();
-        let self_id = startup.config.identity().to_string();
-        let readiness = startup.readiness.clone();
-        async move {
-            let url = env.required_secret("DATABASE_URL")?;
-            let keyring = crypto::Keyring::parse(&env.required_secret("VAULT_MASTER_KEY")?)?;
-            let audit_key = AuditKey::from_base64(&env.required_secret("AUDIT_KEY")?)?;
-            let settings = api::Settings {
-                keep_versions: parse_setting(&env, "VAULT_KEEP_VERSIONS", 10)?,
-                rotate_after: parse_setting(&env, "VAULT_ROTATE_AFTER", 1 << 30)?,
-            };
-            let rewrap_batch = parse_setting(&env, "VAULT_REWRAP_BATCH", 200)?;
-            let rewrap_idle = match env.get("VAULT_REWRAP_INTERVAL") {
-                None => Duration::from_secs(30),
-                Some(raw) => orchestrator_mesh::config::parse_duration(raw)
-                    .context("VAULT_REWRAP_INTERVAL must be a duration like 500ms or 30s")?,
-            };
-            let db = Database::connect(&url, Duration::from_secs(30))
-                .await
-                .context("DATABASE_URL")?;
-            db.migrate([
-                orchestrator_audit::migrations(db.dialect()),
-                migrations(db.dialect()),
-            ])
-            .await?;
-            let keys = Arc::new(keys::DataKeys::open(&db, keyring).await?);
-            let probe = db.clone();
-            readiness.add_check(
-                "database",
-                Arc::new(move || {
-                    let db = probe.clone();
-                    Box::pin(async move { db.ping().await })
-                }),
-            );
-            let ledger = Ledger::start(db.clone(), audit_key);
-            let rewrap = Arc::new(rewrap::Rewrap::default());
-            let vault = api::Vault {
-                db,
-                ledger,
-                keys,
-                settings,
-                self_id,
-                rewrap,
-            };
-            // Rows left on a demoted key by a crash or another replica are picked up at start.
-            tokio::spawn(rewrap::run(vault.clone(), rewrap_batch, rewrap_idle));
-            Ok(Routes::new(VaultServiceServer::new(vault)))
-        }
+    service_main(Service::Vault, |startup| async move {
+        let env = &startup.env;
+        let keyring = crypto::Keyring::parse(&env.required_secret("VAULT_MASTER_KEY")?)?;
+        let settings = api::Settings {
+            keep_versions: env.positive("VAULT_KEEP_VERSIONS", 10)? as i64,
+            rotate_after: env.positive("VAULT_ROTATE_AFTER", 1 << 30)? as i64,
+        };
+        let rewrap_batch = env.positive("VAULT_REWRAP_BATCH", 200)? as i64;
+        let rewrap_idle =
+            env.positive_duration("VAULT_REWRAP_INTERVAL", Duration::from_secs(30))?;
+        let (db, ledger) = startup.open_database(migrations).await?;
+        let keys = Arc::new(keys::DataKeys::open(&db, keyring).await?);
+        let rewrap = Arc::new(rewrap::Rewrap::default());
+        let vault = api::Vault {
+            db,
+            ledger,
+            keys,
+            settings,
+            self_id: startup.self_id(),
+            rewrap,
+        };
+        // Rows left on a demoted key by a crash or another replica are picked up at start.
+        tokio::spawn(rewrap::run(vault.clone(), rewrap_batch, rewrap_idle));
+        Ok(Routes::new(VaultServiceServer::new(vault)))
     })
-}
-
-fn parse_setting(env: &orchestrator_mesh::Env, var: &str, default: i64) -> anyhow::Result<i64> {
-    match env.get(var) {
-        None => Ok(default),
-        Some(raw) => {
-            let n: i64 = raw
-                .parse()
-                .with_context(|| format!("{var} must be a positive integer"))?;
-            anyhow::ensure!(n > 0, "{var} must be a positive integer");
-            Ok(n)
-        }
-    }
 }
