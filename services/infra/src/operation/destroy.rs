@@ -1,0 +1,85 @@
+//! A destroy: the server goes (a droplet is deleted; a Time4VPS server is wiped by a reinstall
+//! and stays bought), then its A record. A provision still running stops at its next step; the
+//! destroy waits for it, then removes whatever it made, a droplet too whose id it never
+//! recorded (found by the provision's tag).
+
+use orchestrator_providers::ServerProvider as _;
+
+use super::credentials;
+use super::failure::StepError;
+use super::provision::server_spec;
+use super::steps::Run;
+use crate::db;
+use crate::model::{OperationKind, Provider, Server, ServerState, Step, StepState};
+
+pub(super) async fn destroy(run: Run<'_>, server: Server) -> Result<(), StepError> {
+    run.mark(
+        Step::ServerDeleted,
+        StepState::Running,
+        "deleting the server",
+    )
+    .await?;
+    let provision =
+        db::latest_operation(&run.infra.db, &server.id, OperationKind::Provision).await?;
+    if provision.as_ref().is_some_and(|p| !p.state.has_ended()) {
+        return Err(StepError::Transient(
+            "waiting for the provision to stop at its next step".to_owned(),
+        ));
+    }
+    let provision_id = provision.map(|p| p.id).unwrap_or_default();
+    let spec = server_spec(&run.infra.settings, &provision_id, &server);
+    let released = match (server.provider, server.provider_server_id.as_deref()) {
+        (Provider::DigitalOcean, Some(id)) => Some(
+            credentials::digitalocean(run.infra, &server)
+                .await?
+                .release(id, &spec)
+                .await?,
+        ),
+        (Provider::DigitalOcean, None) => {
+            let digitalocean = credentials::digitalocean(run.infra, &server).await?;
+            match digitalocean.find(&spec).await? {
+                Some(made) => Some(digitalocean.release(&made.id, &spec).await?),
+                None => None,
+            }
+        }
+        (Provider::Time4Vps, Some(id)) => Some(
+            credentials::time4vps(run.infra, &server)
+                .await?
+                .release(id, &spec)
+                .await?,
+        ),
+        (Provider::Time4Vps, None) => None,
+    };
+    let (state, detail) = match (released, server.provider) {
+        (None, _) => (StepState::Skipped, "no server was created"),
+        (Some(false), _) => (StepState::Done, "already gone"),
+        (Some(true), Provider::DigitalOcean) => (StepState::Done, "deleted"),
+        // A server bought in advance stays bought, wiped of the project and its keys.
+        (Some(true), Provider::Time4Vps) => {
+            (StepState::Done, "wiped by a reinstall; it stays bought")
+        }
+    };
+    run.mark(Step::ServerDeleted, state, detail).await?;
+    match credentials::cloudflare(run.infra, &server).await? {
+        Some((cf, zone)) => {
+            let zone_id = cf.zone_id(&zone).await?;
+            let removed = cf.delete_a_record(&zone_id, &server.hostname).await?;
+            run.mark(
+                Step::DnsRecordRemoved,
+                StepState::Done,
+                if removed { "removed" } else { "already gone" },
+            )
+            .await?;
+        }
+        None => {
+            run.mark(
+                Step::DnsRecordRemoved,
+                StepState::Skipped,
+                "no DNS zone configured",
+            )
+            .await?
+        }
+    }
+    run.finish(&server.id, None, ServerState::Destroyed).await?;
+    Ok(())
+}

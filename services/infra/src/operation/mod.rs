@@ -1,0 +1,18 @@
+//! Operations: provisioning, rotating keys and destroying servers in the background, step by
+//! step, each step recorded so an infra restart resumes where it stopped, and retried only
+//! where it is safe. This module depends on the state, the model and the database, never on
+//! the handlers.
+
+mod checkout;
+mod credentials;
+mod destroy;
+mod failure;
+mod handover;
+mod provision;
+mod rotate;
+mod runner;
+mod ssh;
+mod steps;
+
+pub(crate) use runner::{resume_unfinished, start};
+pub(crate) use steps::{DESTROY, ROTATE, provision_steps};
