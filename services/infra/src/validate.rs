@@ -300,3 +300,6 @@ fn after(page: &Page) -> Result<After, Invalid> {
         Some(_) => Err(Invalid("not a page token this service issued")),
     }
 }
+
+#[cfg(test)]
+mod tests;
