@@ -828,8 +828,11 @@ impl Scaffolder {
         let id = format!("prj-{}", random_hex(8));
         let template =
             pb::ProjectTemplate::try_from(req.template).unwrap_or(pb::ProjectTemplate::DockerSsh);
-        let visibility = pb::RepositoryVisibility::try_from(req.visibility)
-            .unwrap_or(pb::RepositoryVisibility::Private);
+        // Unset is PRIVATE (the contract's default, and what is stored and read back later).
+        let visibility = match pb::RepositoryVisibility::try_from(req.visibility) {
+            Ok(pb::RepositoryVisibility::Unspecified) | Err(_) => pb::RepositoryVisibility::Private,
+            Ok(v) => v,
+        };
         let secrets_ref = req.secrets_ref.clone().unwrap_or_default();
         let json = secrets_ref_to_json(&secrets_ref);
         let (id2, req2, caller, org) =
