@@ -298,3 +298,5 @@ fn secrets_ref_from_json(text: &str) -> Result<common::SecretsRef, StoreError> {
     Ok(common::SecretsRef { entries })
 }
 
+#[cfg(test)]
+mod tests;

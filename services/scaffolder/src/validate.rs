@@ -214,3 +214,5 @@ pub(crate) fn list_projects(req: &pb::ListProjectsRequest) -> Result<ListProject
     })
 }
 
+#[cfg(test)]
+mod tests;
