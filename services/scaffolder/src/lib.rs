@@ -1,0 +1,30 @@
+//! The scaffolder service: projects, their GitHub repositories and the deploy template. Holds
+//! no L1 secret beyond its certificate, database and audit key: GitHub access comes from
+//! tokens the secret broker mints for it, narrowed to repository creation.
+//!
+//! Its environment: `DATABASE_URL`, `AUDIT_KEY` (also as `_FILE`), `GITHUB_API_URL`
+//! (`https://api.github.com`), `GITHUB_ORG` (required), `SCAFFOLDER_TEMPLATE_REPOSITORY`
+//! (`owner/name`, optional), `SCAFFOLDER_BROKER_ADDR` (`127.0.0.1:50052`).
+//!
+//! Modules: `config` (settings), `state` (what requests share, the audit actions), `project`
+//! (the model), `db` (every query), `validate` (requests into typed values), `create` (the
+//! CreateProject steps), `view` (a project as reads return it), `api` (the gRPC handlers).
+
+use orchestrator_mesh::Startup;
+use orchestrator_proto::scaffolder::v1::scaffolder_service_server::ScaffolderServiceServer;
+use tonic::service::Routes;
+
+mod api;
+mod config;
+mod create;
+mod db;
+mod project;
+mod state;
+mod validate;
+mod view;
+
+/// The scaffolder's gRPC routes, once its settings, database and peers are set up.
+pub async fn routes(startup: Startup) -> anyhow::Result<Routes> {
+    let scaffolder = state::Scaffolder::start(&startup).await?;
+    Ok(Routes::new(ScaffolderServiceServer::new(scaffolder)))
+}
