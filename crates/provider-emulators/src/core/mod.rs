@@ -1,8 +1,11 @@
 //! What the three provider emulators share beyond `orchestrator-emulator-kit` (the accept loop,
-//! the server handle, the generator): the seeded faults with per-route overrides, fixed
-//! rate-limit windows, counters, and the one log line per request.
+//! the server handle, the fault table): the gate every request passes (count, admit, inject
+//! faults, log), the handles' fault and counter controls, fixed rate-limit windows
+//! ([`window`]) and the request and answer helpers ([`http`]).
 
-use std::collections::{BTreeMap, HashMap};
+mod http;
+mod window;
+
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -10,23 +13,25 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
+use orchestrator_emulator_kit::{FaultTable, Seeded};
 
-pub(crate) use orchestrator_emulator_kit::{DropConnection, Rng, Running, bind, dropped, lock};
+pub(crate) use http::{
+    bearer, json, page_number, paginate, parse_object, per_page, query_map, refusal,
+};
+pub(crate) use orchestrator_emulator_kit::{DropConnection, Running, bind, dropped, hex, lock};
+pub(crate) use window::{Count, Window};
 
 use crate::{Faults, Stats};
 
-#[derive(Debug, Clone)]
-struct Configured {
-    faults: Faults,
-    rng: Rng,
-}
-
-impl Configured {
-    fn new(faults: Faults) -> Self {
-        let rng = Rng::new(faults.seed);
-        Self { faults, rng }
+impl Seeded for Faults {
+    fn seed(&self) -> u64 {
+        self.seed
     }
 }
+
+/// The bearer token the gate accepted; each token is its own account.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller(pub(crate) String);
 
 /// An injected fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +51,17 @@ impl Fault {
     }
 }
 
+/// What an emulator's own checks (credentials, configured rate limits) make of a request.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// On to the faults and the handler.
+    Admitted,
+    /// Bad credentials: counted in [`Stats::auth_failures`], answered with this.
+    Unauthenticated(Response),
+    /// Over a configured rate limit: counted in [`Stats::rate_limited`], answered with this.
+    RateLimited(Response),
+}
+
 /// One request's fate.
 #[derive(Debug)]
 struct Drawn {
@@ -61,8 +77,7 @@ struct Drawn {
 #[derive(Debug)]
 pub(crate) struct Core {
     pub(crate) name: &'static str,
-    default: Mutex<Configured>,
-    routes: Mutex<BTreeMap<String, Configured>>,
+    faults: Mutex<FaultTable<Faults>>,
     stats: Mutex<Stats>,
 }
 
@@ -70,45 +85,68 @@ impl Core {
     pub(crate) fn new(name: &'static str) -> Self {
         Self {
             name,
-            default: Mutex::new(Configured::new(Faults::default())),
-            routes: Mutex::new(BTreeMap::new()),
+            faults: Mutex::new(FaultTable::default()),
             stats: Mutex::new(Stats::default()),
         }
     }
 
     pub(crate) fn set_faults(&self, faults: Faults) {
-        *lock(&self.default) = Configured::new(faults);
+        lock(&self.faults).set_default(faults);
     }
 
     pub(crate) fn set_faults_for(&self, route: &str, faults: Faults) {
-        lock(&self.routes).insert(route.to_owned(), Configured::new(faults));
+        lock(&self.faults).set_route(route, faults);
     }
 
     pub(crate) fn clear_faults(&self) {
-        *lock(&self.default) = Configured::new(Faults::default());
-        lock(&self.routes).clear();
+        lock(&self.faults).clear();
     }
 
     pub(crate) fn stats(&self) -> MutexGuard<'_, Stats> {
         lock(&self.stats)
     }
 
+    /// The middleware of every provider emulator: counts the request by route, lets the
+    /// emulator `admit` it (its credentials and rate limits; it may leave its [`Caller`] in
+    /// the request), runs the handler under the route's faults (`render` shapes an injected
+    /// error the provider's way), and logs one line.
+    pub(crate) async fn gate(
+        &self,
+        mut req: Request,
+        next: Next,
+        render: fn(Fault, u64) -> Response,
+        admit: impl FnOnce(&mut Request, &str) -> Admission,
+    ) -> Response {
+        let arrived = Instant::now();
+        let route = self.count(&req);
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let response = match admit(&mut req, &route) {
+            Admission::Admitted => self.run_with_faults(&route, req, next, render).await,
+            Admission::Unauthenticated(refusal) => {
+                self.stats().auth_failures += 1;
+                refusal
+            }
+            Admission::RateLimited(refusal) => {
+                self.stats().rate_limited += 1;
+                refusal
+            }
+        };
+        self.log(&method, &route, &path, &response, arrived);
+        response
+    }
+
     /// Draws this request's fate: always four numbers, so the sequence depends only on the
     /// seed and the number of requests on that generator.
     fn draw(&self, route: &str) -> Drawn {
-        let mut routes = lock(&self.routes);
-        let mut default = lock(&self.default);
-        let c = match routes.get_mut(route) {
-            Some(c) => c,
-            None => &mut default,
-        };
+        let mut table = lock(&self.faults);
+        let (f, rng) = table.for_route(route);
         let (pick, code, slow, after) = (
-            c.rng.next_f64(),
-            c.rng.next_f64(),
-            c.rng.next_f64(),
-            c.rng.next_f64(),
+            rng.next_f64(),
+            rng.next_f64(),
+            rng.next_f64(),
+            rng.next_f64(),
         );
-        let f = &c.faults;
         let drop_edge = f.dropped_connection;
         let error_edge = drop_edge + f.server_error;
         let many_edge = error_edge + f.rate_limited_429;
@@ -139,7 +177,7 @@ impl Core {
 
     /// Runs the handler under this route's faults; `render` shapes an injected error the way
     /// the provider does (a [`Fault::Drop`] never reaches it).
-    pub(crate) async fn run_with_faults(
+    async fn run_with_faults(
         &self,
         route: &str,
         req: Request,
@@ -182,7 +220,7 @@ impl Core {
     }
 
     /// Counts a request by route; returns the route key (`"GET /v2/droplets/{id}"`).
-    pub(crate) fn count(&self, req: &Request) -> String {
+    fn count(&self, req: &Request) -> String {
         let template = req
             .extensions()
             .get::<MatchedPath>()
@@ -193,14 +231,7 @@ impl Core {
     }
 
     /// One line per request: method, route, path, status; never a header, a token or a body.
-    pub(crate) fn log(
-        &self,
-        method: &Method,
-        route: &str,
-        path: &str,
-        response: &Response,
-        arrived: Instant,
-    ) {
+    fn log(&self, method: &Method, route: &str, path: &str, response: &Response, arrived: Instant) {
         let template = route.split_once(' ').map_or(route, |(_, t)| t);
         tracing::info!(
             emulator = self.name,
@@ -215,122 +246,62 @@ impl Core {
     }
 }
 
-/// The state of one key's fixed window after counting (or refusing) a request.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Count {
-    pub(crate) limit: u32,
-    pub(crate) used: u32,
-    pub(crate) reset_in: Duration,
-    pub(crate) allowed: bool,
-}
-
-impl Count {
-    pub(crate) fn remaining(&self) -> u32 {
-        self.limit.saturating_sub(self.used)
-    }
-
-    /// Whole seconds until the window resets, at least 1.
-    pub(crate) fn retry_after(&self) -> u64 {
-        let d = self.reset_in;
-        (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
-    }
-}
-
-/// Fixed windows per key (a token, a user), starting at the key's first request.
-#[derive(Debug)]
-pub(crate) struct Window {
-    limit: u32,
-    length: Duration,
-    keys: HashMap<String, (Instant, u32)>,
-}
-
-impl Window {
-    /// `limit` 0 = unlimited.
-    pub(crate) fn new(limit: u32, length: Duration) -> Self {
-        Self {
-            limit,
-            length,
-            keys: HashMap::new(),
+/// The methods every emulator's public handle shares (start, URL, stop, faults, counters), for
+/// a handle with fields `state.core: Core` and `running: Arc<Running>` and a `start_on(addr,
+/// config)`. `api` is the path clients append to the URL, `route` one of its route keys (both
+/// for the docs).
+macro_rules! handle_methods {
+    (config: $config:ty, api: $api:literal, route: $route:literal) => {
+        /// Starts on `127.0.0.1:0`.
+        pub async fn start(config: $config) -> anyhow::Result<Self> {
+            Self::start_on(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), config).await
         }
-    }
 
-    fn entry(&mut self, key: &str) -> &mut (Instant, u32) {
-        let now = Instant::now();
-        let length = self.length;
-        let e = self.keys.entry(key.to_owned()).or_insert((now, 0));
-        if now.saturating_duration_since(e.0) >= length {
-            *e = (now, 0);
+        #[doc = concat!(
+            "The server's base, e.g. `http://127.0.0.1:41234` (clients append `",
+            $api,
+            "`)."
+        )]
+        pub fn url(&self) -> String {
+            self.running.url.clone()
         }
-        e
-    }
 
-    /// Counts a request unless the window is full.
-    pub(crate) fn count(&mut self, key: &str) -> Count {
-        let (limit, length) = (self.limit, self.length);
-        let e = self.entry(key);
-        let reset_in = length.saturating_sub(e.0.elapsed());
-        if limit == 0 {
-            e.1 = e.1.saturating_add(1);
-            return Count {
-                limit: u32::MAX,
-                used: e.1,
-                reset_in,
-                allowed: true,
-            };
+        /// Stops the server.
+        pub fn shutdown(&self) {
+            self.running.stop();
         }
-        let allowed = e.1 < limit;
-        if allowed {
-            e.1 += 1;
-        }
-        Count {
-            limit,
-            used: e.1,
-            reset_in,
-            allowed,
-        }
-    }
 
-    /// The window's state without counting.
-    pub(crate) fn peek(&mut self, key: &str) -> Count {
-        let (limit, length) = (self.limit, self.length);
-        let e = self.entry(key);
-        Count {
-            limit,
-            used: e.1,
-            reset_in: length.saturating_sub(e.0.elapsed()),
-            allowed: limit == 0 || e.1 < limit,
+        /// Faults for every route without its own; restarts the generator from `faults.seed`.
+        pub fn set_faults(&self, faults: $crate::Faults) {
+            self.state.core.set_faults(faults);
         }
-    }
+
+        #[doc = concat!(
+            "Faults for one route, keyed like [`Stats::requests`](crate::Stats::requests) (`\"",
+            $route,
+            "\"`)."
+        )]
+        pub fn set_faults_for(&self, route: &str, faults: $crate::Faults) {
+            self.state.core.set_faults_for(route, faults);
+        }
+
+        /// No faults anywhere.
+        pub fn clear_faults(&self) {
+            self.state.core.clear_faults();
+        }
+
+        /// A snapshot of the counters.
+        pub fn stats(&self) -> $crate::Stats {
+            self.state.core.stats().clone()
+        }
+
+        /// Clears the counters (not the rate-limit windows).
+        pub fn reset_stats(&self) {
+            *self.state.core.stats() = $crate::Stats::default();
+        }
+    };
 }
-
-/// `page` (1-based) of `items`, `per_page` each: (the page, the number of pages).
-pub(crate) fn paginate<T: Clone>(items: &[T], page: usize, per_page: usize) -> (Vec<T>, usize) {
-    let per_page = per_page.max(1);
-    let pages = items.len().div_ceil(per_page).max(1);
-    let start = (page.max(1) - 1).saturating_mul(per_page);
-    let slice = items.iter().skip(start).take(per_page).cloned().collect();
-    (slice, pages)
-}
-
-/// Parses a JSON object body; an empty body is `{}`. `Err` carries no value from the body.
-pub(crate) fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, ()> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(serde_json::Map::new());
-    }
-    match serde_json::from_slice(body) {
-        Ok(serde_json::Value::Object(map)) => Ok(map),
-        _ => Err(()),
-    }
-}
-
-/// Lower-case hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
+pub(crate) use handle_methods;
 
 /// SHA-256 of `data`, hex, cut to `chars`.
 pub(crate) fn sha256_hex(data: &[u8], chars: usize) -> String {
@@ -345,49 +316,6 @@ pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
     let t = t.replace_nanosecond(0).unwrap_or(t);
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
-}
-
-/// The query string as a map (later duplicates win).
-pub(crate) fn query_map(query: Option<&str>) -> HashMap<String, String> {
-    let Some(q) = query else {
-        return HashMap::new();
-    };
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    fn digit(b: u8) -> Option<u8> {
-        char::from(b)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hi = bytes.get(i + 1).copied().and_then(digit);
-                let lo = bytes.get(i + 2).copied().and_then(digit);
-                if let (Some(hi), Some(lo)) = (hi, lo) {
-                    out.push(hi * 16 + lo);
-                    i += 2;
-                } else {
-                    out.push(b'%');
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `N` random bytes.

@@ -6,25 +6,28 @@
 //! - A reinstall wipes the server: the IP stays, the OS becomes the requested one when its task
 //!   completes, `task_after` after the request. While it runs the task's `completed` is empty
 //!   and a second reinstall is refused.
+//!
+//! Modules: `state` (servers, tasks), `gate` (HTTP Basic, the window), `error`, `servers`
+//! (the reads) and `reinstall`.
+
+mod error;
+mod gate;
+mod reinstall;
+mod servers;
+mod state;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::middleware;
 use axum::routing::{get, post};
-use base64::Engine as _;
-use serde_json::{Value, json};
-use time::OffsetDateTime;
 
-use crate::core::{self, Core, Fault, Running, Window, lock};
-use crate::host::{self, Exec, Host, HostsConfig};
-use crate::keys::PublicKey;
-use crate::{Faults, Stats};
+use crate::core::{self, Core, Running, Window, lock};
+use crate::host::{Exec, HostsConfig};
+use error::T4Error;
+use state::{Server, T4State};
 
 /// How the Time4VPS emulator behaves.
 #[derive(Debug, Clone)]
@@ -88,115 +91,6 @@ pub struct ReinstallRecord {
     pub script: Option<u64>,
 }
 
-#[derive(Debug)]
-struct Task {
-    id: u64,
-    name: &'static str,
-    requested: Instant,
-    requested_at: OffsetDateTime,
-    /// The reinstall behind it.
-    reinstall: ReinstallRecord,
-}
-
-#[derive(Debug)]
-struct Server {
-    id: u64,
-    ip: String,
-    initial_os: String,
-    tasks: Vec<Task>,
-    /// Its SSH side since the last reinstall (with [`T4Config::hosts`]).
-    host: Option<Host>,
-}
-
-#[derive(Debug)]
-struct T4State {
-    config: T4Config,
-    core: Core,
-    servers: Mutex<Vec<Server>>,
-    next_task: Mutex<u64>,
-    limits: Mutex<Window>,
-}
-
-impl T4State {
-    fn done(&self, t: &Task, now: Instant) -> bool {
-        now.saturating_duration_since(t.requested) >= self.config.task_after
-    }
-
-    fn os(&self, s: &Server, now: Instant) -> String {
-        s.tasks
-            .iter()
-            .rev()
-            .find(|t| self.done(t, now))
-            .map_or_else(|| s.initial_os.clone(), |t| t.reinstall.os.clone())
-    }
-
-    fn active(&self, s: &Server, now: Instant) -> Option<u64> {
-        s.tasks.iter().find(|t| !self.done(t, now)).map(|t| t.id)
-    }
-
-    fn task_json(&self, t: &Task, now: Instant) -> Value {
-        let done = self.done(t, now);
-        // Assigned to a worker halfway through.
-        let assigned = now.saturating_duration_since(t.requested) >= self.config.task_after / 2;
-        let at = |d: Duration| stamp(t.requested_at + d);
-        json!({
-            "name": t.name,
-            "activated": at(Duration::ZERO),
-            "assigned": if assigned || done { at(self.config.task_after / 2) } else { String::new() },
-            "completed": if done { at(self.config.task_after) } else { String::new() },
-            "results": if done { format!("Server reinstalled with {}", t.reinstall.os) } else { String::new() },
-        })
-    }
-
-    fn server_json(&self, s: &Server, now: Instant, details: bool) -> Value {
-        let mut v = json!({
-            "id": s.id,
-            "domain": format!("server{}.time4vps.test", s.id),
-            "ip": s.ip,
-            "status": "Active",
-            "product": "Linux 4",
-            "os": self.os(s, now),
-        });
-        if details {
-            let last: Vec<Value> = s
-                .tasks
-                .iter()
-                .rev()
-                .take(5)
-                .map(|t| {
-                    let mut j = self.task_json(t, now);
-                    j["id"] = json!(t.id);
-                    j
-                })
-                .collect();
-            v["label"] = json!(format!("server{}", s.id));
-            v["additional_ip"] = json!([]);
-            v["cpu_cores"] = json!(2);
-            v["ram_limit"] = json!(4096);
-            v["disk_limit"] = json!(81920);
-            v["active_task"] = match self.active(s, now) {
-                Some(_) => json!("reinstall"),
-                None => Value::Null,
-            };
-            v["last_tasks"] = json!(last);
-        }
-        v
-    }
-}
-
-/// `YYYY-MM-DD HH:MM:SS` (UTC), as the billing system writes dates.
-fn stamp(t: OffsetDateTime) -> String {
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
-}
-
 /// A running Time4VPS emulator. Clones share it; the server stops when the last handle drops
 /// or on [`Time4Vps::shutdown`].
 #[derive(Debug, Clone)]
@@ -206,11 +100,6 @@ pub struct Time4Vps {
 }
 
 impl Time4Vps {
-    /// Starts on `127.0.0.1:0`.
-    pub async fn start(config: T4Config) -> anyhow::Result<Self> {
-        Self::start_on(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), config).await
-    }
-
     /// Starts on `addr` (plain HTTP).
     pub async fn start_on(addr: std::net::SocketAddr, config: T4Config) -> anyhow::Result<Self> {
         anyhow::ensure!(!config.oses.is_empty(), "T4Config::oses must not be empty");
@@ -247,16 +136,6 @@ impl Time4Vps {
             state,
             running: Arc::new(running),
         })
-    }
-
-    /// The server's base, e.g. `http://127.0.0.1:41234` (clients append `/api/...`).
-    pub fn url(&self) -> String {
-        self.running.url.clone()
-    }
-
-    /// Stops the server.
-    pub fn shutdown(&self) {
-        self.running.stop();
     }
 
     /// The servers, in configuration order.
@@ -311,321 +190,22 @@ impl Time4Vps {
             .unwrap_or_default()
     }
 
-    /// Faults for every route without its own; restarts the generator from `faults.seed`.
-    pub fn set_faults(&self, faults: Faults) {
-        self.state.core.set_faults(faults);
-    }
-
-    /// Faults for one route, keyed like [`Stats::requests`]
-    /// (`"POST /api/server/{id}/reinstall"`).
-    pub fn set_faults_for(&self, route: &str, faults: Faults) {
-        self.state.core.set_faults_for(route, faults);
-    }
-
-    /// No faults anywhere.
-    pub fn clear_faults(&self) {
-        self.state.core.clear_faults();
-    }
-
-    /// A snapshot of the counters.
-    pub fn stats(&self) -> Stats {
-        self.state.core.stats().clone()
-    }
-
-    /// Clears the counters (not the rate-limit window).
-    pub fn reset_stats(&self) {
-        *self.state.core.stats() = Stats::default();
-    }
-}
-
-/// `{"error": [message]}` with a status.
-#[derive(Debug)]
-struct T4Error {
-    status: StatusCode,
-    message: String,
-    retry_after: Option<u64>,
-}
-
-impl T4Error {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    fn bad(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-
-    fn no_server() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "Server not found")
-    }
-
-    fn too_many(retry_after: u64) -> Self {
-        Self {
-            retry_after: Some(retry_after),
-            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "Too many requests")
-        }
-    }
-}
-
-impl IntoResponse for T4Error {
-    fn into_response(self) -> Response {
-        let mut r = (self.status, axum::Json(json!({"error": [self.message]}))).into_response();
-        if let Some(secs) = self.retry_after {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        r
-    }
-}
-
-fn render_fault(fault: Fault, retry_after: u64) -> Response {
-    match fault {
-        Fault::TooMany => T4Error::too_many(retry_after).into_response(),
-        Fault::ServerError(status) => T4Error::new(status, "Internal error").into_response(),
-        Fault::Drop => core::dropped(),
-    }
+    core::handle_methods!(
+        config: T4Config,
+        api: "/api/...",
+        route: "POST /api/server/{id}/reinstall"
+    );
 }
 
 fn router(state: Arc<T4State>) -> Router {
     Router::new()
-        .route("/api/server", get(list_servers))
-        .route("/api/server/{id}", get(get_server))
-        .route("/api/server/{id}/reinstall", post(reinstall))
-        .route("/api/server/{id}/task/{task_id}", get(get_task))
-        .route("/api/server/{id}/oses", get(oses))
-        .route("/api/scripts", get(scripts))
+        .route("/api/server", get(servers::list))
+        .route("/api/server/{id}", get(servers::get))
+        .route("/api/server/{id}/reinstall", post(reinstall::reinstall))
+        .route("/api/server/{id}/task/{task_id}", get(servers::task))
+        .route("/api/server/{id}/oses", get(servers::oses))
+        .route("/api/scripts", get(servers::scripts))
         .fallback(|| async { T4Error::new(StatusCode::NOT_FOUND, "Invalid endpoint") })
-        .layer(middleware::from_fn_with_state(state.clone(), gate))
+        .layer(middleware::from_fn_with_state(state.clone(), gate::gate))
         .with_state(state)
-}
-
-/// Constant-time-ish comparison is not needed here: this is a test double.
-fn basic_ok(headers: &HeaderMap, user: &str, password: &str) -> bool {
-    if user.is_empty() {
-        return false;
-    }
-    let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some((scheme, encoded)) = value.split_once(' ') else {
-        return false;
-    };
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return false;
-    }
-    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
-        return false;
-    };
-    let Ok(text) = String::from_utf8(decoded) else {
-        return false;
-    };
-    text.split_once(':')
-        .is_some_and(|(u, p)| u == user && p == password)
-}
-
-async fn gate(State(s): State<Arc<T4State>>, req: Request, next: Next) -> Response {
-    let arrived = Instant::now();
-    let route = s.core.count(&req);
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let response = if !basic_ok(req.headers(), &s.config.user, &s.config.password) {
-        s.core.stats().auth_failures += 1;
-        T4Error::new(StatusCode::UNAUTHORIZED, "wronglogin").into_response()
-    } else {
-        let count = lock(&s.limits).count(&s.config.user);
-        if count.allowed {
-            s.core
-                .run_with_faults(&route, req, next, render_fault)
-                .await
-        } else {
-            s.core.stats().rate_limited += 1;
-            T4Error::too_many(count.retry_after()).into_response()
-        }
-    };
-    s.core.log(&method, &route, &path, &response, arrived);
-    response
-}
-
-fn json_ok(v: Value) -> Response {
-    (StatusCode::OK, axum::Json(v)).into_response()
-}
-
-fn parse_id(id: &str) -> Result<u64, T4Error> {
-    id.parse().map_err(|_| T4Error::no_server())
-}
-
-async fn list_servers(State(s): State<Arc<T4State>>) -> Response {
-    let now = Instant::now();
-    let servers = lock(&s.servers);
-    json_ok(Value::Array(
-        servers
-            .iter()
-            .map(|srv| s.server_json(srv, now, false))
-            .collect(),
-    ))
-}
-
-async fn get_server(
-    State(s): State<Arc<T4State>>,
-    Path(id): Path<String>,
-) -> Result<Response, T4Error> {
-    let id = parse_id(&id)?;
-    let servers = lock(&s.servers);
-    let srv = servers
-        .iter()
-        .find(|x| x.id == id)
-        .ok_or_else(T4Error::no_server)?;
-    Ok(json_ok(s.server_json(srv, Instant::now(), true)))
-}
-
-async fn reinstall(
-    State(s): State<Arc<T4State>>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Result<Response, T4Error> {
-    let id = parse_id(&id)?;
-    let body = core::parse_object(&body).map_err(|()| T4Error::bad("Invalid request body"))?;
-    let os = match body.get("os") {
-        Some(Value::String(os)) if !os.is_empty() => os.clone(),
-        _ => return Err(T4Error::bad("OS is required")),
-    };
-    if !s.config.oses.contains(&os) {
-        return Err(T4Error::bad("Invalid OS"));
-    }
-    let ssh_key: Option<String> = match body.get("ssh_key") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(k)) if k.trim().is_empty() => None,
-        Some(Value::String(k)) if PublicKey::parse(k).is_some() && !k.trim().contains('\n') => {
-            Some(k.trim().to_owned())
-        }
-        Some(_) => return Err(T4Error::bad("Invalid SSH key")),
-    };
-    let script = match body.get("script") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(v)) if v.is_empty() => None,
-        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
-        Some(Value::String(v)) if v.parse::<u64>().is_ok() => v.parse().ok(),
-        Some(_) => return Err(T4Error::bad("Invalid init script")),
-    };
-    if let Some(script) = script
-        && !s.config.scripts.iter().any(|(sid, _)| *sid == script)
-    {
-        return Err(T4Error::bad("Invalid init script"));
-    }
-    let now = Instant::now();
-    let mut servers = lock(&s.servers);
-    let srv = servers
-        .iter_mut()
-        .find(|x| x.id == id)
-        .ok_or_else(T4Error::no_server)?;
-    if s.active(srv, now).is_some() {
-        return Err(T4Error::bad("Server has an active task"));
-    }
-    let task_id = {
-        let mut next = lock(&s.next_task);
-        *next += 1;
-        *next
-    };
-    // The reinstall wipes the server: the old SSH side goes now, the new one answers when the
-    // task completes, with root's key from the request and a host key nobody knew before.
-    srv.host = None;
-    if let Some(hosts) = &s.config.hosts
-        && let Ok(ip) = srv.ip.parse()
-    {
-        let up_at = now + s.config.task_after;
-        let users = ssh_key
-            .iter()
-            .map(|k| ("root".to_owned(), vec![k.clone()]))
-            .collect();
-        let boot = host::Boot {
-            ip,
-            host_key: None,
-            users,
-            sudoers: vec!["root".to_owned()],
-            up_at,
-            ready_at: up_at,
-            cloud_init: false,
-            failed: false,
-        };
-        srv.host = host::start(boot, hosts.ssh_port)
-            .inspect_err(|e| tracing::warn!(error = %e, "server could not boot"))
-            .ok();
-    }
-    srv.tasks.push(Task {
-        id: task_id,
-        name: "reinstall",
-        requested: now,
-        requested_at: OffsetDateTime::now_utc(),
-        reinstall: ReinstallRecord {
-            task_id,
-            os,
-            ssh_key,
-            script,
-        },
-    });
-    Ok(json_ok(json!({"task_id": task_id})))
-}
-
-async fn get_task(
-    State(s): State<Arc<T4State>>,
-    Path((id, task_id)): Path<(String, String)>,
-) -> Result<Response, T4Error> {
-    let id = parse_id(&id)?;
-    let servers = lock(&s.servers);
-    let srv = servers
-        .iter()
-        .find(|x| x.id == id)
-        .ok_or_else(T4Error::no_server)?;
-    let task = task_id
-        .parse::<u64>()
-        .ok()
-        .and_then(|tid| srv.tasks.iter().find(|t| t.id == tid))
-        .ok_or_else(|| T4Error::bad("Invalid task ID"))?;
-    Ok(json_ok(s.task_json(task, Instant::now())))
-}
-
-fn title(os: &str) -> String {
-    os.trim_start_matches("kvm-")
-        .trim_end_matches("-x86_64")
-        .trim_end_matches("-gpt")
-        .split('-')
-        .map(|w| {
-            let mut c = w.chars();
-            c.next()
-                .map(|f| f.to_uppercase().chain(c).collect::<String>())
-                .unwrap_or_default()
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-async fn oses(State(s): State<Arc<T4State>>, Path(id): Path<String>) -> Result<Response, T4Error> {
-    let id = parse_id(&id)?;
-    if !lock(&s.servers).iter().any(|x| x.id == id) {
-        return Err(T4Error::no_server());
-    }
-    Ok(json_ok(Value::Array(
-        s.config
-            .oses
-            .iter()
-            .map(|os| json!({"os": os, "title": title(os)}))
-            .collect(),
-    )))
-}
-
-async fn scripts(State(s): State<Arc<T4State>>) -> Response {
-    json_ok(Value::Array(
-        s.config
-            .scripts
-            .iter()
-            .map(|(id, name)| json!({"id": id, "name": name, "syntax": "bash"}))
-            .collect(),
-    ))
 }
