@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, Path, RawQuery, Request, State};
+use axum::extract::{Extension, Path, Request, State};
 use axum::response::Response;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
@@ -12,7 +12,7 @@ use super::envelope::{CfError, Page, success};
 use super::state::{CfState, Record, Zone};
 use super::validate::{check_conflicts, check_record, parse_fields};
 use super::zones::zone_or_404;
-use crate::core::{self, Caller, lock};
+use crate::core::{self, Caller, QueryMap, lock};
 
 fn record_json(zone: &Zone, r: &Record) -> Value {
     json!({
@@ -46,11 +46,10 @@ async fn read_body(req: Request) -> Result<Map<String, Value>, CfError> {
 pub(super) async fn list(
     State(s): State<Arc<CfState>>,
     Path(zone_id): Path<String>,
-    RawQuery(query): RawQuery,
+    QueryMap(q): QueryMap,
     req: Request,
 ) -> Result<Response, CfError> {
     let zone = zone_or_404(&s, &zone_id, req.uri().path())?;
-    let q = core::query_map(query.as_deref());
     let page = Page::parse(&q, 100, 5, 5000)?;
     let type_ = q.get("type").map(|t| t.to_ascii_uppercase());
     let name = q

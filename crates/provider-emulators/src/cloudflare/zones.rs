@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::envelope::{CfError, Page, success};
 use super::state::{CfState, Zone};
-use crate::core;
+use crate::core::{self, QueryMap};
 
 /// A zone's id: stable for its name.
 pub(super) fn zone_id(name: &str) -> String {
@@ -38,9 +38,8 @@ fn zone_json(z: &Zone) -> Value {
 
 pub(super) async fn list(
     State(s): State<Arc<CfState>>,
-    RawQuery(query): RawQuery,
+    QueryMap(q): QueryMap,
 ) -> Result<Response, CfError> {
-    let q = core::query_map(query.as_deref());
     let page = Page::parse(&q, 20, 5, 50)?;
     let name = q
         .get("name")

@@ -2,7 +2,10 @@
 //! bodies, bearer credentials, page parameters, JSON answers.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -66,8 +69,19 @@ pub(crate) fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, serde_
     }
 }
 
-/// The query string as a map (later duplicates win).
-pub(crate) fn query_map(query: Option<&str>) -> HashMap<String, String> {
+/// The query string as a map (later duplicates win), for a handler.
+#[derive(Debug)]
+pub(crate) struct QueryMap(pub(crate) HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
+        Ok(Self(query_map(parts.uri.query())))
+    }
+}
+
+fn query_map(query: Option<&str>) -> HashMap<String, String> {
     let Some(q) = query else {
         return HashMap::new();
     };

@@ -16,7 +16,7 @@ use axum::response::Response;
 use orchestrator_emulator_kit::{FaultTable, Seeded};
 
 pub(crate) use http::{
-    bearer, json, page_number, paginate, parse_object, per_page, query_map, refusal,
+    QueryMap, bearer, json, page_number, paginate, parse_object, per_page, refusal,
 };
 pub(crate) use orchestrator_emulator_kit::{DropConnection, Running, bind, dropped, hex, lock};
 pub(crate) use window::{Count, Window};

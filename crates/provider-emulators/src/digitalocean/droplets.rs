@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -14,7 +14,7 @@ use super::error::{DoError, parse_id};
 use super::paging::Page;
 use super::state::{DoState, Droplet, private_ip};
 use super::validate::validate_create;
-use crate::core::{self, Caller, lock};
+use crate::core::{self, Caller, QueryMap, lock};
 
 /// A droplet as the API shows it now: networks appear as it becomes active, then public.
 pub(super) fn droplet_json(s: &DoState, d: &Droplet, now: Instant) -> Value {
@@ -118,9 +118,8 @@ pub(super) async fn create(
 pub(super) async fn list(
     State(s): State<Arc<DoState>>,
     Extension(Caller(token)): Extension<Caller>,
-    RawQuery(query): RawQuery,
+    QueryMap(q): QueryMap,
 ) -> Result<Response, DoError> {
-    let q = core::query_map(query.as_deref());
     let page = Page::parse(&q)?;
     let tag = q.get("tag_name").filter(|t| !t.is_empty());
     let name = q.get("name").filter(|n| !n.is_empty());
@@ -180,9 +179,8 @@ pub(super) async fn delete(
 pub(super) async fn delete_by_tag(
     State(s): State<Arc<DoState>>,
     Extension(Caller(token)): Extension<Caller>,
-    RawQuery(query): RawQuery,
+    QueryMap(q): QueryMap,
 ) -> Result<Response, DoError> {
-    let q = core::query_map(query.as_deref());
     let tag = q
         .get("tag_name")
         .filter(|t| !t.is_empty())

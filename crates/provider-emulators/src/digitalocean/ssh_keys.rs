@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::error::DoError;
 use super::paging::Page;
 use super::state::{DoState, Key};
-use crate::core::{self, Caller, lock};
+use crate::core::{self, Caller, QueryMap, lock};
 use crate::keys::PublicKey;
 
 fn key_json(k: &Key) -> Value {
@@ -72,9 +72,8 @@ pub(super) async fn create(
 pub(super) async fn list(
     State(s): State<Arc<DoState>>,
     Extension(Caller(token)): Extension<Caller>,
-    RawQuery(query): RawQuery,
+    QueryMap(q): QueryMap,
 ) -> Result<Response, DoError> {
-    let q = core::query_map(query.as_deref());
     let page = Page::parse(&q)?;
     let world = lock(&s.world);
     let all: Vec<Value> = world
