@@ -88,6 +88,13 @@ pub struct Cloudflare {
 }
 
 impl Cloudflare {
+    // start, url, shutdown, set_faults, set_faults_for, clear_faults, stats, reset_stats.
+    core::handle_methods!(
+        config: CfConfig,
+        api: "/client/v4/...",
+        route: "POST /client/v4/zones/{zone_id}/dns_records"
+    );
+
     /// Starts on `addr` (plain HTTP).
     pub async fn start_on(addr: std::net::SocketAddr, config: CfConfig) -> anyhow::Result<Self> {
         let mut zones = Vec::new();
@@ -155,12 +162,6 @@ impl Cloudflare {
             })
             .collect()
     }
-
-    core::handle_methods!(
-        config: CfConfig,
-        api: "/client/v4/...",
-        route: "POST /client/v4/zones/{zone_id}/dns_records"
-    );
 }
 
 fn router(state: Arc<CfState>) -> Router {

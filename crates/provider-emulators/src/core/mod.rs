@@ -76,7 +76,7 @@ struct Drawn {
 /// Counters, faults and logging of one emulator.
 #[derive(Debug)]
 pub(crate) struct Core {
-    pub(crate) name: &'static str,
+    name: &'static str,
     faults: Mutex<FaultTable<Faults>>,
     stats: Mutex<Stats>,
 }

@@ -118,6 +118,13 @@ pub struct DigitalOcean {
 }
 
 impl DigitalOcean {
+    // start, url, shutdown, set_faults, set_faults_for, clear_faults, stats, reset_stats.
+    core::handle_methods!(
+        config: DoConfig,
+        api: "/v2/...",
+        route: "POST /v2/droplets"
+    );
+
     /// Starts on `addr` (plain HTTP).
     pub async fn start_on(addr: std::net::SocketAddr, config: DoConfig) -> anyhow::Result<Self> {
         let (listener, url) = core::bind(addr).await?;
@@ -208,12 +215,6 @@ impl DigitalOcean {
             None => false,
         }
     }
-
-    core::handle_methods!(
-        config: DoConfig,
-        api: "/v2/...",
-        route: "POST /v2/droplets"
-    );
 }
 
 fn router(state: Arc<DoState>) -> Router {

@@ -100,6 +100,13 @@ pub struct Time4Vps {
 }
 
 impl Time4Vps {
+    // start, url, shutdown, set_faults, set_faults_for, clear_faults, stats, reset_stats.
+    core::handle_methods!(
+        config: T4Config,
+        api: "/api/...",
+        route: "POST /api/server/{id}/reinstall"
+    );
+
     /// Starts on `addr` (plain HTTP).
     pub async fn start_on(addr: std::net::SocketAddr, config: T4Config) -> anyhow::Result<Self> {
         anyhow::ensure!(!config.oses.is_empty(), "T4Config::oses must not be empty");
@@ -189,12 +196,6 @@ impl Time4Vps {
             .map(|s| s.tasks.iter().map(|t| t.reinstall.clone()).collect())
             .unwrap_or_default()
     }
-
-    core::handle_methods!(
-        config: T4Config,
-        api: "/api/...",
-        route: "POST /api/server/{id}/reinstall"
-    );
 }
 
 fn router(state: Arc<T4State>) -> Router {
