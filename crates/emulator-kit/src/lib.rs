@@ -5,8 +5,17 @@
 //!   connection without writing anything — what a client sees when a provider's edge drops it.
 //! - [`Running`]: the server handle; the server stops accepting and closes open connections
 //!   when it is stopped or the last handle drops.
-//! - [`Rng`]: a tiny seedable generator, so the same seed and request order give the same
-//!   injected faults.
+//! - [`faults`]: [`Rng`], a tiny seedable generator, so the same seed and request order give
+//!   the same injected faults, and [`FaultTable`], fault settings for every route with
+//!   per-route overrides, each drawing from its own generator.
+//! - [`process`]: what a binary does around its server (the address file, waiting for
+//!   SIGTERM).
+//! - `testing` (feature `testing`): helpers the emulators' test suites share.
+
+pub mod faults;
+pub mod process;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -22,6 +31,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt as _;
+
+pub use faults::{FaultTable, Rng, Seeded};
 
 /// Locks a mutex, ignoring poisoning (a panicking handler must not wedge the emulator).
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -132,39 +143,11 @@ impl Drop for Running {
     }
 }
 
-/// SplitMix64: tiny, seedable, good enough to spread faults.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_same_seed_gives_the_same_draws() {
-        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
-        let draws: Vec<f64> = (0..100).map(|_| a.next_f64()).collect();
-        assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));
-        assert_eq!(draws, (0..100).map(|_| b.next_f64()).collect::<Vec<_>>());
-        assert_ne!(Rng::new(8).next_u64(), Rng::new(7).next_u64());
-    }
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }

@@ -19,6 +19,12 @@
 //! Each emulator is an axum router on its own `127.0.0.1` port behind a middleware that
 //! authenticates, limits and injects faults; the accept loop (`orchestrator-emulator-kit`) lets
 //! a fault close a connection without an answer.
+//!
+//! Layout: `core` holds what the three share (the gate every request passes, the handles'
+//! common methods, rate-limit windows, request and answer helpers); each provider is a folder
+//! (`digitalocean/`, `cloudflare/`, `time4vps/`) with `mod.rs` (config, public handle, router),
+//! `state`, `gate` (its credentials and limits), its error shape, and one module per resource.
+//! `host` is the SSH side of booted servers, `keys` the OpenSSH public keys they are given.
 
 mod cloudflare;
 mod core;

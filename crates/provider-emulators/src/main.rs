@@ -23,14 +23,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use orchestrator_emulator_kit::process::{self, env};
 use orchestrator_provider_emulators::{
     CfConfig, DoConfig, Faults, HostsConfig, ProviderEmulators, ProvidersConfig, T4Config,
 };
-use tracing_subscriber::EnvFilter;
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
 
 fn list(name: &str) -> Vec<String> {
     env(name)
@@ -170,11 +166,7 @@ fn config() -> anyhow::Result<ProvidersConfig> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    process::init_logging();
 
     let config = config()?;
     let fault_spec = env("PROVIDER_EMULATORS_FAULTS")
@@ -198,9 +190,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let urls = emulators.urls_json();
     if let Some(path) = env("PROVIDER_EMULATORS_ADDR_FILE") {
-        let tmp = format!("{path}.tmp");
-        std::fs::write(&tmp, urls.to_string()).with_context(|| format!("writing {tmp}"))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {path}"))?;
+        process::write_address_file(&path, &urls.to_string())?;
     }
     tracing::info!(
         digitalocean = %emulators.digitalocean.url(),
@@ -209,12 +199,7 @@ async fn main() -> anyhow::Result<()> {
         "provider-emulators listening"
     );
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    process::stop_requested().await?;
     tracing::info!("provider-emulators stopping");
     emulators.shutdown();
     Ok(())

@@ -4,9 +4,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::client;
+use orchestrator_emulator_kit::testing;
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -34,14 +35,7 @@ async fn binary_serves_all_three_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let urls: Value = loop {
-        if let Ok(text) = std::fs::read_to_string(&addr_file) {
-            break serde_json::from_str(&text).unwrap();
-        }
-        assert!(Instant::now() < deadline, "no address file");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let urls = testing::address_file(&addr_file, Duration::from_secs(20)).await;
     let url = |k: &str| urls[k].as_str().unwrap().to_owned();
     for k in ["digitalocean", "cloudflare", "time4vps"] {
         assert!(url(k).starts_with("http://127.0.0.1:"), "{urls}");
@@ -80,19 +74,7 @@ async fn binary_serves_all_three_and_stops_on_sigterm() {
         .unwrap();
     assert_eq!(servers[1]["ip"], "203.0.113.11");
 
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = testing::stop_with_sigterm(&mut child).await;
     assert!(exit.success(), "{exit}");
 
     // One line per request, and no credential in the log.

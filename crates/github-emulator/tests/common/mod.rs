@@ -157,9 +157,8 @@ pub async fn message(resp: Response) -> String {
     v["message"].as_str().unwrap_or_default().to_owned()
 }
 
-pub fn header<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
-    resp.headers().get(name).and_then(|v| v.to_str().ok())
-}
+#[allow(unused_imports)] // Not every test binary uses it.
+pub use orchestrator_emulator_kit::testing::header;
 
 /// Every GitHub response carries these.
 pub fn assert_rate_headers(resp: &Response) {

@@ -1,12 +1,14 @@
 //! Shared helpers: a real HTTP client, fake (well-formed) SSH keys, header access.
 
-#![allow(dead_code, unreachable_pub)] // Each test binary uses a subset.
+#![allow(dead_code, unreachable_pub, unused_imports)] // Each test binary uses a subset.
 
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use reqwest::{Method, Response};
 use serde_json::Value;
+
+pub use orchestrator_emulator_kit::testing::header;
 
 pub const DO_TOKEN: &str = "dop_v1_emulator_token";
 pub const CF_TOKEN: &str = "cf_emulator_token";
@@ -45,10 +47,6 @@ pub async fn try_call(
         req = req.json(body);
     }
     req.send().await
-}
-
-pub fn header<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
-    resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 pub async fn json(resp: Response) -> Value {

@@ -1,0 +1,186 @@
+//! Cloudflare API v4: zones and DNS records, with the v4 envelope, Cloudflare's error codes and
+//! its rate limit.
+//!
+//! - Names are stored as lower-case FQDNs; a relative name (`www`, `@`) is expanded with the
+//!   zone, as Cloudflare does.
+//! - "Already exists" (HTTP 400): a CNAME beside an A/AAAA/CNAME of the same name, or an A/AAAA
+//!   beside a CNAME, is 81053; an identical record is 81058; a second record of the same type
+//!   and name with other content is 81053 too unless [`CfConfig::multiple_records_per_name`]
+//!   (Cloudflare itself allows it: round-robin, the hazard a blind POST creates).
+//! - Bad or missing token: 400 (missing or not `Bearer`) or 403 (unknown), code 10000.
+//! - `rate_limit` requests per `rate_window` per token; over it, 429 with `Retry-After` until
+//!   the window ends.
+//!
+//! Modules: `state` (zones, records), `gate` (tokens, the window, `tokens/verify`),
+//! `envelope` (the v4 envelope, refusals, page parameters), `validate` (record bodies and
+//! conflicts), and one per resource: `zones`, `records`.
+
+mod envelope;
+mod gate;
+mod records;
+mod state;
+mod validate;
+mod zones;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware;
+use axum::routing::get;
+use time::OffsetDateTime;
+
+use crate::core::{self, Core, Running, Window, lock};
+use envelope::CfError;
+use state::{CfState, World, Zone};
+
+/// How the Cloudflare emulator behaves.
+#[derive(Debug, Clone)]
+pub struct CfConfig {
+    /// Accepted API tokens (each may use every zone).
+    pub tokens: Vec<String>,
+    /// Zone names, e.g. `"example.com"`.
+    pub zones: Vec<String>,
+    /// Requests per `rate_window` per token (0 = unlimited). Cloudflare: 1200 per 5 minutes.
+    pub rate_limit: u32,
+    pub rate_window: Duration,
+    /// Allow several records of one type and name with different content (Cloudflare's real
+    /// behaviour); off: such a POST is refused with 81053.
+    pub multiple_records_per_name: bool,
+}
+
+impl Default for CfConfig {
+    fn default() -> Self {
+        Self {
+            tokens: Vec::new(),
+            zones: Vec::new(),
+            rate_limit: 1200,
+            rate_window: Duration::from_secs(300),
+            multiple_records_per_name: false,
+        }
+    }
+}
+
+/// A DNS record as a test sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsRecordView {
+    /// The zone's name.
+    pub zone: String,
+    pub id: String,
+    /// `A`, `AAAA`, `CNAME`, ...
+    pub type_: String,
+    /// Lower-case FQDN.
+    pub name: String,
+    pub content: String,
+    pub ttl: u32,
+    pub proxied: bool,
+    /// The token that last wrote it.
+    pub token_used: String,
+}
+
+/// A running Cloudflare emulator. Clones share it; the server stops when the last handle drops
+/// or on [`Cloudflare::shutdown`].
+#[derive(Debug, Clone)]
+pub struct Cloudflare {
+    state: Arc<CfState>,
+    running: Arc<Running>,
+}
+
+impl Cloudflare {
+    // start, url, shutdown, set_faults, set_faults_for, clear_faults, stats, reset_stats.
+    core::handle_methods!(
+        config: CfConfig,
+        api: "/client/v4/...",
+        route: "POST /client/v4/zones/{zone_id}/dns_records"
+    );
+
+    /// Starts on `addr` (plain HTTP).
+    pub async fn start_on(addr: std::net::SocketAddr, config: CfConfig) -> anyhow::Result<Self> {
+        let mut zones = Vec::new();
+        for name in &config.zones {
+            let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+            anyhow::ensure!(
+                name.contains('.') && !zones.iter().any(|z: &Zone| z.name == name),
+                "zone {name:?}: not a domain or listed twice"
+            );
+            zones.push(Zone {
+                id: zones::zone_id(&name),
+                name,
+                created_on: OffsetDateTime::now_utc(),
+            });
+        }
+        let (listener, url) = core::bind(addr).await?;
+        let limits = Window::new(config.rate_limit, config.rate_window);
+        let state = Arc::new(CfState {
+            config,
+            zones,
+            core: Core::new("cloudflare"),
+            world: Mutex::new(World::default()),
+            limits: Mutex::new(limits),
+        });
+        let running = Running::spawn("cloudflare", listener, url, router(state.clone()));
+        Ok(Self {
+            state,
+            running: Arc::new(running),
+        })
+    }
+
+    /// The API base as Cloudflare names it: `{url}/client/v4`.
+    pub fn api_base(&self) -> String {
+        format!("{}/client/v4", self.running.url)
+    }
+
+    /// A configured zone's id.
+    pub fn zone_id(&self, zone: &str) -> Option<String> {
+        let zone = zone.trim_end_matches('.').to_ascii_lowercase();
+        self.state
+            .zones
+            .iter()
+            .find(|z| z.name == zone)
+            .map(|z| z.id.clone())
+    }
+
+    /// All records, in creation order.
+    pub fn records(&self) -> Vec<DnsRecordView> {
+        lock(&self.state.world)
+            .records
+            .iter()
+            .map(|r| DnsRecordView {
+                zone: self
+                    .state
+                    .zone(&r.zone_id)
+                    .map(|z| z.name.clone())
+                    .unwrap_or_default(),
+                id: r.id.clone(),
+                type_: r.type_.clone(),
+                name: r.name.clone(),
+                content: r.content.clone(),
+                ttl: r.ttl,
+                proxied: r.proxied,
+                token_used: r.token_used.clone(),
+            })
+            .collect()
+    }
+}
+
+fn router(state: Arc<CfState>) -> Router {
+    Router::new()
+        .route("/client/v4/user/tokens/verify", get(gate::verify_token))
+        .route("/client/v4/zones", get(zones::list))
+        .route("/client/v4/zones/{zone_id}", get(zones::get))
+        .route(
+            "/client/v4/zones/{zone_id}/dns_records",
+            get(records::list).post(records::create),
+        )
+        .route(
+            "/client/v4/zones/{zone_id}/dns_records/{record_id}",
+            get(records::get)
+                .patch(records::update::<false>)
+                .put(records::update::<true>)
+                .delete(records::delete),
+        )
+        .fallback(|req: Request| async move { CfError::no_route(req.uri().path()) })
+        .layer(middleware::from_fn_with_state(state.clone(), gate::gate))
+        .with_state(state)
+}
