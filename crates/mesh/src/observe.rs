@@ -3,9 +3,14 @@
 //! The status of a gRPC call is only known when its trailers are sent (or at once, for a
 //! trailers-only error), so the measurement finishes inside the response body. A call whose
 //! body is dropped before the trailers (client went away) is recorded as CANCELLED.
+//!
+//! Metric labels come from a closed set: a path the policy does not name (a probe, a typo, a
+//! hostile peer calling random paths) is counted under `unknown`, so no caller can grow the
+//! metrics without bound.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -16,26 +21,43 @@ use tower::{Layer, Service};
 use tracing::{Instrument, Span};
 
 use crate::peer::Peer;
+use crate::policy::Policy;
 
 /// Counter of finished RPCs by `grpc_service`, `grpc_method`, `grpc_code`.
 pub const HANDLED_TOTAL: &str = "grpc_server_handled_total";
 /// Histogram of RPC latency in seconds, same labels.
 pub const HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
 
-#[derive(Debug, Clone, Default)]
-pub struct ObserveLayer;
+/// The label of every RPC path the policy does not name.
+pub const UNKNOWN: &str = "unknown";
+
+/// Observes every call; `policy` tells known RPC paths from the rest.
+#[derive(Debug, Clone)]
+pub struct ObserveLayer {
+    policy: Arc<Policy>,
+}
+
+impl ObserveLayer {
+    pub fn new(policy: Arc<Policy>) -> Self {
+        Self { policy }
+    }
+}
 
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Observe { inner }
+        Observe {
+            inner,
+            policy: self.policy.clone(),
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Observe<S> {
     inner: S,
+    policy: Arc<Policy>,
 }
 
 impl<S, B, ResBody> Service<http::Request<B>> for Observe<S>
@@ -51,12 +73,19 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let path = req.uri().path().to_owned();
+        let raw = req.uri().path();
+        // The log line keeps the path as called; the metric labels stay a closed set.
+        let span_path = raw.to_owned();
+        let path = if self.policy.knows(raw) {
+            span_path.clone()
+        } else {
+            format!("/{UNKNOWN}/{UNKNOWN}")
+        };
         let caller = req
             .extensions()
             .get::<Peer>()
             .map_or_else(|| "-".to_owned(), |p| p.identity.to_string());
-        let span = tracing::info_span!("rpc", method = %path, caller = %caller);
+        let span = tracing::info_span!("rpc", method = %span_path, caller = %caller);
         let inner = self.inner.call(req).instrument(span.clone());
         ObserveFuture {
             inner,

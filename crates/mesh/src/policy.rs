@@ -90,6 +90,11 @@ impl Policy {
             .is_some_and(|allowed| allowed.contains(caller))
     }
 
+    /// Whether the RPC at `path` is one the policy names (every RPC of the mesh is).
+    pub fn knows(&self, path: &str) -> bool {
+        self.rules.contains_key(path)
+    }
+
     /// Refuses a policy that leaves one of `served` (service, methods) without an entry.
     pub fn check_covers<'a>(
         &self,

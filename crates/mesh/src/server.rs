@@ -280,7 +280,7 @@ pub async fn serve_grpc(
         .max_connection_age(max_connection_age)
         .layer(
             tower::ServiceBuilder::new()
-                .layer(ObserveLayer)
+                .layer(ObserveLayer::new(policy.clone()))
                 .layer(AuthzLayer::new(policy))
                 .into_inner(),
         )
@@ -291,10 +291,14 @@ pub async fn serve_grpc(
         .await
 }
 
+/// Reflection serves the service's contracts, health, and every type an error can carry
+/// (`google.rpc.ErrorInfo`, `BadRequest`, ...), so grpcurl and buf curl print a refusal's
+/// reason and field violations decoded instead of as base64.
 fn reflection(service: Service) -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(orchestrator_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .with_service_name(service.grpc_service())
         .with_service_name("grpc.health.v1.Health")
 }
@@ -332,5 +336,30 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reflection_builds_for_every_service_with_the_error_detail_types() {
+        use prost::Message as _;
+        for service in Service::ALL {
+            assert!(reflection(service).build_v1().is_ok(), "{service}");
+            assert!(reflection(service).build_v1alpha().is_ok(), "{service}");
+        }
+        let details =
+            prost_types::FileDescriptorSet::decode(tonic_types::pb::FILE_DESCRIPTOR_SET).unwrap();
+        let types: Vec<_> = details
+            .file
+            .iter()
+            .flat_map(|f| f.message_type.iter().map(|m| m.name()))
+            .collect();
+        assert!(
+            types.contains(&"ErrorInfo") && types.contains(&"BadRequest"),
+            "{types:?}"
+        );
     }
 }
