@@ -180,12 +180,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut ready: Vec<Running> = Vec::new();
     // Dependencies first: each service is told where its peers actually listen.
     for service in START_ORDER {
-        let bin = bin_dir.join(service.name());
-        anyhow::ensure!(
-            bin.exists(),
-            "{} not found (build with `cargo build --bins`, or pass --bin-dir)",
-            bin.display()
-        );
+        let bin = binary(&bin_dir, service.name())?;
         let addr_file = run_dir.join(format!("{}.json", service.name()));
         let _ = std::fs::remove_file(&addr_file);
         let offset = service.default_port() - 50051;
@@ -209,16 +204,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         let env = ready.iter().fold(env, |env, peer| {
             env.peer(peer.service, &connect_target(peer.grpc))
         });
-        let mut child = Command::new(&bin)
-            .env_clear()
-            .envs(env.vars())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        prefix_output(service.name(), &mut child);
+        let mut child = spawn(&bin, env.vars(), service.name())?;
         let Bound { grpc, admin } =
             wait_until_serving(service.name(), &mut child, &addr_file, START_TIMEOUT).await?;
         let server = format!("spiffe://{}/{}", args.trust_domain, service.name()).parse()?;
@@ -332,6 +318,40 @@ fn dev_app_key(secrets: &DevSecrets, run_dir: &Path) -> anyhow::Result<PathBuf> 
     Ok(public)
 }
 
+/// `name` in `bin_dir`, which must be there.
+fn binary(bin_dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let bin = bin_dir.join(name);
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found (build with `cargo build --bins`, or pass --bin-dir)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// Starts `bin` with an emptied environment plus `env`, its output copied to ours with `label`.
+fn spawn<K, V>(
+    bin: &Path,
+    env: impl IntoIterator<Item = (K, V)>,
+    label: &'static str,
+) -> anyhow::Result<Child>
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    let mut child = Command::new(bin)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    prefix_output(label, &mut child);
+    Ok(child)
+}
+
 /// Starts an emulator binary on free ports and returns it with what it wrote to its address
 /// file (`addr_var` names the variable that tells it where).
 async fn start_emulator(
@@ -342,29 +362,15 @@ async fn start_emulator(
     env: &[(&str, String)],
     addr_var: &str,
 ) -> anyhow::Result<(Child, serde_json::Value)> {
-    let bin = bin_dir.join(name);
-    anyhow::ensure!(
-        bin.exists(),
-        "{} not found (build with `cargo build --bins`, or pass --bin-dir)",
-        bin.display()
-    );
+    let bin = binary(bin_dir, name)?;
     let addr_file = run_dir.join(format!("{name}.json"));
     let _ = std::fs::remove_file(&addr_file);
-    let mut child = Command::new(&bin)
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env(addr_var, &addr_file)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    prefix_output(label, &mut child);
+    let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    let env = env.iter().map(|(var, value)| (*var, value.clone())).chain([
+        (addr_var, addr_file.display().to_string()),
+        ("RUST_LOG", log),
+    ]);
+    let mut child = spawn(&bin, env, label)?;
     let addresses = wait_for_address_file(name, &mut child, &addr_file, START_TIMEOUT).await?;
     Ok((child, addresses))
 }
