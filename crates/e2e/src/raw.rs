@@ -1,5 +1,5 @@
 //! Low-level clients for tests: any gRPC method as raw bytes, a bare TLS handshake, and a
-//! minimal HTTP/1.0 GET.
+//! minimal HTTP/1.0 client (admin endpoints, emulators).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +34,15 @@ pub async fn call_result(channel: Channel, path: &str) -> Result<(), Status> {
     stream.message().await.map(|_| ())
 }
 
+/// The code of a health check over a connection made with exactly `config` (UNAVAILABLE when
+/// none can be made): what a client presenting that certificate gets.
+pub async fn health_check_with(config: Arc<ClientConfig>, addr: SocketAddr) -> Code {
+    match crate::channel_with(config, addr).await {
+        Ok(channel) => call(channel, "/grpc.health.v1.Health/Check").await,
+        Err(_) => Code::Unavailable,
+    }
+}
+
 /// Completes a TLS handshake with `config` and returns the server's leaf certificate.
 pub async fn server_certificate(
     addr: SocketAddr,
@@ -51,11 +60,23 @@ pub async fn server_certificate(
     Ok(certs[0].clone().into_owned())
 }
 
-/// `GET path` over plain HTTP/1.0: (status code, body).
-pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+/// A minimal HTTP/1.0 request to `addr` (`host:port`), with a bearer token if given:
+/// (status code, body).
+pub async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     let mut tcp = TcpStream::connect(addr).await?;
-    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
+    let auth = bearer.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}User-Agent: test\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     tcp.read_to_string(&mut response).await?;
     let (head, body) = response
@@ -67,6 +88,27 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Stri
         .context("no status")?
         .parse()?;
     Ok((code, body.to_owned()))
+}
+
+/// `GET path` (an admin endpoint): (status code, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    http(&addr.to_string(), "GET", path, None, "").await
+}
+
+/// The status code of `method path` at an emulator (its `http://` base URL) with `token`.
+/// Panics on a transport error.
+pub async fn status_with_token(
+    base_url: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> u16 {
+    let addr = base_url.trim_start_matches("http://");
+    http(addr, method, path, Some(token), body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {base_url}{path}: {e:#}"))
+        .0
 }
 
 mod bytes_codec {

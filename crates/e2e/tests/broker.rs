@@ -6,70 +6,60 @@
 
 use std::time::Duration;
 
-use orchestrator_e2e::{Launch, Pki, Proc, github_emulator};
-use orchestrator_github_emulator::{Config, Emulator, Faults};
+use orchestrator_e2e::{ORG, TestMesh, raw, violated_fields, wait_until};
+use orchestrator_github_emulator::{Config, Faults};
 use orchestrator_mesh::Service;
 use orchestrator_proto::common::v1 as common;
 use orchestrator_proto::secretbroker::v1 as pb;
 use orchestrator_proto::secretbroker::v1::secret_broker_service_client::SecretBrokerServiceClient;
-use orchestrator_store::testing::TestDatabase;
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-const ORG: &str = "acme";
+const BROKER: Service = Service::SecretBroker;
 
-struct Harness {
-    pki: Pki,
-    _db: TestDatabase,
-    github: Emulator,
-    broker: Proc,
-    api: SecretBrokerServiceClient<Channel>,
-    scaffolder: SecretBrokerServiceClient<Channel>,
-    infra: SecretBrokerServiceClient<Channel>,
+/// A broker on PostgreSQL against the GitHub emulator (with `settings`), and project p1's
+/// repository app1 registered.
+async fn start(config: Config, settings: &[(&str, &str)]) -> TestMesh {
+    let builder = TestMesh::builder()
+        .postgres()
+        .github(config)
+        .service(BROKER);
+    let mesh = settings
+        .iter()
+        .fold(builder, |b, (var, value)| b.env(BROKER, var, *value))
+        .start()
+        .await;
+    mesh.register_repository("p1", "app1").await;
+    mesh
 }
 
-async fn client(proc: &Proc, pki: &Pki, name: &str) -> SecretBrokerServiceClient<Channel> {
-    SecretBrokerServiceClient::new(proc.channel(&pki.client(name).unwrap()).await.unwrap())
+type Broker = SecretBrokerServiceClient<Channel>;
+
+/// The project's secret references, as ListProjectSecrets answers.
+async fn listed(api: &mut Broker, project_id: &str) -> pb::ListProjectSecretsResponse {
+    api.list_project_secrets(pb::ListProjectSecretsRequest {
+        project_id: project_id.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
 }
 
-async fn start(config: Config, tweak: impl FnOnce(Launch) -> Launch) -> Harness {
-    let pki = Pki::new().unwrap();
-    let db = TestDatabase::postgres(&["secret-broker"]).await;
-    let github = github_emulator(ORG, config).await.unwrap();
-    github.create_repository(ORG, "app1");
-    let launch = Launch::new(Service::SecretBroker, &pki)
-        .unwrap()
-        .database(&db.url("secret-broker"))
-        .github(&github, ORG);
-    let broker = tweak(launch).spawn().await.unwrap();
-    let (api, scaffolder, infra) = (
-        client(&broker, &pki, "api").await,
-        client(&broker, &pki, "scaffolder").await,
-        client(&broker, &pki, "infra").await,
-    );
-    let mut h = Harness {
-        pki,
-        _db: db,
-        github,
-        broker,
-        api,
-        scaffolder,
-        infra,
-    };
-    h.scaffolder
-        .register_repository(pb::RegisterRepositoryRequest {
-            request_id: "reg-1".into(),
-            project_id: "p1".into(),
-            repository: Some(common::RepositoryRef {
-                owner: ORG.into(),
-                name: "app1".into(),
-                id: 0,
-            }),
-        })
-        .await
-        .unwrap();
-    h
+/// What ReconcileProjectSecrets reports.
+async fn reconciled(
+    api: &mut Broker,
+    project_id: &str,
+    dry_run: bool,
+) -> pb::ReconcileProjectSecretsResponse {
+    api.reconcile_project_secrets(pb::ReconcileProjectSecretsRequest {
+        project_id: project_id.into(),
+        dry_run,
+    })
+    .await
+    .unwrap()
+    .into_inner()
 }
 
 fn secrets(request_id: &str, pairs: &[(&str, &[u8])]) -> pb::SetProjectSecretsRequest {
@@ -100,44 +90,37 @@ const UPDATED: i32 = common::SecretWriteOutcome::Updated as i32;
 /// their value written (the second is not answered from the first one's record).
 #[tokio::test]
 async fn the_same_request_id_in_two_projects_writes_both() {
-    let mut h = start(Config::default(), |l| l).await;
-    h.github.create_repository(ORG, "app2");
-    h.scaffolder
-        .register_repository(pb::RegisterRepositoryRequest {
-            request_id: "reg-2".into(),
-            project_id: "p2".into(),
-            repository: Some(common::RepositoryRef {
-                owner: ORG.into(),
-                name: "app2".into(),
-                id: 0,
-            }),
-        })
-        .await
-        .unwrap();
-    h.api
-        .set_project_secrets(secrets("same", &[("TOKEN", b"for-p1")]))
+    let mesh = start(Config::default(), &[]).await;
+    let mut api = mesh.broker_as("api").await;
+    mesh.register_repository("p2", "app2").await;
+    api.set_project_secrets(secrets("same", &[("TOKEN", b"for-p1")]))
         .await
         .unwrap();
     let mut second = secrets("same", &[("TOKEN", b"for-p2")]);
     second.project_id = "p2".into();
-    let results = h
-        .api
+    let results = api
         .set_project_secrets(second)
         .await
         .unwrap()
         .into_inner()
         .results;
     assert_eq!(outcomes(&results), vec![("TOKEN".into(), CREATED)]);
-    assert_eq!(h.github.secret(ORG, "app2", "TOKEN").unwrap(), b"for-p2");
-    assert_eq!(h.github.secret(ORG, "app1", "TOKEN").unwrap(), b"for-p1");
+    assert_eq!(
+        mesh.github().secret(ORG, "app2", "TOKEN").unwrap(),
+        b"for-p2"
+    );
+    assert_eq!(
+        mesh.github().secret(ORG, "app1", "TOKEN").unwrap(),
+        b"for-p1"
+    );
 }
 
 #[tokio::test]
 async fn a_pushed_value_decrypts_at_github_and_only_a_reference_stays() {
     let canary = format!("canary-{}", orchestrator_e2e::random_key());
-    let mut h = start(Config::default(), |l| l.env("RUST_LOG", "trace")).await;
-    let results = h
-        .api
+    let mesh = start(Config::default(), &[("RUST_LOG", "trace")]).await;
+    let mut api = mesh.broker_as("api").await;
+    let results = api
         .set_project_secrets(secrets(
             "r1",
             &[
@@ -158,10 +141,10 @@ async fn a_pushed_value_decrypts_at_github_and_only_a_reference_stays() {
     );
     // GitHub could read it: the emulator decrypted the sealed box with the repository's key.
     assert_eq!(
-        h.github.secret(ORG, "app1", "TELEGRAM_TOKEN").unwrap(),
+        mesh.github().secret(ORG, "app1", "TELEGRAM_TOKEN").unwrap(),
         canary.as_bytes()
     );
-    let stats = h.github.stats();
+    let stats = mesh.github().stats();
     assert_eq!(stats.token_mints.len(), 1, "one token for the batch");
     assert_eq!(
         stats.public_key_fetches, 1,
@@ -176,15 +159,7 @@ async fn a_pushed_value_decrypts_at_github_and_only_a_reference_stays() {
         Some("write")
     );
 
-    let list = h
-        .api
-        .list_project_secrets(pb::ListProjectSecretsRequest {
-            project_id: "p1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let list = listed(&mut api, "p1").await;
     let names: Vec<_> = list
         .secrets
         .iter()
@@ -205,31 +180,28 @@ async fn a_pushed_value_decrypts_at_github_and_only_a_reference_stays() {
     );
 
     // A second write updates; the same request id again writes nothing and answers the same.
-    let again = h
-        .api
+    let again = api
         .set_project_secrets(secrets("r2", &[("TELEGRAM_TOKEN", b"second")]))
         .await
         .unwrap()
         .into_inner()
         .results;
     assert_eq!(outcomes(&again), vec![("TELEGRAM_TOKEN".into(), UPDATED)]);
-    let puts_before = h.github.stats().secret_writes.len();
-    let replay = h
-        .api
+    let puts_before = mesh.github().stats().secret_writes.len();
+    let replay = api
         .set_project_secrets(secrets("r2", &[("TELEGRAM_TOKEN", b"second")]))
         .await
         .unwrap()
         .into_inner()
         .results;
     assert_eq!(outcomes(&replay), vec![("TELEGRAM_TOKEN".into(), UPDATED)]);
-    assert_eq!(h.github.stats().secret_writes.len(), puts_before);
+    assert_eq!(mesh.github().stats().secret_writes.len(), puts_before);
 
     // The canary is nowhere in the broker's logs (trace level) or storage.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!h.broker.logs().contains(&canary));
-    orchestrator_e2e::assert_absent_from_tables(
-        &h._db,
-        "secret-broker",
+    assert!(!mesh.logs(BROKER).contains(&canary));
+    mesh.assert_absent_from_tables(
+        BROKER,
         &[
             "secret_broker.repositories",
             "secret_broker.secret_refs",
@@ -244,11 +216,11 @@ async fn a_pushed_value_decrypts_at_github_and_only_a_reference_stays() {
 
 #[tokio::test]
 async fn github_rules_are_checked_before_any_call() {
-    let mut h = start(Config::default(), |l| l).await;
-    let before = h.github.stats().requests.values().sum::<usize>();
+    let mesh = start(Config::default(), &[]).await;
+    let mut api = mesh.broker_as("api").await;
+    let before = mesh.github().stats().requests.values().sum::<usize>();
     let big = vec![b'x'; 48 * 1024 + 1];
-    let err = h
-        .api
+    let err = api
         .set_project_secrets(secrets(
             "bad",
             &[
@@ -265,14 +237,7 @@ async fn github_rules_are_checked_before_any_call() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let fields: Vec<_> = err
-        .get_error_details()
-        .bad_request()
-        .unwrap()
-        .field_violations
-        .iter()
-        .map(|f| f.field.clone())
-        .collect();
+    let fields = violated_fields(&err);
     for field in [
         "secrets[0].name",
         "secrets[1].name",
@@ -288,34 +253,33 @@ async fn github_rules_are_checked_before_any_call() {
         );
     }
     assert_eq!(
-        h.github.stats().requests.values().sum::<usize>(),
+        mesh.github().stats().requests.values().sum::<usize>(),
         before,
         "GitHub was called"
     );
-    assert!(h.github.secret_names(ORG, "app1").is_empty());
+    assert!(mesh.github().secret_names(ORG, "app1").is_empty());
     // Unknown project: NOT_FOUND, nothing called.
     let mut req = secrets("x", &[("A", b"v")]);
     req.project_id = "nope".into();
     assert_eq!(
-        h.api.set_project_secrets(req).await.unwrap_err().code(),
+        api.set_project_secrets(req).await.unwrap_err().code(),
         Code::NotFound
     );
 }
 
 #[tokio::test]
 async fn deletes_never_touch_foreign_secrets_and_reconcile_reports_drift() {
-    let mut h = start(Config::default(), |l| l).await;
-    h.github
+    let mesh = start(Config::default(), &[]).await;
+    let mut api = mesh.broker_as("api").await;
+    mesh.github()
         .put_secret_directly(ORG, "app1", "FOREIGN", b"someone else's");
-    h.api
-        .set_project_secrets(secrets(
-            "r1",
-            &[("OURS", b"v"), ("KEPT", b"v"), ("GONE", b"v")],
-        ))
-        .await
-        .unwrap();
-    let err = h
-        .api
+    api.set_project_secrets(secrets(
+        "r1",
+        &[("OURS", b"v"), ("KEPT", b"v"), ("GONE", b"v")],
+    ))
+    .await
+    .unwrap();
+    let err = api
         .delete_project_secret(pb::DeleteProjectSecretRequest {
             project_id: "p1".into(),
             name: "FOREIGN".into(),
@@ -323,9 +287,8 @@ async fn deletes_never_touch_foreign_secrets_and_reconcile_reports_drift() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    assert!(h.github.secret(ORG, "app1", "FOREIGN").is_some());
-    let deleted = h
-        .api
+    assert!(mesh.github().secret(ORG, "app1", "FOREIGN").is_some());
+    let deleted = api
         .delete_project_secret(pb::DeleteProjectSecretRequest {
             project_id: "p1".into(),
             name: "ours".into(),
@@ -333,21 +296,16 @@ async fn deletes_never_touch_foreign_secrets_and_reconcile_reports_drift() {
         .await
         .unwrap();
     assert!(deleted.into_inner().deleted_at_github);
-    assert!(h.github.secret(ORG, "app1", "OURS").is_none());
+    assert!(mesh.github().secret(ORG, "app1", "OURS").is_none());
 
     // Someone deletes GONE and rewrites KEPT behind our back.
-    let token_free_edit = |name: &str| h.github.put_secret_directly(ORG, "app1", name, b"changed");
+    let token_free_edit = |name: &str| {
+        mesh.github()
+            .put_secret_directly(ORG, "app1", name, b"changed")
+    };
     tokio::time::sleep(Duration::from_millis(1100)).await; // updated_at has second resolution
     token_free_edit("KEPT");
-    let reconcile = h
-        .api
-        .reconcile_project_secrets(pb::ReconcileProjectSecretsRequest {
-            project_id: "p1".into(),
-            dry_run: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let reconcile = reconciled(&mut api, "p1", true).await;
     let kinds: Vec<_> = reconcile
         .findings
         .iter()
@@ -366,67 +324,34 @@ async fn deletes_never_touch_foreign_secrets_and_reconcile_reports_drift() {
     );
     assert_eq!(reconcile.in_sync_count, 1, "{kinds:?}");
     assert!(
-        h.github.secret(ORG, "app1", "FOREIGN").is_some(),
+        mesh.github().secret(ORG, "app1", "FOREIGN").is_some(),
         "reconcile touched a foreign secret"
     );
 }
 
 #[tokio::test]
 async fn a_crash_between_put_and_record_is_repaired_by_reconcile() {
-    let mut h = start(Config::default(), |l| l).await;
-    h.api
-        .set_project_secrets(secrets("r1", &[("CRASHED", b"v")]))
+    let mesh = start(Config::default(), &[]).await;
+    let mut api = mesh.broker_as("api").await;
+    api.set_project_secrets(secrets("r1", &[("CRASHED", b"v")]))
         .await
         .unwrap();
     // The state a crash after GitHub's 201 and before our record leaves behind.
-    let url = h._db.admin_url("secret-broker");
-    sqlx::any::install_default_drivers();
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(
-        secrecy::ExposeSecret::expose_secret(&url),
-    )
-    .await
-    .unwrap();
-    sqlx::query("UPDATE secret_broker.secret_refs SET state = 'pending', github_updated_at = NULL WHERE name = 'CRASHED'")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let list = h
-        .api
-        .list_project_secrets(pb::ListProjectSecretsRequest {
-            project_id: "p1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    mesh.as_dba(BROKER, "UPDATE secret_broker.secret_refs SET state = 'pending', github_updated_at = NULL WHERE name = 'CRASHED'")
+        .await;
+    let list = listed(&mut api, "p1").await;
     assert_eq!(
         list.secrets[0].presence,
         common::SecretPresence::Pending as i32
     );
-    let reconcile = h
-        .api
-        .reconcile_project_secrets(pb::ReconcileProjectSecretsRequest {
-            project_id: "p1".into(),
-            dry_run: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let reconcile = reconciled(&mut api, "p1", false).await;
     assert_eq!(reconcile.findings.len(), 1);
     assert_eq!(
         reconcile.findings[0].kind,
         pb::ReconcileFindingKind::Recovered as i32
     );
     assert!(reconcile.findings[0].repaired);
-    let list = h
-        .api
-        .list_project_secrets(pb::ListProjectSecretsRequest {
-            project_id: "p1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let list = listed(&mut api, "p1").await;
     assert_eq!(
         list.secrets[0].presence,
         common::SecretPresence::Present as i32
@@ -435,14 +360,18 @@ async fn a_crash_between_put_and_record_is_repaired_by_reconcile() {
 
 #[tokio::test]
 async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_write() {
-    let mut h = start(Config::default(), |l| l).await;
+    let mesh = start(Config::default(), &[]).await;
+    let (mut api, mut infra, mut scaffolder) = (
+        mesh.broker_as("api").await,
+        mesh.broker_as("infra").await,
+        mesh.broker_as("scaffolder").await,
+    );
     // The key first, alone (infra hands it over as soon as it exists), then the rest.
     let key_only = pb::DeployCredentials {
         ssh_private_key: b"-----BEGIN OPENSSH PRIVATE KEY-----\nearly\n".to_vec(),
         ..Default::default()
     };
-    let early = h
-        .infra
+    let early = infra
         .set_deploy_credentials(pb::SetDeployCredentialsRequest {
             request_id: "d0".into(),
             project_id: "p1".into(),
@@ -454,8 +383,7 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
         .into_inner()
         .results;
     assert_eq!(outcomes(&early), vec![("DEPLOY_SSH_KEY".into(), CREATED)]);
-    let none = h
-        .infra
+    let none = infra
         .set_deploy_credentials(pb::SetDeployCredentialsRequest {
             request_id: "d-".into(),
             project_id: "p1".into(),
@@ -471,8 +399,7 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
         ssh_private_key: b"-----BEGIN OPENSSH PRIVATE KEY-----\ntest\n".to_vec(),
         known_hosts: "203.0.113.7 ssh-ed25519 AAAA".into(),
     };
-    let results = h
-        .infra
+    let results = infra
         .set_deploy_credentials(pb::SetDeployCredentialsRequest {
             request_id: "d1".into(),
             project_id: "p1".into(),
@@ -488,7 +415,7 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
         1,
         "{results:?}"
     );
-    let mut names = h.github.secret_names(ORG, "app1");
+    let mut names = mesh.github().secret_names(ORG, "app1");
     names.sort();
     assert_eq!(
         names,
@@ -500,19 +427,17 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
         ]
     );
     assert_eq!(
-        h.github.secret(ORG, "app1", "DEPLOY_USER").unwrap(),
+        mesh.github().secret(ORG, "app1", "DEPLOY_USER").unwrap(),
         b"deploy"
     );
     // Anything else is refused by the policy before the broker sees it.
-    let err = h
-        .infra
+    let err = infra
         .set_project_secrets(secrets("x", &[("TELEGRAM_TOKEN", b"v")]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     // api cannot remove deploy credentials.
-    let err = h
-        .api
+    let err = api
         .delete_project_secret(pb::DeleteProjectSecretRequest {
             project_id: "p1".into(),
             name: "DEPLOY_HOST".into(),
@@ -522,8 +447,7 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
     assert_eq!(err.code(), Code::FailedPrecondition);
 
     // A clone token: contents read on this one repository, refused for writes by GitHub.
-    let minted = h
-        .infra
+    let minted = infra
         .mint_repository_token(pb::MintRepositoryTokenRequest {
             scope: pb::RepositoryTokenScope::Clone as i32,
             project_id: "p1".into(),
@@ -533,15 +457,9 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
         .into_inner();
     assert_eq!(minted.repositories.len(), 1);
     let token = minted.token;
-    let http = |method: &str, path: &str, body: &str| {
-        let (url, token, method, path, body) = (
-            h.github.url(),
-            token.clone(),
-            method.to_owned(),
-            path.to_owned(),
-            body.to_owned(),
-        );
-        async move { orchestrator_e2e::raw_http(&url, &method, &path, &token, &body).await }
+    let url = mesh.github().url();
+    let http = |method: &'static str, path: &'static str, body: &'static str| {
+        raw::status_with_token(&url, method, path, &token, body)
     };
     assert_eq!(
         http("GET", "/repos/acme/app1/actions/secrets/public-key", "").await,
@@ -557,8 +475,7 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
         403
     );
     // Scopes are per caller.
-    let err = h
-        .infra
+    let err = infra
         .mint_repository_token(pb::MintRepositoryTokenRequest {
             scope: pb::RepositoryTokenScope::RepositoryCreation as i32,
             project_id: String::new(),
@@ -570,8 +487,7 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
         err.get_error_details().error_info().unwrap().reason,
         "SCOPE_NOT_ALLOWED"
     );
-    let created = h
-        .scaffolder
+    let created = scaffolder
         .mint_repository_token(pb::MintRepositoryTokenRequest {
             scope: pb::RepositoryTokenScope::RepositoryCreation as i32,
             project_id: String::new(),
@@ -586,8 +502,7 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
             .any(|p| p.permission == "workflows" && p.access == pb::PermissionAccess::Write as i32)
     );
     // Tokens are audited, never logged.
-    assert!(!h.broker.logs().contains(&created.token));
-    drop(h.pki);
+    assert!(!mesh.logs(BROKER).contains(&created.token));
 }
 
 /// 20 % of calls failing in each way GitHub fails, one way at a time: every secret ends
@@ -638,25 +553,31 @@ async fn faults_end_with_every_secret_pushed_or_a_precise_error() {
         ),
     ];
     for (round, (kind, faults)) in kinds.into_iter().enumerate() {
-        let mut h = start(Config::default(), |l| l).await;
-        h.github.set_faults(Faults {
+        let mesh = start(Config::default(), &[]).await;
+        let mut api = mesh.broker_as("api").await;
+        mesh.github().set_faults(Faults {
             seed: 7 + round as u64,
             ..faults
         });
         let names: Vec<String> = (0..10).map(|i| format!("S{i}")).collect();
         let pairs: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), n.as_bytes())).collect();
         let started = std::time::Instant::now();
-        let response = h.api.set_project_secrets(secrets("f1", &pairs)).await;
+        let response = api.set_project_secrets(secrets("f1", &pairs)).await;
         println!(
             "{kind}: {:?} in {:?}",
             response.as_ref().map(|_| "ok").map_err(|s| s.code()),
             started.elapsed()
         );
         assert!(
-            h.github.stats().faults_injected.values().sum::<usize>() > 0,
+            mesh.github()
+                .stats()
+                .faults_injected
+                .values()
+                .sum::<usize>()
+                > 0,
             "{kind}: no fault injected"
         );
-        h.github.set_faults(Faults::default());
+        mesh.github().set_faults(Faults::default());
         let results = match response {
             Ok(r) => r.into_inner().results,
             Err(status) => {
@@ -668,19 +589,11 @@ async fn faults_end_with_every_secret_pushed_or_a_precise_error() {
                 continue;
             }
         };
-        let list = h
-            .api
-            .list_project_secrets(pb::ListProjectSecretsRequest {
-                project_id: "p1".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let list = listed(&mut api, "p1").await;
         for r in &results {
             if r.outcome == CREATED || r.outcome == UPDATED {
                 assert_eq!(
-                    h.github.secret(ORG, "app1", &r.name).unwrap(),
+                    mesh.github().secret(ORG, "app1", &r.name).unwrap(),
                     r.name.as_bytes(),
                     "{kind}"
                 );
@@ -695,7 +608,7 @@ async fn faults_end_with_every_secret_pushed_or_a_precise_error() {
             let reference = list.secrets.iter().find(|s| s.name == r.name);
             if reference.is_some_and(|s| s.presence == common::SecretPresence::Present as i32) {
                 assert!(
-                    h.github.secret(ORG, "app1", &r.name).is_some(),
+                    mesh.github().secret(ORG, "app1", &r.name).is_some(),
                     "{kind}: {} present but not at GitHub",
                     r.name
                 );
@@ -708,77 +621,47 @@ async fn faults_end_with_every_secret_pushed_or_a_precise_error() {
 /// finds the secret `pending`, and reconcile recovers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_between_put_and_record_is_repaired_by_reconcile() {
-    let mut h = start(Config::default(), |l| l).await;
+    let mut mesh = start(Config::default(), &[]).await;
+    let api = mesh.broker_as("api").await;
     // Hold the broker right after the PUT: the follow-up read of the secret is slow.
-    h.github.set_faults_for(
+    mesh.github().set_faults_for(
         "GET /repos/{owner}/{repo}/actions/secrets/{name}",
         Faults {
             latency: Duration::from_secs(30),
             ..Faults::default()
         },
     );
-    let mut api = h.api.clone();
+    let mut api = api.clone();
     let push = tokio::spawn(async move {
         api.set_project_secrets(secrets("k1", &[("KILLED", b"v")]))
             .await
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while h.github.secret(ORG, "app1", "KILLED").is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the PUT never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    h.broker.kill().await;
+    wait_until("the PUT never arrived", Duration::from_secs(20), || {
+        mesh.github().secret(ORG, "app1", "KILLED").is_some()
+    })
+    .await;
+    mesh.kill(BROKER).await;
     assert!(push.await.unwrap().is_err());
-    h.github.set_faults_for(
+    mesh.github().set_faults_for(
         "GET /repos/{owner}/{repo}/actions/secrets/{name}",
         Faults::default(),
     );
 
-    let restarted = Launch::new(Service::SecretBroker, &h.pki)
-        .unwrap()
-        .database(&h._db.url("secret-broker"))
-        .github(&h.github, ORG)
-        .spawn()
-        .await
-        .unwrap();
-    let mut api = client(&restarted, &h.pki, "api").await;
-    let list = api
-        .list_project_secrets(pb::ListProjectSecretsRequest {
-            project_id: "p1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    mesh.restart(BROKER).await;
+    let mut api = mesh.broker_as("api").await;
+    let list = listed(&mut api, "p1").await;
     assert_eq!(
         list.secrets[0].presence,
         common::SecretPresence::Pending as i32,
         "{list:?}"
     );
-    let report = api
-        .reconcile_project_secrets(pb::ReconcileProjectSecretsRequest {
-            project_id: "p1".into(),
-            dry_run: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let report = reconciled(&mut api, "p1", false).await;
     assert_eq!(report.findings.len(), 1);
     assert_eq!(
         report.findings[0].kind,
         pb::ReconcileFindingKind::Recovered as i32
     );
-    let list = api
-        .list_project_secrets(pb::ListProjectSecretsRequest {
-            project_id: "p1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let list = listed(&mut api, "p1").await;
     assert_eq!(
         list.secrets[0].presence,
         common::SecretPresence::Present as i32
@@ -792,18 +675,11 @@ async fn writes_are_paced_across_two_replicas() {
         min_write_interval: interval,
         ..Config::default()
     };
-    let h = start(config, |l| l.env("BROKER_MIN_WRITE_INTERVAL", "150ms")).await;
+    let mesh = start(config, &[("BROKER_MIN_WRITE_INTERVAL", "150ms")]).await;
     // A second replica on the same database.
-    let second = Launch::new(Service::SecretBroker, &h.pki)
-        .unwrap()
-        .database(&h._db.url("secret-broker"))
-        .github(&h.github, ORG)
-        .env("BROKER_MIN_WRITE_INTERVAL", "150ms")
-        .spawn()
-        .await
-        .unwrap();
-    let mut a = h.api.clone();
-    let mut b = client(&second, &h.pki, "api").await;
+    let second = mesh.launch(BROKER).spawn().await.unwrap();
+    let mut a = mesh.broker_as("api").await;
+    let mut b = Broker::new(mesh.channel_to(&second, "api").await);
     let pa: Vec<(String, Vec<u8>)> = (0..4).map(|i| (format!("A{i}"), b"a".to_vec())).collect();
     let pb_: Vec<(String, Vec<u8>)> = (0..4).map(|i| (format!("B{i}"), b"b".to_vec())).collect();
     let req = |id: &str, v: &[(String, Vec<u8>)]| {
@@ -822,7 +698,7 @@ async fn writes_are_paced_across_two_replicas() {
         .chain(rb.unwrap().into_inner().results)
         .collect();
     assert!(all.iter().all(|r| r.outcome == CREATED), "{all:?}");
-    let stats = h.github.stats();
+    let stats = mesh.github().stats();
     assert_eq!(
         stats.rate_limited, 0,
         "the emulator's secondary limit was hit"

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers: a failed step is a failed test.
 
-use orchestrator_e2e::{Launch, Pki, TRUST_DOMAIN, channel_with, identity, raw};
+use orchestrator_e2e::{TRUST_DOMAIN, TestMesh, identity, raw};
 use orchestrator_mesh::Service;
 use orchestrator_mesh::tls::anonymous_client_config;
 use orchestrator_pki::{Ca, Validity};
@@ -28,10 +28,7 @@ async fn assert_refused(
     what: &str,
 ) {
     let before = refused_handshakes(vault).await;
-    let code = match channel_with(config, vault.grpc).await {
-        Err(_) => Code::Unavailable,
-        Ok(channel) => raw::call(channel, CHECK).await,
-    };
+    let code = raw::health_check_with(config, vault.grpc).await;
     assert_ne!(code, Code::Ok, "{what}: the call went through");
     // The server, not just the client, refused the connection.
     for _ in 0..50 {
@@ -45,17 +42,13 @@ async fn assert_refused(
 
 #[tokio::test]
 async fn handshakes_without_a_valid_client_certificate_are_refused() {
-    let pki = Pki::new().unwrap();
-    let vault = Launch::new(Service::Vault, &pki)
-        .unwrap()
-        .spawn()
-        .await
-        .unwrap();
+    let mesh = TestMesh::builder().service(Service::Vault).start().await;
+    let (pki, vault) = (mesh.pki(), mesh.proc(Service::Vault));
     let server = identity("vault");
 
     // No client certificate at all.
     let anonymous = Arc::new(anonymous_client_config(&pki.ca_file(), &server).unwrap());
-    assert_refused(&vault, anonymous, "no client certificate").await;
+    assert_refused(vault, anonymous, "no client certificate").await;
 
     // A certificate for a real identity name, from another CA.
     let other_ca = Ca::generate(TRUST_DOMAIN, Validity::days(1)).unwrap();
@@ -67,7 +60,7 @@ async fn handshakes_without_a_valid_client_certificate_are_refused() {
     )
     .unwrap();
     let foreign = pki.client_config("foreign-api", &server).unwrap();
-    assert_refused(&vault, foreign, "certificate from another CA").await;
+    assert_refused(vault, foreign, "certificate from another CA").await;
 
     // Our CA, but expired.
     pki.write(
@@ -76,7 +69,7 @@ async fn handshakes_without_a_valid_client_certificate_are_refused() {
     )
     .unwrap();
     let expired = pki.client_config("expired-api", &server).unwrap();
-    assert_refused(&vault, expired, "expired certificate").await;
+    assert_refused(vault, expired, "expired certificate").await;
 
     // Our CA, valid, but another trust domain.
     pki.write(
@@ -87,7 +80,7 @@ async fn handshakes_without_a_valid_client_certificate_are_refused() {
     )
     .unwrap();
     let other_domain = pki.client_config("other-domain", &server).unwrap();
-    assert_refused(&vault, other_domain, "identity of another trust domain").await;
+    assert_refused(vault, other_domain, "identity of another trust domain").await;
 
     // The same endpoint with a valid certificate works.
     let api = pki.client("api").unwrap();
@@ -99,12 +92,8 @@ async fn handshakes_without_a_valid_client_certificate_are_refused() {
 
 #[tokio::test]
 async fn clients_verify_the_server_identity() {
-    let pki = Pki::new().unwrap();
-    let infra = Launch::new(Service::Infra, &pki)
-        .unwrap()
-        .spawn()
-        .await
-        .unwrap();
+    let mesh = TestMesh::builder().service(Service::Infra).start().await;
+    let (pki, infra) = (mesh.pki(), mesh.proc(Service::Infra));
     let api = pki.client("api").unwrap();
     let call = |expected: &'static str| {
         let api = api.clone();
@@ -124,12 +113,8 @@ async fn clients_verify_the_server_identity() {
 
 #[tokio::test]
 async fn the_policy_decides_per_rpc_and_names_the_caller() {
-    let pki = Pki::new().unwrap();
-    let vault = Launch::new(Service::Vault, &pki)
-        .unwrap()
-        .spawn()
-        .await
-        .unwrap();
+    let mesh = TestMesh::builder().service(Service::Vault).start().await;
+    let (pki, vault) = (mesh.pki(), mesh.proc(Service::Vault));
     let api = vault.channel(&pki.client("api").unwrap()).await.unwrap();
 
     // Allowed for api: reaches the handler, which validates the (empty) request.
@@ -201,12 +186,8 @@ async fn reflection_health_and_admin_endpoints() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let pki = Pki::new().unwrap();
-    let mut vault = Launch::new(Service::Vault, &pki)
-        .unwrap()
-        .spawn()
-        .await
-        .unwrap();
+    let mut mesh = TestMesh::builder().service(Service::Vault).start().await;
+    let (pki, vault) = (mesh.pki(), mesh.proc(Service::Vault));
     let channel = vault.channel(&pki.client("api").unwrap()).await.unwrap();
 
     let request = ServerReflectionRequest {
@@ -278,5 +259,5 @@ async fn reflection_health_and_admin_endpoints() {
         metrics.contains("grpc_server_handling_seconds_bucket"),
         "{metrics}"
     );
-    assert!(vault.is_running());
+    assert!(mesh.proc_mut(Service::Vault).is_running());
 }

@@ -8,13 +8,15 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use orchestrator_e2e::{Launch, Pki, Proc, bin, random_key, write_secret};
+use orchestrator_e2e::{
+    Launch, Pki, Proc, Secret, StateDir, TestMesh, bin, random_key, write_secret,
+};
 use orchestrator_mesh::Service;
-use orchestrator_store::testing::TestDatabase;
 use secrecy::ExposeSecret as _;
-use sqlx::Connection as _;
 use tokio::io::AsyncWriteExt as _;
 use tokio::process::Command;
+
+const VAULT: Service = Service::Vault;
 
 /// One finished `orchctl` run.
 #[derive(Debug)]
@@ -115,20 +117,13 @@ fn conn(pki: &Pki, vault: &Proc) -> Vec<String> {
     ]
 }
 
+fn path(path: &Path) -> String {
+    path.display().to_string()
+}
+
 /// A value no one could guess or find by accident.
 fn canary() -> String {
     format!("canary-{}", random_key())
-}
-
-/// Runs `sql` on the database at `url` as its owner: a malicious DBA.
-async fn as_dba(url: &str, sql: &str) {
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.unwrap();
 }
 
 async fn put_two_secrets(pki: &Pki, vault: &Proc, dir: &Path) -> (String, String) {
@@ -199,15 +194,14 @@ async fn put_two_secrets(pki: &Pki, vault: &Proc, dir: &Path) -> (String, String
 
 #[tokio::test]
 async fn vault_put_list_delete_and_audit_verify() {
-    let pki = Pki::new().unwrap();
+    let mesh = TestMesh::builder().service(VAULT).start().await;
+    let (pki, vault) = (mesh.pki(), mesh.proc(VAULT));
     let dir = tempfile::tempdir().unwrap();
-    let launch = Launch::new(Service::Vault, &pki).unwrap();
-    let database_url = launch.get("DATABASE_URL").unwrap().to_owned();
-    let audit_key_file = launch.get("AUDIT_KEY_FILE").unwrap().to_owned();
-    let vault = launch.spawn().await.unwrap();
-    let conn = conn(&pki, &vault);
+    let database_url = mesh.db().url("vault").expose_secret().to_owned();
+    let audit_key_file = path(&mesh.secrets().path(Secret::AuditKey(VAULT)));
+    let conn = conn(pki, vault);
 
-    let (stdin_canary, file_canary) = put_two_secrets(&pki, &vault, dir.path()).await;
+    let (stdin_canary, file_canary) = put_two_secrets(pki, vault, dir.path()).await;
     let canaries = [stdin_canary.as_str(), file_canary.as_str()];
     let mut runs = Vec::new();
 
@@ -407,8 +401,8 @@ async fn vault_put_list_delete_and_audit_verify() {
     assert!(run.stdout.trim().ends_with(", OK"), "{run:#?}");
 
     // A DBA edits record 2 around the append-only trigger: verify names it and exits 1.
-    as_dba(
-        &database_url,
+    mesh.as_dba(
+        VAULT,
         "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET target = 'x' WHERE seq = 2",
     )
     .await;
@@ -437,24 +431,18 @@ async fn vault_put_list_delete_and_audit_verify() {
 async fn audit_verify_defaults_to_the_local_mesh_state_dir() {
     let pki = Pki::new().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let (data, secrets) = (
-        state.path().join("data"),
-        state.path().join("secrets/vault"),
-    );
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::create_dir_all(&secrets).unwrap();
-    let key_file = write_secret(&secrets, "audit_key", &random_key()).unwrap();
-    let launch = Launch::new(Service::Vault, &pki)
+    // The vault as `orchctl up` runs it: its database and keys where `up` keeps them.
+    let layout = StateDir::new(state.path());
+    std::fs::create_dir_all(layout.data()).unwrap();
+    let vault = Launch::with_secrets(VAULT, &pki, &layout.secrets())
         .unwrap()
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}?mode=rwc", data.join("vault.db").display()),
-        )
-        .env("AUDIT_KEY_FILE", key_file);
-    let vault = launch.spawn().await.unwrap();
+        .sqlite_database(&layout.database(VAULT))
+        .spawn()
+        .await
+        .unwrap();
     put_two_secrets(&pki, &vault, state.path()).await;
 
-    let state_dir = state.path().display().to_string();
+    let state_dir = path(state.path());
     let run = orchctl(
         &args(
             &[
@@ -498,18 +486,17 @@ async fn audit_verify_defaults_to_the_local_mesh_state_dir() {
 /// On PostgreSQL the service's own role and URL are enough: its search_path is its schema.
 #[tokio::test]
 async fn audit_verify_on_postgres_with_the_service_role() {
-    let pki = Pki::new().unwrap();
+    let mesh = TestMesh::builder().postgres().service(VAULT).start().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = TestDatabase::postgres(&["vault"]).await;
-    let launch = Launch::new(Service::Vault, &pki)
-        .unwrap()
-        .database(&db.url("vault"));
-    let audit_key_file = launch.get("AUDIT_KEY_FILE").unwrap().to_owned();
-    let vault = launch.spawn().await.unwrap();
-    put_two_secrets(&pki, &vault, dir.path()).await;
+    let audit_key_file = path(&mesh.secrets().path(Secret::AuditKey(VAULT)));
+    put_two_secrets(mesh.pki(), mesh.proc(VAULT), dir.path()).await;
 
-    let url_file =
-        write_secret(dir.path(), "database_url", db.url("vault").expose_secret()).unwrap();
+    let url_file = write_secret(
+        dir.path(),
+        "database_url",
+        mesh.db().url("vault").expose_secret(),
+    )
+    .unwrap();
     let env = [
         ("DATABASE_URL_FILE", url_file),
         ("AUDIT_KEY_FILE", audit_key_file),
@@ -519,13 +506,9 @@ async fn audit_verify_on_postgres_with_the_service_role() {
     run.ok();
     assert!(run.stdout.trim().ends_with(", OK"), "{run:#?}");
 
-    as_dba(
-        db.admin_url("vault").expose_secret(),
-        &format!(
-            "SET search_path = {}; SET session_replication_role = replica; \
-             UPDATE audit_log SET target = 'x' WHERE seq = 2",
-            TestDatabase::schema("vault")
-        ),
+    mesh.as_dba(
+        VAULT,
+        "SET session_replication_role = replica; UPDATE audit_log SET target = 'x' WHERE seq = 2",
     )
     .await;
     let run = orchctl(&verify, &env, None).await;
@@ -534,5 +517,4 @@ async fn audit_verify_on_postgres_with_the_service_role() {
         run.stdout.contains("BROKEN at record 2: MAC mismatch"),
         "{run:#?}"
     );
-    drop(vault);
 }

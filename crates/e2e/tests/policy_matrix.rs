@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers: a failed step is a failed test.
 
-use orchestrator_e2e::{Launch, Pki, raw, repo_root};
+use orchestrator_e2e::{TestMesh, raw, repo_root};
 use orchestrator_mesh::server::served;
 use orchestrator_mesh::{IdentityName, Policy, Service};
 use tonic::Code;
@@ -10,19 +10,19 @@ use tonic::Code;
 #[tokio::test]
 async fn every_identity_against_every_rpc_follows_the_policy_file() {
     let policy = Policy::load(&repo_root().join("config/policy.toml")).unwrap();
-    let pki = Pki::new().unwrap();
+    let mesh = Service::ALL
+        .into_iter()
+        .fold(TestMesh::builder(), |b, service| b.service(service))
+        .start()
+        .await;
     let callers = orchestrator_pki::DEFAULT_IDENTITIES;
 
     let mut pairs = 0;
     let mut allowed_pairs = 0;
     for service in Service::ALL {
-        let proc = Launch::new(service, &pki).unwrap().spawn().await.unwrap();
         let mut channels = Vec::new();
         for name in callers {
-            channels.push((
-                name,
-                proc.channel(&pki.client(name).unwrap()).await.unwrap(),
-            ));
+            channels.push((name, mesh.channel(service, name).await));
         }
         for descriptor in served(service) {
             for method in &descriptor.methods {

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use orchestrator_e2e::{Launch, Pki, repo_root};
+use orchestrator_e2e::{TestMesh, printed, repo_root};
 use orchestrator_mesh::Service;
 
 /// The SDK venv's Python (`sdk/generate.sh` creates it; `scripts/test` runs that first).
@@ -26,27 +26,18 @@ fn sdk_python() -> PathBuf {
 #[tokio::test]
 async fn the_generated_python_client_talks_mtls_to_a_live_service() {
     let python = sdk_python();
-    let pki = Pki::new().unwrap();
-    let vault = Launch::new(Service::Vault, &pki)
-        .unwrap()
-        .spawn()
-        .await
-        .unwrap();
-    let api = pki.files("api");
+    let mesh = TestMesh::builder().service(Service::Vault).start().await;
+    let api = mesh.pki().files("api");
     let output = tokio::process::Command::new(python)
         .arg(repo_root().join("sdk/python/smoke_test.py"))
-        .env("ORCH_TARGET", vault.grpc.to_string())
+        .env("ORCH_TARGET", mesh.proc(Service::Vault).grpc.to_string())
         .env("ORCH_CA", &api.ca)
         .env("ORCH_CERT", &api.cert)
         .env("ORCH_KEY", &api.key)
         .output()
         .await
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = printed(&output);
     assert!(output.status.success(), "smoke test failed:\n{text}");
     assert!(text.contains("4 passed, 0 failed"), "{text}");
 }

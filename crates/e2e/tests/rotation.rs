@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use orchestrator_e2e::{Launch, Pki, TRUST_DOMAIN, identity, raw};
+use orchestrator_e2e::{Pki, TRUST_DOMAIN, TestMesh, identity, raw};
 use orchestrator_mesh::Service;
 use orchestrator_pki::{Ca, Validity};
 use tonic::Code;
+
+const VAULT: Service = Service::Vault;
 
 async fn wait_for_certificate(pki: &Pki, vault: &orchestrator_e2e::Proc, expected: &[u8]) {
     let config = pki.client_config("api", &identity("vault")).unwrap();
@@ -38,12 +40,8 @@ fn der(pem: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_replaced_certificate_is_used_by_new_connections_with_no_failed_rpc() {
-    let pki = Pki::new().unwrap();
-    let mut vault = Launch::new(Service::Vault, &pki)
-        .unwrap()
-        .spawn()
-        .await
-        .unwrap();
+    let mut mesh = TestMesh::builder().service(VAULT).start().await;
+    let (pki, vault) = (mesh.pki(), mesh.proc(VAULT));
     let api = pki.client("api").unwrap();
 
     // Callers keep calling, on one long-lived channel and on fresh connections, throughout.
@@ -80,7 +78,7 @@ async fn a_replaced_certificate_is_used_by_new_connections_with_no_failed_rpc() 
     tokio::time::sleep(Duration::from_millis(200)).await;
     let renewed = pki.issue("vault", Validity::days(1)).unwrap();
     pki.write("vault", &renewed).unwrap();
-    wait_for_certificate(&pki, &vault, &der(&renewed.cert_pem)).await;
+    wait_for_certificate(pki, vault, &der(&renewed.cert_pem)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     stop.store(true, Ordering::Relaxed);
@@ -96,22 +94,21 @@ async fn a_replaced_certificate_is_used_by_new_connections_with_no_failed_rpc() 
         0,
         "RPCs failed during rotation"
     );
-    assert!(vault.is_running());
-    assert!(vault.logs().contains("TLS certificate reloaded"));
+    assert!(mesh.proc_mut(VAULT).is_running());
+    assert!(mesh.logs(VAULT).contains("TLS certificate reloaded"));
 }
 
 #[tokio::test]
 async fn a_new_ca_is_trusted_once_added_to_the_bundle_and_a_broken_file_is_ignored() {
-    let pki = Pki::new().unwrap();
+    let mut mesh = TestMesh::builder().start().await;
     // The vault's own copy of the bundle, so clients keep trusting the original CA file.
-    let bundle = pki.dir().join("vault-ca.crt");
-    std::fs::copy(pki.ca_file(), &bundle).unwrap();
-    let mut vault = Launch::new(Service::Vault, &pki)
-        .unwrap()
-        .env("ORCH_TLS_CA", bundle.display().to_string())
-        .spawn()
-        .await
-        .unwrap();
+    let bundle = mesh.pki().dir().join("vault-ca.crt");
+    std::fs::copy(mesh.pki().ca_file(), &bundle).unwrap();
+    let launch = mesh
+        .launch(VAULT)
+        .env("ORCH_TLS_CA", bundle.display().to_string());
+    mesh.spawn(launch).await;
+    let (pki, vault) = (mesh.pki(), mesh.proc(VAULT));
     let next_ca = Ca::generate(TRUST_DOMAIN, Validity::days(2)).unwrap();
     pki.write(
         "next-api",
@@ -123,20 +120,14 @@ async fn a_new_ca_is_trusted_once_added_to_the_bundle_and_a_broken_file_is_ignor
     let client = |stem: &str| pki.client_config(stem, &identity("vault")).unwrap();
 
     // Before: the new CA's certificate is refused.
-    let refused = match orchestrator_e2e::channel_with(client("next-api"), vault.grpc).await {
-        Ok(ch) => raw::call(ch, "/grpc.health.v1.Health/Check").await,
-        Err(_) => Code::Unavailable,
-    };
+    let refused = raw::health_check_with(client("next-api"), vault.grpc).await;
     assert_ne!(refused, Code::Ok);
 
     // A half-written CA file is reported and ignored: the vault keeps serving.
     std::fs::write(&bundle, "-----BEGIN CERTIFICATE-----\ngarbage").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let old = orchestrator_e2e::channel_with(client("api"), vault.grpc)
-        .await
-        .unwrap();
     assert_eq!(
-        raw::call(old, "/grpc.health.v1.Health/Check").await,
+        raw::health_check_with(client("api"), vault.grpc).await,
         Code::Ok
     );
     assert!(vault.logs().contains("cannot be used"), "{}", vault.logs());
@@ -149,22 +140,16 @@ async fn a_new_ca_is_trusted_once_added_to_the_bundle_and_a_broken_file_is_ignor
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let code = match orchestrator_e2e::channel_with(client("next-api"), vault.grpc).await {
-            Ok(ch) => raw::call(ch, "/grpc.health.v1.Health/Check").await,
-            Err(_) => Code::Unavailable,
-        };
+        let code = raw::health_check_with(client("next-api"), vault.grpc).await;
         if code == Code::Ok {
             break;
         }
         assert!(Instant::now() < deadline, "the new CA was never trusted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let old = orchestrator_e2e::channel_with(client("api"), vault.grpc)
-        .await
-        .unwrap();
     assert_eq!(
-        raw::call(old, "/grpc.health.v1.Health/Check").await,
+        raw::health_check_with(client("api"), vault.grpc).await,
         Code::Ok
     );
-    assert!(vault.is_running());
+    assert!(mesh.proc_mut(VAULT).is_running());
 }

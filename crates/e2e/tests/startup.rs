@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers: a failed step is a failed test.
 
-use orchestrator_e2e::{Launch, Pki};
+use orchestrator_e2e::TestMesh;
 
 use orchestrator_mesh::Service;
 use orchestrator_pki::Validity;
@@ -12,7 +12,8 @@ const CANARY: &str = "canary-L1-5d1f0c2e9b";
 
 #[tokio::test]
 async fn a_foreign_l1_secret_in_the_environment_stops_the_service() {
-    let pki = Pki::new().unwrap();
+    let mesh = TestMesh::builder().start().await;
+    let pki = mesh.pki();
     let secret_file = pki.dir().join("foreign-secret");
     std::fs::write(&secret_file, CANARY).unwrap();
     let cases = [
@@ -36,8 +37,8 @@ async fn a_foreign_l1_secret_in_the_environment_stops_the_service() {
         ),
     ];
     for (service, var, value) in cases {
-        let (code, output) = Launch::new(service, &pki)
-            .unwrap()
+        let (code, output) = mesh
+            .launch(service)
             .env(var, value)
             .run_to_exit()
             .await
@@ -56,10 +57,10 @@ async fn a_foreign_l1_secret_in_the_environment_stops_the_service() {
 
 #[tokio::test]
 async fn its_own_l1_secret_is_fine() {
-    let pki = Pki::new().unwrap();
+    let mesh = TestMesh::builder().start().await;
     let master = orchestrator_e2e::random_key();
-    let mut vault = Launch::new(Service::Vault, &pki)
-        .unwrap()
+    let mut vault = mesh
+        .launch(Service::Vault)
         .without("VAULT_MASTER_KEY_FILE")
         .env("VAULT_MASTER_KEY", format!("k1:{master}"))
         .spawn()
@@ -71,9 +72,10 @@ async fn its_own_l1_secret_is_fine() {
 
 #[tokio::test]
 async fn another_services_certificate_stops_the_service() {
-    let pki = Pki::new().unwrap();
-    let (code, output) = Launch::new(Service::Vault, &pki)
-        .unwrap()
+    let mesh = TestMesh::builder().start().await;
+    let pki = mesh.pki();
+    let (code, output) = mesh
+        .launch(Service::Vault)
         .tls(&pki.files("infra"))
         .run_to_exit()
         .await
@@ -91,15 +93,16 @@ async fn another_services_certificate_stops_the_service() {
 
 #[tokio::test]
 async fn an_expired_own_certificate_stops_the_service() {
-    let pki = Pki::new().unwrap();
+    let mesh = TestMesh::builder().start().await;
+    let pki = mesh.pki();
     let files = pki
         .write(
             "vault-expired",
             &pki.issue("vault", Validity::expired()).unwrap(),
         )
         .unwrap();
-    let (code, output) = Launch::new(Service::Vault, &pki)
-        .unwrap()
+    let (code, output) = mesh
+        .launch(Service::Vault)
         .tls(&files)
         .run_to_exit()
         .await
@@ -110,7 +113,8 @@ async fn an_expired_own_certificate_stops_the_service() {
 
 #[tokio::test]
 async fn a_policy_that_misses_an_rpc_or_names_an_unknown_one_stops_the_service() {
-    let pki = Pki::new().unwrap();
+    let mesh = TestMesh::builder().start().await;
+    let pki = mesh.pki();
     let full =
         std::fs::read_to_string(orchestrator_e2e::repo_root().join("config/policy.toml")).unwrap();
 
@@ -118,8 +122,8 @@ async fn a_policy_that_misses_an_rpc_or_names_an_unknown_one_stops_the_service()
     assert_ne!(missing, full);
     let path = pki.dir().join("missing.toml");
     std::fs::write(&path, missing).unwrap();
-    let (code, output) = Launch::new(Service::Vault, &pki)
-        .unwrap()
+    let (code, output) = mesh
+        .launch(Service::Vault)
         .env("ORCH_POLICY_FILE", path.display().to_string())
         .run_to_exit()
         .await
@@ -136,8 +140,8 @@ async fn a_policy_that_misses_an_rpc_or_names_an_unknown_one_stops_the_service()
     );
     let path = pki.dir().join("typo.toml");
     std::fs::write(&path, typo).unwrap();
-    let (code, output) = Launch::new(Service::Infra, &pki)
-        .unwrap()
+    let (code, output) = mesh
+        .launch(Service::Infra)
         .env("ORCH_POLICY_FILE", path.display().to_string())
         .run_to_exit()
         .await

@@ -24,6 +24,7 @@ mod error;
 mod limits;
 mod model;
 mod routes;
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use orchestrator_audit::AuditKey;
+use orchestrator_devenv::{Secret, StateDir};
 use orchestrator_mesh::{Env, Service};
 use orchestrator_store::Database;
 use secrecy::SecretString;
@@ -98,7 +99,7 @@ async fn verify(args: &VerifyArgs) -> anyhow::Result<orchestrator_audit::VerifyR
         (Some(path), _) => read_secret_file(path, "--database-url-file")?,
         (None, Some(url)) => url,
         (None, None) => {
-            let db = args.state_dir.join("data").join(format!("{service}.db"));
+            let db = StateDir::new(&args.state_dir).database(args.service);
             anyhow::ensure!(
                 db.exists(),
                 "no DATABASE_URL given (--database-url-file, DATABASE_URL or DATABASE_URL_FILE), \
@@ -114,11 +115,9 @@ async fn verify(args: &VerifyArgs) -> anyhow::Result<orchestrator_audit::VerifyR
         (Some(path), _) => read_secret_file(path, "--audit-key-file")?,
         (None, Some(key)) => key,
         (None, None) => {
-            let path = args
-                .state_dir
-                .join("secrets")
-                .join(service)
-                .join("audit_key");
+            let path = StateDir::new(&args.state_dir)
+                .secrets()
+                .path(Secret::AuditKey(args.service));
             anyhow::ensure!(
                 path.exists(),
                 "no AUDIT_KEY given (--audit-key-file, AUDIT_KEY or AUDIT_KEY_FILE), and the \

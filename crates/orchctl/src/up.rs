@@ -3,13 +3,16 @@
 //! Each service runs as its own process, started with an emptied environment plus only what
 //! that service needs, exactly as separate containers would be.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use orchestrator_devenv::{
+    Bound, DevSecrets, Providers, START_ORDER, Secret, ServiceEnv, StateDir, wait_for_address_file,
+    wait_until_serving,
+};
 use orchestrator_mesh::{MeshTls, Service};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -48,16 +51,18 @@ pub(crate) struct UpArgs {
     github_org: String,
 }
 
-/// The order services start in: each one's dependencies before it.
-const START_ORDER: [Service; 4] = [
-    Service::Vault,
-    Service::SecretBroker,
-    Service::Infra,
-    Service::Scaffolder,
-];
-
 /// The App id of the development GitHub App (the emulator's and the broker's).
 const DEV_APP_ID: u64 = 1;
+
+/// The local Time4VPS account and its servers "bought in advance" (on loopback addresses).
+const DEV_TIME4VPS_USER: &str = "dev";
+const DEV_TIME4VPS_SERVERS: &str = "101=127.61.0.11,102=127.61.0.12";
+
+/// The zone infra manages DNS records in, at the local Cloudflare.
+const DEV_DNS_ZONE: &str = "orchestrator.test";
+
+/// How long a process may take to write its address file.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Running {
     service: Service,
@@ -82,8 +87,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             .context("orchctl has no directory")?
             .to_owned(),
     };
-    let state = absolute(&args.state_dir)?;
-    let pki = state.join("pki");
+    let state = StateDir::new(absolute(&args.state_dir)?);
+    let pki = state.pki();
     let report = orchestrator_pki::init(
         &pki,
         &args.trust_domain,
@@ -97,18 +102,20 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             report.created.join(", ")
         ));
     }
-    let run_dir = state.join("run");
+    let run_dir = state.run();
     std::fs::create_dir_all(&run_dir)?;
     let policy = absolute(&args.policy)?;
+    // Each service's own keys, in a folder of its own, created once and kept.
+    let secrets = state.secrets();
 
     // GitHub, locally: the emulator, trusting a development App key only the broker holds.
-    let app_key = dev_app_key(&state)?;
+    let app_public_key = dev_app_key(&secrets, &run_dir)?;
     let github_emulator_env = [
         ("GITHUB_EMULATOR_ADDR", "127.0.0.1:0".to_owned()),
         ("GITHUB_EMULATOR_APP_ID", DEV_APP_ID.to_string()),
         (
             "GITHUB_EMULATOR_APP_PUBLIC_KEY_FILE",
-            app_key.public.display().to_string(),
+            app_public_key.display().to_string(),
         ),
         ("GITHUB_EMULATOR_ORG", args.github_org.clone()),
     ];
@@ -125,35 +132,29 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .as_str()
         .context("the GitHub emulator wrote no url")?
         .to_owned();
-    // DigitalOcean, Cloudflare and Time4VPS, locally, with development tokens only infra holds.
-    let (do_token, cf_token, t4_password) = (
-        dev_token(&state, "digitalocean_token")?,
-        dev_token(&state, "cloudflare_token")?,
-        dev_token(&state, "time4vps_password")?,
-    );
-    // Emulated servers answer SSH on their own loopback addresses, all on one free port, so
-    // infra's readiness checks and Time4VPS takeovers work locally too.
+    // DigitalOcean, Cloudflare and Time4VPS, locally, accepting development credentials only
+    // infra holds. Emulated servers answer SSH on their own loopback addresses, all on one free
+    // port, so infra's readiness checks and Time4VPS takeovers work locally too.
     let ssh_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
-        .port()
-        .to_string();
+        .port();
     let provider_env = [
         (
             "DIGITALOCEAN_EMULATOR_TOKEN",
-            std::fs::read_to_string(&do_token)?,
+            secrets.value(Secret::DigitalOceanToken)?,
         ),
         (
             "CLOUDFLARE_EMULATOR_TOKEN",
-            std::fs::read_to_string(&cf_token)?,
+            secrets.value(Secret::CloudflareToken)?,
         ),
-        ("CLOUDFLARE_EMULATOR_ZONE", "orchestrator.test".to_owned()),
+        ("CLOUDFLARE_EMULATOR_ZONE", DEV_DNS_ZONE.to_owned()),
         ("TIME4VPS_EMULATOR_USER", DEV_TIME4VPS_USER.to_owned()),
         (
             "TIME4VPS_EMULATOR_PASSWORD",
-            std::fs::read_to_string(&t4_password)?,
+            secrets.value(Secret::Time4VpsPassword)?,
         ),
         ("TIME4VPS_EMULATOR_SERVERS", DEV_TIME4VPS_SERVERS.to_owned()),
-        ("PROVIDER_EMULATORS_SSH_PORT", ssh_port.clone()),
+        ("PROVIDER_EMULATORS_SSH_PORT", ssh_port.to_string()),
     ];
     let (mut providers, provider_urls) = start_emulator(
         &bin_dir,
@@ -164,159 +165,48 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         "PROVIDER_EMULATORS_ADDR_FILE",
     )
     .await?;
-    let infra_env = BTreeMap::from([
-        (
-            "DIGITALOCEAN_API_URL".to_owned(),
-            provider_urls["digitalocean"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        ),
-        (
-            "DIGITALOCEAN_TOKEN_FILE".to_owned(),
-            do_token.display().to_string(),
-        ),
-        (
-            "CLOUDFLARE_API_URL".to_owned(),
-            format!(
-                "{}/client/v4",
-                provider_urls["cloudflare"].as_str().unwrap_or_default()
-            ),
-        ),
-        (
-            "CLOUDFLARE_API_TOKEN_FILE".to_owned(),
-            cf_token.display().to_string(),
-        ),
-        ("CLOUDFLARE_ZONE".to_owned(), "orchestrator.test".to_owned()),
-        (
-            "TIME4VPS_API_URL".to_owned(),
-            provider_urls["time4vps"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        ),
-        ("TIME4VPS_USER".to_owned(), DEV_TIME4VPS_USER.to_owned()),
-        (
-            "TIME4VPS_PASSWORD_FILE".to_owned(),
-            t4_password.display().to_string(),
-        ),
-        ("INFRA_SSH_PORT".to_owned(), ssh_port),
-        (
-            "ORCHESTRATOR_SSH_PRIVATE_KEY_FILE".to_owned(),
-            dev_admin_key(&state)?.display().to_string(),
-        ),
-    ]);
-    let github_env = BTreeMap::from([
-        ("GITHUB_APP_ID".to_owned(), DEV_APP_ID.to_string()),
-        (
-            "GITHUB_APP_PRIVATE_KEY_FILE".to_owned(),
-            app_key.private.display().to_string(),
-        ),
-        ("GITHUB_API_URL".to_owned(), github_url.clone()),
-        ("GITHUB_ORG".to_owned(), args.github_org.clone()),
-    ]);
+    let url = |name: &str| provider_urls[name].as_str().unwrap_or_default().to_owned();
+    let provider_apis = Providers {
+        digitalocean_url: url("digitalocean"),
+        cloudflare_url: format!("{}/client/v4", url("cloudflare")),
+        time4vps_url: url("time4vps"),
+        time4vps_user: DEV_TIME4VPS_USER.to_owned(),
+        dns_zone: DEV_DNS_ZONE.to_owned(),
+        ssh_port,
+    };
 
+    std::fs::create_dir_all(state.data())?;
     let operator = MeshTls::load(caller_files(&pki, "operator"), None)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
     let mut ready: Vec<Running> = Vec::new();
-    // Dependencies first: the scaffolder is told where the broker actually listens.
+    // Dependencies first: each service is told where its peers actually listen.
     for service in START_ORDER {
-        let bin = bin_dir.join(service.name());
-        anyhow::ensure!(
-            bin.exists(),
-            "{} not found (build with `cargo build --bins`, or pass --bin-dir)",
-            bin.display()
-        );
+        let bin = binary(&bin_dir, service.name())?;
         let addr_file = run_dir.join(format!("{}.json", service.name()));
         let _ = std::fs::remove_file(&addr_file);
         let offset = service.default_port() - 50051;
         let port = |base: u16| if base == 0 { 0 } else { base + offset };
-        let mut env = BTreeMap::from([
-            (
-                "ORCH_LISTEN_ADDR".to_owned(),
-                SocketAddr::new(args.host, port(args.port)).to_string(),
-            ),
-            (
-                "ORCH_ADMIN_ADDR".to_owned(),
-                SocketAddr::new(args.host, port(args.admin_port)).to_string(),
-            ),
-            (
-                "ORCH_TLS_CERT".to_owned(),
-                pki.join(format!("{}.crt", service.name()))
-                    .display()
-                    .to_string(),
-            ),
-            (
-                "ORCH_TLS_KEY".to_owned(),
-                pki.join(format!("{}.key", service.name()))
-                    .display()
-                    .to_string(),
-            ),
-            (
-                "ORCH_TLS_CA".to_owned(),
-                pki.join("ca.crt").display().to_string(),
-            ),
-            ("ORCH_POLICY_FILE".to_owned(), policy.display().to_string()),
-            ("ORCH_TRUST_DOMAIN".to_owned(), args.trust_domain.clone()),
-            ("ORCH_ADDR_FILE".to_owned(), addr_file.display().to_string()),
-        ]);
-        env.extend(own_storage_and_keys(&state, service)?);
-        if service == Service::SecretBroker {
-            env.extend(github_env.clone());
-        }
-        if service == Service::Infra {
-            env.extend(infra_env.clone());
-            for (var, dependency) in [
-                ("INFRA_BROKER_ADDR", Service::SecretBroker),
-                ("INFRA_VAULT_ADDR", Service::Vault),
-            ] {
-                let dep = ready
-                    .iter()
-                    .find(|r| r.service == dependency)
-                    .context("dependencies start first")?;
-                env.insert(var.to_owned(), connect_target(dep.grpc));
-            }
-        }
-        if service == Service::Scaffolder {
-            let broker = ready
-                .iter()
-                .find(|r| r.service == Service::SecretBroker)
-                .context("the broker starts first")?;
-            env.insert(
-                "SCAFFOLDER_BROKER_ADDR".to_owned(),
-                connect_target(broker.grpc),
-            );
-            env.insert("GITHUB_API_URL".to_owned(), github_url.clone());
-            env.insert("GITHUB_ORG".to_owned(), args.github_org.clone());
-        }
-        for var in ["RUST_LOG", "ORCH_LOG_FORMAT"] {
-            if let Ok(value) = std::env::var(var) {
-                env.insert(var.to_owned(), value);
-            }
-        }
-        let mut child = Command::new(&bin)
-            .env_clear()
-            .envs(&env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        prefix_output(service.name(), &mut child);
-        let (grpc, admin) = loop {
-            if let Some(status) = child.try_wait()? {
-                bail!("{service} exited during start-up ({status})");
-            }
-            if let Ok(addrs) = read_addr_file(&addr_file) {
-                break addrs;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{service} did not start within 30s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let env = ServiceEnv::new(service)
+            .listen(
+                SocketAddr::new(args.host, port(args.port)),
+                SocketAddr::new(args.host, port(args.admin_port)),
+                &addr_file,
+            )
+            .tls(&caller_files(&pki, service.name()))
+            .policy(&policy)
+            .trust_domain(&args.trust_domain)
+            .sqlite_database(&state.database(service))
+            .own_keys(&secrets)?
+            .github_app(DEV_APP_ID, &secrets)?
+            .github_api(&github_url)
+            .github_org(&args.github_org)
+            .providers(&provider_apis, &secrets)?
+            .inherit_logging();
+        let env = ready.iter().fold(env, |env, peer| {
+            env.peer(peer.service, &connect_target(peer.grpc))
+        });
+        let mut child = spawn(&bin, env.vars(), service.name())?;
+        let Bound { grpc, admin } =
+            wait_until_serving(service.name(), &mut child, &addr_file, START_TIMEOUT).await?;
         let server = format!("spiffe://{}/{}", args.trust_domain, service.name()).parse()?;
         let target = connect_target(grpc);
         check(&operator, &target, server, service)
@@ -345,65 +235,6 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Each service's own database (a SQLite file) and keys (random, in 0600 files, created once
-/// and kept, so data survives restarts): its audit key, and for the vault its master key.
-fn own_storage_and_keys(
-    state: &Path,
-    service: Service,
-) -> anyhow::Result<BTreeMap<String, String>> {
-    let (data, secrets) = (
-        state.join("data"),
-        state.join("secrets").join(service.name()),
-    );
-    std::fs::create_dir_all(&data)?;
-    std::fs::create_dir_all(&secrets)?;
-    #[cfg(unix)]
-    std::fs::set_permissions(
-        state.join("secrets"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )?;
-    let mut env = BTreeMap::from([
-        (
-            "DATABASE_URL".to_owned(),
-            format!(
-                "sqlite://{}?mode=rwc",
-                data.join(format!("{}.db", service.name())).display()
-            ),
-        ),
-        (
-            "AUDIT_KEY_FILE".to_owned(),
-            dev_secret(&secrets.join("audit_key"), "")?,
-        ),
-    ]);
-    if service == Service::Vault {
-        env.insert(
-            "VAULT_MASTER_KEY_FILE".to_owned(),
-            dev_secret(&secrets.join("vault_master_key"), "dev1:")?,
-        );
-    }
-    Ok(env)
-}
-
-/// The path of a 0600 file holding `prefix` + base64 of 32 random bytes, created if missing.
-fn dev_secret(path: &Path, prefix: &str) -> anyhow::Result<String> {
-    use std::io::Write as _;
-    if !path.exists() {
-        let mut bytes = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-            .map_err(|_| anyhow::anyhow!("the system RNG failed"))?;
-        let value = format!(
-            "{prefix}{}",
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
-        );
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        options.open(path)?.write_all(value.as_bytes())?;
-    }
-    Ok(path.display().to_string())
 }
 
 /// Builds the four service binaries and the emulators with the same cargo and profile as this
@@ -441,14 +272,6 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     })
 }
 
-fn read_addr_file(path: &Path) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-    let value: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
-    let addr = |key: &str| -> anyhow::Result<SocketAddr> {
-        Ok(value[key].as_str().context("missing address")?.parse()?)
-    };
-    Ok((addr("grpc")?, addr("admin")?))
-}
-
 /// Where a client connects for a listener bound to `addr` (a wildcard means loopback).
 fn connect_target(addr: SocketAddr) -> String {
     match addr.ip() {
@@ -482,67 +305,51 @@ fn prefix_output(label: &'static str, child: &mut Child) {
     }
 }
 
-/// A random development token in infra's secrets folder (created once); returns its path.
-/// The local Time4VPS account and its servers "bought in advance" (on loopback addresses).
-const DEV_TIME4VPS_USER: &str = "dev";
-const DEV_TIME4VPS_SERVERS: &str = "101=127.61.0.11,102=127.61.0.12";
-
-fn dev_token(state: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    let dir = state.join("secrets").join(Service::Infra.name());
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(name);
-    dev_secret(&path, "dev-")?;
-    Ok(path)
-}
-
-/// The orchestrator's development admin SSH key (L1, infra's alone), created once.
-fn dev_admin_key(state: &Path) -> anyhow::Result<PathBuf> {
-    use secrecy::ExposeSecret as _;
-    use std::io::Write as _;
-    let dir = state.join("secrets").join(Service::Infra.name());
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("orchestrator_ssh_key");
-    if !path.exists() {
-        let key = orchestrator_deploy_keys::generate("orchestrator-admin")
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        options
-            .open(&path)?
-            .write_all(key.private_openssh.expose_secret().as_bytes())?;
-    }
-    Ok(path)
-}
-
 /// The development GitHub App key pair, created once: the private half is the broker's alone
-/// (0600, in its secrets folder), the public half is what the emulator trusts.
-struct AppKeyFiles {
-    private: PathBuf,
-    public: PathBuf,
+/// (in its folder of secrets), the public half is what the emulator trusts. Returns the public
+/// half's file.
+fn dev_app_key(secrets: &DevSecrets, run_dir: &Path) -> anyhow::Result<PathBuf> {
+    let public = run_dir.join("github_app_key.pub");
+    if !secrets.path(Secret::GitHubAppKey).exists() || !public.exists() {
+        let (private_pem, public_pem) = orchestrator_github_emulator::generate_app_key();
+        secrets.put(Secret::GitHubAppKey, &private_pem)?;
+        std::fs::write(&public, public_pem)?;
+    }
+    Ok(public)
 }
 
-fn dev_app_key(state: &Path) -> anyhow::Result<AppKeyFiles> {
-    let dir = state.join("secrets").join(Service::SecretBroker.name());
-    std::fs::create_dir_all(&dir)?;
-    let files = AppKeyFiles {
-        private: dir.join("github_app_key"),
-        public: state.join("run").join("github_app_key.pub"),
-    };
-    if !files.private.exists() || !files.public.exists() {
-        use std::io::Write as _;
-        let (private, public) = orchestrator_github_emulator::generate_app_key();
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        options
-            .open(&files.private)?
-            .write_all(private.as_bytes())?;
-        std::fs::write(&files.public, public)?;
-    }
-    Ok(files)
+/// `name` in `bin_dir`, which must be there.
+fn binary(bin_dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let bin = bin_dir.join(name);
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found (build with `cargo build --bins`, or pass --bin-dir)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// Starts `bin` with an emptied environment plus `env`, its output copied to ours with `label`.
+fn spawn<K, V>(
+    bin: &Path,
+    env: impl IntoIterator<Item = (K, V)>,
+    label: &'static str,
+) -> anyhow::Result<Child>
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    let mut child = Command::new(bin)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    prefix_output(label, &mut child);
+    Ok(child)
 }
 
 /// Starts an emulator binary on free ports and returns it with what it wrote to its address
@@ -555,40 +362,17 @@ async fn start_emulator(
     env: &[(&str, String)],
     addr_var: &str,
 ) -> anyhow::Result<(Child, serde_json::Value)> {
-    let bin = bin_dir.join(name);
-    anyhow::ensure!(
-        bin.exists(),
-        "{} not found (build with `cargo build --bins`, or pass --bin-dir)",
-        bin.display()
-    );
+    let bin = binary(bin_dir, name)?;
     let addr_file = run_dir.join(format!("{name}.json"));
     let _ = std::fs::remove_file(&addr_file);
-    let mut child = Command::new(&bin)
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env(addr_var, &addr_file)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    prefix_output(label, &mut child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!("{name} exited during start-up ({status})");
-        }
-        if let Ok(bytes) = std::fs::read(&addr_file) {
-            return Ok((child, serde_json::from_slice(&bytes)?));
-        }
-        anyhow::ensure!(Instant::now() < deadline, "{name} did not start within 30s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    let env = env.iter().map(|(var, value)| (*var, value.clone())).chain([
+        (addr_var, addr_file.display().to_string()),
+        ("RUST_LOG", log),
+    ]);
+    let mut child = spawn(&bin, env, label)?;
+    let addresses = wait_for_address_file(name, &mut child, &addr_file, START_TIMEOUT).await?;
+    Ok((child, addresses))
 }
 
 #[allow(clippy::print_stdout)]

@@ -204,11 +204,13 @@ pub fn write_pair(dir: &Path, name: &str, issued: &Issued) -> Result<(), PkiErro
         issued.cert_pem.as_bytes(),
         0o644,
     )?;
-    write_file(
-        &dir.join(format!("{name}.key")),
-        issued.key_pem.as_bytes(),
-        0o600,
-    )
+    write_private(&dir.join(format!("{name}.key")), issued.key_pem.as_bytes())
+}
+
+/// Writes `bytes` to `path` (0600, never group or world readable) atomically: a key or any
+/// other secret handed to a process as a `<NAME>_FILE`.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
+    write_file(path, bytes, 0o600)
 }
 
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {

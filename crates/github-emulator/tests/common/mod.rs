@@ -1,24 +1,16 @@
-//! Shared helpers: one App key per test binary, an emulator per test, a real HTTP client.
+//! Shared helpers: the tests' App (`orchestrator_github_emulator::testing`), an emulator per
+//! test, a real HTTP client.
 
 #![allow(dead_code, unreachable_pub)] // Each test binary uses a subset.
-
-use std::sync::OnceLock;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use crypto_box::aead::OsRng;
-use orchestrator_github_emulator::{Config, Emulator, app_jwt};
+#[allow(unused_imports)] // Each test binary uses a subset.
+pub use orchestrator_github_emulator::testing::{APP_ID, ORG, app_key};
+use orchestrator_github_emulator::{Config, Emulator, app_jwt, testing};
 use reqwest::{Method, Response};
 use serde_json::{Value, json};
-
-pub const APP_ID: u64 = 4242;
-pub const ORG: &str = "acme";
-
-/// (private PKCS#1 PEM, public SPKI PEM), generated once: RSA key generation is slow.
-pub fn app_key() -> &'static (String, String) {
-    static KEY: OnceLock<(String, String)> = OnceLock::new();
-    KEY.get_or_init(orchestrator_github_emulator::generate_app_key)
-}
 
 pub struct Gh {
     pub emu: Emulator,
@@ -26,11 +18,7 @@ pub struct Gh {
 }
 
 pub fn config() -> Config {
-    Config {
-        app_id: APP_ID,
-        app_public_key_pem: app_key().1.clone(),
-        ..Config::default()
-    }
+    testing::trusting_test_app(Config::default())
 }
 
 impl Gh {
