@@ -69,3 +69,31 @@ impl Action {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_are_methods_of_the_broker_in_the_contract() {
+        let broker = orchestrator_proto::services(orchestrator_proto::FILE_DESCRIPTOR_SET)
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == "orchestrator.secretbroker.v1.SecretBrokerService")
+            .unwrap();
+        for action in [
+            Action::RegisterRepository,
+            Action::SetProjectSecrets,
+            Action::SetDeployCredentials,
+            Action::DeleteProjectSecret,
+            Action::ReconcileProjectSecrets,
+            Action::MintRepositoryToken,
+        ] {
+            let method = action
+                .as_str()
+                .strip_prefix(&format!("/{}/", broker.name))
+                .unwrap();
+            assert!(broker.methods.iter().any(|m| m == method), "{method}");
+        }
+    }
+}

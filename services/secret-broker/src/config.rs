@@ -53,3 +53,18 @@ impl Settings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_app_id_is_required_and_a_number() {
+        let missing = Settings::from_env(&Env::from_pairs([("GITHUB_ORG", "acme")])).unwrap_err();
+        assert!(format!("{missing:#}").contains("GITHUB_APP_ID is required"));
+        let text = Settings::from_env(&Env::from_pairs([("GITHUB_APP_ID", "twelve")])).unwrap_err();
+        assert!(format!("{text:#}").contains("GITHUB_APP_ID must be a number"));
+        let no_key = Settings::from_env(&Env::from_pairs([("GITHUB_APP_ID", "12")])).unwrap_err();
+        assert!(format!("{no_key:#}").contains("GITHUB_APP_PRIVATE_KEY"));
+    }
+}

@@ -9,6 +9,9 @@ use orchestrator_github::{PutOutcome, RepoRef, SecretName};
 use orchestrator_store::StoreError;
 use sqlx::{AnyConnection, AnyPool};
 
+#[cfg(test)]
+mod tests;
+
 /// Where a secret reference stands. States are spelled only by [`SecretState::as_str`] (the
 /// queries bind them); an unknown stored state is an error, never taken for another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

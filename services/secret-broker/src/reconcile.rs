@@ -126,3 +126,66 @@ fn compare(refs: &[SecretRef], at_github: &BTreeMap<String, String>, dry_run: bo
     }
     found
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(name: &str, state: SecretState, github_updated_at: Option<&str>) -> SecretRef {
+        SecretRef {
+            name: name.to_owned(),
+            state,
+            github_updated_at: github_updated_at.map(str::to_owned),
+            key_id: None,
+            recorded_us: 0,
+            written_by: "spiffe://test/api".to_owned(),
+            deploy: 0,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn each_reference_is_in_sync_or_one_finding_and_foreign_secrets_are_only_reported() {
+        let t1 = "2024-01-01T00:00:00Z";
+        let t2 = "2024-02-01T00:00:00Z";
+        let refs = [
+            reference("DRIFTED", SecretState::Present, Some(t1)),
+            reference("FAILED", SecretState::Failed, None),
+            reference("GONE", SecretState::Present, Some(t1)),
+            reference("PENDING", SecretState::Pending, None),
+            reference("SAME", SecretState::Present, Some(t1)),
+        ];
+        let at_github: BTreeMap<String, String> = [
+            ("DRIFTED", t2),
+            ("FAILED", t1),
+            ("FOREIGN", t1),
+            ("PENDING", t2),
+            ("SAME", t1),
+        ]
+        .into_iter()
+        .map(|(n, t)| (n.to_owned(), t.to_owned()))
+        .collect();
+        let found = compare(&refs, &at_github, false);
+        let kinds: Vec<_> = found
+            .findings
+            .iter()
+            .map(|f| (f.name.as_str(), f.kind, f.repaired))
+            .collect();
+        use pb::ReconcileFindingKind as K;
+        assert_eq!(
+            kinds,
+            [
+                ("DRIFTED", K::Drifted as i32, false),
+                ("GONE", K::Missing as i32, false),
+                ("PENDING", K::Recovered as i32, true),
+                ("FOREIGN", K::Unexpected as i32, false),
+            ]
+        );
+        assert_eq!(found.in_sync, 2, "SAME, and FAILED (which GitHub has)");
+        assert_eq!(found.recovered, [("PENDING".to_owned(), t2.to_owned())]);
+        // A dry run finds the same and repairs nothing.
+        let dry = compare(&refs, &at_github, true);
+        assert!(dry.findings.iter().all(|f| !f.repaired));
+        assert_eq!(dry.recovered, found.recovered);
+    }
+}

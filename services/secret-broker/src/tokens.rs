@@ -111,3 +111,26 @@ impl Broker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_caller_gets_only_its_own_scope() {
+        let id =
+            |name: &str| -> Identity { format!("spiffe://test.local/{name}").parse().unwrap() };
+        use pb::RepositoryTokenScope as S;
+        assert!(allowed(&id("scaffolder"), S::RepositoryCreation));
+        assert!(allowed(&id("infra"), S::Clone));
+        for (caller, scope) in [
+            ("scaffolder", S::Clone),
+            ("infra", S::RepositoryCreation),
+            ("api", S::Clone),
+            ("api", S::RepositoryCreation),
+            ("operator", S::Clone),
+        ] {
+            assert!(!allowed(&id(caller), scope), "{caller} {scope:?}");
+        }
+    }
+}

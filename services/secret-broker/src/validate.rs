@@ -285,3 +285,6 @@ fn batch(
     }
     out
 }
+
+#[cfg(test)]
+mod tests;
