@@ -156,8 +156,8 @@ impl Broker {
                 })
                 .await?;
             match put {
-                // A stale key: fetch it again, once. (Any 422 is taken for one; see the report
-                // of issue 10.)
+                // A stale key: fetch it again and retry, once. Any 422 is taken for a stale
+                // key, so a value GitHub refuses for another reason is sent twice.
                 Err(GitHubError::Status { status: 422, .. }) if !refetched => {
                     refetched = true;
                     *key = self

@@ -108,7 +108,7 @@ pub(crate) fn set_project_secrets(
 ) -> Result<SecretsRequest, Status> {
     let mut v = Violations::new();
     let ids = ids(&mut v, &req.request_id, &req.project_id);
-    let secrets = batch(&mut v, req.secrets, Writer::Projects);
+    let secrets = batch(&mut v, req.secrets, BatchOf::ProjectSecrets);
     secrets_request(v, ids, secrets)
 }
 
@@ -140,7 +140,7 @@ pub(crate) fn set_deploy_credentials(
     let secrets = if values.is_empty() {
         Vec::new()
     } else {
-        batch(&mut v, values, Writer::DeployCredentials)
+        batch(&mut v, values, BatchOf::DeployCredentials)
     };
     secrets_request(v, ids, secrets)
 }
@@ -233,21 +233,17 @@ fn secrets_request(
     })
 }
 
-/// Who writes a batch, which decides whether `DEPLOY_*` names are allowed.
+/// Which RPC a batch comes from, which decides whether `DEPLOY_*` names are allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Writer {
+enum BatchOf {
     /// SetProjectSecrets: any name but the deploy credentials'.
-    Projects,
+    ProjectSecrets,
     /// SetDeployCredentials: the typed message's `DEPLOY_*` names.
     DeployCredentials,
 }
 
 /// Validates the names and values of a batch: every violation at once.
-fn batch(
-    v: &mut Violations,
-    values: Vec<common::ProjectSecretValue>,
-    writer: Writer,
-) -> Vec<Secret> {
+fn batch(v: &mut Violations, values: Vec<common::ProjectSecretValue>, of: BatchOf) -> Vec<Secret> {
     v.check(
         (1..=MAX_SECRETS).contains(&values.len()),
         "secrets",
@@ -269,7 +265,7 @@ fn batch(
                         format!("secrets[{i}].name"),
                         format!("`{}` appears twice (names are case-insensitive)", s.name),
                     );
-                } else if writer == Writer::Projects && is_deploy_credential(&name) {
+                } else if of == BatchOf::ProjectSecrets && is_deploy_credential(&name) {
                     // Architecture Invariant: only infra writes DEPLOY_* secrets (through the
                     // typed SetDeployCredentials).
                     v.add(
