@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use orchestrator_store::{Database, Dialect, StoreError, now_us};
-use sqlx::Row;
-use tonic::Status;
+
+use crate::db;
 
 #[derive(Debug)]
-pub struct Pacer {
+pub(crate) struct Pacer {
     db: Database,
     interval: Duration,
     /// Per installation: serializes this process's writers, and remembers the last write time
@@ -24,7 +24,7 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    pub fn new(db: Database, interval: Duration) -> Self {
+    pub(crate) fn new(db: Database, interval: Duration) -> Self {
         Self {
             db,
             interval,
@@ -34,7 +34,13 @@ impl Pacer {
 
     /// Runs `write` as the only writer to `installation`, no sooner than the interval after the
     /// previous write to it from any replica.
-    pub async fn paced<T, F, Fut>(&self, installation: i64, write: F) -> Result<T, Status>
+    ///
+    /// Architecture Invariant: writes to one installation are paced, across replicas.
+    pub(crate) async fn paced<T, F, Fut>(
+        &self,
+        installation: i64,
+        write: F,
+    ) -> Result<T, StoreError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
@@ -54,20 +60,8 @@ impl Pacer {
                 Ok(write().await)
             }
             Dialect::Postgres => {
-                let store = |e: sqlx::Error| Status::from(StoreError::from(e));
-                let mut tx = self.db.pool().begin().await.map_err(store)?;
-                sqlx::query("INSERT INTO installation_pacing (installation_id, last_write_us) VALUES ($1, 0) ON CONFLICT DO NOTHING")
-                    .bind(installation)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(store)?;
-                let last: i64 = sqlx::query("SELECT last_write_us FROM installation_pacing WHERE installation_id = $1 FOR UPDATE")
-                    .bind(installation)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(store)?
-                    .try_get("last_write_us")
-                    .map_err(store)?;
+                let mut tx = self.db.pool().begin().await?;
+                let last = db::lock_pacing(&mut tx, installation).await?;
                 // This process's own last write counts too (its record may have failed).
                 wait_until(last.max(*last_local), self.interval).await;
                 // Spacing is measured between the starts of writes, as GitHub measures arrivals.
@@ -76,17 +70,11 @@ impl Pacer {
                 *last_local = started;
                 // The write happened: its result stands even if recording its time fails (this
                 // process still waits from its own clock; the row lock ends with the transaction).
-                let recorded = sqlx::query(
-                    "UPDATE installation_pacing SET last_write_us = $2 WHERE installation_id = $1",
-                )
-                .bind(installation)
-                .bind(started)
-                .execute(&mut *tx)
-                .await;
-                if let Err(e) = match recorded {
-                    Ok(_) => tx.commit().await,
+                let recorded = match db::record_pacing(&mut tx, installation, started).await {
+                    Ok(()) => tx.commit().await.map_err(StoreError::from),
                     Err(e) => Err(e),
-                } {
+                };
+                if let Err(e) = recorded {
                     tracing::warn!(installation, error = %e, "could not record a write's time for pacing");
                 }
                 Ok(out)

@@ -1,0 +1,131 @@
+//! Which repository each project has (RegisterRepository), and the tokens for its secrets.
+
+use std::sync::Arc;
+
+use orchestrator_fields::ProjectId;
+use orchestrator_github::{InstallationToken, RepoRef};
+use orchestrator_mesh::status::with_reason;
+use orchestrator_store::{StoreError, now_us};
+use tonic::{Code, Status};
+
+use crate::audit::Action;
+use crate::db;
+use crate::state::Broker;
+use crate::validate::RegisterRequest;
+
+/// A project's registered repository.
+#[derive(Debug, Clone)]
+pub(crate) struct Registered {
+    pub project_id: ProjectId,
+    pub repo: RepoRef,
+    pub installation: i64,
+    pub created_us: i64,
+}
+
+impl Broker {
+    /// The project's registration, `None` when it has none.
+    pub(crate) async fn registration(
+        &self,
+        project_id: &ProjectId,
+    ) -> Result<Option<Registered>, Status> {
+        let Some(row) = db::find_repository(self.db.pool(), project_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Registered {
+            project_id: project_id.clone(),
+            repo: RepoRef::new(&row.owner, &row.name)
+                .map_err(|e| Status::internal(e.to_string()))?,
+            installation: row.installation_id,
+            created_us: row.created_us,
+        }))
+    }
+
+    /// The project's registration; NOT_FOUND when it has none.
+    pub(crate) async fn registered(&self, project_id: &ProjectId) -> Result<Registered, Status> {
+        self.registration(project_id).await?.ok_or_else(|| {
+            Status::not_found(format!(
+                "project `{project_id}` has no registered repository"
+            ))
+        })
+    }
+
+    /// Registers the project's repository at the GitHub installation that has it. Registering
+    /// the same repository again answers the first registration.
+    pub(crate) async fn register(
+        &self,
+        caller: String,
+        req: RegisterRequest,
+    ) -> Result<Registered, Status> {
+        if let Some(existing) = self.registration(&req.project_id).await? {
+            if existing.repo != req.repo {
+                return Err(with_reason(
+                    Code::AlreadyExists,
+                    "PROJECT_REGISTERED",
+                    format!(
+                        "project `{}` is registered to {}",
+                        req.project_id, existing.repo
+                    ),
+                    &[("repository", existing.repo.to_string())],
+                ));
+            }
+            return Ok(existing);
+        }
+        let installation = self
+            .github
+            .installation_for_repo(&req.repo)
+            .await
+            .map_err(|e| e.to_grpc())?;
+        self.write(move |conn| {
+            Box::pin(async move {
+                let RegisterRequest {
+                    request_id,
+                    project_id,
+                    repo,
+                } = req;
+                let created_us = now_us();
+                db::insert_repository(conn, &project_id, &repo, installation as i64, created_us)
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::Conflict(_) => with_reason(
+                            Code::AlreadyExists,
+                            "REPOSITORY_REGISTERED",
+                            "the repository or project is already registered",
+                            &[],
+                        ),
+                        other => other.into(),
+                    })?;
+                let entry = Action::RegisterRepository
+                    .on_project(&caller, &project_id)
+                    .request_id(request_id.as_str())
+                    .detail(format!("repository={repo} installation={installation}"));
+                let registered = Registered {
+                    project_id,
+                    repo,
+                    installation: installation as i64,
+                    created_us,
+                };
+                Ok((registered, vec![entry]))
+            })
+        })
+        .await
+    }
+
+    /// A token for the project repository's Actions secrets (narrowed to that repository and
+    /// `secrets: write`; cached by the client until shortly before it expires).
+    pub(crate) async fn secrets_token(
+        &self,
+        reg: &Registered,
+    ) -> Result<Arc<InstallationToken>, Status> {
+        // Whether the token was minted now does not matter here.
+        let (token, _) = self
+            .github
+            .token(
+                reg.installation as u64,
+                &[reg.repo.name()],
+                &[("secrets", "write")],
+            )
+            .await
+            .map_err(|e| e.to_grpc())?;
+        Ok(token)
+    }
+}

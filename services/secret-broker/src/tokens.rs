@@ -1,0 +1,136 @@
+//! MintRepositoryToken: installation tokens narrowed per caller, each mint audited.
+
+use orchestrator_mesh::Identity;
+use orchestrator_mesh::status::with_reason;
+use orchestrator_proto::secretbroker::v1 as pb;
+use tonic::{Code, Status};
+
+use crate::audit::Action;
+use crate::messages;
+use crate::state::Broker;
+use crate::validate::TokenScope;
+
+/// What a token is minted for: an installation, the repositories (of `owner`) and the
+/// permissions.
+struct Grant {
+    installation: u64,
+    owner: String,
+    repositories: Vec<String>,
+    permissions: &'static [(&'static str, &'static str)],
+}
+
+/// Whether `caller` may have a token of `scope`. The policy file says who may call; this says
+/// what for.
+///
+/// Architecture Invariant: infra gets only clone tokens; only the scaffolder creates
+/// repositories.
+fn allowed(caller: &Identity, scope: pb::RepositoryTokenScope) -> bool {
+    matches!(
+        (caller.name().as_str(), scope),
+        ("scaffolder", pb::RepositoryTokenScope::RepositoryCreation)
+            | ("infra", pb::RepositoryTokenScope::Clone)
+    )
+}
+
+impl Broker {
+    pub(crate) async fn mint_token(
+        &self,
+        caller: &Identity,
+        scope: TokenScope,
+    ) -> Result<pb::MintRepositoryTokenResponse, Status> {
+        let proto_scope = scope.proto();
+        if !allowed(caller, proto_scope) {
+            return Err(with_reason(
+                Code::PermissionDenied,
+                "SCOPE_NOT_ALLOWED",
+                format!("{caller} may not mint a {proto_scope:?} token"),
+                &[
+                    ("caller", caller.to_string()),
+                    ("scope", format!("{proto_scope:?}")),
+                ],
+            ));
+        }
+        let grant = self.grant(&scope).await?;
+        let repositories: Vec<&str> = grant.repositories.iter().map(String::as_str).collect();
+        let token = self
+            .github
+            .mint_uncached(grant.installation, &repositories, grant.permissions)
+            .await
+            .map_err(|e| e.to_grpc())?;
+        // Audited: who, what for, until when. Never the token.
+        let entry = Action::MintRepositoryToken
+            .on_tokens(&caller.to_string(), scope.project_id())
+            .detail(format!(
+                "scope={proto_scope:?} expires_at={} repositories={}",
+                token.expires_at,
+                token.repositories.join(",")
+            ));
+        self.write(move |_conn| Box::pin(async move { Ok(((), vec![entry])) }))
+            .await?;
+        Ok(messages::minted(&token, proto_scope, &grant.owner))
+    }
+
+    /// The installation, repositories and permissions of a token of `scope`; the owner comes
+    /// from the same lookup as the installation.
+    async fn grant(&self, scope: &TokenScope) -> Result<Grant, Status> {
+        match scope {
+            TokenScope::Clone { project_id } => {
+                let reg = self.registered(project_id).await?;
+                Ok(Grant {
+                    installation: reg.installation as u64,
+                    owner: reg.repo.owner().to_owned(),
+                    repositories: vec![reg.repo.name().to_owned()],
+                    permissions: &[("contents", "read")],
+                })
+            }
+            TokenScope::RepositoryCreation { .. } => {
+                let org = self.org.clone().ok_or_else(|| {
+                    with_reason(
+                        Code::FailedPrecondition,
+                        "NO_ORGANIZATION",
+                        "GITHUB_ORG is not configured on the broker",
+                        &[],
+                    )
+                })?;
+                let installation = self
+                    .github
+                    .installation_for_org(&org)
+                    .await
+                    .map_err(|e| e.to_grpc())?;
+                Ok(Grant {
+                    installation,
+                    owner: org,
+                    repositories: Vec::new(),
+                    permissions: &[
+                        ("administration", "write"),
+                        ("contents", "write"),
+                        ("workflows", "write"),
+                    ],
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_caller_gets_only_its_own_scope() {
+        let id =
+            |name: &str| -> Identity { format!("spiffe://test.local/{name}").parse().unwrap() };
+        use pb::RepositoryTokenScope as S;
+        assert!(allowed(&id("scaffolder"), S::RepositoryCreation));
+        assert!(allowed(&id("infra"), S::Clone));
+        for (caller, scope) in [
+            ("scaffolder", S::Clone),
+            ("infra", S::RepositoryCreation),
+            ("api", S::Clone),
+            ("api", S::RepositoryCreation),
+            ("operator", S::Clone),
+        ] {
+            assert!(!allowed(&id(caller), scope), "{caller} {scope:?}");
+        }
+    }
+}

@@ -1,0 +1,313 @@
+use orchestrator_proto::common::v1 as common;
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+use super::*;
+
+/// The fields a refusal names, in order.
+fn fields(status: &Status) -> Vec<String> {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|f| f.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn value(name: &str, value: &[u8]) -> common::ProjectSecretValue {
+    common::ProjectSecretValue {
+        name: name.to_owned(),
+        value: value.to_vec(),
+    }
+}
+
+fn set(
+    request_id: &str,
+    project_id: &str,
+    secrets: Vec<common::ProjectSecretValue>,
+) -> pb::SetProjectSecretsRequest {
+    pb::SetProjectSecretsRequest {
+        request_id: request_id.to_owned(),
+        project_id: project_id.to_owned(),
+        secrets,
+    }
+}
+
+#[test]
+fn a_valid_batch_becomes_upper_cased_names_with_their_values() {
+    let req = set_project_secrets(set(
+        "r1",
+        "prj-1",
+        vec![value("telegram_token", b"t"), value("B", b"v")],
+    ))
+    .unwrap();
+    assert_eq!(req.request_id.as_str(), "r1");
+    assert_eq!(req.project_id.as_str(), "prj-1");
+    let names: Vec<_> = req.secrets.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["TELEGRAM_TOKEN", "B"]);
+    assert_eq!(req.secrets[0].value.as_slice(), b"t");
+}
+
+#[test]
+fn every_broken_rule_of_a_batch_is_named() {
+    let big = vec![b'x'; MAX_VALUE + 1];
+    let err = set_project_secrets(set(
+        "r1",
+        "prj-1",
+        vec![
+            value("1ABC", b"v"),
+            value("GITHUB_TOKEN", b"v"),
+            value("my-name", b"v"),
+            value("Dup", b"v"),
+            value("DUP", b"v"),
+            value("DEPLOY_HOST", b"v"),
+            value("BIG", &big),
+            value("EMPTY", b""),
+            value("MAX", &big[1..]),
+        ],
+    ))
+    .unwrap_err();
+    assert_eq!(
+        fields(&err),
+        [
+            "secrets[0].name",
+            "secrets[1].name",
+            "secrets[2].name",
+            "secrets[4].name",
+            "secrets[5].name",
+            "secrets[6].value",
+            "secrets[7].value",
+        ]
+    );
+    assert!(err.message().contains("appears twice"), "{}", err.message());
+    assert!(
+        err.message()
+            .contains("reserved for the deploy credentials")
+    );
+}
+
+#[test]
+fn a_batch_holds_one_to_a_hundred_secrets() {
+    assert_eq!(
+        fields(&set_project_secrets(set("r1", "p", vec![])).unwrap_err()),
+        ["secrets"]
+    );
+    let full: Vec<_> = (0..MAX_SECRETS)
+        .map(|i| value(&format!("S{i}"), b"v"))
+        .collect();
+    assert_eq!(
+        set_project_secrets(set("r1", "p", full.clone()))
+            .unwrap()
+            .secrets
+            .len(),
+        MAX_SECRETS
+    );
+    let mut over = full;
+    over.push(value("ONE_MORE", b"v"));
+    assert_eq!(
+        fields(&set_project_secrets(set("r1", "p", over)).unwrap_err()),
+        ["secrets"]
+    );
+}
+
+#[test]
+fn ids_are_listed_before_the_secrets_even_in_a_long_list() {
+    let bad: Vec<_> = (0..50).map(|i| value(&format!("{i}bad"), b"v")).collect();
+    let err = set_project_secrets(set("", "prj/1", bad)).unwrap_err();
+    let fields = fields(&err);
+    assert_eq!(fields[..3], ["request_id", "project_id", "secrets[0].name"]);
+    assert!(
+        err.message().ends_with("; and 32 more"),
+        "{}",
+        err.message()
+    );
+}
+
+#[test]
+fn the_deploy_prefix_is_for_deploy_credentials_only() {
+    let name = |raw| SecretName::new(raw).unwrap();
+    assert!(is_deploy_credential(&name("deploy_host")));
+    assert!(!is_deploy_credential(&name("DEPLOYED")));
+    assert!(!is_deploy_credential(&name("MY_DEPLOY_KEY")));
+}
+
+#[test]
+fn deploy_credentials_are_any_non_empty_subset_under_their_own_names() {
+    let creds = |host: &str, key: &[u8]| pb::SetDeployCredentialsRequest {
+        request_id: "r1".into(),
+        project_id: "prj-1".into(),
+        credentials: Some(pb::DeployCredentials {
+            host: host.into(),
+            ssh_private_key: key.to_vec(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let req = set_deploy_credentials(creds("203.0.113.7", b"key")).unwrap();
+    let names: Vec<_> = req.secrets.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["DEPLOY_HOST", "DEPLOY_SSH_KEY"]);
+    assert_eq!(
+        fields(&set_deploy_credentials(creds("", b"")).unwrap_err()),
+        ["credentials"]
+    );
+    let none = pb::SetDeployCredentialsRequest {
+        request_id: String::new(),
+        ..Default::default()
+    };
+    assert_eq!(
+        fields(&set_deploy_credentials(none).unwrap_err()),
+        ["request_id", "project_id", "credentials"]
+    );
+    let too_big = vec![b'k'; MAX_VALUE + 1];
+    assert_eq!(
+        fields(&set_deploy_credentials(creds("h", &too_big)).unwrap_err()),
+        ["secrets[1].value"]
+    );
+}
+
+#[test]
+fn a_secret_shows_its_name_but_never_its_value() {
+    let secret = Secret {
+        name: SecretName::new("TOKEN").unwrap(),
+        value: Zeroizing::new(b"canary-value".to_vec()),
+    };
+    let shown = format!("{secret:?}");
+    assert!(shown.contains("TOKEN"));
+    assert!(!shown.contains("canary"), "{shown}");
+}
+
+#[test]
+fn registrations_need_ids_and_a_valid_repository() {
+    let req = |repository: Option<(&str, &str)>| pb::RegisterRepositoryRequest {
+        request_id: "r1".into(),
+        project_id: "prj-1".into(),
+        repository: repository.map(|(owner, name)| common::RepositoryRef {
+            owner: owner.into(),
+            name: name.into(),
+            id: 0,
+        }),
+    };
+    let ok = register_repository(req(Some(("acme", "app1")))).unwrap();
+    assert_eq!(ok.repo.to_string(), "acme/app1");
+    let err = register_repository(req(None)).unwrap_err();
+    assert_eq!(fields(&err), ["repository"]);
+    assert!(err.message().contains("required"));
+    assert_eq!(
+        fields(&register_repository(req(Some(("-acme", "app1")))).unwrap_err()),
+        ["repository"]
+    );
+    let all_wrong = pb::RegisterRepositoryRequest {
+        request_id: "with space".into(),
+        project_id: String::new(),
+        repository: None,
+    };
+    assert_eq!(
+        fields(&register_repository(all_wrong).unwrap_err()),
+        ["request_id", "project_id", "repository"]
+    );
+}
+
+#[test]
+fn list_pages_follow_the_contract_sizes_and_the_shared_token() {
+    let list = |size: i32, token: &str| pb::ListProjectSecretsRequest {
+        project_id: "prj-1".into(),
+        page_size: size,
+        page_token: token.into(),
+    };
+    assert_eq!(list_project_secrets(&list(0, "")).unwrap().1.size(), 100);
+    assert_eq!(list_project_secrets(&list(7, "")).unwrap().1.size(), 7);
+    assert_eq!(list_project_secrets(&list(5000, "")).unwrap().1.size(), 100);
+    assert_eq!(
+        fields(&list_project_secrets(&list(-1, "")).unwrap_err()),
+        ["page_size"]
+    );
+    assert_eq!(
+        fields(&list_project_secrets(&list(0, "NOT_OURS")).unwrap_err()),
+        ["page_token"]
+    );
+    // A token is the last name of a page.
+    let page = list_project_secrets(&list(1, "")).unwrap().1;
+    let mut names = vec!["A".to_owned(), "B".to_owned()];
+    let token = page.finish(&mut names, |n| vec![n.clone()]);
+    let (_, next) = list_project_secrets(&list(1, &token)).unwrap();
+    assert_eq!(next.after().unwrap(), ["A"]);
+    let bad_project = pb::ListProjectSecretsRequest {
+        project_id: "a b".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        fields(&list_project_secrets(&bad_project).unwrap_err()),
+        ["project_id"]
+    );
+}
+
+#[test]
+fn deletes_and_reconciles_name_their_project_and_secret() {
+    let delete = |project_id: &str, name: &str| pb::DeleteProjectSecretRequest {
+        project_id: project_id.into(),
+        name: name.into(),
+    };
+    let (project_id, name) = delete_project_secret(&delete("prj-1", "token")).unwrap();
+    assert_eq!((project_id.as_str(), name.as_str()), ("prj-1", "TOKEN"));
+    assert_eq!(
+        fields(&delete_project_secret(&delete("", "1x")).unwrap_err()),
+        ["project_id", "name"]
+    );
+    let reconcile = |project_id: &str| pb::ReconcileProjectSecretsRequest {
+        project_id: project_id.into(),
+        dry_run: true,
+    };
+    assert_eq!(
+        reconcile_project_secrets(&reconcile("prj-1"))
+            .unwrap()
+            .as_str(),
+        "prj-1"
+    );
+    assert_eq!(
+        fields(&reconcile_project_secrets(&reconcile("prj.1")).unwrap_err()),
+        ["project_id"]
+    );
+}
+
+#[test]
+fn token_scopes_are_required_and_clone_needs_a_project() {
+    let mint = |scope: pb::RepositoryTokenScope, project_id: &str| pb::MintRepositoryTokenRequest {
+        scope: scope as i32,
+        project_id: project_id.into(),
+    };
+    use pb::RepositoryTokenScope as S;
+    let clone = mint_repository_token(&mint(S::Clone, "prj-1")).unwrap();
+    assert_eq!(
+        clone,
+        TokenScope::Clone {
+            project_id: ProjectId::parse("prj-1").unwrap()
+        }
+    );
+    assert_eq!(clone.proto(), S::Clone);
+    assert_eq!(clone.project_id(), "prj-1");
+    let create = mint_repository_token(&mint(S::RepositoryCreation, "")).unwrap();
+    assert_eq!(create, TokenScope::RepositoryCreation { project_id: None });
+    assert_eq!(create.project_id(), "");
+    let named = mint_repository_token(&mint(S::RepositoryCreation, "prj-2")).unwrap();
+    assert_eq!(named.project_id(), "prj-2");
+
+    let err = mint_repository_token(&mint(S::Clone, "")).unwrap_err();
+    assert_eq!(fields(&err), ["project_id"]);
+    assert!(err.message().contains("required for CLONE"));
+    assert_eq!(
+        fields(&mint_repository_token(&mint(S::Clone, "a/b")).unwrap_err()),
+        ["project_id"]
+    );
+    assert_eq!(
+        fields(&mint_repository_token(&mint(S::Unspecified, "a/b")).unwrap_err()),
+        ["scope", "project_id"]
+    );
+    let unknown = pb::MintRepositoryTokenRequest {
+        scope: 99,
+        project_id: String::new(),
+    };
+    assert_eq!(
+        fields(&mint_repository_token(&unknown).unwrap_err()),
+        ["scope"]
+    );
+}
