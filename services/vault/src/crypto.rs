@@ -15,9 +15,10 @@ use zeroize::Zeroizing;
 /// The format byte of every value ciphertext this code writes.
 const FORMAT_V1: u8 = 1;
 const HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
+const TAG_LEN: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
-pub enum KeyringError {
+pub(crate) enum KeyringError {
     #[error(
         "VAULT_MASTER_KEY must be a list of `id:base64` entries (32-byte keys), separated by commas \
          or whitespace; the first is the primary. Entry {0} is not."
@@ -30,7 +31,7 @@ pub enum KeyringError {
 }
 
 /// An AES-256-GCM key that never prints.
-pub struct Key(LessSafeKey);
+struct Key(LessSafeKey);
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,19 +49,21 @@ impl Key {
     fn seal(&self, rng: &SystemRandom, aad: &[u8], plaintext: &[u8], header: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill(&mut nonce).expect("the system RNG works");
-        let mut out = Vec::with_capacity(header.len() + NONCE_LEN + plaintext.len() + 16);
+        let mut out = Vec::with_capacity(header.len() + NONCE_LEN + plaintext.len() + TAG_LEN);
         out.extend_from_slice(header);
         out.extend_from_slice(&nonce);
-        let mut body = plaintext.to_vec();
-        self.0
-            .seal_in_place_append_tag(
+        // Sealed where it lies: no copy of the plaintext is left behind.
+        let body = out.len();
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad),
-                &mut body,
+                &mut out[body..],
             )
             .expect("AES-GCM sealing of a bounded value");
-        out.extend_from_slice(&body);
-        body.iter_mut().for_each(|b| *b = 0);
+        out.extend_from_slice(tag.as_ref());
         out
     }
 
@@ -79,14 +82,14 @@ impl Key {
 
 /// The master keys, by id; the first one given is the primary (wraps new data keys).
 #[derive(Debug)]
-pub struct Keyring {
+pub(crate) struct Keyring {
     keys: BTreeMap<String, (Key, [u8; 8])>,
     primary: String,
 }
 
 impl Keyring {
     /// Parses `id:base64,id:base64...`. Ids are `[A-Za-z0-9_-]{1,32}`.
-    pub fn parse(secret: &SecretString) -> Result<Self, KeyringError> {
+    pub(crate) fn parse(secret: &SecretString) -> Result<Self, KeyringError> {
         let mut keys = BTreeMap::new();
         let mut primary = None;
         for (i, entry) in secret
@@ -121,21 +124,21 @@ impl Keyring {
         })
     }
 
-    pub fn primary_id(&self) -> &str {
+    pub(crate) fn primary_id(&self) -> &str {
         &self.primary
     }
 
-    pub fn ids(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn ids(&self) -> impl Iterator<Item = &str> {
         self.keys.keys().map(String::as_str)
     }
 
     /// The key check value of master key `id`, if the keyring holds it.
-    pub fn check_value(&self, id: &str) -> Option<[u8; 8]> {
+    pub(crate) fn check_value(&self, id: &str) -> Option<[u8; 8]> {
         self.keys.get(id).map(|(_, kcv)| *kcv)
     }
 
     /// A fresh data key wrapped by the primary master key: (key, wrapped, kcv of the master).
-    pub fn new_data_key(
+    pub(crate) fn new_data_key(
         &self,
         rng: &SystemRandom,
         data_key_id: i64,
@@ -152,7 +155,12 @@ impl Keyring {
     }
 
     /// Unwraps data key `data_key_id` with master key `master_id`.
-    pub fn unwrap(&self, master_id: &str, data_key_id: i64, wrapped: &[u8]) -> Option<DataKey> {
+    pub(crate) fn unwrap(
+        &self,
+        master_id: &str,
+        data_key_id: i64,
+        wrapped: &[u8],
+    ) -> Option<DataKey> {
         let raw = self.unwrap_raw(master_id, data_key_id, wrapped)?;
         Some(DataKey {
             id: data_key_id,
@@ -161,13 +169,18 @@ impl Keyring {
     }
 
     /// Wraps raw data key bytes under the primary master key: (wrapped, kcv).
-    pub fn wrap_raw(&self, rng: &SystemRandom, data_key_id: i64, raw: &[u8]) -> (Vec<u8>, [u8; 8]) {
+    pub(crate) fn wrap_raw(
+        &self,
+        rng: &SystemRandom,
+        data_key_id: i64,
+        raw: &[u8],
+    ) -> (Vec<u8>, [u8; 8]) {
         let (master, kcv) = &self.keys[&self.primary];
         (master.seal(rng, &wrap_aad(data_key_id), raw, &[]), *kcv)
     }
 
     /// Unwraps and returns the raw bytes too, for re-wrapping under a new master key.
-    pub fn unwrap_raw(
+    pub(crate) fn unwrap_raw(
         &self,
         master_id: &str,
         data_key_id: i64,
@@ -186,6 +199,8 @@ impl Keyring {
 }
 
 /// A data key's wrapping is bound to its id: a wrapped key copied to another id fails.
+// Architecture Invariant: no L3 value is stored unencrypted, and the keys that encrypt values
+// are stored only wrapped by a master key that never reaches the database.
 fn wrap_aad(data_key_id: i64) -> Vec<u8> {
     let mut aad = b"orchestrator.vault data-key ".to_vec();
     aad.extend_from_slice(&data_key_id.to_be_bytes());
@@ -206,20 +221,22 @@ fn check_value(master: &[u8]) -> [u8; 8] {
 
 /// A data key, unwrapped in memory.
 #[derive(Debug)]
-pub struct DataKey {
-    pub id: i64,
+pub(crate) struct DataKey {
+    pub(crate) id: i64,
     key: Key,
 }
 
 /// Where a ciphertext belongs: bound into its AAD.
 #[derive(Debug, Clone, Copy)]
-pub struct RowRef<'a> {
-    pub user_id: &'a str,
-    pub key: &'a str,
-    pub version: i64,
+pub(crate) struct RowRef<'a> {
+    pub(crate) user_id: &'a str,
+    pub(crate) key: &'a str,
+    pub(crate) version: i64,
 }
 
 impl RowRef<'_> {
+    // Architecture Invariant: ciphertexts are bound to their row (user id, key, version); one
+    // copied to another row does not decrypt there.
     fn aad(&self) -> Vec<u8> {
         let mut aad = b"orchestrator.vault.v1 user_vault".to_vec();
         for field in [self.user_id.as_bytes(), self.key.as_bytes()] {
@@ -232,14 +249,14 @@ impl RowRef<'_> {
 }
 
 impl DataKey {
-    pub fn encrypt(&self, rng: &SystemRandom, row: RowRef<'_>, plaintext: &[u8]) -> Vec<u8> {
+    pub(crate) fn encrypt(&self, rng: &SystemRandom, row: RowRef<'_>, plaintext: &[u8]) -> Vec<u8> {
         let mut header = [0u8; 5];
         header[0] = FORMAT_V1;
         header[1..5].copy_from_slice(&(self.id as u32).to_be_bytes());
         self.key.seal(rng, &row.aad(), plaintext, &header)
     }
 
-    pub fn decrypt(&self, row: RowRef<'_>, ciphertext: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    pub(crate) fn decrypt(&self, row: RowRef<'_>, ciphertext: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         if ciphertext_key_id(ciphertext)? != self.id {
             return None;
         }
@@ -252,8 +269,8 @@ impl DataKey {
 }
 
 /// The data key id a ciphertext names, if it is a well-formed v1 ciphertext.
-pub fn ciphertext_key_id(ciphertext: &[u8]) -> Option<i64> {
-    if ciphertext.len() < HEADER_LEN + 16 || ciphertext[0] != FORMAT_V1 {
+pub(crate) fn ciphertext_key_id(ciphertext: &[u8]) -> Option<i64> {
+    if ciphertext.len() < HEADER_LEN + TAG_LEN || ciphertext[0] != FORMAT_V1 {
         return None;
     }
     Some(i64::from(u32::from_be_bytes(
@@ -262,7 +279,7 @@ pub fn ciphertext_key_id(ciphertext: &[u8]) -> Option<i64> {
 }
 
 /// SHA-256, for binding audit records to ciphertexts.
-pub fn digest(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn digest(bytes: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, bytes)
         .as_ref()
         .to_vec()

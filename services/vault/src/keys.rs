@@ -3,15 +3,16 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use orchestrator_store::{Database, StoreError};
+use orchestrator_store::{Database, StoreError, now_us};
 use ring::rand::SystemRandom;
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 
 use crate::crypto::{DataKey, Keyring};
+use crate::db::{self, StoredKey, Wrapping};
 
 /// Why the vault refuses to start with its master keyring.
 #[derive(Debug, thiserror::Error)]
-pub enum KeyCheckError {
+pub(crate) enum KeyCheckError {
     #[error(
         "data key {data_key} is wrapped by master key `{master}`, which VAULT_MASTER_KEY does not hold \
          (it holds: {held}); add that key back to the keyring"
@@ -53,19 +54,12 @@ impl From<KeyCheckError> for tonic::Status {
     }
 }
 
-/// The unwrapped data keys by id, and which one is primary.
+/// The unwrapped data keys by id.
 #[derive(Debug)]
-pub struct DataKeys {
+pub(crate) struct DataKeys {
     keyring: Keyring,
     rng: SystemRandom,
     keys: RwLock<HashMap<i64, Arc<DataKey>>>,
-}
-
-struct StoredKey {
-    id: i64,
-    master: String,
-    wrapped: Vec<u8>,
-    kcv: Vec<u8>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -75,76 +69,51 @@ fn hex(bytes: &[u8]) -> String {
 impl DataKeys {
     /// Loads every data key, refusing a keyring that cannot unwrap one of them; creates the
     /// first data key in an empty database; re-wraps data keys under a new primary master key.
-    pub async fn open(db: &Database, keyring: Keyring) -> Result<Self, KeyCheckError> {
+    // Architecture Invariant: a wrong master key stops the start, naming the key.
+    pub(crate) async fn open(db: &Database, keyring: Keyring) -> Result<Self, KeyCheckError> {
         let keys = Self {
             keyring,
             rng: SystemRandom::new(),
             keys: RwLock::new(HashMap::new()),
         };
         let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
-        if keys.stored(&mut conn).await?.is_empty() {
+        if db::stored_data_keys(&mut conn).await?.is_empty() {
             let (_, wrapped, kcv) = keys.keyring.new_data_key(&keys.rng, 1);
-            // Replicas starting together race here; one insert wins, the others load it.
-            sqlx::query(
-                "INSERT INTO data_keys (id, master_key_id, wrapped, kcv, state, encryptions, created_us) \
-                 VALUES (1, $1, $2, $3, 'primary', 0, $4) ON CONFLICT DO NOTHING",
-            )
-            .bind(keys.keyring.primary_id())
-            .bind(&wrapped[..])
-            .bind(&kcv[..])
-            .bind(crate::now_us())
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::from)?;
+            let first = Wrapping {
+                master_key_id: keys.keyring.primary_id(),
+                wrapped: &wrapped,
+                kcv: &kcv,
+            };
+            db::insert_first_data_key(&mut conn, first, now_us()).await?;
         }
         keys.load(&mut conn).await?;
         keys.rewrap_to_primary_master(&mut conn).await?;
         Ok(keys)
     }
 
-    async fn stored(&self, conn: &mut AnyConnection) -> Result<Vec<StoredKey>, StoreError> {
-        let rows = sqlx::query("SELECT id, master_key_id, wrapped, kcv FROM data_keys ORDER BY id")
-            .fetch_all(&mut *conn)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredKey {
-                    id: r.try_get("id")?,
-                    master: r.try_get("master_key_id")?,
-                    wrapped: r.try_get("wrapped")?,
-                    kcv: r.try_get("kcv")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
-    }
-
     /// (Re)loads all data keys from the database, checking each against the keyring.
-    pub async fn load(&self, conn: &mut AnyConnection) -> Result<(), KeyCheckError> {
+    async fn load(&self, conn: &mut AnyConnection) -> Result<(), KeyCheckError> {
         let mut loaded = HashMap::new();
-        for stored in self.stored(conn).await? {
-            let Some(kcv) = self.keyring.check_value(&stored.master) else {
+        for stored in db::stored_data_keys(conn).await? {
+            let Some(kcv) = self.keyring.check_value(&stored.master_key_id) else {
                 return Err(KeyCheckError::MissingMaster {
                     data_key: stored.id,
-                    master: stored.master,
+                    master: stored.master_key_id,
                     held: self.keyring.ids().collect::<Vec<_>>().join(", "),
                 });
             };
             if kcv[..] != stored.kcv[..] {
                 return Err(KeyCheckError::Mismatch {
                     data_key: stored.id,
-                    master: stored.master,
+                    master: stored.master_key_id,
                     found: hex(&kcv),
                     expected: hex(&stored.kcv),
                 });
             }
             let key = self
                 .keyring
-                .unwrap(&stored.master, stored.id, &stored.wrapped)
-                .ok_or(KeyCheckError::Corrupt {
-                    data_key: stored.id,
-                    master: stored.master.clone(),
-                })?;
+                .unwrap(&stored.master_key_id, stored.id, &stored.wrapped)
+                .ok_or_else(|| corrupt(&stored))?;
             loaded.insert(stored.id, Arc::new(key));
         }
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = loaded;
@@ -157,35 +126,28 @@ impl DataKeys {
         &self,
         conn: &mut AnyConnection,
     ) -> Result<(), KeyCheckError> {
-        let primary = self.keyring.primary_id().to_owned();
-        for stored in self.stored(conn).await? {
-            if stored.master == primary {
+        let primary = self.keyring.primary_id();
+        for stored in db::stored_data_keys(conn).await? {
+            if stored.master_key_id == primary {
                 continue;
             }
             let raw = self
                 .keyring
-                .unwrap_raw(&stored.master, stored.id, &stored.wrapped)
-                .ok_or(KeyCheckError::Corrupt {
-                    data_key: stored.id,
-                    master: stored.master.clone(),
-                })?;
+                .unwrap_raw(&stored.master_key_id, stored.id, &stored.wrapped)
+                .ok_or_else(|| corrupt(&stored))?;
             let (wrapped, kcv) = self.keyring.wrap_raw(&self.rng, stored.id, &raw);
-            // Conditional on the old wrapping: a replica that already did it wins.
-            sqlx::query("UPDATE data_keys SET master_key_id = $1, wrapped = $2, kcv = $3 WHERE id = $4 AND master_key_id = $5")
-                .bind(&primary)
-                .bind(&wrapped[..])
-                .bind(&kcv[..])
-                .bind(stored.id)
-                .bind(&stored.master)
-                .execute(&mut *conn)
-                .await
-                .map_err(StoreError::from)?;
-            tracing::info!(data_key = stored.id, from = %stored.master, to = %primary, "data key re-wrapped under the primary master key");
+            let to = Wrapping {
+                master_key_id: primary,
+                wrapped: &wrapped,
+                kcv: &kcv,
+            };
+            db::rewrap_data_key(conn, stored.id, &stored.master_key_id, to).await?;
+            tracing::info!(data_key = stored.id, from = %stored.master_key_id, to = %primary, "data key re-wrapped under the primary master key");
         }
         Ok(())
     }
 
-    pub fn get(&self, id: i64) -> Option<Arc<DataKey>> {
+    pub(crate) fn get(&self, id: i64) -> Option<Arc<DataKey>> {
         self.keys
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -193,11 +155,45 @@ impl DataKeys {
             .cloned()
     }
 
-    pub fn rng(&self) -> &SystemRandom {
+    /// Data key `id`, reloading the keys through `conn` when this process does not know it yet
+    /// (another replica rotated). `None` when the database does not know it either.
+    pub(crate) async fn get_or_load(
+        &self,
+        conn: &mut AnyConnection,
+        id: i64,
+    ) -> Result<Option<Arc<DataKey>>, KeyCheckError> {
+        if let Some(key) = self.get(id) {
+            return Ok(Some(key));
+        }
+        self.load(conn).await?;
+        Ok(self.get(id))
+    }
+
+    /// Like [`DataKeys::get_or_load`], with a connection from `db`'s pool taken only if needed.
+    pub(crate) async fn get_or_load_from(
+        &self,
+        db: &Database,
+        id: i64,
+    ) -> Result<Option<Arc<DataKey>>, KeyCheckError> {
+        if let Some(key) = self.get(id) {
+            return Ok(Some(key));
+        }
+        let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
+        self.get_or_load(&mut conn, id).await
+    }
+
+    pub(crate) fn rng(&self) -> &SystemRandom {
         &self.rng
     }
 
-    pub fn keyring(&self) -> &Keyring {
+    pub(crate) fn keyring(&self) -> &Keyring {
         &self.keyring
+    }
+}
+
+fn corrupt(stored: &StoredKey) -> KeyCheckError {
+    KeyCheckError::Corrupt {
+        data_key: stored.id,
+        master: stored.master_key_id.clone(),
     }
 }

@@ -1,0 +1,442 @@
+//! The secrets: `user_vault_keys` (one row per user and key, the version counter),
+//! `user_vault` (one row per kept version, its ciphertext) and `put_requests` (idempotent Put).
+
+use std::collections::BTreeMap;
+
+use orchestrator_fields::Page;
+use orchestrator_proto::timestamp as ts;
+use orchestrator_proto::vault::v1 as pb;
+use orchestrator_store::StoreError;
+use sqlx::{AnyConnection, AnyPool, Row};
+
+use super::Attestation;
+use crate::crypto::RowRef;
+
+/// A key's row: its newest version number and times.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct KeyHead {
+    pub(crate) current_version: i64,
+    pub(crate) created_us: i64,
+    pub(crate) updated_us: i64,
+}
+
+/// One kept version, without its value.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct VersionRow {
+    pub(crate) version: i64,
+    pub(crate) created_us: i64,
+    pub(crate) deleted_us: Option<i64>,
+    destroyed: i64,
+}
+
+impl VersionRow {
+    pub(crate) fn is_destroyed(&self) -> bool {
+        self.destroyed != 0
+    }
+
+    /// Readable: neither deleted nor destroyed.
+    pub(crate) fn is_live(&self) -> bool {
+        self.deleted_us.is_none() && !self.is_destroyed()
+    }
+
+    fn into_pb(self) -> pb::UserSecretVersion {
+        pb::UserSecretVersion {
+            version: self.version,
+            create_time: Some(ts(self.created_us)),
+            delete_time: self.deleted_us.map(ts),
+            destroyed: self.is_destroyed(),
+        }
+    }
+}
+
+/// A key with its kept versions, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SecretMeta {
+    pub(crate) user_id: String,
+    pub(crate) key: String,
+    pub(crate) head: KeyHead,
+    pub(crate) versions: Vec<VersionRow>,
+}
+
+impl SecretMeta {
+    pub(crate) fn has_live_version(&self) -> bool {
+        self.versions.iter().any(VersionRow::is_live)
+    }
+
+    pub(crate) fn into_pb(self) -> pb::UserSecretMetadata {
+        pb::UserSecretMetadata {
+            user_id: self.user_id,
+            key: self.key,
+            current_version: self.head.current_version,
+            versions: self.versions.into_iter().map(VersionRow::into_pb).collect(),
+            create_time: Some(ts(self.head.created_us)),
+            update_time: Some(ts(self.head.updated_us)),
+        }
+    }
+}
+
+/// The key's metadata, or `None` if it does not exist.
+pub(crate) async fn metadata(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    key: &str,
+) -> Result<Option<SecretMeta>, StoreError> {
+    let head: Option<KeyHead> = sqlx::query_as(
+        "SELECT current_version, created_us, updated_us FROM user_vault_keys WHERE user_id = $1 AND key = $2",
+    )
+    .bind(user_id)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(head) = head else {
+        return Ok(None);
+    };
+    Ok(Some(SecretMeta {
+        user_id: user_id.to_owned(),
+        key: key.to_owned(),
+        head,
+        versions: versions(conn, user_id, key).await?,
+    }))
+}
+
+/// The kept versions of a key, newest first.
+pub(crate) async fn versions(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    key: &str,
+) -> Result<Vec<VersionRow>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT version, created_us, deleted_us, destroyed FROM user_vault WHERE user_id = $1 AND key = $2 ORDER BY version DESC",
+    )
+    .bind(user_id)
+    .bind(key)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+#[derive(sqlx::FromRow)]
+struct ListedKey {
+    key: String,
+    #[sqlx(flatten)]
+    head: KeyHead,
+}
+
+#[derive(sqlx::FromRow)]
+struct ListedVersion {
+    key: String,
+    #[sqlx(flatten)]
+    version: VersionRow,
+}
+
+/// One page of a user's keys in key order, each with its versions, and the next page's token.
+/// Two queries whatever the page size: the keys, then all their versions.
+pub(crate) async fn list_secrets(
+    pool: &AnyPool,
+    user_id: &str,
+    page: &Page,
+) -> Result<(Vec<SecretMeta>, String), StoreError> {
+    let after = page
+        .after()
+        .and_then(<[String]>::first)
+        .map_or("", String::as_str);
+    let mut keys: Vec<ListedKey> = sqlx::query_as(
+        "SELECT key, current_version, created_us, updated_us FROM user_vault_keys \
+         WHERE user_id = $1 AND key > $2 ORDER BY key LIMIT $3",
+    )
+    .bind(user_id)
+    .bind(after)
+    .bind(page.limit())
+    .fetch_all(pool)
+    .await?;
+    let next_page_token = page.finish(&mut keys, |k| vec![k.key.clone()]);
+    let mut by_key: BTreeMap<String, Vec<VersionRow>> = BTreeMap::new();
+    if let Some(last) = keys.last() {
+        let rows: Vec<ListedVersion> = sqlx::query_as(
+            "SELECT key, version, created_us, deleted_us, destroyed FROM user_vault \
+             WHERE user_id = $1 AND key > $2 AND key <= $3 ORDER BY key, version DESC",
+        )
+        .bind(user_id)
+        .bind(after)
+        .bind(&last.key)
+        .fetch_all(pool)
+        .await?;
+        for row in rows {
+            by_key.entry(row.key).or_default().push(row.version);
+        }
+    }
+    let secrets = keys
+        .into_iter()
+        .map(|k| SecretMeta {
+            user_id: user_id.to_owned(),
+            versions: by_key.remove(&k.key).unwrap_or_default(),
+            key: k.key,
+            head: k.head,
+        })
+        .collect();
+    Ok((secrets, next_page_token))
+}
+
+/// What [`next_version`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NextVersion {
+    /// The version this write takes, and when the key was created.
+    Taken { version: i64, created_us: i64 },
+    /// The check-and-set failed; nothing changed. `current` is 0 for a missing key.
+    Mismatch { current: i64 },
+}
+
+#[derive(sqlx::FromRow)]
+struct Bumped {
+    current_version: i64,
+    created_us: i64,
+}
+
+/// Takes the next version number of a key, applying check-and-set (`expected`: `None` =
+/// unconditional, `Some(0)` = create only, `Some(n)` = only if the current version is n): one
+/// `UPDATE` for an existing key, one `INSERT` for a new one.
+pub(crate) async fn next_version(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    key: &str,
+    expected: Option<i64>,
+    now: i64,
+) -> Result<NextVersion, StoreError> {
+    if expected != Some(0) {
+        let bumped: Option<Bumped> = sqlx::query_as(
+            "UPDATE user_vault_keys SET current_version = current_version + 1, updated_us = $3 \
+             WHERE user_id = $1 AND key = $2 AND ($4 < 0 OR current_version = $4) RETURNING current_version, created_us",
+        )
+        .bind(user_id)
+        .bind(key)
+        .bind(now)
+        .bind(expected.unwrap_or(-1))
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = bumped {
+            return Ok(NextVersion::Taken {
+                version: row.current_version,
+                created_us: row.created_us,
+            });
+        }
+    }
+    if expected.is_none_or(|n| n == 0) {
+        let created = sqlx::query(
+            "INSERT INTO user_vault_keys (user_id, key, current_version, created_us, updated_us) \
+             VALUES ($1, $2, 1, $3, $3) ON CONFLICT DO NOTHING RETURNING created_us",
+        )
+        .bind(user_id)
+        .bind(key)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if created.is_some() {
+            return Ok(NextVersion::Taken {
+                version: 1,
+                created_us: now,
+            });
+        }
+    }
+    let current: Option<(i64,)> = sqlx::query_as(
+        "SELECT current_version FROM user_vault_keys WHERE user_id = $1 AND key = $2",
+    )
+    .bind(user_id)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(NextVersion::Mismatch {
+        current: current.map_or(0, |(n,)| n),
+    })
+}
+
+/// A version's ciphertext, encrypted under data key `data_key_id`.
+pub(crate) async fn insert_version(
+    conn: &mut AnyConnection,
+    row: RowRef<'_>,
+    data_key_id: i64,
+    ciphertext: &[u8],
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO user_vault (user_id, key, version, data_key_id, encrypted_value, created_us, destroyed) \
+         VALUES ($1, $2, $3, $4, $5, $6, 0)",
+    )
+    .bind(row.user_id)
+    .bind(row.key)
+    .bind(row.version)
+    .bind(data_key_id)
+    .bind(ciphertext)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the versions up to `up_to`; returns their numbers.
+pub(crate) async fn prune_versions(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    key: &str,
+    up_to: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let pruned: Vec<(i64,)> = sqlx::query_as(
+        "DELETE FROM user_vault WHERE user_id = $1 AND key = $2 AND version <= $3 RETURNING version",
+    )
+    .bind(user_id)
+    .bind(key)
+    .bind(up_to)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(pruned.into_iter().map(|(v,)| v).collect())
+}
+
+/// Destroys a version: its ciphertext is gone for good. `row` changes as the stored row did.
+pub(crate) async fn destroy_version(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    key: &str,
+    row: &mut VersionRow,
+    now: i64,
+) -> Result<(), StoreError> {
+    const DESTROY: &str = "UPDATE user_vault SET encrypted_value = NULL, data_key_id = NULL, destroyed = 1, \
+         deleted_us = COALESCE(deleted_us, $4) WHERE user_id = $1 AND key = $2 AND version = $3";
+    update_version(conn, DESTROY, user_id, key, row.version, now).await?;
+    row.deleted_us.get_or_insert(now);
+    row.destroyed = 1;
+    Ok(())
+}
+
+/// Soft-deletes a version: kept, no longer readable. `row` changes as the stored row did.
+pub(crate) async fn soft_delete_version(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    key: &str,
+    row: &mut VersionRow,
+    now: i64,
+) -> Result<(), StoreError> {
+    const DELETE: &str =
+        "UPDATE user_vault SET deleted_us = $4 WHERE user_id = $1 AND key = $2 AND version = $3";
+    update_version(conn, DELETE, user_id, key, row.version, now).await?;
+    row.deleted_us = Some(now);
+    Ok(())
+}
+
+/// Runs `sql` with the parameters user id, key, version, now.
+async fn update_version(
+    conn: &mut AnyConnection,
+    sql: &'static str,
+    user_id: &str,
+    key: &str,
+    version: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(sql)
+        .bind(user_id)
+        .bind(key)
+        .bind(version)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Marks the key as changed now. `meta` changes as the stored row did.
+pub(crate) async fn touch_key(
+    conn: &mut AnyConnection,
+    meta: &mut SecretMeta,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE user_vault_keys SET updated_us = $3 WHERE user_id = $1 AND key = $2")
+        .bind(&meta.user_id)
+        .bind(&meta.key)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    meta.head.updated_us = now;
+    Ok(())
+}
+
+/// The secret a Put request id was first used for.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct PutRequest {
+    pub(crate) user_id: String,
+    pub(crate) key: String,
+    pub(crate) version: i64,
+}
+
+pub(crate) async fn find_put_request(
+    conn: &mut AnyConnection,
+    request_id: &str,
+) -> Result<Option<PutRequest>, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT user_id, key, version FROM put_requests WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(&mut *conn)
+            .await?,
+    )
+}
+
+pub(crate) async fn insert_put_request(
+    conn: &mut AnyConnection,
+    request_id: &str,
+    row: RowRef<'_>,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO put_requests (request_id, user_id, key, version, created_us) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(request_id)
+    .bind(row.user_id)
+    .bind(row.key)
+    .bind(row.version)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A live version as read, with the audit record that should vouch for it.
+#[derive(Debug)]
+pub(crate) struct LiveVersion {
+    pub(crate) version: i64,
+    pub(crate) ciphertext: Option<Vec<u8>>,
+    pub(crate) created_us: i64,
+    pub(crate) attestation: Attestation,
+}
+
+/// The newest live version of a key (`wanted` 0) or version `wanted` if it is live, and the
+/// newest audit record with a digest for it (`target_prefix`: the audit target of the key's
+/// versions without the number), in one round trip.
+pub(crate) async fn live_version(
+    pool: &AnyPool,
+    user_id: &str,
+    key: &str,
+    wanted: i64,
+    target_prefix: &str,
+) -> Result<Option<LiveVersion>, StoreError> {
+    const READ: &str = concat!(
+        "SELECT v.version, v.encrypted_value, v.created_us, ",
+        orchestrator_audit::attested_columns!(),
+        " FROM (SELECT version, encrypted_value, created_us FROM user_vault \
+           WHERE user_id = $1 AND key = $2 AND deleted_us IS NULL AND destroyed = 0 AND ($3 = 0 OR version = $3) \
+           ORDER BY version DESC LIMIT 1) v \
+         LEFT JOIN audit_log a ON a.seq = \
+           (SELECT MAX(seq) FROM audit_log WHERE target = $4 || CAST(v.version AS TEXT) AND digest IS NOT NULL) \
+         LEFT JOIN audit_log p ON p.seq = a.seq - 1"
+    );
+    let Some(row) = sqlx::query(READ)
+        .bind(user_id)
+        .bind(key)
+        .bind(wanted)
+        .bind(target_prefix)
+        .fetch_optional(pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(LiveVersion {
+        version: row.try_get("version")?,
+        ciphertext: row.try_get("encrypted_value")?,
+        created_us: row.try_get("created_us")?,
+        attestation: Attestation(row),
+    }))
+}

@@ -1,0 +1,384 @@
+//! Every query against both databases: a fresh SQLite file and a fresh PostgreSQL database
+//! (with the vault's own role and schema, as in production) per test.
+
+use std::time::Duration;
+
+use orchestrator_audit::{AuditKey, Entry, Ledger};
+use orchestrator_fields::Page;
+use orchestrator_store::testing::TestDatabase;
+use orchestrator_store::{Database, Dialect};
+use sqlx::AnyConnection;
+
+use super::data_keys::PrimaryUse;
+use super::*;
+use crate::crypto::{RowRef, digest};
+
+async fn open(test_db: &TestDatabase) -> (Database, Ledger) {
+    let db = Database::connect(&test_db.url("vault"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    db.migrate([
+        orchestrator_audit::migrations(db.dialect()),
+        migrations(db.dialect()),
+    ])
+    .await
+    .unwrap();
+    let ledger = Ledger::start(db.clone(), AuditKey::from_bytes(&[7; 32]));
+    (db, ledger)
+}
+
+fn row<'a>(user_id: &'a str, key: &'a str, version: i64) -> RowRef<'a> {
+    RowRef {
+        user_id,
+        key,
+        version,
+    }
+}
+
+fn wrapping<'a>(master_key_id: &'a str, wrapped: &'a [u8]) -> Wrapping<'a> {
+    Wrapping {
+        master_key_id,
+        wrapped,
+        kcv: b"kcv",
+    }
+}
+
+/// Data key 1 and `versions` versions of (user_id, key), as a Put would leave them.
+async fn seed(conn: &mut AnyConnection, user_id: &str, key: &str, versions: i64) {
+    insert_first_data_key(conn, wrapping("m1", b"wrapped"), 1)
+        .await
+        .unwrap();
+    for version in 1..=versions {
+        let next = next_version(conn, user_id, key, None, 10 * version)
+            .await
+            .unwrap();
+        assert!(matches!(next, NextVersion::Taken { version: v, .. } if v == version));
+        let ciphertext = format!("ct-{user_id}-{key}-{version}");
+        insert_version(
+            conn,
+            row(user_id, key, version),
+            1,
+            ciphertext.as_bytes(),
+            10 * version,
+        )
+        .await
+        .unwrap();
+    }
+}
+
+async fn versions_take_turns_by_check_and_set(test_db: TestDatabase) {
+    let (db, _) = open(&test_db).await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    let conn = &mut *conn;
+    let taken = |version, created_us| NextVersion::Taken {
+        version,
+        created_us,
+    };
+    let mismatch = |current| NextVersion::Mismatch { current };
+    // (key, expected version, now) and what the write finds.
+    let steps = [
+        ("k", Some(3), 5, mismatch(0)),
+        ("k", Some(0), 5, taken(1, 5)),
+        ("k", Some(0), 6, mismatch(1)),
+        ("k", Some(1), 7, taken(2, 5)),
+        ("k", None, 8, taken(3, 5)),
+        ("k", Some(2), 9, mismatch(3)),
+        ("other", None, 9, taken(1, 9)),
+    ];
+    for (key, expected, now, found) in steps {
+        let next = next_version(conn, "u", key, expected, now).await.unwrap();
+        assert_eq!(next, found, "{key} {expected:?}");
+    }
+    let meta = metadata(conn, "u", "k").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            meta.head.current_version,
+            meta.head.created_us,
+            meta.head.updated_us
+        ),
+        (3, 5, 8)
+    );
+    assert!(metadata(conn, "u", "none").await.unwrap().is_none());
+}
+
+async fn deletes_change_the_rows_as_the_returned_metadata_says(test_db: TestDatabase) {
+    let (db, _) = open(&test_db).await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    let conn = &mut *conn;
+    seed(conn, "u", "k", 4).await;
+    let mut meta = metadata(conn, "u", "k").await.unwrap().unwrap();
+    let numbers: Vec<i64> = meta.versions.iter().map(|v| v.version).collect();
+    assert_eq!(numbers, [4, 3, 2, 1], "newest first");
+    assert!(meta.has_live_version());
+
+    assert_eq!(prune_versions(conn, "u", "k", 1).await.unwrap(), [1]);
+    meta.versions.pop();
+    // 4: deleted, then destroyed (keeps its delete time); 3: destroyed at once; 2: untouched.
+    soft_delete_version(conn, "u", "k", &mut meta.versions[0], 100)
+        .await
+        .unwrap();
+    destroy_version(conn, "u", "k", &mut meta.versions[0], 200)
+        .await
+        .unwrap();
+    destroy_version(conn, "u", "k", &mut meta.versions[1], 300)
+        .await
+        .unwrap();
+    touch_key(conn, &mut meta, 400).await.unwrap();
+    let stored = metadata(conn, "u", "k").await.unwrap().unwrap();
+    assert_eq!(stored, meta);
+    assert_eq!(stored.versions[0].deleted_us, Some(100));
+    assert!(stored.versions[0].is_destroyed() && !stored.versions[0].is_live());
+    assert_eq!(stored.versions[1].deleted_us, Some(300));
+    assert!(stored.versions[2].is_live());
+    assert_eq!(stored.head.updated_us, 400);
+    assert_eq!(
+        versions(conn, "u", "k").await.unwrap().len(),
+        3,
+        "pruned rows are gone, deleted ones kept"
+    );
+    let pb = stored.into_pb();
+    assert_eq!(pb.current_version, 4);
+    assert!(pb.versions[0].destroyed && pb.versions[0].delete_time.is_some());
+}
+
+async fn put_requests_remember_what_they_wrote(test_db: TestDatabase) {
+    let (db, _) = open(&test_db).await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    let conn = &mut *conn;
+    assert!(find_put_request(conn, "r1").await.unwrap().is_none());
+    insert_put_request(conn, "r1", row("u", "k", 3), 1)
+        .await
+        .unwrap();
+    let seen = find_put_request(conn, "r1").await.unwrap().unwrap();
+    assert_eq!(
+        (seen.user_id.as_str(), seen.key.as_str(), seen.version),
+        ("u", "k", 3)
+    );
+    // A request id is written once.
+    assert!(
+        insert_put_request(conn, "r1", row("u", "k", 4), 1)
+            .await
+            .is_err()
+    );
+}
+
+async fn lists_page_by_key_with_each_keys_versions(test_db: TestDatabase) {
+    let (db, _) = open(&test_db).await;
+    {
+        let mut conn = db.pool().acquire().await.unwrap();
+        seed(&mut conn, "u", "a", 1).await;
+        for (user_id, key, n) in [("u", "b", 3), ("u", "c", 2), ("v", "a2", 1)] {
+            for version in 1..=n {
+                next_version(&mut conn, user_id, key, None, version)
+                    .await
+                    .unwrap();
+                insert_version(&mut conn, row(user_id, key, version), 1, b"ct", version)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let page = Page::parse(2, "", 1).unwrap();
+    let (first, token) = list_secrets(db.pool(), "u", &page).await.unwrap();
+    let keys = |metas: &[SecretMeta]| -> Vec<(String, usize)> {
+        metas
+            .iter()
+            .map(|m| (m.key.clone(), m.versions.len()))
+            .collect()
+    };
+    assert_eq!(keys(&first), [("a".to_owned(), 1), ("b".to_owned(), 3)]);
+    assert!(first.iter().all(|m| m.user_id == "u"));
+    assert_eq!(first[1].versions[0].version, 3, "versions newest first");
+    let next = Page::parse(2, &token, 1).unwrap();
+    assert_eq!(next.after(), Some(&["b".to_owned()][..]));
+    let (second, token) = list_secrets(db.pool(), "u", &next).await.unwrap();
+    assert_eq!(keys(&second), [("c".to_owned(), 2)]);
+    assert_eq!(token, "");
+    let (nobody, token) = list_secrets(db.pool(), "w", &page).await.unwrap();
+    assert!(nobody.is_empty() && token.is_empty());
+}
+
+async fn reads_bring_the_newest_audit_record_of_their_row(test_db: TestDatabase) {
+    let (db, ledger) = open(&test_db).await;
+    {
+        let mut conn = db.pool().acquire().await.unwrap();
+        seed(&mut conn, "u", "k", 2).await;
+    }
+    let prefix = "users/u/secrets/k/versions/";
+    let stored = |version: i64| format!("ct-u-k-{version}").into_bytes();
+    let live = |wanted| live_version(db.pool(), "u", "k", wanted, prefix);
+    // Version 2 is vouched for; version 1 never was.
+    ledger
+        .record(Entry::new("test", "put", format!("{prefix}2")).digest(digest(&stored(2))))
+        .await
+        .unwrap();
+    let newest = live(0).await.unwrap().unwrap();
+    assert_eq!((newest.version, newest.created_us), (2, 20));
+    assert_eq!(newest.ciphertext.as_deref(), Some(&stored(2)[..]));
+    assert_eq!(
+        newest.attestation.verify(&ledger).unwrap(),
+        Some(digest(&stored(2)))
+    );
+    let first = live(1).await.unwrap().unwrap();
+    assert_eq!(first.version, 1);
+    assert_eq!(first.attestation.verify(&ledger).unwrap(), None);
+    assert!(live(3).await.unwrap().is_none());
+
+    let targets = [format!("{prefix}1"), format!("{prefix}2")];
+    let found = attestations(db.pool(), &targets).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].0, targets[1]);
+    assert_eq!(
+        found[0].1.verify(&ledger).unwrap(),
+        Some(digest(&stored(2)))
+    );
+
+    {
+        let mut conn = db.pool().acquire().await.unwrap();
+        let mut meta = metadata(&mut conn, "u", "k").await.unwrap().unwrap();
+        soft_delete_version(&mut conn, "u", "k", &mut meta.versions[0], 30)
+            .await
+            .unwrap();
+    }
+    let newest = live(0).await.unwrap().unwrap();
+    assert_eq!(newest.version, 1, "a deleted version is not live");
+    assert!(live(2).await.unwrap().is_none());
+}
+
+async fn data_keys_rotate_rewrap_and_retire(test_db: TestDatabase) {
+    let (db, _) = open(&test_db).await;
+    let mut tx = db.begin_write().await.unwrap();
+    let conn = &mut *tx;
+    seed(conn, "u", "k", 3).await;
+    // A second first key (another replica starting) changes nothing.
+    insert_first_data_key(conn, wrapping("m2", b"other"), 2)
+        .await
+        .unwrap();
+    let stored = stored_data_keys(conn).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!((stored[0].id, stored[0].master_key_id.as_str()), (1, "m1"));
+    assert_eq!(
+        count_encryptions(conn, 3).await.unwrap(),
+        PrimaryUse {
+            id: 1,
+            encryptions: 3
+        }
+    );
+    assert_eq!(count_encryptions(conn, 1).await.unwrap().encryptions, 4);
+
+    assert_eq!(primary_data_key_id(conn).await.unwrap(), 1);
+    assert_eq!(next_data_key_id(conn).await.unwrap(), 2);
+    demote_primary(conn).await.unwrap();
+    insert_primary_data_key(conn, 2, wrapping("m1", b"w2"), 5)
+        .await
+        .unwrap();
+    assert_eq!(primary_data_key_id(conn).await.unwrap(), 2);
+
+    let stale = claim_stale(conn, db.dialect(), 2).await.unwrap();
+    assert_eq!(stale.len(), 2, "the limit holds");
+    let stale = claim_stale(conn, db.dialect(), 10).await.unwrap();
+    assert_eq!(stale.len(), 3);
+    assert!(stale.iter().all(|r| r.ciphertext.starts_with(b"ct-u-k-")));
+    let rewrapped: Vec<StoredValue> = stale
+        .into_iter()
+        .map(|r| StoredValue {
+            ciphertext: format!("new-{}", r.version).into_bytes(),
+            ..r
+        })
+        .collect();
+    store_rewrapped(conn, db.dialect(), 2, &rewrapped[..2])
+        .await
+        .unwrap();
+    assert_eq!(claim_stale(conn, db.dialect(), 10).await.unwrap().len(), 1);
+    store_rewrapped(conn, db.dialect(), 2, &rewrapped[2..])
+        .await
+        .unwrap();
+    assert!(
+        claim_stale(conn, db.dialect(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The master key changes only if it is still the one the caller saw.
+    rewrap_data_key(conn, 1, "m9", wrapping("m2", b"x"))
+        .await
+        .unwrap();
+    rewrap_data_key(conn, 2, "m1", wrapping("m2", b"y"))
+        .await
+        .unwrap();
+    let stored: Vec<(String, Vec<u8>)> = stored_data_keys(conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.master_key_id, k.wrapped))
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            ("m1".to_owned(), b"wrapped".to_vec()),
+            ("m2".to_owned(), b"y".to_vec())
+        ]
+    );
+    tx.commit().await.unwrap();
+
+    let status = data_key_status(db.pool()).await.unwrap();
+    let summary: Vec<_> = status
+        .iter()
+        .map(|k| (k.id, k.state, k.ciphertexts))
+        .collect();
+    assert_eq!(
+        summary,
+        [(1, KeyState::DecryptOnly, 0), (2, KeyState::Primary, 3)]
+    );
+    assert_eq!((status[0].encryptions, status[0].created_us), (4, 1));
+    retire_empty_keys(db.pool()).await.unwrap();
+    let states: Vec<_> = data_key_status(db.pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.state)
+        .collect();
+    assert_eq!(states, [KeyState::Retired, KeyState::Primary]);
+}
+
+#[test]
+fn key_states_round_trip_and_unknown_ones_are_errors() {
+    for state in [KeyState::Primary, KeyState::DecryptOnly, KeyState::Retired] {
+        assert_eq!(
+            KeyState::try_from(state.as_str().to_owned()).unwrap(),
+            state
+        );
+    }
+    let err = KeyState::try_from("paused".to_owned()).unwrap_err();
+    assert_eq!(err.to_string(), "unknown data key state `paused`");
+}
+
+#[test]
+fn the_migrations_exist_for_both_dialects() {
+    for dialect in [Dialect::Postgres, Dialect::Sqlite] {
+        assert!(migrations(dialect).iter().all(|m| m.version >= 100));
+    }
+}
+
+macro_rules! on_both {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $scenario() { super::$scenario(super::TestDatabase::sqlite()).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $scenario() {
+                super::$scenario(super::TestDatabase::postgres(&["vault"]).await).await
+            })*
+        }
+    };
+}
+
+on_both!(
+    versions_take_turns_by_check_and_set,
+    deletes_change_the_rows_as_the_returned_metadata_says,
+    put_requests_remember_what_they_wrote,
+    lists_page_by_key_with_each_keys_versions,
+    reads_bring_the_newest_audit_record_of_their_row,
+    data_keys_rotate_rewrap_and_retire,
+);

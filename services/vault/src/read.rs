@@ -1,0 +1,118 @@
+//! Reads of values: the row and its newest audit digest in one round trip, the digest checked,
+//! the ciphertext decrypted for its row, and the value released only after the read is recorded.
+
+use orchestrator_audit::Entry;
+use orchestrator_proto::timestamp as ts;
+use orchestrator_proto::vault::v1 as pb;
+use tonic::Status;
+
+use crate::audit::{Action, target_prefix};
+use crate::crypto::{RowRef, ciphertext_key_id, digest};
+use crate::db;
+use crate::state::Vault;
+use crate::validate::SecretVersion;
+
+/// GetUserSecret: one value, returned once its read is recorded.
+pub(crate) async fn get(
+    vault: &Vault,
+    caller: &str,
+    wanted: &SecretVersion,
+) -> Result<pb::UserSecret, Status> {
+    let (secret, entry) = checked_read(vault, caller, Action::Get, wanted).await?;
+    // Architecture Invariant: every read of a secret is audited, fail closed: the value is
+    // released only after its record committed.
+    vault.ledger.record(entry).await?;
+    Ok(secret)
+}
+
+/// BatchGetUserSecrets: every value read and checked, then every read recorded, before any
+/// value is released. An error names the request it is about.
+pub(crate) async fn batch_get(
+    vault: &Vault,
+    caller: &str,
+    wanted: &[SecretVersion],
+) -> Result<Vec<pb::UserSecret>, Status> {
+    let mut secrets = Vec::with_capacity(wanted.len());
+    let mut entries = Vec::with_capacity(wanted.len());
+    for (i, one) in wanted.iter().enumerate() {
+        let (secret, entry) = checked_read(vault, caller, Action::BatchGet, one)
+            .await
+            .map_err(|s| Status::new(s.code(), format!("requests[{i}]: {}", s.message())))?;
+        secrets.push(secret);
+        entries.push(entry);
+    }
+    // Architecture Invariant: every read of a secret is audited, fail closed.
+    futures::future::try_join_all(entries.into_iter().map(|e| vault.ledger.record(e))).await?;
+    Ok(secrets)
+}
+
+/// Reads one live version's plaintext, checking its binding and its audit record; returns it
+/// with the entry that records the read, which must commit before the value is released.
+async fn checked_read(
+    vault: &Vault,
+    caller: &str,
+    action: Action,
+    wanted: &SecretVersion,
+) -> Result<(pb::UserSecret, Entry), Status> {
+    let (user_id, key) = (wanted.name.user_id.as_str(), wanted.name.key.as_str());
+    let prefix = target_prefix(user_id, key);
+    // Rollback detection: the row must be what its newest (authentic) audit record says. A
+    // write (or rewrap) committed between the row and the record being read looks like a
+    // mismatch once, so a mismatch is read again before it is reported.
+    // Architecture Invariant: a rolled-back or replaced row is never served.
+    let mut attempt = 0;
+    let (version, created_us, ciphertext, target) = loop {
+        let row = db::live_version(vault.db.pool(), user_id, key, wanted.version, &prefix)
+            .await?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no live version of secret `{key}` for user `{user_id}`"
+                ))
+            })?;
+        let ciphertext = row
+            .ciphertext
+            .ok_or_else(|| Status::data_loss("a live version has no ciphertext"))?;
+        let target = format!("{prefix}{}", row.version);
+        match row.attestation.verify(&vault.ledger)? {
+            Some(expected) if expected == digest(&ciphertext) => {
+                break (row.version, row.created_us, ciphertext, target);
+            }
+            _ if attempt == 0 => attempt += 1,
+            _ => {
+                tracing::error!(%target, "stored ciphertext does not match its audit record: rolled back or replaced");
+                return Err(Status::data_loss(format!(
+                    "{target} does not match its newest audit record: the row was rolled back or replaced"
+                )));
+            }
+        }
+    };
+    let key_id = ciphertext_key_id(&ciphertext)
+        .ok_or_else(|| Status::data_loss(format!("{target}: malformed ciphertext")))?;
+    let data_key = vault
+        .keys
+        .get_or_load_from(&vault.db, key_id)
+        .await?
+        .ok_or_else(|| Status::data_loss(format!("{target}: unknown data key {key_id}")))?;
+    let plaintext = data_key
+        .decrypt(
+            RowRef {
+                user_id,
+                key,
+                version,
+            },
+            &ciphertext,
+        )
+        .ok_or_else(|| {
+            Status::data_loss(format!(
+                "{target}: the ciphertext does not belong to this row"
+            ))
+        })?;
+    let secret = pb::UserSecret {
+        user_id: user_id.to_owned(),
+        key: key.to_owned(),
+        version,
+        value: plaintext.to_vec(),
+        create_time: Some(ts(created_us)),
+    };
+    Ok((secret, Entry::new(caller, action.as_str(), target)))
+}

@@ -1,0 +1,261 @@
+//! Changes as ledger work: each runs inside one of the ledger's batch transactions and returns
+//! the audit entries that describe it, so a change and its records commit together or not at all.
+
+use orchestrator_audit::Entry;
+use orchestrator_proto::vault::v1 as pb;
+use orchestrator_status::with_reason;
+use orchestrator_store::now_us;
+use sqlx::AnyConnection;
+use tonic::{Code, Status};
+
+use crate::audit::{Action, Gone, data_key_target, target};
+use crate::crypto::{RowRef, digest};
+use crate::db::{self, KeyHead, NextVersion, SecretMeta, Wrapping};
+use crate::state::Vault;
+use crate::validate::{DeleteSecret, PutSecret};
+
+/// PutUserSecret: the key's metadata after the write (or, for a repeated request id, as the
+/// first call answered it).
+pub(crate) async fn put(
+    vault: &Vault,
+    caller: String,
+    put: PutSecret,
+) -> Result<pb::UserSecretMetadata, Status> {
+    let v = vault.clone();
+    let meta = vault
+        .write(move |conn| Box::pin(async move { put_in_tx(&v, conn, caller, put).await }))
+        .await?;
+    Ok(meta.into_pb())
+}
+
+async fn put_in_tx(
+    vault: &Vault,
+    conn: &mut AnyConnection,
+    caller: String,
+    put: PutSecret,
+) -> Result<(SecretMeta, Vec<Entry>), Status> {
+    let PutSecret {
+        request_id,
+        name,
+        expected_version,
+        value,
+    } = put;
+    let (user_id, key) = (name.user_id.as_str(), name.key.as_str());
+    if let Some(request_id) = &request_id
+        && let Some(seen) = db::find_put_request(conn, request_id).await?
+    {
+        if (seen.user_id.as_str(), seen.key.as_str()) != (user_id, key) {
+            return Err(with_reason(
+                Code::FailedPrecondition,
+                "REQUEST_ID_REUSED",
+                "request_id was already used for another secret",
+                &[("request_id", request_id.clone())],
+            ));
+        }
+        // The answer the first call gave: the version it wrote, even if others came since.
+        let mut meta = db::metadata(conn, user_id, key)
+            .await?
+            .ok_or_else(|| Status::not_found("secret not found"))?;
+        meta.head.current_version = seen.version;
+        return Ok((meta, Vec::new()));
+    }
+    let now = now_us();
+    let (version, created_us) =
+        match db::next_version(conn, user_id, key, expected_version, now).await? {
+            NextVersion::Taken {
+                version,
+                created_us,
+            } => (version, created_us),
+            NextVersion::Mismatch { current } => return Err(version_mismatch(current)),
+        };
+
+    // Count the encryption on the primary data key in the same transaction.
+    let primary = db::count_encryptions(conn, 1).await?;
+    let data_key = vault
+        .keys
+        .get_or_load(&mut *conn, primary.id)
+        .await?
+        .ok_or_else(|| Status::internal("the primary data key cannot be loaded"))?;
+    let row = RowRef {
+        user_id,
+        key,
+        version,
+    };
+    // Architecture Invariant: no L3 value is stored unencrypted; the plaintext is dropped
+    // (zeroized) once it is sealed for its row.
+    let ciphertext = data_key.encrypt(vault.keys.rng(), row, &value);
+    drop(value);
+    db::insert_version(conn, row, primary.id, &ciphertext, now).await?;
+    if let Some(request_id) = &request_id {
+        db::insert_put_request(conn, request_id, row, now).await?;
+    }
+    let mut entries = vec![
+        Entry::new(&caller, Action::Put.as_str(), target(user_id, key, version))
+            .request_id(request_id.unwrap_or_default())
+            .detail(format!("data_key={}", primary.id))
+            .digest(digest(&ciphertext)),
+    ];
+
+    // Keep the newest N versions.
+    let keep = vault.limits.keep_versions;
+    if version > keep {
+        for pruned in db::prune_versions(conn, user_id, key, version - keep).await? {
+            let pruned = target(user_id, key, pruned);
+            entries.push(gone(&caller, Action::Put, pruned, Gone::Pruned));
+        }
+    }
+
+    if primary.encryptions >= vault.limits.rotate_after {
+        let why = format!(
+            "automatic: data key {} reached {} encryptions",
+            primary.id, primary.encryptions
+        );
+        let (new_id, entry) = rotate_in_tx(vault, conn, &vault.self_id, &why).await?;
+        tracing::info!(
+            data_key = new_id,
+            previous = primary.id,
+            encryptions = primary.encryptions,
+            "data key rotated automatically"
+        );
+        vault.rewrap.wake();
+        entries.push(entry);
+    }
+    // The response from what this transaction knows, plus the version list.
+    let meta = SecretMeta {
+        versions: db::versions(conn, user_id, key).await?,
+        user_id: user_id.to_owned(),
+        key: key.to_owned(),
+        head: KeyHead {
+            current_version: version,
+            created_us,
+            updated_us: now,
+        },
+    };
+    Ok((meta, entries))
+}
+
+fn version_mismatch(current: i64) -> Status {
+    with_reason(
+        Code::FailedPrecondition,
+        "VERSION_MISMATCH",
+        format!("expected_version does not match the current version {current}"),
+        &[("current_version", current.to_string())],
+    )
+}
+
+/// The record of a version (its audit target) that no longer has a readable value.
+fn gone(caller: &str, action: Action, target: String, why: Gone) -> Entry {
+    Entry::new(caller, action.as_str(), target)
+        .detail(why.as_str())
+        .digest(why.tombstone())
+}
+
+/// DeleteUserSecret: soft-deletes or destroys the requested versions (all kept ones when none
+/// are named); versions already in that state are left as they are.
+pub(crate) async fn delete(
+    vault: &Vault,
+    caller: String,
+    req: DeleteSecret,
+) -> Result<pb::UserSecretMetadata, Status> {
+    let meta = vault
+        .write(move |conn| Box::pin(async move { delete_in_tx(conn, &caller, &req).await }))
+        .await?;
+    Ok(meta.into_pb())
+}
+
+async fn delete_in_tx(
+    conn: &mut AnyConnection,
+    caller: &str,
+    req: &DeleteSecret,
+) -> Result<(SecretMeta, Vec<Entry>), Status> {
+    let (user_id, key) = (req.name.user_id.as_str(), req.name.key.as_str());
+    let now = now_us();
+    let mut meta = db::metadata(conn, user_id, key)
+        .await?
+        .ok_or_else(|| Status::not_found(format!("no secret `{key}` for user `{user_id}`")))?;
+    if let Some(missing) = req
+        .versions
+        .iter()
+        .find(|v| !meta.versions.iter().any(|kept| kept.version == **v))
+    {
+        return Err(Status::not_found(format!(
+            "secret `{key}` has no version {missing}"
+        )));
+    }
+    let mut entries = Vec::new();
+    // Oldest first, so the records come in version order.
+    for row in meta.versions.iter_mut().rev() {
+        if !req.versions.is_empty() && !req.versions.contains(&row.version) {
+            continue;
+        }
+        let why = if req.destroy && !row.is_destroyed() {
+            db::destroy_version(conn, user_id, key, row, now).await?;
+            Gone::Destroyed
+        } else if !req.destroy && row.is_live() {
+            db::soft_delete_version(conn, user_id, key, row, now).await?;
+            Gone::Deleted
+        } else {
+            continue; // Already in the requested state: idempotent.
+        };
+        let target = target(user_id, key, row.version);
+        entries.push(gone(caller, Action::Delete, target, why));
+    }
+    if !entries.is_empty() {
+        db::touch_key(conn, &mut meta, now).await?;
+    }
+    Ok((meta, entries))
+}
+
+/// RotateDataKey: a new primary data key; returns (previous, new) primary ids. With
+/// `expected_primary`, only if that is still the primary's id.
+pub(crate) async fn rotate(
+    vault: &Vault,
+    caller: String,
+    expected_primary: Option<String>,
+) -> Result<(i64, i64), Status> {
+    let v = vault.clone();
+    let ids = vault
+        .write(move |conn| {
+            Box::pin(async move {
+                let current = db::primary_data_key_id(conn).await?;
+                if let Some(expected) = expected_primary
+                    && expected != current.to_string()
+                {
+                    return Err(with_reason(
+                        Code::FailedPrecondition,
+                        "PRIMARY_KEY_MISMATCH",
+                        format!("the primary data key is {current}, not {expected}"),
+                        &[("primary_key_id", current.to_string())],
+                    ));
+                }
+                let (next, entry) = rotate_in_tx(&v, conn, &caller, "requested").await?;
+                Ok(((current, next), vec![entry]))
+            })
+        })
+        .await?;
+    vault.rewrap.wake();
+    Ok(ids)
+}
+
+/// Demotes the primary data key and creates a new primary, in `conn`'s transaction.
+async fn rotate_in_tx(
+    vault: &Vault,
+    conn: &mut AnyConnection,
+    caller: &str,
+    why: &str,
+) -> Result<(i64, Entry), Status> {
+    let next = db::next_data_key_id(conn).await?;
+    let keyring = vault.keys.keyring();
+    let (_, wrapped, kcv) = keyring.new_data_key(vault.keys.rng(), next);
+    db::demote_primary(conn).await?;
+    let wrapping = Wrapping {
+        master_key_id: keyring.primary_id(),
+        wrapped: &wrapped,
+        kcv: &kcv,
+    };
+    db::insert_primary_data_key(conn, next, wrapping, now_us()).await?;
+    // Not loaded into the shared key cache here: this transaction may still roll back.
+    // The first use after the commit finds the id missing and loads it then.
+    let entry = Entry::new(caller, Action::Rotate.as_str(), data_key_target(next)).detail(why);
+    Ok((next, entry))
+}
