@@ -1,6 +1,7 @@
 //! The group-commit writer: state changes and their audit records, many per transaction.
 
 use std::any::Any as StdAny;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -84,20 +85,32 @@ const MAX_BATCH: usize = 256;
 /// Records per INSERT statement (10 parameters each, far below either database's limit).
 const INSERT_CHUNK: usize = 100;
 
-/// Appends audit records, and runs the changes they describe, in shared transactions.
-#[derive(Clone)]
-pub struct Ledger {
+/// Appends audit records, and runs the changes they describe, in shared transactions. `E` is
+/// the error type of the service's work (its gRPC status, say): [`Ledger::write`] passes it
+/// through, and the ledger's own failures become an `E` by `From<AuditError>`.
+pub struct Ledger<E> {
     jobs: mpsc::Sender<Job>,
     key: Arc<AuditKey>,
+    error: PhantomData<fn() -> E>,
 }
 
-impl std::fmt::Debug for Ledger {
+impl<E> Clone for Ledger<E> {
+    fn clone(&self) -> Self {
+        Self {
+            jobs: self.jobs.clone(),
+            key: self.key.clone(),
+            error: PhantomData,
+        }
+    }
+}
+
+impl<E> std::fmt::Debug for Ledger<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger").finish_non_exhaustive()
     }
 }
 
-impl Ledger {
+impl<E: From<AuditError> + Send + 'static> Ledger<E> {
     /// Starts the writer task for `db` with the service's `key`.
     pub fn start(db: Database, key: AuditKey) -> Self {
         let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
@@ -108,7 +121,11 @@ impl Ledger {
             high_water: AtomicI64::new(0),
         };
         tokio::spawn(writer.run(rx));
-        Self { jobs, key }
+        Self {
+            jobs,
+            key,
+            error: PhantomData,
+        }
     }
 
     /// Records `entry` durably; returns once it is committed. For reads of secrets: the value is
@@ -123,11 +140,13 @@ impl Ledger {
     }
 
     /// Runs `work` in a batch transaction and commits it with its audit records. The work's
-    /// own error type `E` passes through unchanged; the ledger's failures become `E` by `From`.
-    pub async fn write<T, E, F>(&self, work: F) -> Result<T, E>
+    /// own error passes through unchanged; the ledger's failures become an `E` by `From`.
+    // Architecture Invariant: every state change is audited in the same transaction, fail
+    // closed. Services change their tables only inside this (or, for reads of secrets, release
+    // a value only after `record` returned).
+    pub async fn write<T, F>(&self, work: F) -> Result<T, E>
     where
         T: Send + 'static,
-        E: From<AuditError> + Send + 'static,
         F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<(T, Vec<Entry>), E>>
             + Send
             + 'static,
@@ -158,7 +177,7 @@ impl Ledger {
     }
 }
 
-impl Ledger {
+impl<E> Ledger<E> {
     /// The digest of the audit record selected with [`attested_columns!`] in `row` (aliases
     /// `a` for the record, `p` for its predecessor), after checking its MAC; `None` when the
     /// row has no record (`a_seq` is NULL).

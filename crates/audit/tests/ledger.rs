@@ -10,7 +10,7 @@ use orchestrator_store::Database;
 use orchestrator_store::testing::TestDatabase;
 use tonic::Code;
 
-async fn ledger() -> (TestDatabase, Database, Ledger) {
+async fn ledger() -> (TestDatabase, Database, Ledger<tonic::Status>) {
     let test = TestDatabase::sqlite();
     let db = Database::connect(&test.url("audit"), Duration::from_secs(5))
         .await

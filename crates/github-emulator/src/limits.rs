@@ -416,7 +416,7 @@ fn stamp(response: &mut Response, s: Snapshot) {
     set("x-ratelimit-reset", HeaderValue::from(s.reset));
     set("x-ratelimit-used", HeaderValue::from(s.used));
     set("x-ratelimit-resource", HeaderValue::from_static("core"));
-    let id = model::hex(&model::random_bytes::<8>()).to_ascii_uppercase();
+    let id = orchestrator_emulator_kit::hex(&model::random_bytes::<8>()).to_ascii_uppercase();
     if let Ok(v) = HeaderValue::from_str(&id) {
         set("x-github-request-id", v);
     }

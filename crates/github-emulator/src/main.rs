@@ -9,20 +9,12 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
+use orchestrator_emulator_kit::process::{env, init_logging, stop_requested, write_address_file};
 use orchestrator_github_emulator::{Config, Emulator};
-use tracing_subscriber::EnvFilter;
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    init_logging();
 
     let addr: SocketAddr = env("GITHUB_EMULATOR_ADDR")
         .as_deref()
@@ -54,20 +46,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let url = emulator.url();
     if let Some(path) = env("GITHUB_EMULATOR_ADDR_FILE") {
-        // Write then rename, so a reader never sees half a file.
-        let tmp = format!("{path}.tmp");
-        std::fs::write(&tmp, serde_json::json!({ "url": url }).to_string())
-            .with_context(|| format!("writing {tmp}"))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {path}"))?;
+        write_address_file(&path, &serde_json::json!({ "url": url }).to_string())?;
     }
     tracing::info!(%url, app_id, "github-emulator listening");
-
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    stop_requested().await?;
     tracing::info!("github-emulator stopping");
     emulator.shutdown();
     Ok(())

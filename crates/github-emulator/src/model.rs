@@ -28,7 +28,7 @@ pub(crate) struct State {
     stats: Mutex<Stats>,
 }
 
-use orchestrator_emulator_kit::lock;
+use orchestrator_emulator_kit::{hex, lock};
 
 impl State {
     pub(crate) fn new(config: Config, app_key: AppKey, base_url: String) -> Self {
@@ -377,14 +377,6 @@ pub(crate) fn new_token() -> String {
         }
     }
     token
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// Git's blob id of `content` (what the contents API calls `sha`).

@@ -106,14 +106,21 @@ impl Env {
         }
     }
 
-    /// A positive count (a batch size, a limit), or `default` when unset.
-    pub fn positive(&self, var: &str, default: u64) -> Result<u64, ConfigError> {
-        match self.parse::<u64>(var, default)? {
-            0 => Err(ConfigError::Invalid {
+    /// A positive count (a batch size, a limit) of the integer type `T`, or `default` when
+    /// unset; zero, negatives and values beyond `T` are refused.
+    pub fn positive<T>(&self, var: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + Default,
+        T::Err: std::fmt::Display,
+    {
+        let n = self.parse::<T>(var, default)?;
+        if n > T::default() {
+            Ok(n)
+        } else {
+            Err(ConfigError::Invalid {
                 var: var.to_owned(),
                 reason: "must be a positive integer".to_owned(),
-            }),
-            n => Ok(n),
+            })
         }
     }
 

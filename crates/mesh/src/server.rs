@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use orchestrator_audit::{AuditKey, Ledger};
+use orchestrator_audit::{AuditError, AuditKey, Ledger};
 use orchestrator_proto::ServiceDescriptor;
 use orchestrator_store::{Database, Dialect};
 use sqlx::migrate::Migrator;
@@ -46,10 +46,10 @@ impl Startup {
     /// waiting up to 30 s for the database to come up, applies the audit tables' migrations and
     /// then the service's own, registers the database as a `/readyz` check, and starts the
     /// ledger's writer.
-    pub async fn open_database(
+    pub async fn open_database<E: From<AuditError> + Send + 'static>(
         &self,
         migrations: fn(Dialect) -> Migrator,
-    ) -> anyhow::Result<(Database, Ledger)> {
+    ) -> anyhow::Result<(Database, Ledger<E>)> {
         let url = self.env.required_secret("DATABASE_URL")?;
         let audit_key = AuditKey::from_base64(&self.env.required_secret("AUDIT_KEY")?)?;
         let db = Database::connect(&url, Duration::from_secs(30))

@@ -37,6 +37,24 @@ impl<T, E: std::fmt::Display> At<T> for Result<T, E> {
     }
 }
 
+/// `value` when `ok`, else a violation of `field` saying `description`: a check that is not a
+/// parse, in a tuple for [`Violations::collect`].
+pub fn checked<T>(
+    value: T,
+    ok: bool,
+    field: impl Into<String>,
+    description: impl Into<String>,
+) -> Result<T, Violation> {
+    if ok {
+        Ok(value)
+    } else {
+        Err(Violation {
+            field: field.into(),
+            description: description.into(),
+        })
+    }
+}
+
 /// Parsed fields, one `Result` or a tuple of them, for [`Violations::collect`].
 pub trait Fields {
     type Values;
@@ -93,7 +111,8 @@ impl Violations {
         });
     }
 
-    fn push(&mut self, violation: Violation) {
+    /// Adds an already-built violation (a parsed field's), in its place in the list.
+    pub fn push(&mut self, violation: Violation) {
         if self.listed.len() < MAX_LISTED {
             self.listed.push(violation);
         } else {
@@ -143,6 +162,20 @@ impl Violations {
         ))
     }
 
+    /// The value of a parsed field, its violation added in place when it failed: for
+    /// validations that walk a list and must keep the violations in the order of the request.
+    pub fn take<T>(&mut self, field: Result<T, Violation>) -> Option<T> {
+        field.split(self)
+    }
+
+    /// Finishes a validation that gathered its values itself (with [`Violations::take`] or
+    /// [`Fields::split`]): INVALID_ARGUMENT when anything was wrong, else the values.
+    pub fn finish_with<T>(self, values: Option<T>) -> Result<T, Status> {
+        self.finish()?;
+        // Every field that failed added a violation, so finish() returned early.
+        values.ok_or_else(|| Status::internal("validation failed without a violation"))
+    }
+
     /// Splits parsed `fields` (one `Result` or a tuple of them), adds their failures to the
     /// violations already found, and returns the values only when nothing at all was wrong:
     ///
@@ -156,9 +189,7 @@ impl Violations {
     /// ```
     pub fn collect<F: Fields>(mut self, fields: F) -> Result<F::Values, Status> {
         let values = fields.split(&mut self);
-        self.finish()?;
-        // Every field that failed added a violation, so finish() returned early.
-        values.ok_or_else(|| Status::internal("validation failed without a violation"))
+        self.finish_with(values)
     }
 }
 

@@ -117,6 +117,125 @@ impl From<&StoreError> for tonic::Status {
     }
 }
 
+impl StoreError {
+    /// A stored value this version cannot read (a bug, or a write from outside the service):
+    /// reported, never silently taken for another value.
+    pub fn corrupt(column: &str, problem: impl std::fmt::Display) -> Self {
+        StoreError::Other(format!("{column}: {problem}"))
+    }
+}
+
+/// A stored text that is none of its enum's values (see [`stored_enum!`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} `{value}`")]
+pub struct UnknownValue {
+    pub what: &'static str,
+    pub value: String,
+}
+
+impl From<UnknownValue> for StoreError {
+    fn from(e: UnknownValue) -> Self {
+        StoreError::corrupt(e.what, &e)
+    }
+}
+
+/// An enum stored as text. `as_str` is the stored value; `parse` (and `FromStr`) refuse any
+/// other value with [`UnknownValue`], so an unknown state or kind is an error, never silently
+/// another variant; `ALL` lists the variants in order. With `: pb::Type` and `=> Variant` per
+/// variant it also converts to the contract's enum (`to_pb`, `From`).
+///
+/// ```
+/// orchestrator_store::stored_enum! {
+///     /// A server's life.
+///     pub enum State { Ready = "ready", Gone = "gone" }
+/// }
+/// assert_eq!(State::parse("gone"), Ok(State::Gone));
+/// assert!(State::parse("other").is_err());
+/// ```
+#[macro_export]
+macro_rules! stored_enum {
+    (
+        $(#[$doc:meta])* $vis:vis enum $name:ident : $pb:ty {
+            $($(#[$vdoc:meta])* $variant:ident = $stored:literal => $pb_variant:ident),+ $(,)?
+        }
+    ) => {
+        $crate::stored_enum! {
+            $(#[$doc])* $vis enum $name { $($(#[$vdoc])* $variant = $stored),+ }
+        }
+
+        impl $name {
+            /// The contract's value.
+            $vis fn to_pb(self) -> $pb {
+                match self {
+                    $(Self::$variant => <$pb>::$pb_variant,)+
+                }
+            }
+        }
+
+        impl From<$name> for $pb {
+            fn from(value: $name) -> Self {
+                value.to_pb()
+            }
+        }
+    };
+    (
+        $(#[$doc:meta])* $vis:vis enum $name:ident {
+            $($(#[$vdoc:meta])* $variant:ident = $stored:literal),+ $(,)?
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        $vis enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            #[allow(dead_code)]
+            $vis const ALL: &'static [Self] = &[$(Self::$variant,)+];
+
+            /// The value stored in the database.
+            $vis fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $stored,)+
+                }
+            }
+
+            /// The variant stored as `raw`; any other value is an error.
+            $vis fn parse(raw: &str) -> Result<Self, $crate::UnknownValue> {
+                match raw {
+                    $($stored => Ok(Self::$variant),)+
+                    _ => Err($crate::UnknownValue {
+                        what: stringify!($name),
+                        value: raw.to_owned(),
+                    }),
+                }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $crate::UnknownValue;
+            fn from_str(raw: &str) -> Result<Self, Self::Err> {
+                Self::parse(raw)
+            }
+        }
+
+        // For typed rows: `#[sqlx(try_from = "String")]`.
+        impl TryFrom<String> for $name {
+            type Error = $crate::UnknownValue;
+            fn try_from(raw: String) -> Result<Self, Self::Error> {
+                Self::parse(&raw)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 /// A connection pool to the service's own database.
 #[derive(Debug, Clone)]
 pub struct Database {

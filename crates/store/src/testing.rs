@@ -158,6 +158,65 @@ impl TestDatabase {
     pub fn is_postgres(&self) -> bool {
         matches!(self.kind, Kind::Postgres { .. })
     }
+
+    pub fn dialect(&self) -> crate::Dialect {
+        if self.is_postgres() {
+            crate::Dialect::Postgres
+        } else {
+            crate::Dialect::Sqlite
+        }
+    }
+
+    /// `service`'s database as the service opens it (its own role on PostgreSQL), with
+    /// `migrations` applied.
+    pub async fn open(
+        &self,
+        service: &str,
+        migrations: impl IntoIterator<Item = sqlx::migrate::Migrator>,
+    ) -> crate::Database {
+        let db = crate::Database::connect(&self.url(service), std::time::Duration::from_secs(10))
+            .await
+            .expect("connect to the test database");
+        db.migrate(migrations)
+            .await
+            .expect("migrate the test database");
+        db
+    }
+
+    /// A fresh database of each dialect for `service` (SQLite, then PostgreSQL), opened with
+    /// `migrations(dialect)`; each `TestDatabase` keeps its database alive.
+    pub async fn both(
+        service: &str,
+        migrations: impl Fn(crate::Dialect) -> Vec<sqlx::migrate::Migrator>,
+    ) -> Vec<(Self, crate::Database)> {
+        let mut out = Vec::new();
+        for test in [Self::sqlite(), Self::postgres(&[service]).await] {
+            let db = test.open(service, migrations(test.dialect())).await;
+            out.push((test, db));
+        }
+        out
+    }
+}
+
+/// Runs each `scenario(TestDatabase)` as two tests, `sqlite::<name>` and `postgres::<name>`,
+/// each on a fresh database of `service`:
+/// `on_both_dialects!("vault"; versions_take_turns, reads_are_checked);`
+#[macro_export]
+macro_rules! on_both_dialects {
+    ($service:expr; $($scenario:ident),+ $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario($crate::testing::TestDatabase::sqlite()).await
+            })+
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario($crate::testing::TestDatabase::postgres(&[$service]).await).await
+            })+
+        }
+    };
 }
 
 impl Drop for TestDatabase {

@@ -46,6 +46,7 @@ impl InfraService for Api {
                 None => {
                     let id = self
                         .0
+                        .ledger
                         .write(move |conn| Box::pin(accept(conn, caller, request)))
                         .await?;
                     self.started(&id).await?
@@ -128,6 +129,7 @@ impl InfraService for Api {
                     };
                     let id = self
                         .0
+                        .ledger
                         .write(move |conn| {
                             Box::pin(async move {
                                 let now = now_us();
@@ -189,7 +191,7 @@ impl InfraService for Api {
         };
         let id = self
             .0
-            .write(move |conn| {
+            .ledger.write(move |conn| {
                 Box::pin(async move {
                     // One operation at a time per server.
                     if let Some(running) =

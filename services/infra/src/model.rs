@@ -12,102 +12,43 @@ use orchestrator_status::reason_of;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
-/// A stored value that is none of its enum's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Unknown {
-    what: &'static str,
-    value: String,
-}
-
-impl std::fmt::Display for Unknown {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "unknown {} `{}`", self.what, self.value)
-    }
-}
-
-impl std::error::Error for Unknown {}
-
-/// An enum stored as text: `as_str` is the stored value, parsing refuses any other, and
-/// `to_pb` is the contract's value.
-macro_rules! stored_enum {
-    ($(#[$doc:meta])* $name:ident => $pb:ident {
-        $($variant:ident = $text:literal => $pb_variant:ident,)+
-    }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub(crate) enum $name {
-            $($variant,)+
-        }
-
-        impl $name {
-            pub(crate) fn as_str(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $text,)+
-                }
-            }
-
-            pub(crate) fn to_pb(self) -> pb::$pb {
-                match self {
-                    $(Self::$variant => pb::$pb::$pb_variant,)+
-                }
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = Unknown;
-            fn from_str(raw: &str) -> Result<Self, Unknown> {
-                match raw {
-                    $($text => Ok(Self::$variant),)+
-                    _ => Err(Unknown { what: stringify!($name), value: raw.to_owned() }),
-                }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-stored_enum!(
+orchestrator_store::stored_enum! {
     /// Where a server lives.
-    Provider => Provider {
+    pub(crate) enum Provider: pb::Provider {
         DigitalOcean = "digitalocean" => Digitalocean,
         Time4Vps = "time4vps" => Time4vps,
     }
-);
+}
 
-stored_enum!(
+orchestrator_store::stored_enum! {
     /// A server's life: provisioning, then ready or failed; destroying, then destroyed.
-    ServerState => ServerState {
+    pub(crate) enum ServerState: pb::ServerState {
         Provisioning = "provisioning" => Provisioning,
         Ready = "ready" => Ready,
         Failed = "failed" => Failed,
         Destroying = "destroying" => Destroying,
         Destroyed = "destroyed" => Destroyed,
     }
-);
+}
 
-stored_enum!(
+orchestrator_store::stored_enum! {
     /// What an operation does to its server.
-    OperationKind => OperationKind {
+    pub(crate) enum OperationKind: pb::OperationKind {
         Provision = "provision" => Provision,
         Rotate = "rotate" => RotateDeployKey,
         Destroy = "destroy" => Destroy,
     }
-);
+}
 
-stored_enum!(
+orchestrator_store::stored_enum! {
     /// An operation: accepted (pending), running its steps, then ended one way or the other.
-    OperationState => OperationState {
+    pub(crate) enum OperationState: pb::OperationState {
         Pending = "pending" => Pending,
         Running = "running" => Running,
         Succeeded = "succeeded" => Succeeded,
         Failed = "failed" => Failed,
     }
-);
+}
 
 impl Provider {
     /// The provider a request names; `None` for unspecified or unknown.

@@ -50,32 +50,33 @@ pub(crate) async fn create_project(
 /// Records the new project (step `recorded`) under a fresh id.
 async fn record(s: &Scaffolder, spec: ProjectSpec, caller: &str) -> Result<Project, Status> {
     let (owner, caller) = (s.settings.org.clone(), caller.to_owned());
-    s.audited(move |conn| {
-        Box::pin(async move {
-            let project = Project::recorded(spec, ProjectId::generate(), owner, now_us());
-            db::insert_project(conn, &project)
-                .await
-                .map_err(|e| match e {
-                    StoreError::Conflict(_) => with_reason(
-                        Code::AlreadyExists,
-                        "PROJECT_NAME_TAKEN",
-                        format!("a project named `{}` exists", project.spec.name),
-                        &[],
-                    ),
-                    other => other.into(),
-                })?;
-            let entry = Action::CreateProject
-                .on(&caller, &project.id)
-                .request_id(project.spec.request_id.as_str())
-                .detail(format!(
-                    "recorded name={} template={}",
-                    project.spec.name,
-                    project.spec.template.as_str()
-                ));
-            Ok((project, vec![entry]))
+    s.ledger
+        .write(move |conn| {
+            Box::pin(async move {
+                let project = Project::recorded(spec, ProjectId::generate(), owner, now_us());
+                db::insert_project(conn, &project)
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::Conflict(_) => with_reason(
+                            Code::AlreadyExists,
+                            "PROJECT_NAME_TAKEN",
+                            format!("a project named `{}` exists", project.spec.name),
+                            &[],
+                        ),
+                        other => other.into(),
+                    })?;
+                let entry = Action::CreateProject
+                    .on(&caller, &project.id)
+                    .request_id(project.spec.request_id.as_str())
+                    .detail(format!(
+                        "recorded name={} template={}",
+                        project.spec.name,
+                        project.spec.template.as_str()
+                    ));
+                Ok((project, vec![entry]))
+            })
         })
-    })
-    .await
+        .await
 }
 
 /// Runs the steps not recorded yet.
@@ -155,7 +156,8 @@ async fn advance(
 ) -> Result<(), Status> {
     let (id, caller) = (project.id.clone(), caller.to_owned());
     let now = s
-        .audited(move |conn| {
+        .ledger
+        .write(move |conn| {
             Box::pin(async move {
                 let now = now_us();
                 db::record_step(conn, &id, step, repository_id, now).await?;
@@ -173,7 +175,8 @@ async fn record_failure(s: &Scaffolder, id: &ProjectId, status: &Status, caller:
     let (id, failure, caller) = (id.clone(), Failure::of(status), caller.to_owned());
     let outcome = format!("{:?}", status.code());
     let result = s
-        .audited(move |conn| {
+        .ledger
+        .write(move |conn| {
             Box::pin(async move {
                 db::record_failure(conn, &id, &failure, now_us()).await?;
                 let mut entry = Action::CreateProject

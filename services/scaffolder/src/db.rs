@@ -57,11 +57,7 @@ struct ProjectRow {
 /// A stored value this version cannot read: a bug or a foreign write, never silently another
 /// value.
 fn corrupt(column: &str, problem: impl std::fmt::Display) -> StoreError {
-    StoreError::Other(format!("projects.{column}: {problem}"))
-}
-
-fn stored<T>(column: &str, raw: &str, parse: fn(&str) -> Option<T>) -> Result<T, StoreError> {
-    parse(raw).ok_or_else(|| corrupt(column, format_args!("unknown value `{raw}`")))
+    StoreError::corrupt(&format!("projects.{column}"), problem)
 }
 
 impl TryFrom<ProjectRow> for Project {
@@ -85,15 +81,15 @@ impl TryFrom<ProjectRow> for Project {
                     .map_err(|e| corrupt("request_id", e))?,
                 name: row.name,
                 user_id: UserId::parse(&row.user_id).map_err(|e| corrupt("user_id", e))?,
-                template: stored("template", &row.template, Template::parse)?,
+                template: Template::parse(&row.template)?,
                 description: row.description,
-                visibility: stored("visibility", &row.visibility, Visibility::parse)?,
+                visibility: Visibility::parse(&row.visibility)?,
                 secrets_ref: secrets_ref_from_json(&row.secrets_ref)?,
             },
             owner: row.owner,
             repository_id: row.repository_id,
-            state: stored("state", &row.state, State::parse)?,
-            step: stored("step", &row.step, Step::parse)?,
+            state: State::parse(&row.state)?,
+            step: Step::parse(&row.step)?,
             failure,
             created_us: row.created_us,
             updated_us: row.updated_us,

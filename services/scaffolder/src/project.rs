@@ -11,60 +11,41 @@ use orchestrator_status::reason_of;
 use orchestrator_templates::{File, ProjectVars, RenderError, SecretVar};
 use tonic::Status;
 
-/// Enums stored by name: each variant's name in the database, and the protobuf value it reads
-/// as (the protobuf enum has a variant of the same name).
-macro_rules! stored_enums {
-    ($($(#[$doc:meta])* $name:ident as $pb:ty { $($variant:ident = $stored:literal),+ $(,)? })+) => {$(
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub(crate) enum $name {
-            $($variant,)+
-        }
-
-        impl $name {
-            pub(crate) const ALL: &'static [Self] = &[$(Self::$variant,)+];
-
-            /// The name stored in the database.
-            pub(crate) fn as_str(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $stored,)+
-                }
-            }
-
-            /// The variant stored as `name`; `None` for a name this version does not know.
-            pub(crate) fn parse(name: &str) -> Option<Self> {
-                Self::ALL.iter().copied().find(|v| v.as_str() == name)
-            }
-        }
-
-        impl From<$name> for $pb {
-            fn from(value: $name) -> Self {
-                match value {
-                    $($name::$variant => <$pb>::$variant,)+
-                }
-            }
-        }
-    )+};
+orchestrator_store::stored_enum! {
+    /// The deploy template rendered into the repository.
+    pub(crate) enum Template: pb::ProjectTemplate {
+        DockerSsh = "docker_ssh" => DockerSsh,
+        Ansible = "ansible" => Ansible,
+    }
 }
 
-stored_enums! {
-    /// The deploy template rendered into the repository.
-    Template as pb::ProjectTemplate { DockerSsh = "docker_ssh", Ansible = "ansible" }
-
+orchestrator_store::stored_enum! {
     /// The repository's visibility at GitHub.
-    Visibility as pb::RepositoryVisibility { Private = "private", Internal = "internal", Public = "public" }
+    pub(crate) enum Visibility: pb::RepositoryVisibility {
+        Private = "private" => Private,
+        Internal = "internal" => Internal,
+        Public = "public" => Public,
+    }
+}
 
+orchestrator_store::stored_enum! {
     /// Where a project is in its life cycle.
-    State as pb::ProjectState { Creating = "creating", Ready = "ready", Failed = "failed" }
+    pub(crate) enum State: pb::ProjectState {
+        Creating = "creating" => Creating,
+        Ready = "ready" => Ready,
+        Failed = "failed" => Failed,
+    }
+}
 
+orchestrator_store::stored_enum! {
     /// The steps of a creation, in the order they run (and compare); each is recorded when done.
-    Step as pb::ProjectCreationStep {
-        Recorded = "recorded",
-        RepositoryCreated = "repository_created",
-        TemplateCommitted = "template_committed",
-        RepositoryRegistered = "repository_registered",
-        InitialSecretsSet = "initial_secrets_set",
-        Done = "done",
+    pub(crate) enum Step: pb::ProjectCreationStep {
+        Recorded = "recorded" => Recorded,
+        RepositoryCreated = "repository_created" => RepositoryCreated,
+        TemplateCommitted = "template_committed" => TemplateCommitted,
+        RepositoryRegistered = "repository_registered" => RepositoryRegistered,
+        InitialSecretsSet = "initial_secrets_set" => InitialSecretsSet,
+        Done = "done" => Done,
     }
 }
 
@@ -262,19 +243,19 @@ mod tests {
     #[test]
     fn stored_names_round_trip_and_unknown_ones_are_refused() {
         for t in Template::ALL {
-            assert_eq!(Template::parse(t.as_str()), Some(*t));
+            assert_eq!(Template::parse(t.as_str()), Ok(*t));
         }
         for v in Visibility::ALL {
-            assert_eq!(Visibility::parse(v.as_str()), Some(*v));
+            assert_eq!(Visibility::parse(v.as_str()), Ok(*v));
         }
         for s in State::ALL {
-            assert_eq!(State::parse(s.as_str()), Some(*s));
+            assert_eq!(State::parse(s.as_str()), Ok(*s));
         }
         for s in Step::ALL {
-            assert_eq!(Step::parse(s.as_str()), Some(*s));
+            assert_eq!(Step::parse(s.as_str()), Ok(*s));
         }
-        assert_eq!(State::parse("deleted"), None);
-        assert_eq!(Template::parse("docker-ssh"), None);
+        assert!(State::parse("deleted").is_err());
+        assert!(Template::parse("docker-ssh").is_err());
     }
 
     #[test]

@@ -3,14 +3,12 @@
 
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use orchestrator_audit::{Entry, Ledger};
 use orchestrator_fields::ProjectId;
 use orchestrator_github::{GitHub, RetryPolicy};
 use orchestrator_mesh::{Service, Startup};
 use orchestrator_proto::secretbroker::v1::secret_broker_service_client::SecretBrokerServiceClient;
 use orchestrator_store::Database;
-use sqlx::AnyConnection;
 use tonic::Status;
 use tonic::transport::Channel;
 
@@ -20,7 +18,7 @@ use crate::db;
 #[derive(Debug)]
 pub(crate) struct Scaffolder {
     pub(crate) db: Database,
-    pub(crate) ledger: Ledger,
+    pub(crate) ledger: Ledger<Status>,
     pub(crate) github: GitHub,
     pub(crate) settings: Settings,
     /// The secret broker: one channel, connected on first use and reconnected as needed.
@@ -51,20 +49,6 @@ impl Scaffolder {
     /// A client on the one (lazily connecting) channel to the broker.
     pub(crate) fn broker(&self) -> SecretBrokerServiceClient<Channel> {
         SecretBrokerServiceClient::new(self.broker.clone())
-    }
-
-    /// Runs `work` (a state change) in the ledger's transaction together with the audit
-    /// entries it returns; if they cannot be recorded, the change does not happen.
-    // Architecture Invariant: every state change is audited in the same transaction, fail
-    // closed.
-    pub(crate) async fn audited<T, F>(&self, work: F) -> Result<T, Status>
-    where
-        T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<(T, Vec<Entry>), Status>>
-            + Send
-            + 'static,
-    {
-        self.ledger.write(work).await
     }
 }
 

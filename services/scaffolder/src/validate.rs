@@ -43,10 +43,7 @@ pub(crate) fn create_project(
         v.add("secrets_ref", e.to_string());
     }
     check_initial_secrets(&mut v, &req.initial_secrets, &github_names);
-    v.finish()?;
-    let Some((request_id, _, user_id, template, (), visibility)) = fields else {
-        return Err(Status::internal("validation failed without a violation"));
-    };
+    let (request_id, _, user_id, template, (), visibility) = v.finish_with(fields)?;
     let spec = ProjectSpec {
         request_id,
         name: req.name,

@@ -12,52 +12,25 @@ use sqlx::{AnyConnection, AnyPool};
 #[cfg(test)]
 mod tests;
 
-/// Where a secret reference stands. States are spelled only by [`SecretState::as_str`] (the
-/// queries bind them); an unknown stored state is an error, never taken for another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SecretState {
-    /// Recorded before the PUT; GitHub may or may not have the value (a crash in between is
-    /// settled by reconcile).
-    Pending,
-    /// GitHub accepted the value.
-    Present,
-    /// The last write failed with a final error, and GitHub had no earlier value from us.
-    Failed,
-}
-
-impl SecretState {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            SecretState::Pending => "pending",
-            SecretState::Present => "present",
-            SecretState::Failed => "failed",
-        }
+orchestrator_store::stored_enum! {
+    /// Where a secret reference stands. States are spelled only by [`SecretState::as_str`] (the
+    /// queries bind them); an unknown stored state is an error, never taken for another.
+    pub(crate) enum SecretState {
+        /// Recorded before the PUT; GitHub may or may not have the value (a crash in between is
+        /// settled by reconcile).
+        Pending = "pending",
+        /// GitHub accepted the value.
+        Present = "present",
+        /// The last write failed with a final error, and GitHub had no earlier value from us.
+        Failed = "failed",
     }
 }
 
-impl TryFrom<String> for SecretState {
-    type Error = String;
-    fn try_from(stored: String) -> Result<Self, String> {
-        [Self::Pending, Self::Present, Self::Failed]
-            .into_iter()
-            .find(|s| s.as_str() == stored)
-            .ok_or_else(|| format!("unknown secret state `{stored}`"))
-    }
-}
-
-/// What a recorded write did at GitHub.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WriteOutcome {
-    Created,
-    Updated,
-}
-
-impl WriteOutcome {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            WriteOutcome::Created => "created",
-            WriteOutcome::Updated => "updated",
-        }
+orchestrator_store::stored_enum! {
+    /// What a recorded write did at GitHub.
+    pub(crate) enum WriteOutcome {
+        Created = "created",
+        Updated = "updated",
     }
 }
 
@@ -67,16 +40,6 @@ impl From<PutOutcome> for WriteOutcome {
             PutOutcome::Created => WriteOutcome::Created,
             PutOutcome::Updated => WriteOutcome::Updated,
         }
-    }
-}
-
-impl TryFrom<String> for WriteOutcome {
-    type Error = String;
-    fn try_from(stored: String) -> Result<Self, String> {
-        [Self::Created, Self::Updated]
-            .into_iter()
-            .find(|o| o.as_str() == stored)
-            .ok_or_else(|| format!("unknown write outcome `{stored}`"))
     }
 }
 

@@ -43,20 +43,21 @@ impl Broker {
             })
             .await?
             .map_err(|e| e.to_grpc())?;
-        self.write(move |conn| {
-            Box::pin(async move {
-                db::delete_secret_ref(conn, &project_id, &name).await?;
-                let entry = Action::DeleteProjectSecret
-                    .on_secret(&caller, &project_id, &name)
-                    .detail(if deleted {
-                        "deleted at GitHub"
-                    } else {
-                        "already gone at GitHub"
-                    });
-                Ok(((), vec![entry]))
+        self.ledger
+            .write(move |conn| {
+                Box::pin(async move {
+                    db::delete_secret_ref(conn, &project_id, &name).await?;
+                    let entry = Action::DeleteProjectSecret
+                        .on_secret(&caller, &project_id, &name)
+                        .detail(if deleted {
+                            "deleted at GitHub"
+                        } else {
+                            "already gone at GitHub"
+                        });
+                    Ok(((), vec![entry]))
+                })
             })
-        })
-        .await?;
+            .await?;
         Ok(deleted)
     }
 }

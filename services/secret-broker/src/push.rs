@@ -175,22 +175,23 @@ impl Broker {
     /// before its PUT, so a crash in between leaves a row reconcile can settle.
     async fn mark_pending(&self, writer: &Writer, name: &SecretName) -> Result<(), Status> {
         let (writer, name) = (writer.clone(), name.clone());
-        self.write(move |conn| {
-            Box::pin(async move {
-                let deploy = is_deploy_credential(&name);
-                db::record_pending(
-                    conn,
-                    &writer.project_id,
-                    &name,
-                    &writer.caller,
-                    deploy,
-                    now_us(),
-                )
-                .await?;
-                Ok(((), vec![writer.entry(&name).detail("pending")]))
+        self.ledger
+            .write(move |conn| {
+                Box::pin(async move {
+                    let deploy = is_deploy_credential(&name);
+                    db::record_pending(
+                        conn,
+                        &writer.project_id,
+                        &name,
+                        &writer.caller,
+                        deploy,
+                        now_us(),
+                    )
+                    .await?;
+                    Ok(((), vec![writer.entry(&name).detail("pending")]))
+                })
             })
-        })
-        .await
+            .await
     }
 
     /// Records a write GitHub accepted as `present`, and the request's write for its retries.
@@ -203,28 +204,29 @@ impl Broker {
         github_updated_at: Option<String>,
     ) -> Result<WriteRecord, Status> {
         let (writer, name, key_id) = (writer.clone(), name.clone(), key_id.to_owned());
-        self.write(move |conn| {
-            Box::pin(async move {
-                let write = WriteRecord {
-                    outcome: put.into(),
-                    key_id,
-                    github_updated_at,
-                    recorded_us: now_us(),
-                };
-                db::record_present(conn, &writer.request_id, &writer.project_id, &name, &write)
-                    .await?;
-                let entry = writer
-                    .entry(&name)
-                    .request_id(writer.request_id.as_str())
-                    .detail(format!(
-                        "{} key_id={}",
-                        write.outcome.as_str(),
-                        write.key_id
-                    ));
-                Ok((write, vec![entry]))
+        self.ledger
+            .write(move |conn| {
+                Box::pin(async move {
+                    let write = WriteRecord {
+                        outcome: put.into(),
+                        key_id,
+                        github_updated_at,
+                        recorded_us: now_us(),
+                    };
+                    db::record_present(conn, &writer.request_id, &writer.project_id, &name, &write)
+                        .await?;
+                    let entry = writer
+                        .entry(&name)
+                        .request_id(writer.request_id.as_str())
+                        .detail(format!(
+                            "{} key_id={}",
+                            write.outcome.as_str(),
+                            write.key_id
+                        ));
+                    Ok((write, vec![entry]))
+                })
             })
-        })
-        .await
+            .await
     }
 
     /// Records a write's final error (its message; the audit record carries its code).
@@ -236,14 +238,15 @@ impl Broker {
     ) -> Result<(), Status> {
         let (writer, name) = (writer.clone(), name.clone());
         let (code, message) = (format!("{:?}", status.code()), status.message().to_owned());
-        self.write(move |conn| {
-            Box::pin(async move {
-                db::record_failed(conn, &writer.project_id, &name, &message).await?;
-                let mut entry = writer.entry(&name).detail("failed");
-                entry.outcome = code;
-                Ok(((), vec![entry]))
+        self.ledger
+            .write(move |conn| {
+                Box::pin(async move {
+                    db::record_failed(conn, &writer.project_id, &name, &message).await?;
+                    let mut entry = writer.entry(&name).detail("failed");
+                    entry.outcome = code;
+                    Ok(((), vec![entry]))
+                })
             })
-        })
-        .await
+            .await
     }
 }

@@ -47,21 +47,23 @@ impl Broker {
         let found = compare(&refs, &at_github, dry_run);
         if !dry_run && !found.recovered.is_empty() {
             let recovered = found.recovered;
-            self.write(move |conn| {
-                Box::pin(async move {
-                    let mut entries = Vec::new();
-                    for (name, updated) in recovered {
-                        db::recover_pending(conn, &project_id, &name, &updated, now_us()).await?;
-                        entries.push(
-                            Action::ReconcileProjectSecrets
-                                .on_secret(&caller, &project_id, &name)
-                                .detail("recovered: present at GitHub"),
-                        );
-                    }
-                    Ok(((), entries))
+            self.ledger
+                .write(move |conn| {
+                    Box::pin(async move {
+                        let mut entries = Vec::new();
+                        for (name, updated) in recovered {
+                            db::recover_pending(conn, &project_id, &name, &updated, now_us())
+                                .await?;
+                            entries.push(
+                                Action::ReconcileProjectSecrets
+                                    .on_secret(&caller, &project_id, &name)
+                                    .detail("recovered: present at GitHub"),
+                            );
+                        }
+                        Ok(((), entries))
+                    })
                 })
-            })
-            .await?;
+                .await?;
         }
         Ok(pb::ReconcileProjectSecretsResponse {
             findings: found.findings,

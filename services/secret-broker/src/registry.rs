@@ -75,15 +75,22 @@ impl Broker {
             .installation_for_repo(&req.repo)
             .await
             .map_err(|e| e.to_grpc())?;
-        self.write(move |conn| {
-            Box::pin(async move {
-                let RegisterRequest {
-                    request_id,
-                    project_id,
-                    repo,
-                } = req;
-                let created_us = now_us();
-                db::insert_repository(conn, &project_id, &repo, installation as i64, created_us)
+        self.ledger
+            .write(move |conn| {
+                Box::pin(async move {
+                    let RegisterRequest {
+                        request_id,
+                        project_id,
+                        repo,
+                    } = req;
+                    let created_us = now_us();
+                    db::insert_repository(
+                        conn,
+                        &project_id,
+                        &repo,
+                        installation as i64,
+                        created_us,
+                    )
                     .await
                     .map_err(|e| match e {
                         StoreError::Conflict(_) => with_reason(
@@ -94,20 +101,20 @@ impl Broker {
                         ),
                         other => other.into(),
                     })?;
-                let entry = Action::RegisterRepository
-                    .on_project(&caller, &project_id)
-                    .request_id(request_id.as_str())
-                    .detail(format!("repository={repo} installation={installation}"));
-                let registered = Registered {
-                    project_id,
-                    repo,
-                    installation: installation as i64,
-                    created_us,
-                };
-                Ok((registered, vec![entry]))
+                    let entry = Action::RegisterRepository
+                        .on_project(&caller, &project_id)
+                        .request_id(request_id.as_str())
+                        .detail(format!("repository={repo} installation={installation}"));
+                    let registered = Registered {
+                        project_id,
+                        repo,
+                        installation: installation as i64,
+                        created_us,
+                    };
+                    Ok((registered, vec![entry]))
+                })
             })
-        })
-        .await
+            .await
     }
 
     /// A token for the project repository's Actions secrets (narrowed to that repository and

@@ -65,7 +65,8 @@ impl Broker {
                 token.expires_at,
                 token.repositories.join(",")
             ));
-        self.write(move |_conn| Box::pin(async move { Ok(((), vec![entry])) }))
+        self.ledger
+            .write(move |_conn| Box::pin(async move { Ok(((), vec![entry])) }))
             .await?;
         Ok(messages::minted(&token, proto_scope, &grant.owner))
     }

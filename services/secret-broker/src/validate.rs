@@ -222,10 +222,7 @@ fn secrets_request(
     ids: Option<(RequestId, ProjectId)>,
     secrets: Vec<Secret>,
 ) -> Result<SecretsRequest, Status> {
-    v.finish()?;
-    // Invalid ids added a violation, so finish() returned early.
-    let (request_id, project_id) =
-        ids.ok_or_else(|| Status::internal("validation failed without a violation"))?;
+    let (request_id, project_id) = v.finish_with(ids)?;
     Ok(SecretsRequest {
         request_id,
         project_id,

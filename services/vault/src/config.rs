@@ -39,11 +39,11 @@ impl Settings {
     pub(crate) fn from_env(env: &Env) -> anyhow::Result<Self> {
         let keyring = Keyring::parse(&env.required_secret("VAULT_MASTER_KEY")?)?;
         let limits = Limits {
-            keep_versions: env.positive("VAULT_KEEP_VERSIONS", 10)? as i64,
-            rotate_after: env.positive("VAULT_ROTATE_AFTER", 1 << 30)? as i64,
+            keep_versions: env.positive("VAULT_KEEP_VERSIONS", 10_i64)?,
+            rotate_after: env.positive("VAULT_ROTATE_AFTER", 1_i64 << 30)?,
         };
         let rewrap = RewrapPace {
-            batch: env.positive("VAULT_REWRAP_BATCH", 200)? as i64,
+            batch: env.positive("VAULT_REWRAP_BATCH", 200_i64)?,
             interval: env.positive_duration("VAULT_REWRAP_INTERVAL", Duration::from_secs(30))?,
         };
         Ok(Self {

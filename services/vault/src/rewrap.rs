@@ -69,7 +69,7 @@ pub(crate) async fn run(vault: Vault, pace: RewrapPace) {
 async fn rewrap_batch(vault: &Vault, limit: i64) -> Result<i64, Status> {
     let v = vault.clone();
     vault
-        .write(move |conn| {
+        .ledger.write(move |conn| {
             Box::pin(async move {
                 let stale = db::claim_stale(conn, v.db.dialect(), limit).await?;
                 if stale.is_empty() {

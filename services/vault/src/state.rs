@@ -3,10 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use futures::future::BoxFuture;
-use orchestrator_audit::{Entry, Ledger};
+use orchestrator_audit::Ledger;
 use orchestrator_store::Database;
-use sqlx::AnyConnection;
 use tokio::sync::Notify;
 use tonic::Status;
 
@@ -16,28 +14,12 @@ use crate::keys::DataKeys;
 #[derive(Debug, Clone)]
 pub(crate) struct Vault {
     pub(crate) db: Database,
-    pub(crate) ledger: Ledger,
+    pub(crate) ledger: Ledger<Status>,
     pub(crate) keys: Arc<DataKeys>,
     pub(crate) limits: Limits,
     /// This service's own SPIFFE ID, the caller of its background work in audit records.
     pub(crate) self_id: String,
     pub(crate) rewrap: Arc<RewrapHandle>,
-}
-
-impl Vault {
-    /// Runs `work` in one of the ledger's batch transactions and commits it with the audit
-    /// entries it returns; an `Err` rolls back just this work.
-    // Architecture Invariant: every state change is audited in the same transaction, fail
-    // closed: the vault changes its tables only inside this.
-    pub(crate) async fn write<T, F>(&self, work: F) -> Result<T, Status>
-    where
-        T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<(T, Vec<Entry>), Status>>
-            + Send
-            + 'static,
-    {
-        self.ledger.write(work).await
-    }
 }
 
 /// Progress of the current (or last) rewrap run, for GetKeyStatus.

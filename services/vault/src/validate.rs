@@ -3,7 +3,7 @@
 
 use orchestrator_fields::{Invalid, Page, UserId};
 use orchestrator_proto::vault::v1 as pb;
-use orchestrator_status::{At as _, Fields as _, Violation, Violations};
+use orchestrator_status::{At as _, Fields as _, Violations, checked};
 use tonic::Status;
 use zeroize::Zeroizing;
 
@@ -81,27 +81,6 @@ pub(crate) struct ListSecrets {
     pub(crate) show_deleted: bool,
 }
 
-/// `value` if `ok`, else a violation of `field` stating `rule`.
-fn check<T>(
-    value: T,
-    ok: bool,
-    field: impl Into<String>,
-    rule: &'static str,
-) -> Result<T, Violation> {
-    if ok {
-        Ok(value)
-    } else {
-        Err(Invalid(rule)).at(field)
-    }
-}
-
-/// The values once every violation is reported: INVALID_ARGUMENT if there was any.
-fn finish<T>(v: Violations, values: Option<T>) -> Result<T, Status> {
-    v.finish()?;
-    // Every field that failed added a violation, so finish() returned early.
-    values.ok_or_else(|| Status::internal("validation failed without a violation"))
-}
-
 pub(crate) fn put(mut req: pb::PutUserSecretRequest) -> Result<PutSecret, Status> {
     // Zeroized when dropped, refused or not.
     let value = Zeroizing::new(std::mem::take(&mut req.value));
@@ -110,8 +89,8 @@ pub(crate) fn put(mut req: pb::PutUserSecretRequest) -> Result<PutSecret, Status
     let (user_id, key, value, expected_version, request_id) = Violations::new().collect((
         UserId::parse(&req.user_id).at("user_id"),
         SecretKey::parse(&req.key).at("key"),
-        check(value, value_ok, "value", "1-65,536 bytes"),
-        check(
+        checked(value, value_ok, "value", "1-65,536 bytes"),
+        checked(
             req.expected_version,
             req.expected_version.is_none_or(|n| n >= 0),
             "expected_version",
@@ -119,7 +98,7 @@ pub(crate) fn put(mut req: pb::PutUserSecretRequest) -> Result<PutSecret, Status
         ),
         // As lenient as the vault has always been (any text up to 128 bytes), not
         // `RequestId::optional` (printable ASCII only), which would refuse ids accepted today.
-        check(
+        checked(
             Some(req.request_id).filter(|id| !id.is_empty()),
             request_id_ok,
             "request_id",
@@ -145,7 +124,7 @@ fn read(
     let (user_id, key, version) = (
         UserId::parse(user_id).at(format!("{prefix}user_id")),
         SecretKey::parse(key).at(format!("{prefix}key")),
-        check(
+        checked(
             version,
             version >= 0,
             format!("{prefix}version"),
@@ -162,7 +141,7 @@ fn read(
 pub(crate) fn get(req: &pb::GetUserSecretRequest) -> Result<SecretVersion, Status> {
     let mut v = Violations::new();
     let wanted = read(&mut v, "", &req.user_id, &req.key, req.version);
-    finish(v, wanted)
+    v.finish_with(wanted)
 }
 
 pub(crate) fn batch_get(
@@ -188,7 +167,7 @@ pub(crate) fn batch_get(
             wanted.push(one);
         }
     }
-    finish(v, Some(wanted))
+    v.finish_with(Some(wanted))
 }
 
 pub(crate) fn list(req: &pb::ListUserSecretsRequest) -> Result<ListSecrets, Status> {
@@ -213,7 +192,7 @@ pub(crate) fn delete(req: pb::DeleteUserSecretRequest) -> Result<DeleteSecret, S
     for (i, version) in req.versions.iter().enumerate() {
         v.check(*version > 0, format!("versions[{i}]"), "must be positive");
     }
-    let (user_id, key) = finish(v, name)?;
+    let (user_id, key) = v.finish_with(name)?;
     Ok(DeleteSecret {
         name: SecretName { user_id, key },
         versions: req.versions,

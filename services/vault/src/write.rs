@@ -23,6 +23,7 @@ pub(crate) async fn put(
 ) -> Result<pb::UserSecretMetadata, Status> {
     let v = vault.clone();
     let meta = vault
+        .ledger
         .write(move |conn| Box::pin(async move { put_in_tx(&v, conn, caller, put).await }))
         .await?;
     Ok(meta.into_pb())
@@ -158,6 +159,7 @@ pub(crate) async fn delete(
     req: DeleteSecret,
 ) -> Result<pb::UserSecretMetadata, Status> {
     let meta = vault
+        .ledger
         .write(move |conn| Box::pin(async move { delete_in_tx(conn, &caller, &req).await }))
         .await?;
     Ok(meta.into_pb())
@@ -215,6 +217,7 @@ pub(crate) async fn rotate(
 ) -> Result<(i64, i64), Status> {
     let v = vault.clone();
     let ids = vault
+        .ledger
         .write(move |conn| {
             Box::pin(async move {
                 let current = db::primary_data_key_id(conn).await?;

@@ -2,8 +2,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
 use orchestrator_fields::{ProjectId, RequestId};
 use orchestrator_store::testing::TestDatabase;
 use tonic::{Code, Status};
@@ -11,26 +9,8 @@ use tonic::{Code, Status};
 use super::*;
 use crate::model::{Step, StepState};
 
-/// Runs `check` against a fresh SQLite file and a fresh PostgreSQL database.
-macro_rules! on_both {
-    ($($name:ident),+ $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                let test = orchestrator_store::testing::TestDatabase::sqlite();
-                super::$name(&super::open(&test).await).await;
-            }
-
-            #[tokio::test]
-            async fn postgres() {
-                let test = orchestrator_store::testing::TestDatabase::postgres(&["infra"]).await;
-                super::$name(&super::open(&test).await).await;
-            }
-        }
-    )+};
-}
-
-on_both!(
+orchestrator_store::on_both_dialects!(
+    "infra";
     servers_round_trip_and_their_columns_are_set_and_cleared,
     a_destroy_wins_over_a_provision_that_ends_meanwhile,
     live_servers_hold_their_hostname_and_time4vps_server,
@@ -41,11 +21,8 @@ on_both!(
 );
 
 async fn open(test: &TestDatabase) -> Database {
-    let db = Database::connect(&test.url("infra"), Duration::from_secs(10))
+    test.open("infra", [crate::migrations(test.dialect())])
         .await
-        .unwrap();
-    db.migrate([crate::migrations(db.dialect())]).await.unwrap();
-    db
 }
 
 fn new_server(hostname: &str, provider: Provider) -> NewServer {
@@ -90,7 +67,8 @@ async fn add_server(db: &Database, id: &str, hostname: &str, provider: Provider,
         .unwrap();
 }
 
-async fn servers_round_trip_and_their_columns_are_set_and_cleared(db: &Database) {
+async fn servers_round_trip_and_their_columns_are_set_and_cleared(test: TestDatabase) {
+    let db = &open(&test).await;
     add_server(db, "srv-1", "app.example.test", Provider::DigitalOcean, 10).await;
     let server = read(db, "srv-1").await;
     assert_eq!(server.provider, Provider::DigitalOcean);
@@ -142,7 +120,8 @@ async fn servers_round_trip_and_their_columns_are_set_and_cleared(db: &Database)
     assert_eq!((server.ipv4, server.updated_us), (None, 30));
 }
 
-async fn a_destroy_wins_over_a_provision_that_ends_meanwhile(db: &Database) {
+async fn a_destroy_wins_over_a_provision_that_ends_meanwhile(test: TestDatabase) {
+    let db = &open(&test).await;
     add_server(db, "srv-1", "a.example.test", Provider::DigitalOcean, 10).await;
     let mut conn = db.pool().acquire().await.unwrap();
     set_server_state(&mut conn, "srv-1", ServerState::Ready, 20)
@@ -179,7 +158,8 @@ async fn a_destroy_wins_over_a_provision_that_ends_meanwhile(db: &Database) {
     assert_eq!(gone.ready_us, Some(20));
 }
 
-async fn live_servers_hold_their_hostname_and_time4vps_server(db: &Database) {
+async fn live_servers_hold_their_hostname_and_time4vps_server(test: TestDatabase) {
+    let db = &open(&test).await;
     add_server(db, "srv-1", "a.example.test", Provider::Time4Vps, 10).await;
     let mut conn = db.pool().acquire().await.unwrap();
     assert_eq!(
@@ -216,7 +196,8 @@ async fn live_servers_hold_their_hostname_and_time4vps_server(db: &Database) {
     assert_eq!(live_time4vps_server(&mut conn, "101").await.unwrap(), None);
 }
 
-async fn operations_record_progress_and_their_end(db: &Database) {
+async fn operations_record_progress_and_their_end(test: TestDatabase) {
+    let db = &open(&test).await;
     let mut conn = db.pool().acquire().await.unwrap();
     insert_operation(
         &mut conn,
@@ -295,7 +276,8 @@ async fn operations_record_progress_and_their_end(db: &Database) {
     );
 }
 
-async fn operations_are_found_by_request_server_and_state(db: &Database) {
+async fn operations_are_found_by_request_server_and_state(test: TestDatabase) {
+    let db = &open(&test).await;
     let mut conn = db.pool().acquire().await.unwrap();
     for (id, kind, now) in [
         ("op-1", OperationKind::Provision, 10),
@@ -357,7 +339,8 @@ async fn operations_are_found_by_request_server_and_state(db: &Database) {
     assert!(unfinished_operations(db).await.unwrap().is_empty());
 }
 
-async fn lists_page_newest_first_with_their_filters(db: &Database) {
+async fn lists_page_newest_first_with_their_filters(test: TestDatabase) {
+    let db = &open(&test).await;
     // Two servers created in the same microsecond: the id breaks the tie.
     add_server(db, "srv-a", "a.example.test", Provider::DigitalOcean, 10).await;
     add_server(db, "srv-b", "b.example.test", Provider::DigitalOcean, 20).await;
@@ -428,7 +411,8 @@ async fn lists_page_newest_first_with_their_filters(db: &Database) {
     );
 }
 
-async fn unknown_stored_values_are_errors(db: &Database) {
+async fn unknown_stored_values_are_errors(test: TestDatabase) {
+    let db = &open(&test).await;
     let mut conn = db.pool().acquire().await.unwrap();
     let mut odd = new_operation("op-1", "srv-1", OperationKind::Provision);
     odd.request_id = None;

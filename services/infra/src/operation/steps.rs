@@ -145,6 +145,7 @@ impl Run<'_> {
     {
         let caller = self.infra.self_id.clone();
         self.infra
+            .ledger
             .write(move |conn| {
                 Box::pin(async move {
                     write(conn).await?;

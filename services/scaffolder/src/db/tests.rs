@@ -2,8 +2,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
 use orchestrator_store::testing::TestDatabase;
 
 use super::*;
@@ -11,18 +9,7 @@ use crate::project::ProjectSpec;
 
 /// A migrated database of each dialect (kept alive by the returned `TestDatabase`s).
 async fn databases() -> Vec<(TestDatabase, Database)> {
-    let mut out = Vec::new();
-    for test_db in [
-        TestDatabase::sqlite(),
-        TestDatabase::postgres(&["scaffolder"]).await,
-    ] {
-        let db = Database::connect(&test_db.url("scaffolder"), Duration::from_secs(5))
-            .await
-            .unwrap();
-        db.migrate([migrations(db.dialect())]).await.unwrap();
-        out.push((test_db, db));
-    }
-    out
+    TestDatabase::both("scaffolder", |d| vec![migrations(d)]).await
 }
 
 fn new_project(n: u32, user: &str) -> Project {

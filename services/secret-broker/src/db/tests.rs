@@ -13,29 +13,24 @@ const SERVICE: &str = "secret-broker";
 
 /// The broker's tables in `test_db`, as the service's start leaves them.
 async fn migrated(test_db: &TestDatabase) -> Database {
-    let db = Database::connect(&test_db.url(SERVICE), Duration::from_secs(10))
+    let dialect = test_db.dialect();
+    test_db
+        .open(
+            SERVICE,
+            [
+                orchestrator_audit::migrations(dialect),
+                crate::migrations(dialect),
+            ],
+        )
         .await
-        .unwrap();
-    db.migrate([
-        orchestrator_audit::migrations(db.dialect()),
-        crate::migrations(db.dialect()),
-    ])
-    .await
-    .unwrap();
-    db
 }
 
 /// A migrated database of each dialect (the `TestDatabase` keeps it alive).
 async fn databases() -> Vec<(TestDatabase, Database)> {
-    let mut out = Vec::new();
-    for test_db in [
-        TestDatabase::sqlite(),
-        TestDatabase::postgres(&[SERVICE]).await,
-    ] {
-        let db = migrated(&test_db).await;
-        out.push((test_db, db));
-    }
-    out
+    TestDatabase::both(SERVICE, |d| {
+        vec![orchestrator_audit::migrations(d), crate::migrations(d)]
+    })
+    .await
 }
 
 async fn conn(db: &Database) -> PoolConnection<Any> {

@@ -4,36 +4,12 @@
 use orchestrator_store::StoreError;
 use sqlx::{AnyConnection, AnyPool};
 
-/// A data key's state. The SQL in this module spells the states as these strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum KeyState {
-    Primary,
-    DecryptOnly,
-    Retired,
-}
-
-impl KeyState {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            KeyState::Primary => "primary",
-            KeyState::DecryptOnly => "decrypt_only",
-            KeyState::Retired => "retired",
-        }
-    }
-}
-
-/// A stored state this code does not know: an error, never taken for another state.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown data key state `{0}`")]
-pub(crate) struct UnknownState(String);
-
-impl TryFrom<String> for KeyState {
-    type Error = UnknownState;
-    fn try_from(state: String) -> Result<Self, UnknownState> {
-        [KeyState::Primary, KeyState::DecryptOnly, KeyState::Retired]
-            .into_iter()
-            .find(|s| s.as_str() == state)
-            .ok_or(UnknownState(state))
+orchestrator_store::stored_enum! {
+    /// A data key's state. The SQL in this module spells the states as these strings.
+    pub(crate) enum KeyState {
+        Primary = "primary",
+        DecryptOnly = "decrypt_only",
+        Retired = "retired",
     }
 }
 

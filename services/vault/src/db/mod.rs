@@ -48,7 +48,7 @@ impl std::fmt::Debug for Attestation {
 
 impl Attestation {
     /// The record's digest once its MAC checks out; `None` when the row has no record.
-    pub(crate) fn verify(&self, ledger: &Ledger) -> Result<Option<Vec<u8>>, AuditError> {
+    pub(crate) fn verify<E>(&self, ledger: &Ledger<E>) -> Result<Option<Vec<u8>>, AuditError> {
         ledger.attested(&self.0)
     }
 }

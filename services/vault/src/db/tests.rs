@@ -1,8 +1,6 @@
 //! Every query against both databases: a fresh SQLite file and a fresh PostgreSQL database
 //! (with the vault's own role and schema, as in production) per test.
 
-use std::time::Duration;
-
 use orchestrator_audit::{AuditKey, Entry, Ledger};
 use orchestrator_fields::Page;
 use orchestrator_store::testing::TestDatabase;
@@ -13,16 +11,16 @@ use super::data_keys::PrimaryUse;
 use super::*;
 use crate::crypto::{RowRef, digest};
 
-async fn open(test_db: &TestDatabase) -> (Database, Ledger) {
-    let db = Database::connect(&test_db.url("vault"), Duration::from_secs(5))
-        .await
-        .unwrap();
-    db.migrate([
-        orchestrator_audit::migrations(db.dialect()),
-        migrations(db.dialect()),
-    ])
-    .await
-    .unwrap();
+async fn open(test_db: &TestDatabase) -> (Database, Ledger<tonic::Status>) {
+    let db = test_db
+        .open(
+            "vault",
+            [
+                orchestrator_audit::migrations(test_db.dialect()),
+                migrations(test_db.dialect()),
+            ],
+        )
+        .await;
     let ledger = Ledger::start(db.clone(), AuditKey::from_bytes(&[7; 32]));
     (db, ledger)
 }
@@ -361,20 +359,8 @@ fn the_migrations_exist_for_both_dialects() {
     }
 }
 
-macro_rules! on_both {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $scenario() { super::$scenario(super::TestDatabase::sqlite()).await })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $scenario() {
-                super::$scenario(super::TestDatabase::postgres(&["vault"]).await).await
-            })*
-        }
-    };
-}
-
-on_both!(
+orchestrator_store::on_both_dialects!(
+    "vault";
     versions_take_turns_by_check_and_set,
     deletes_change_the_rows_as_the_returned_metadata_says,
     put_requests_remember_what_they_wrote,
