@@ -349,7 +349,7 @@ fn key_states_round_trip_and_unknown_ones_are_errors() {
         );
     }
     let err = KeyState::try_from("paused".to_owned()).unwrap_err();
-    assert_eq!(err.to_string(), "unknown data key state `paused`");
+    assert_eq!(err.to_string(), "unknown KeyState `paused`");
 }
 
 #[test]
