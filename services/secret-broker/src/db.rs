@@ -354,11 +354,11 @@ pub(crate) async fn lock_pacing(
 pub(crate) async fn record_pacing(
     conn: &mut AnyConnection,
     installation_id: i64,
-    started_us: i64,
+    ended_us: i64,
 ) -> Result<(), StoreError> {
     sqlx::query("UPDATE installation_pacing SET last_write_us = $2 WHERE installation_id = $1")
         .bind(installation_id)
-        .bind(started_us)
+        .bind(ended_us)
         .execute(conn)
         .await?;
     Ok(())

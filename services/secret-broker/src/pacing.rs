@@ -1,6 +1,7 @@
 //! Pacing of writes per GitHub installation, across replicas.
 //!
-//! GitHub asks for content-creating requests one at a time, at least a second apart. On
+//! GitHub asks for content-creating requests one at a time, at least a second apart (here:
+//! from the end of one to the start of the next). On
 //! PostgreSQL the writer holds the installation's `installation_pacing` row lock while it waits
 //! out the interval and writes, so every replica queues behind the same lock; SQLite is
 //! single-node, so an in-process lock is enough there.
@@ -56,21 +57,24 @@ impl Pacer {
         match self.db.dialect() {
             Dialect::Sqlite => {
                 wait_until(*last_local, self.interval).await;
+                let out = write().await;
                 *last_local = now_us();
-                Ok(write().await)
+                Ok(out)
             }
             Dialect::Postgres => {
                 let mut tx = self.db.pool().begin().await?;
                 let last = db::lock_pacing(&mut tx, installation).await?;
                 // This process's own last write counts too (its record may have failed).
                 wait_until(last.max(*last_local), self.interval).await;
-                // Spacing is measured between the starts of writes, as GitHub measures arrivals.
-                let started = now_us();
                 let out = write().await;
-                *last_local = started;
+                // Spacing runs from the end of one write to the start of the next. GitHub
+                // measures arrivals, and a write arrives somewhere before it ends (late, on a
+                // loaded machine): only this spacing holds whatever the latency.
+                let ended = now_us();
+                *last_local = ended;
                 // The write happened: its result stands even if recording its time fails (this
                 // process still waits from its own clock; the row lock ends with the transaction).
-                let recorded = match db::record_pacing(&mut tx, installation, started).await {
+                let recorded = match db::record_pacing(&mut tx, installation, ended).await {
                     Ok(()) => tx.commit().await.map_err(StoreError::from),
                     Err(e) => Err(e),
                 };
