@@ -244,8 +244,14 @@ fn build_services() -> anyhow::Result<()> {
     let Some(cargo) = std::env::var_os("CARGO") else {
         return Ok(());
     };
+    // cargo's own progress (a bar on a terminal, `Compiling ...` lines otherwise) goes to the
+    // person waiting: the first build takes minutes on a small machine.
+    say(
+        "building the services and the local emulators (cargo build; the first time takes a while)",
+    );
+    let started = std::time::Instant::now();
     let mut cmd = std::process::Command::new(cargo);
-    cmd.arg("build").arg("--quiet");
+    cmd.arg("build");
     if !cfg!(debug_assertions) {
         cmd.arg("--release");
     }
@@ -261,6 +267,7 @@ fn build_services() -> anyhow::Result<()> {
     ]);
     let status = cmd.status().context("cannot run cargo build")?;
     anyhow::ensure!(status.success(), "building the services failed");
+    say(&format!("built in {:.0?}", started.elapsed()));
     Ok(())
 }
 

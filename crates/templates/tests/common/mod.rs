@@ -83,6 +83,20 @@ pub fn ansible_playbook(scratch: &Path) -> Command {
     cmd
 }
 
+/// `$ORCH_SDK_VENV/bin/zizmor` (PyPI), the GitHub Actions security linter, offline (no GitHub API
+/// calls) with its default persona.
+pub fn zizmor() -> Command {
+    let bin = venv().join("bin/zizmor");
+    if !bin.is_file() {
+        missing("zizmor (PyPI)", &bin);
+    }
+    let mut cmd = Command::new(bin);
+    cmd.args(["--offline", "--no-progress", "--format", "plain"])
+        .env_remove("GH_TOKEN")
+        .env_remove("GITHUB_TOKEN");
+    cmd
+}
+
 /// The venv's Python, which has PyYAML (a dependency of ansible-core).
 pub fn venv_python() -> Command {
     let bin = venv().join("bin/python");
