@@ -80,13 +80,61 @@ pub(crate) async fn connect(
 }
 
 /// A gRPC failure: the code, the message, and the structured details if the service sent any.
+/// A timestamp as RFC 3339 to the second (`-` when absent).
+pub(crate) fn when(t: Option<prost_types::Timestamp>) -> String {
+    t.map_or_else(
+        || "-".to_owned(),
+        |mut t| {
+            t.nanos = 0;
+            t.to_string()
+        },
+    )
+}
+
+/// Whether calling again with the same request id can resume what a failed call left: only after
+/// a failure that may have come after something was recorded (a dependency down, a timeout, a
+/// conflict). A refused request (invalid, forbidden, not found, a precondition) created nothing.
+pub(crate) fn resumable(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::Internal
+            | Code::Unknown
+            | Code::Cancelled
+    )
+}
+
 pub(crate) fn status_error(what: &str, status: &tonic::Status) -> anyhow::Error {
-    let mut text = format!(
-        "{what} failed: {}: {}",
-        code_name(status.code()),
-        status.message()
-    );
+    status_error_naming(what, status, |field| format!("field {field}"))
+}
+
+/// [`status_error`], with each field violation's field shown as `name_field` says: a request
+/// built from a file can point at the file's line instead of `secrets[3].name`.
+pub(crate) fn status_error_naming(
+    what: &str,
+    status: &tonic::Status,
+    name_field: impl Fn(&str) -> String,
+) -> anyhow::Error {
     let details = status.get_error_details();
+    // With field violations, each follows on its own line (named as the caller knows it): the
+    // message, which joins them with their raw field paths, would only repeat them.
+    let mut text = match details.bad_request() {
+        Some(bad) if !bad.field_violations.is_empty() => {
+            let more = status
+                .message()
+                .rsplit_once("; and ")
+                .map_or(String::new(), |(_, n)| format!(" ({n} not listed)"));
+            format!("{what} failed: {}{more}", code_name(status.code()))
+        }
+        _ => format!(
+            "{what} failed: {}: {}",
+            code_name(status.code()),
+            status.message()
+        ),
+    };
     if let Some(info) = details.error_info() {
         text.push_str(&format!(
             "\n  reason: {} (domain {})",
@@ -101,8 +149,9 @@ pub(crate) fn status_error(what: &str, status: &tonic::Status) -> anyhow::Error 
     if let Some(bad) = details.bad_request() {
         for violation in &bad.field_violations {
             text.push_str(&format!(
-                "\n  field {}: {}",
-                violation.field, violation.description
+                "\n  {}: {}",
+                name_field(&violation.field),
+                violation.description
             ));
         }
     }

@@ -10,7 +10,7 @@ use orchestrator_proto::scaffolder::v1 as pb;
 use orchestrator_proto::scaffolder::v1::scaffolder_service_client::ScaffolderServiceClient;
 use tonic::transport::Channel;
 
-use crate::conn::{MeshArgs, status_error};
+use crate::conn::{MeshArgs, resumable, status_error};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ProjectCommand {
@@ -162,9 +162,9 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
             );
             crate::secrets::parse_dotenv(&text)?
                 .into_iter()
-                .map(|(name, value)| common::ProjectSecretValue {
-                    name,
-                    value: value.to_vec(),
+                .map(|e| common::ProjectSecretValue {
+                    name: e.name,
+                    value: e.value.to_vec(),
                 })
                 .collect()
         }
@@ -191,10 +191,13 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         })
         .await
         .map_err(|s| {
-            anyhow::anyhow!(
-                "{:#}\n  (retry with --request-id {request_id} to resume)",
-                status_error("CreateProject", &s)
-            )
+            let error = status_error("CreateProject", &s);
+            // Only where something may have been recorded: a refusal created nothing to resume.
+            if resumable(s.code()) {
+                anyhow::anyhow!("{error:#}\n  (retry with --request-id {request_id} to resume)")
+            } else {
+                error
+            }
         })?
         .into_inner();
     let project = response.project.context("no project in the answer")?;

@@ -15,7 +15,7 @@ use orchestrator_proto::secretbroker::v1::secret_broker_service_client::SecretBr
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
-use crate::conn::{MeshArgs, status_error};
+use crate::conn::{MeshArgs, status_error, status_error_naming, when};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum SecretsCommand {
@@ -108,11 +108,20 @@ async fn set(args: SetArgs) -> anyhow::Result<()> {
     let entries = parse_dotenv(&text)?;
     anyhow::ensure!(!entries.is_empty(), "no NAME=value lines found");
     let n = entries.len();
+    let source = args
+        .from_env_file
+        .as_ref()
+        .map_or_else(|| "stdin".to_owned(), |p| p.display().to_string());
+    // Where each secret came from, to name it in a refusal: `BAD-NAME (line 3 of .env)`.
+    let origins: Vec<String> = entries
+        .iter()
+        .map(|e| format!("secret {} (line {} of {source})", e.name, e.line))
+        .collect();
     let secrets: Vec<common::ProjectSecretValue> = entries
         .into_iter()
-        .map(|(name, value)| common::ProjectSecretValue {
-            name,
-            value: value.to_vec(),
+        .map(|e| common::ProjectSecretValue {
+            name: e.name,
+            value: e.value.to_vec(),
         })
         .collect();
     let request_id = args.request_id.clone().unwrap_or_else(random_id);
@@ -140,7 +149,11 @@ async fn set(args: SetArgs) -> anyhow::Result<()> {
     };
     eprintln!();
     let results = response
-        .map_err(|s| status_error("SetProjectSecrets", &s))?
+        .map_err(|s| {
+            status_error_naming("SetProjectSecrets", &s, |field| {
+                secret_field(field, &origins).unwrap_or_else(|| format!("field {field}"))
+            })
+        })?
         .into_inner()
         .results;
     let mut failed = 0;
@@ -193,10 +206,7 @@ async fn list(args: ProjectArgs) -> anyhow::Result<()> {
         for s in &page.secrets {
             let presence = common::SecretPresence::try_from(s.presence)
                 .map_or("?".to_owned(), |p| format!("{p:?}").to_lowercase());
-            let updated = s
-                .github_update_time
-                .as_ref()
-                .map_or("-".to_owned(), |t| t.seconds.to_string());
+            let updated = when(s.github_update_time);
             println!(
                 "{:<32} {:<9} {:<22} {}",
                 s.name, presence, updated, s.written_by
@@ -237,14 +247,33 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `secrets[i].name` or `.value` as the secret and line it came from (`origins[i]`).
+fn secret_field(field: &str, origins: &[String]) -> Option<String> {
+    let rest = field.strip_prefix("secrets[")?;
+    let (index, part) = rest.split_once("].")?;
+    let origin = origins.get(index.parse::<usize>().ok()?)?;
+    Some(match part {
+        "name" => origin.clone(),
+        other => format!("{origin}, its {other}"),
+    })
+}
+
 /// A request id: 16 random bytes as hex.
 pub(crate) fn random_id() -> String {
     orchestrator_store::random_hex(16)
 }
 
+/// One `NAME=value` of a dotenv file, with the line it starts on (1-based).
+#[derive(Debug)]
+pub(crate) struct DotenvEntry {
+    pub(crate) name: String,
+    pub(crate) value: Zeroizing<Vec<u8>>,
+    pub(crate) line: usize,
+}
+
 /// Parses dotenv text: `NAME=value`, optional `export `, `#` comments, and values in double
 /// quotes (with `\n`, `\"`, `\\` escapes) or single quotes (literal), which may span lines.
-pub(crate) fn parse_dotenv(text: &str) -> anyhow::Result<Vec<(String, Zeroizing<Vec<u8>>)>> {
+pub(crate) fn parse_dotenv(text: &str) -> anyhow::Result<Vec<DotenvEntry>> {
     let mut out = Vec::new();
     let mut lines = text.lines().enumerate();
     while let Some((n, line)) = lines.next() {
@@ -296,7 +325,11 @@ pub(crate) fn parse_dotenv(text: &str) -> anyhow::Result<Vec<(String, Zeroizing<
         } else {
             value.extend_from_slice(rest.trim_end().as_bytes());
         }
-        out.push((name, value));
+        out.push(DotenvEntry {
+            name,
+            value,
+            line: n + 1,
+        });
     }
     Ok(out)
 }
@@ -327,8 +360,10 @@ mod tests {
         let parsed = parse_dotenv(text).unwrap();
         let as_str: Vec<(String, String)> = parsed
             .iter()
-            .map(|(n, v)| (n.clone(), String::from_utf8(v.to_vec()).unwrap()))
+            .map(|e| (e.name.clone(), String::from_utf8(e.value.to_vec()).unwrap()))
             .collect();
+        let lines: Vec<usize> = parsed.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [2, 3, 4, 8]);
         assert_eq!(
             as_str,
             vec![
@@ -342,6 +377,17 @@ mod tests {
             ]
         );
         assert!(parse_dotenv("X='never closed\n").is_err());
+        let origins = vec!["secret A (line 2 of .env)".to_owned()];
+        assert_eq!(
+            secret_field("secrets[0].name", &origins).unwrap(),
+            origins[0]
+        );
+        assert_eq!(
+            secret_field("secrets[0].value", &origins).unwrap(),
+            "secret A (line 2 of .env), its value"
+        );
+        assert!(secret_field("secrets[7].name", &origins).is_none());
+        assert!(secret_field("request_id", &origins).is_none());
         assert!(parse_dotenv("no equals sign").is_err());
     }
 }

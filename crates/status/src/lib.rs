@@ -204,6 +204,8 @@ pub fn with_reason(
 }
 
 /// A status with one `ErrorInfo` of `domain` (the mesh's own refusals use their own domain).
+/// The message ends with `[REASON]` too: tools that cannot decode the details (buf curl prints
+/// them as base64) still show the reason a client would branch on.
 pub fn with_domain_reason(
     code: Code,
     domain: &str,
@@ -215,6 +217,13 @@ pub fn with_domain_reason(
         .iter()
         .map(|(k, v)| ((*k).to_owned(), v.clone()))
         .collect();
+    let message = message.into();
+    let suffix = format!("[{reason}]");
+    let message = if message.ends_with(&suffix) {
+        message
+    } else {
+        format!("{message} {suffix}")
+    };
     Status::with_error_details(
         code,
         message,
@@ -332,6 +341,7 @@ mod tests {
         );
         let (reason, metadata) = reason_of(&status).unwrap();
         assert_eq!(reason, "QUOTA");
+        assert_eq!(status.message(), "full [QUOTA]");
         assert_eq!(metadata["n"], "1");
         assert!(reason_of(&Status::internal("x")).is_none());
     }
