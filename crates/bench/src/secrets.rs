@@ -90,7 +90,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .filter(|r| r.outcome == common::SecretWriteOutcome::Created as i32)
         .count();
-    let floor = interval * args.secrets as u32;
+    // The broker spaces writes from the end of one PUT to the start of the next (GitHub counts
+    // arrivals, and a write arrives before it ends): each write costs the interval plus its own
+    // round trip, at the least.
+    let floor = (interval + latency) * args.secrets as u32;
     println!(
         "secrets: {} secrets to one repository, minimum write interval {:?}, added latency {:?}",
         args.secrets, interval, latency
