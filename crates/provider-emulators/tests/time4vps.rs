@@ -88,7 +88,8 @@ async fn servers_and_oses() {
     let list = json(t.req(Method::GET, "/server", None).await).await;
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 2);
-    assert_eq!(list[0]["id"], 101);
+    // The list names the id `server_id`; the details name it `id`.
+    assert_eq!(list[0]["server_id"], 101);
     assert_eq!(list[0]["ip"], "203.0.113.10");
     let one = json(t.req(Method::GET, "/server/102", None).await).await;
     assert_eq!(one["ip"], "203.0.113.11");
@@ -131,7 +132,11 @@ async fn reinstall_then_poll_the_task() {
     assert_eq!(pending["results"], "");
     assert!(!pending["activated"].as_str().unwrap().is_empty());
     let details = json(t.req(Method::GET, "/server/101", None).await).await;
-    assert_eq!(details["active_task"], "reinstall");
+    // The running task is an object (null when idle); listed tasks carry no id.
+    assert_eq!(details["active_task"]["name"], "Reinstall OS");
+    assert_eq!(details["active_task"]["completed"], "");
+    assert_eq!(details["last_tasks"][0]["name"], "Reinstall OS");
+    assert!(details["last_tasks"][0].get("id").is_none());
     assert_eq!(details["os"], "kvm-ubuntu-24.04-gpt-x86_64");
     // One reinstall at a time.
     let again = t
@@ -148,8 +153,11 @@ async fn reinstall_then_poll_the_task() {
         (v["completed"] != "").then_some(v)
     })
     .await;
-    // `YYYY-MM-DD HH:MM:SS`
-    assert_eq!(done["completed"].as_str().unwrap().len(), 19);
+    // ISO 8601 with the offset: `2026-11-30T05:20:00+00:00`.
+    let completed = done["completed"].as_str().unwrap();
+    assert_eq!(completed.len(), 25, "{completed}");
+    assert_eq!(&completed[10..11], "T");
+    assert!(completed.ends_with("+00:00"), "{completed}");
     assert!(!done["assigned"].as_str().unwrap().is_empty());
     assert!(!done["results"].as_str().unwrap().is_empty());
     let details = json(t.req(Method::GET, "/server/101", None).await).await;

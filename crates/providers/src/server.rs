@@ -140,10 +140,11 @@ impl Time4Vps {
     /// runs on it.
     async fn reinstall_idle(&self, spec: &ServerSpec) -> Result<Started, ProviderError> {
         let id = numeric("Time4VPS", &spec.existing)?;
+        // Never a reinstall over a running task: wait (the caller retries) until it ends.
         if let Some(task) = self.server(id).await?.active_task {
             return Err(ProviderError::Unavailable {
                 provider: "Time4VPS",
-                reason: format!("server {id} is busy with task {task}; waiting for it to end"),
+                reason: format!("server {id} is busy ({task}); waiting for it to end"),
             });
         }
         let task = self.reinstall(id, &spec.image, &spec.root_key).await?;

@@ -20,8 +20,29 @@ pub struct Time4VpsServer {
     pub id: u64,
     pub ip: String,
     pub os: String,
-    /// A task still running on it (a reinstall someone, perhaps we, already started).
-    pub active_task: Option<u64>,
+    /// The name of the task running on it (a reinstall someone, perhaps we, already started,
+    /// or a reboot...): the billing system runs one task at a time, so the server is busy.
+    pub active_task: Option<String>,
+}
+
+/// The task the details' `active_task` describes: an object (`{"name": "Reinstall OS",
+/// "activated": ..., "completed": ""}`) while a task runs, null when idle. Anything else that
+/// is not null (an older shape) still means busy: starting a reinstall over a running task is
+/// the one mistake to avoid.
+fn active_task(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::Null => None,
+        serde_json::Value::Object(task) => Some(
+            task.get("name")
+                .and_then(|n| n.as_str())
+                .filter(|n| !n.is_empty())
+                .unwrap_or("a task")
+                .to_owned(),
+        ),
+        serde_json::Value::String(name) if !name.is_empty() => Some(name.clone()),
+        serde_json::Value::String(_) | serde_json::Value::Bool(false) => None,
+        _ => Some("a task".to_owned()),
+    }
 }
 
 /// Time4VPS errors are `{"error": ["wronglogin"]}`-shaped.
@@ -87,12 +108,7 @@ impl Time4Vps {
             id,
             ip: body["ip"].as_str().unwrap_or_default().to_owned(),
             os: body["os"].as_str().unwrap_or_default().to_owned(),
-            active_task: body["last_tasks"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|t| t["completed"].as_str().is_none_or(str::is_empty))
-                .and_then(|t| t["id"].as_u64()),
+            active_task: active_task(&body["active_task"]),
         })
     }
 
@@ -147,5 +163,26 @@ impl Time4Vps {
             }
             tokio::time::sleep(poll).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::active_task;
+
+    #[test]
+    fn a_running_task_is_an_object_and_idle_is_null() {
+        let running = json!({"name": "Reboot", "activated": "2026-11-30T05:20:00+00:00",
+            "assigned": "", "completed": "", "results": ""});
+        assert_eq!(active_task(&running).as_deref(), Some("Reboot"));
+        assert_eq!(active_task(&json!(null)), None);
+        assert_eq!(active_task(&json!({})).as_deref(), Some("a task"));
+        assert_eq!(
+            active_task(&json!("reinstall")).as_deref(),
+            Some("reinstall")
+        );
+        assert_eq!(active_task(&json!(7_000_001)).as_deref(), Some("a task"));
     }
 }

@@ -318,3 +318,54 @@ async fn both_providers_behind_one_trait() {
     assert!(time4vps.release("101", &spec).await.unwrap());
     assert_eq!(servers.reinstalls(101).len(), 2);
 }
+
+/// A server busy with a task that is not ours (a reboot someone started in the panel) is never
+/// reinstalled over: the real API shows the running task as an `active_task` object, and the
+/// client waits (a retryable refusal) until it ends.
+#[tokio::test]
+async fn a_time4vps_server_busy_with_another_task_is_waited_for() {
+    init();
+    let servers = emu::Time4Vps::start(emu::T4Config {
+        user: "acct".into(),
+        password: "pw".into(),
+        servers: vec![(101, "203.0.113.10".into())],
+        task_after: Duration::from_millis(400),
+        ..emu::T4Config::default()
+    })
+    .await
+    .unwrap();
+    let reboot = reqwest::Client::new()
+        .post(format!("{}/api/server/101/reboot", servers.url()))
+        .basic_auth("acct", Some("pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reboot.status(), 200);
+
+    let time4vps = Time4Vps::new(&servers.url(), "acct", token("pw"), retry()).unwrap();
+    assert_eq!(
+        time4vps.server(101).await.unwrap().active_task.as_deref(),
+        Some("Reboot")
+    );
+    let spec = ServerSpec {
+        existing: "101".into(),
+        image: "kvm-debian-12-gpt-x86_64".into(),
+        root_key: orchestrator_deploy_keys_like_key(),
+        ..ServerSpec::default()
+    };
+    let busy = time4vps.start(&spec).await.unwrap_err();
+    assert!(
+        matches!(&busy, ProviderError::Unavailable { reason, .. } if reason.contains("Reboot")),
+        "{busy}"
+    );
+    assert_eq!(
+        servers.reinstalls(101).len(),
+        0,
+        "nothing started over the reboot"
+    );
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(time4vps.server(101).await.unwrap().active_task, None);
+    assert!(time4vps.start(&spec).await.unwrap().task.is_some());
+    assert_eq!(servers.reinstalls(101).len(), 1);
+}

@@ -1,14 +1,28 @@
 //! Time4VPS's billing API (`/api/...`, HTTP Basic): servers bought in advance, reinstalled
 //! with a deploy key and polled through their task.
 //!
+//! What it models, following the API reference at <https://billing.time4vps.com/api/> and the
+//! official PHP client (github.com/time4vps/time4vps-lib, `src/API/Server.php`):
+//! - `GET /api/server`: the account's servers, each named by `server_id` (the details use `id`).
+//! - `GET /api/server/{id}`: `ip`, `os`, `active_task` (the running task as an object — `name`,
+//!   `activated`, `assigned`, `completed`, `results` — or null when idle: the one field that
+//!   tells a busy server), and `last_tasks` (the same objects, newest first, without task ids).
+//! - `POST /api/server/{id}/reinstall {os, ssh_key?, script?}` -> `{task_id}`: wipes the server;
+//!   the IP stays, the OS becomes the requested one when its task completes, `task_after` after
+//!   the request. `POST /api/server/{id}/reboot` -> `{task_id}`: a task of its own. One task at
+//!   a time: another request while one runs is refused (`Server has an active task`).
+//! - `GET /api/server/{id}/task/{task_id}`: the task; dates are ISO 8601 with the offset
+//!   (`2026-11-30T05:20:00+00:00`), empty strings until reached; `Invalid task ID` otherwise.
+//! - `GET /api/server/{id}/oses`, `GET /api/scripts`.
 //! - Every error is a JSON body with an `error` list; bad credentials are
-//!   `401 {"error": ["wronglogin"]}` (Time4VPS documents no status codes; these are ours).
-//! - A reinstall wipes the server: the IP stays, the OS becomes the requested one when its task
-//!   completes, `task_after` after the request. While it runs the task's `completed` is empty
-//!   and a second reinstall is refused.
+//!   `401 {"error": ["wronglogin"]}` (Time4VPS documents no status codes; these are ours), and
+//!   a request window per account.
+//!
+//! What it does not model: ordering new servers (`POST /order/...`, a billing purchase), the
+//! other server actions (rename, PTR, firewall, web console), graphs and history.
 //!
 //! Modules: `state` (servers, tasks), `gate` (HTTP Basic, the window), `error`, `servers`
-//! (the reads) and `reinstall`.
+//! (the reads) and `reinstall` (reinstall and reboot).
 
 mod error;
 mod gate;
@@ -154,8 +168,11 @@ impl Time4Vps {
                 id: s.id,
                 ip: s.ip.clone(),
                 os: self.state.os(s, now),
-                reinstalling: self.state.active(s, now).is_some(),
-                reinstalls: s.tasks.len(),
+                reinstalling: self
+                    .state
+                    .active(s, now)
+                    .is_some_and(|t| t.reinstall.is_some()),
+                reinstalls: s.tasks.iter().filter(|t| t.reinstall.is_some()).count(),
             })
             .collect()
     }
@@ -166,8 +183,9 @@ impl Time4Vps {
             .iter()
             .find(|s| s.id == id)?
             .tasks
-            .last()
-            .map(|t| t.reinstall.clone())
+            .iter()
+            .rev()
+            .find_map(|t| t.reinstall.clone())
     }
 
     /// Server `id`'s host key (OpenSSH public line) since its last reinstall, with hosts.
@@ -193,7 +211,7 @@ impl Time4Vps {
         lock(&self.state.servers)
             .iter()
             .find(|s| s.id == id)
-            .map(|s| s.tasks.iter().map(|t| t.reinstall.clone()).collect())
+            .map(|s| s.tasks.iter().filter_map(|t| t.reinstall.clone()).collect())
             .unwrap_or_default()
     }
 }
@@ -203,6 +221,7 @@ fn router(state: Arc<T4State>) -> Router {
         .route("/api/server", get(servers::list))
         .route("/api/server/{id}", get(servers::get))
         .route("/api/server/{id}/reinstall", post(reinstall::reinstall))
+        .route("/api/server/{id}/reboot", post(reinstall::reboot))
         .route("/api/server/{id}/task/{task_id}", get(servers::task))
         .route("/api/server/{id}/oses", get(servers::oses))
         .route("/api/scripts", get(servers::scripts))

@@ -9,11 +9,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 
 use super::ReinstallRecord;
 use super::error::{T4Error, parse_id};
-use super::state::{T4State, Task, server_mut};
+use super::state::{T4State, server_mut};
 use crate::core::{self, lock};
 use crate::host;
 use crate::keys::PublicKey;
@@ -58,11 +57,6 @@ pub(super) async fn reinstall(
     if s.active(srv, now).is_some() {
         return Err(T4Error::bad("Server has an active task"));
     }
-    let task_id = {
-        let mut next = lock(&s.next_task);
-        *next += 1;
-        *next
-    };
     // The reinstall wipes the server: the old SSH side goes now, the new one answers when the
     // task completes, with root's key from the request and a host key nobody knew before.
     srv.host = None;
@@ -88,17 +82,29 @@ pub(super) async fn reinstall(
             .inspect_err(|e| tracing::warn!(error = %e, "server could not boot"))
             .ok();
     }
-    srv.tasks.push(Task {
-        id: task_id,
-        name: "reinstall",
-        requested: now,
-        requested_at: OffsetDateTime::now_utc(),
-        reinstall: ReinstallRecord {
-            task_id,
-            os,
-            ssh_key,
-            script,
-        },
-    });
+    let reinstall = ReinstallRecord {
+        task_id: 0,
+        os,
+        ssh_key,
+        script,
+    };
+    let task_id = s.start_task(srv, "Reinstall OS", Some(reinstall), now);
+    Ok(core::json(StatusCode::OK, json!({"task_id": task_id})))
+}
+
+/// `POST /api/server/{id}/reboot`: a task of its own (the server is busy while it runs); the
+/// server keeps its OS and its SSH side.
+pub(super) async fn reboot(
+    State(s): State<Arc<T4State>>,
+    Path(id): Path<String>,
+) -> Result<Response, T4Error> {
+    let id = parse_id(&id)?;
+    let now = Instant::now();
+    let mut servers = lock(&s.servers);
+    let srv = server_mut(&mut servers, id)?;
+    if s.active(srv, now).is_some() {
+        return Err(T4Error::bad("Server has an active task"));
+    }
+    let task_id = s.start_task(srv, "Reboot", None, now);
     Ok(core::json(StatusCode::OK, json!({"task_id": task_id})))
 }

@@ -14,10 +14,11 @@ use super::error::{T4Error, parse_id};
 use super::state::{Server, T4State, Task, server};
 use crate::core::{self, lock};
 
-/// `YYYY-MM-DD HH:MM:SS` (UTC), as the billing system writes dates.
+/// ISO 8601 with the offset (`2026-11-30T05:20:00+00:00`), as the API writes dates; a date
+/// not reached yet is an empty string.
 fn stamp(t: OffsetDateTime) -> String {
     format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}+00:00",
         t.year(),
         u8::from(t.month()),
         t.day(),
@@ -33,18 +34,25 @@ fn task_json(s: &T4State, t: &Task, now: Instant) -> Value {
     // Assigned to a worker halfway through.
     let assigned = now.saturating_duration_since(t.requested) >= task_after / 2;
     let at = |d: Duration| stamp(t.requested_at + d);
+    let results = match (&t.reinstall, done) {
+        (_, false) => String::new(),
+        (Some(r), true) => format!("Server reinstalled with {}", r.os),
+        (None, true) => "Server rebooted".to_owned(),
+    };
     json!({
         "name": t.name,
         "activated": at(Duration::ZERO),
         "assigned": if assigned || done { at(task_after / 2) } else { String::new() },
         "completed": if done { at(task_after) } else { String::new() },
-        "results": if done { format!("Server reinstalled with {}", t.reinstall.os) } else { String::new() },
+        "results": results,
     })
 }
 
 fn server_json(s: &T4State, srv: &Server, now: Instant, details: bool) -> Value {
+    // The list and the details name the id differently, as the real API does.
+    let id_field = if details { "id" } else { "server_id" };
     let mut v = json!({
-        "id": srv.id,
+        id_field: srv.id,
         "domain": format!("server{}.time4vps.test", srv.id),
         "ip": srv.ip,
         "status": "Active",
@@ -52,26 +60,23 @@ fn server_json(s: &T4State, srv: &Server, now: Instant, details: bool) -> Value 
         "os": s.os(srv, now),
     });
     if details {
+        // Tasks as the API lists them: name, dates and results; no task id.
         let last: Vec<Value> = srv
             .tasks
             .iter()
             .rev()
             .take(5)
-            .map(|t| {
-                let mut j = task_json(s, t, now);
-                j["id"] = json!(t.id);
-                j
-            })
+            .map(|t| task_json(s, t, now))
             .collect();
         v["label"] = json!(format!("server{}", srv.id));
         v["additional_ip"] = json!([]);
         v["cpu_cores"] = json!(2);
         v["ram_limit"] = json!(4096);
         v["disk_limit"] = json!(81920);
-        v["active_task"] = match s.active(srv, now) {
-            Some(_) => json!("reinstall"),
-            None => Value::Null,
-        };
+        // The running task as an object (null when idle): what tells a busy server.
+        v["active_task"] = s
+            .active(srv, now)
+            .map_or(Value::Null, |t| task_json(s, t, now));
         v["last_tasks"] = json!(last);
     }
     v

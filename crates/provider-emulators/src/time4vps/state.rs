@@ -14,11 +14,12 @@ use crate::host::Host;
 #[derive(Debug)]
 pub(super) struct Task {
     pub(super) id: u64,
+    /// As the billing system names it: `Reinstall OS`, `Reboot`.
     pub(super) name: &'static str,
     pub(super) requested: Instant,
     pub(super) requested_at: OffsetDateTime,
-    /// The reinstall behind it.
-    pub(super) reinstall: ReinstallRecord,
+    /// The reinstall behind it, for a reinstall task.
+    pub(super) reinstall: Option<ReinstallRecord>,
 }
 
 #[derive(Debug)]
@@ -50,12 +51,38 @@ impl T4State {
         s.tasks
             .iter()
             .rev()
-            .find(|t| self.done(t, now))
-            .map_or_else(|| s.initial_os.clone(), |t| t.reinstall.os.clone())
+            .filter(|t| self.done(t, now))
+            .find_map(|t| t.reinstall.as_ref())
+            .map_or_else(|| s.initial_os.clone(), |r| r.os.clone())
     }
 
-    pub(super) fn active(&self, s: &Server, now: Instant) -> Option<u64> {
-        s.tasks.iter().find(|t| !self.done(t, now)).map(|t| t.id)
+    /// The task running on `s`, if any (the billing system runs one at a time).
+    pub(super) fn active<'s>(&self, s: &'s Server, now: Instant) -> Option<&'s Task> {
+        s.tasks.iter().find(|t| !self.done(t, now))
+    }
+
+    /// Starts a task named `name` on `srv` (the caller checked that none runs) and returns its
+    /// id.
+    pub(super) fn start_task(
+        &self,
+        srv: &mut Server,
+        name: &'static str,
+        reinstall: Option<ReinstallRecord>,
+        now: Instant,
+    ) -> u64 {
+        let id = {
+            let mut next = crate::core::lock(&self.next_task);
+            *next += 1;
+            *next
+        };
+        srv.tasks.push(Task {
+            id,
+            name,
+            requested: now,
+            requested_at: OffsetDateTime::now_utc(),
+            reinstall: reinstall.map(|r| ReinstallRecord { task_id: id, ..r }),
+        });
+        id
     }
 }
 
