@@ -228,14 +228,30 @@ impl DigitalOcean {
 
     /// Deletes a droplet; `false` when it was already gone (404).
     pub async fn delete_droplet(&self, id: u64) -> Result<bool, ProviderError> {
-        let answer = self
-            .http
-            .send(Method::DELETE, &format!("/v2/droplets/{id}"), None, true)
-            .await?;
-        match answer.status.as_u16() {
-            404 => Ok(false),
-            s if (200..300).contains(&s) => Ok(true),
-            _ => Err(error(&answer)),
+        let started = std::time::Instant::now();
+        let mut wait = self.http.retry.base_backoff;
+        loop {
+            let answer = self
+                .http
+                .send(Method::DELETE, &format!("/v2/droplets/{id}"), None, true)
+                .await?;
+            match answer.status.as_u16() {
+                404 => return Ok(false),
+                s if (200..300).contains(&s) => return Ok(true),
+                // Right after a create (or any action) DigitalOcean refuses the delete with 422
+                // "Droplet already has a pending event": wait for the action, then again.
+                422 if pending_event(&answer) => {
+                    if started.elapsed() + wait > self.http.retry.deadline {
+                        return Err(ProviderError::Unavailable {
+                            provider: P,
+                            reason: format!("droplet {id} still has a pending event"),
+                        });
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                }
+                _ => return Err(error(&answer)),
+            }
         }
     }
 
@@ -282,4 +298,11 @@ impl DigitalOcean {
             .and_then(|k| k["id"].as_u64())
             .ok_or_else(|| error(&answer))
     }
+}
+
+/// A 422 that means "an action is still running on it", not a refusal of the request.
+fn pending_event(answer: &Answer) -> bool {
+    answer.body["message"]
+        .as_str()
+        .is_some_and(|m| m.to_ascii_lowercase().contains("pending event"))
 }

@@ -369,3 +369,21 @@ async fn a_time4vps_server_busy_with_another_task_is_waited_for() {
     assert!(time4vps.start(&spec).await.unwrap().task.is_some());
     assert_eq!(servers.reinstalls(101).len(), 1);
 }
+
+/// DigitalOcean refuses to delete a droplet while its create action runs (422 "Droplet already
+/// has a pending event"); the client waits for the action and deletes it then.
+#[tokio::test]
+async fn a_delete_right_after_the_create_waits_for_the_pending_event() {
+    init();
+    let server = emu::DigitalOcean::start(emu::DoConfig {
+        tokens: vec!["do-token".into()],
+        active_after: Duration::from_millis(400),
+        ..emu::DoConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = DigitalOcean::new(&server.url(), token("do-token"), retry()).unwrap();
+    let created = client.create_droplet(&spec("op-43")).await.unwrap();
+    assert!(client.delete_droplet(created.id).await.unwrap());
+    assert!(server.live_droplets().is_empty());
+}

@@ -169,10 +169,18 @@ pub(super) async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, DoError> {
     let id = parse_id(&id)?;
-    lock(&s.world)
+    let now = Instant::now();
+    let mut world = lock(&s.world);
+    let droplet = world
         .live_droplet_mut(&token, id)
-        .ok_or_else(DoError::not_found)?
-        .delete();
+        .ok_or_else(DoError::not_found)?;
+    // While its create action runs, DigitalOcean refuses to delete it (a retry later works).
+    if now.saturating_duration_since(droplet.created) < s.config.active_after {
+        return Err(DoError::unprocessable(
+            "Droplet already has a pending event.",
+        ));
+    }
+    droplet.delete();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -4,6 +4,9 @@
 //! - A droplet is `new` until `active_after`, then `active` with only a private address; its
 //!   public IPv4 appears `address_after` later. The first `transient_404_polls` GETs of a fresh
 //!   droplet answer 404 (capacity placement), though listing shows it.
+//! - `DELETE /v2/droplets/{id}` while its create action runs (before `active_after`) is 422
+//!   "Droplet already has a pending event." (as DigitalOcean answers; a later retry works), then
+//!   204, then 404.
 //! - Each token is its own account (droplets, keys, actions).
 //! - Limits per token: `rate_limit_per_hour` (the headers), `rate_limit_per_minute`, and
 //!   `key_list_limit_per_minute` for `GET /v2/account/keys`; over any, 429 with `retry-after`.
