@@ -267,6 +267,40 @@ async fn github_rules_are_checked_before_any_call() {
     );
 }
 
+/// The broker's message limit fits its largest valid request (100 secrets of 48 KiB) and
+/// nothing much larger: a bigger message is refused before it is buffered or decoded.
+#[tokio::test]
+async fn the_largest_valid_request_fits_and_a_larger_message_is_refused_unread() {
+    let mesh = start(Config::default(), &[]).await;
+    let mut api = mesh.broker_as("api").await;
+    let value = vec![b'x'; 48 * 1024];
+    let names: Vec<String> = (0..110).map(|i| format!("S{i}")).collect();
+    let pairs = |n: usize| -> Vec<(&str, &[u8])> {
+        names[..n]
+            .iter()
+            .map(|n| (n.as_str(), &value[..]))
+            .collect()
+    };
+    // 100 full values and one bad name: decoded and validated (INVALID_ARGUMENT, not a size
+    // refusal), so the limit takes the largest request there is.
+    let mut largest = pairs(100);
+    largest[99].0 = "bad name";
+    let err = api
+        .set_project_secrets(secrets("big", &largest))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert_eq!(violated_fields(&err), ["secrets[99].name"]);
+    // 110 values (5.4 MB): refused on the length prefix, before the broker reads it.
+    let err = api
+        .set_project_secrets(secrets("bigger", &pairs(110)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{}", err.message());
+    assert!(err.message().contains("too large"), "{}", err.message());
+    assert!(mesh.github().secret_names(ORG, "app1").is_empty());
+}
+
 #[tokio::test]
 async fn deletes_never_touch_foreign_secrets_and_reconcile_reports_drift() {
     let mesh = start(Config::default(), &[]).await;

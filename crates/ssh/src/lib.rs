@@ -132,13 +132,21 @@ impl Target {
     }
 }
 
-/// What a command left behind.
+/// How much of each stream [`Session::run`] keeps: a server we do not trust (an app on it may
+/// have replaced the shell's tools) must not be able to fill infra's memory by answering.
+pub const MAX_OUTPUT: usize = 1 << 20;
+
+/// What a command left behind: at most [`MAX_OUTPUT`] bytes of each stream, the first ones of
+/// stdout (what we parse) and the last ones of stderr (where the error is); the rest is read
+/// and dropped, so the command still runs to its end.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Output {
     /// The exit status; `None` if the server sent none (killed by a signal).
     pub status: Option<u32>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// Bytes read past [`MAX_OUTPUT`] and dropped, both streams together.
+    pub dropped: u64,
 }
 
 impl Output {
@@ -154,8 +162,26 @@ impl fmt::Debug for Output {
             .field("status", &self.status)
             .field("stdout_len", &self.stdout.len())
             .field("stderr_len", &self.stderr.len())
+            .field("dropped", &self.dropped)
             .finish()
     }
+}
+
+/// Appends what fits under `cap`; returns how many bytes were dropped.
+fn keep_head(buf: &mut Vec<u8>, data: &[u8], cap: usize) -> u64 {
+    let room = cap.saturating_sub(buf.len()).min(data.len());
+    buf.extend_from_slice(&data[..room]);
+    (data.len() - room) as u64
+}
+
+/// Appends `data` and drops the oldest bytes over `cap`; returns how many were dropped.
+fn keep_tail(buf: &mut Vec<u8>, data: &[u8], cap: usize) -> u64 {
+    let cut = data.len().saturating_sub(cap);
+    let data = &data[cut..];
+    let over = (buf.len() + data.len()).saturating_sub(cap);
+    buf.drain(..over);
+    buf.extend_from_slice(data);
+    (cut + over) as u64
 }
 
 /// Checks the server's host key during the key exchange and remembers what it saw.
@@ -330,12 +356,15 @@ impl Session {
                     status: None,
                     stdout: Vec::new(),
                     stderr: Vec::new(),
+                    dropped: 0,
                 };
                 while let Some(message) = reader.wait().await {
                     match message {
-                        ChannelMsg::Data { data } => output.stdout.extend_from_slice(&data),
+                        ChannelMsg::Data { data } => {
+                            output.dropped += keep_head(&mut output.stdout, &data, MAX_OUTPUT);
+                        }
                         ChannelMsg::ExtendedData { data, .. } => {
-                            output.stderr.extend_from_slice(&data)
+                            output.dropped += keep_tail(&mut output.stderr, &data, MAX_OUTPUT);
                         }
                         ChannelMsg::ExitStatus { exit_status } => output.status = Some(exit_status),
                         _ => {}
@@ -361,5 +390,25 @@ impl Session {
             .handle
             .disconnect(Disconnect::ByApplication, "", "en")
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{keep_head, keep_tail};
+
+    #[test]
+    fn output_keeps_the_head_of_stdout_and_the_tail_of_stderr_within_the_cap() {
+        let (mut head, mut tail) = (Vec::new(), Vec::new());
+        let mut dropped = 0;
+        for chunk in [&b"abc"[..], b"defg", b"hijklmnopq"] {
+            dropped += keep_head(&mut head, chunk, 5);
+            dropped += keep_tail(&mut tail, chunk, 5);
+        }
+        assert_eq!(
+            (head.as_slice(), tail.as_slice()),
+            (&b"abcde"[..], &b"mnopq"[..])
+        );
+        assert_eq!(dropped, 2 * (17 - 5));
     }
 }

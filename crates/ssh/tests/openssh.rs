@@ -253,8 +253,26 @@ async fn large_stdin_echoed_back_does_not_deadlock() {
     let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
     let out = session.run("cat", &data).await.unwrap();
     assert_eq!(out.status, Some(0));
-    assert_eq!(out.stdout.len(), data.len());
-    assert!(out.stdout == data, "cat echoed other bytes");
+    // The answer is read to its end but only its first MAX_OUTPUT bytes are kept: a server
+    // cannot fill infra's memory by talking.
+    assert_eq!(out.stdout.len(), orchestrator_ssh::MAX_OUTPUT);
+    assert!(
+        out.stdout == data[..orchestrator_ssh::MAX_OUTPUT],
+        "cat echoed other bytes"
+    );
+    assert_eq!(
+        out.dropped,
+        (data.len() - orchestrator_ssh::MAX_OUTPUT) as u64
+    );
+    let err = session
+        .run(
+            "head -c 3000000 /dev/zero >&2; echo tail-of-stderr >&2",
+            b"",
+        )
+        .await
+        .unwrap();
+    assert_eq!(err.stderr.len(), orchestrator_ssh::MAX_OUTPUT);
+    assert!(err.stderr.ends_with(b"tail-of-stderr\n"));
     session.close().await;
 }
 

@@ -5,6 +5,7 @@
 //! the audit log) speak the same error language without depending on the mesh.
 
 use std::collections::HashMap;
+use std::ops::RangeInclusive;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -125,6 +126,27 @@ impl Violations {
         if !ok {
             self.add(field, description);
         }
+    }
+
+    /// Checks a repeated field's length against the contract's bounds before any per-item
+    /// work: false (with a violation) when outside, and the caller then skips the items, so a
+    /// request of millions of items costs no more than its length check.
+    pub fn count(
+        &mut self,
+        len: usize,
+        bounds: RangeInclusive<usize>,
+        field: impl Into<String>,
+    ) -> bool {
+        let ok = bounds.contains(&len);
+        if !ok {
+            let (min, max) = (bounds.start(), bounds.end());
+            let wanted = match min {
+                0 => format!("at most {max}"),
+                _ => format!("{min} to {max}"),
+            };
+            self.add(field, format!("{wanted} items (got {len})"));
+        }
+        ok
     }
 
     pub fn is_empty(&self) -> bool {

@@ -2,7 +2,6 @@
 //! record) and run in the background; reads answer from the database.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use orchestrator_mesh::caller;
 use orchestrator_proto::infra::v1::{self as pb, infra_service_server::InfraService};
@@ -18,6 +17,7 @@ use crate::model::{NewOperation, Operation, OperationKind, Server, ServerState, 
 use crate::operation::{self, DESTROY, ROTATE, provision_steps};
 use crate::state::Infra;
 use crate::validate::{self, ProvisionRequest};
+use crate::watch;
 
 /// The gRPC service: a handle on the shared state (background operations hold one too).
 #[derive(Debug, Clone)]
@@ -61,9 +61,10 @@ impl InfraService for Api {
         &self,
         request: Request<pb::WatchOperationRequest>,
     ) -> Result<Response<Self::WatchOperationStream>, Status> {
+        let place = self.0.watchers.enter(&caller(&request)?.to_string())?;
         let first = self.0.operation(&request.into_inner().operation_id).await?;
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(watch(self.0.clone(), first, tx));
+        tokio::spawn(watch::run(self.0.clone(), first, tx, place));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -287,36 +288,4 @@ async fn accept(
             provision.id, server.hostname
         ));
     Ok((provision.id, vec![entry]))
-}
-
-/// Sends `current` and then each change, until the operation ends or the watcher leaves.
-/// Polled from the database: every replica's progress lands there.
-async fn watch(
-    infra: Arc<Infra>,
-    mut current: Operation,
-    tx: mpsc::Sender<Result<pb::WatchOperationResponse, Status>>,
-) {
-    loop {
-        let ended = current.state.has_ended();
-        let update = pb::WatchOperationResponse {
-            operation: Some(current.to_pb()),
-        };
-        if tx.send(Ok(update)).await.is_err() || ended {
-            return;
-        }
-        current = loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            match infra.operation(&current.id).await {
-                Ok(next) if next.updated_us != current.updated_us => break next,
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            }
-            if tx.is_closed() {
-                return;
-            }
-        };
-    }
 }

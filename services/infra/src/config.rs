@@ -25,6 +25,8 @@ pub(crate) struct Settings {
     pub ready_timeout: Duration,
     /// Where servers clone repositories from (`INFRA_GIT_URL`, no trailing slash).
     pub git_url: String,
+    /// The most WatchOperation streams one caller holds open (`INFRA_MAX_WATCHES_PER_CALLER`).
+    pub max_watches_per_caller: usize,
 }
 
 #[derive(Debug)]
@@ -82,6 +84,7 @@ impl Settings {
             git_url: url("INFRA_GIT_URL", "https://github.com")
                 .trim_end_matches('/')
                 .to_owned(),
+            max_watches_per_caller: env.positive("INFRA_MAX_WATCHES_PER_CALLER", 32_usize)?,
         })
     }
 }

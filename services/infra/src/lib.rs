@@ -22,6 +22,10 @@ use orchestrator_store::Dialect;
 use sqlx::migrate::Migrator;
 use tonic::service::Routes;
 
+/// The largest request infra takes: its requests are a few ids and names (tonic's default,
+/// 4 MiB, would let one caller make it buffer 4 MiB per call).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
 mod api;
 mod audit;
 mod config;
@@ -30,6 +34,7 @@ mod model;
 mod operation;
 mod state;
 mod validate;
+mod watch;
 
 /// Infra's own tables (versions from 100; the audit tables come first).
 fn migrations(dialect: Dialect) -> Migrator {
@@ -49,10 +54,13 @@ pub async fn routes(startup: Startup) -> anyhow::Result<Routes> {
         db,
         ledger,
         self_id: startup.self_id(),
+        watchers: watch::Watchers::new(settings.max_watches_per_caller),
         settings,
         peers,
     });
     // Operations a previous process left unfinished resume from their recorded step.
     operation::resume_unfinished(&infra).await?;
-    Ok(Routes::new(InfraServiceServer::new(api::Api(infra))))
+    Ok(Routes::new(
+        InfraServiceServer::new(api::Api(infra)).max_decoding_message_size(MAX_REQUEST_BYTES),
+    ))
 }

@@ -9,6 +9,7 @@ use tonic::transport::Channel;
 use crate::config::{Peers, Settings};
 use crate::db;
 use crate::model::{Operation, Server};
+use crate::watch::Watchers;
 
 /// Infra's state: its database and audit ledger, its settings and its peers.
 #[derive(Debug)]
@@ -19,6 +20,8 @@ pub(crate) struct Infra {
     pub(crate) self_id: String,
     pub(crate) settings: Settings,
     pub(crate) peers: Peers,
+    /// The open WatchOperation streams, bounded per caller.
+    pub(crate) watchers: Watchers,
 }
 
 impl Infra {

@@ -14,6 +14,10 @@ use orchestrator_mesh::Startup;
 use orchestrator_proto::scaffolder::v1::scaffolder_service_server::ScaffolderServiceServer;
 use tonic::service::Routes;
 
+/// The largest request the scaffolder takes: a CreateProject with 100 initial secrets of
+/// 48 KiB (4.7 MiB) and 100 `secrets_ref` entries.
+pub const MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
+
 mod api;
 mod config;
 mod create;
@@ -26,5 +30,7 @@ mod view;
 /// The scaffolder's gRPC routes, once its settings, database and peers are set up.
 pub async fn routes(startup: Startup) -> anyhow::Result<Routes> {
     let scaffolder = state::Scaffolder::start(&startup).await?;
-    Ok(Routes::new(ScaffolderServiceServer::new(scaffolder)))
+    Ok(Routes::new(
+        ScaffolderServiceServer::new(scaffolder).max_decoding_message_size(MAX_REQUEST_BYTES),
+    ))
 }

@@ -16,6 +16,8 @@ use crate::view::View;
 
 /// The largest initial secret value GitHub takes (48 KiB).
 const MAX_SECRET_VALUE: usize = 48 * 1024;
+/// The most `secrets_ref` entries and initial secrets: a repository holds at most 100 secrets.
+const MAX_SECRETS: usize = 100;
 
 /// A CreateProject request: the project to record, and the initial secret values to forward.
 pub(crate) fn create_project(
@@ -100,6 +102,13 @@ fn valid_abstract_key(key: &str) -> bool {
 /// Checks each `secrets_ref` entry; returns the GitHub secret names it targets (upper-cased).
 fn check_secrets_ref(v: &mut Violations, secrets_ref: &common::SecretsRef) -> HashSet<String> {
     let mut github_names = HashSet::new();
+    if !v.count(
+        secrets_ref.entries.len(),
+        0..=MAX_SECRETS,
+        "secrets_ref.entries",
+    ) {
+        return github_names;
+    }
     for (key, target) in &secrets_ref.entries {
         let field = format!("secrets_ref.entries[{key}]");
         v.check(
@@ -147,6 +156,9 @@ fn check_initial_secrets(
     initial: &[common::ProjectSecretValue],
     github_names: &HashSet<String>,
 ) {
+    if !v.count(initial.len(), 0..=MAX_SECRETS, "initial_secrets") {
+        return;
+    }
     let mut seen = HashSet::new();
     for (i, secret) in initial.iter().enumerate() {
         let upper = secret.name.to_ascii_uppercase();

@@ -241,11 +241,9 @@ enum BatchOf {
 
 /// Validates the names and values of a batch: every violation at once.
 fn batch(v: &mut Violations, values: Vec<common::ProjectSecretValue>, of: BatchOf) -> Vec<Secret> {
-    v.check(
-        (1..=MAX_SECRETS).contains(&values.len()),
-        "secrets",
-        "1-100 secrets",
-    );
+    if !v.count(values.len(), 1..=MAX_SECRETS, "secrets") {
+        return Vec::new();
+    }
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(values.len());
     for (i, mut s) in values.into_iter().enumerate() {

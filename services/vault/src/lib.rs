@@ -20,6 +20,10 @@ use orchestrator_mesh::Startup;
 use orchestrator_proto::vault::v1::vault_service_server::VaultServiceServer;
 use tonic::service::Routes;
 
+/// The largest request the vault takes: a PutUserSecret of a 64 KiB value, or a BatchGet of
+/// 100 reads.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
 mod api;
 mod audit;
 mod config;
@@ -49,5 +53,7 @@ pub async fn routes(startup: Startup) -> anyhow::Result<Routes> {
     };
     // Rows left on a demoted key by a crash or another replica are picked up at start.
     tokio::spawn(rewrap::run(vault.clone(), settings.rewrap));
-    Ok(Routes::new(VaultServiceServer::new(vault)))
+    Ok(Routes::new(
+        VaultServiceServer::new(vault).max_decoding_message_size(MAX_REQUEST_BYTES),
+    ))
 }

@@ -11,6 +11,8 @@ use zeroize::Zeroizing;
 const MAX_VALUE: usize = 65_536;
 /// The most reads in one BatchGet.
 const MAX_BATCH: usize = 100;
+/// The most versions one DeleteUserSecret names (a key keeps far fewer: VAULT_KEEP_VERSIONS).
+const MAX_DELETE_VERSIONS: usize = 100;
 /// The longest Put request id, in bytes.
 const MAX_REQUEST_ID: usize = 128;
 
@@ -148,11 +150,9 @@ pub(crate) fn batch_get(
     req: &pb::BatchGetUserSecretsRequest,
 ) -> Result<Vec<SecretVersion>, Status> {
     let mut v = Violations::new();
-    v.check(
-        (1..=MAX_BATCH).contains(&req.requests.len()),
-        "requests",
-        "1-100 requests",
-    );
+    if !v.count(req.requests.len(), 1..=MAX_BATCH, "requests") {
+        return v.finish_with(None);
+    }
     let mut wanted = Vec::with_capacity(req.requests.len().min(MAX_BATCH));
     for (i, r) in req.requests.iter().enumerate() {
         let one = read(
@@ -189,8 +189,10 @@ pub(crate) fn delete(req: pb::DeleteUserSecretRequest) -> Result<DeleteSecret, S
         SecretKey::parse(&req.key).at("key"),
     )
         .split(&mut v);
-    for (i, version) in req.versions.iter().enumerate() {
-        v.check(*version > 0, format!("versions[{i}]"), "must be positive");
+    if v.count(req.versions.len(), 0..=MAX_DELETE_VERSIONS, "versions") {
+        for (i, version) in req.versions.iter().enumerate() {
+            v.check(*version > 0, format!("versions[{i}]"), "must be positive");
+        }
     }
     let (user_id, key) = v.finish_with(name)?;
     Ok(DeleteSecret {
@@ -357,6 +359,10 @@ mod tests {
             fields(delete(bad).unwrap_err()),
             ["key", "versions[0]", "versions[2]"]
         );
+        // Millions of versions are refused on their count, without a look at each one.
+        let huge = delete(req(vec![0; 3_000_000])).unwrap_err();
+        assert_eq!(fields(huge.clone()), ["versions"]);
+        assert!(huge.message().contains("got 3000000"), "{}", huge.message());
     }
 
     #[test]

@@ -277,3 +277,18 @@ fn list_projects_pages_filters_and_defaults_to_basic() {
     .unwrap_err();
     assert_eq!(fields(&status), ["page_token"]);
 }
+
+#[test]
+fn more_than_a_hundred_entries_or_initial_secrets_are_refused_on_their_count() {
+    let many: Vec<(String, common::SecretTarget)> = (0..=MAX_SECRETS)
+        .map(|i| (format!("k{i}"), github(&format!("S{i}"))))
+        .collect();
+    let borrowed: Vec<(&str, common::SecretTarget)> =
+        many.iter().map(|(k, t)| (k.as_str(), t.clone())).collect();
+    let mut req = request(&borrowed);
+    req.initial_secrets = vec![secret("bad name", b""); 100_000];
+    assert_eq!(
+        fields(&create_project(req, "acme").unwrap_err()),
+        ["secrets_ref.entries", "initial_secrets"]
+    );
+}

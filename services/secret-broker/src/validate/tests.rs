@@ -108,6 +108,12 @@ fn a_batch_holds_one_to_a_hundred_secrets() {
         fields(&set_project_secrets(set("r1", "p", over)).unwrap_err()),
         ["secrets"]
     );
+    // Too many is refused on the count alone: no item of a huge batch is looked at.
+    let huge = vec![value("bad name", b""); 200_000];
+    assert_eq!(
+        fields(&set_project_secrets(set("r1", "p", huge)).unwrap_err()),
+        ["secrets"]
+    );
 }
 
 #[test]
