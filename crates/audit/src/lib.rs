@@ -30,7 +30,7 @@ mod ledger;
 mod verify;
 
 pub use chain::{AuditKey, AuditKeyError, Entry, Record};
-pub use ledger::{AuditError, Ledger, Work};
+pub use ledger::{AuditError, Ledger, Retryable, WRITE_ATTEMPTS, Work};
 pub use verify::{Broken, VerifyReport, verify};
 
 use orchestrator_store::Dialect;

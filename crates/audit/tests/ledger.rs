@@ -147,3 +147,100 @@ async fn the_newest_digest_of_a_row_is_one_index_probe() {
         );
     }
 }
+
+/// A write that deadlocks with another transaction on the same rows (another replica's
+/// un-ledgered lock, an operator's session) and is chosen as the victim is run again by
+/// `write_retrying` instead of failing its caller (and, before `StoreError` told them apart,
+/// being reported like a unique violation: "name taken").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_loses_a_deadlock_is_retried_and_lands() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::sync::Barrier;
+
+    let test = TestDatabase::postgres(&["audit"]).await;
+    let db = Database::connect(&test.url("audit"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    db.migrate([orchestrator_audit::migrations(db.dialect())])
+        .await
+        .unwrap();
+    for sql in [
+        "CREATE TABLE accounts (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)",
+        "INSERT INTO accounts VALUES (1, 0), (2, 0)",
+    ] {
+        sqlx::query(sql).execute(db.pool()).await.unwrap();
+    }
+    let key = || AuditKey::from_bytes(&[9; 32]);
+    let ledger: Ledger<tonic::Status> = Ledger::start(db.clone(), key());
+    let bump = "UPDATE accounts SET n = n + 1 WHERE id = $1";
+    let meet = Arc::new(Barrier::new(2));
+    let runs = Arc::new(AtomicU32::new(0));
+
+    // The other transaction: row 2, then row 1, half a second after the ledger's work began
+    // waiting for row 2. PostgreSQL looks for deadlocks in the session that has waited
+    // deadlock_timeout (1 s), the work's, and aborts that one.
+    let other = {
+        let (pool, meet) = (db.pool().clone(), meet.clone());
+        tokio::spawn(async move {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query(bump).bind(2).execute(&mut *tx).await.unwrap();
+            meet.wait().await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            sqlx::query(bump).bind(1).execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        })
+    };
+    // The ledger's work: row 1, then row 2.
+    let counted = runs.clone();
+    let work = ledger.write_retrying(move |conn| {
+        let (meet, run) = (meet.clone(), counted.fetch_add(1, Ordering::SeqCst));
+        Box::pin(async move {
+            let store = |e| tonic::Status::from(orchestrator_store::StoreError::from(e));
+            sqlx::query(bump)
+                .bind(1)
+                .execute(&mut *conn)
+                .await
+                .map_err(store)?;
+            if run == 0 {
+                meet.wait().await;
+            }
+            sqlx::query(bump)
+                .bind(2)
+                .execute(&mut *conn)
+                .await
+                .map_err(store)?;
+            Ok((
+                (),
+                vec![Entry::new("spiffe://o/api", "/x.V/Move", "accounts")],
+            ))
+        })
+    });
+    tokio::time::timeout(Duration::from_secs(30), work)
+        .await
+        .expect("no deadlock detected")
+        .unwrap();
+    other.await.unwrap();
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "the deadlock's victim ran once more"
+    );
+    let totals: Vec<i32> = sqlx::query_scalar("SELECT n FROM accounts ORDER BY id")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(totals, [2, 2]);
+    let report = verify(db.pool(), &key()).await.unwrap();
+    assert_eq!((report.records, report.broken), (1, None));
+}
+
+#[test]
+fn unique_violations_and_lost_races_are_told_apart() {
+    use orchestrator_audit::Retryable as _;
+    assert!(orchestrator_store::concurrent_change().is_retryable());
+    assert!(!tonic::Status::aborted("some other abort").is_retryable());
+    let duplicate = orchestrator_store::StoreError::Duplicate("unique".into());
+    assert!(!duplicate.is_retryable());
+    assert!(!tonic::Status::from(duplicate).is_retryable());
+}

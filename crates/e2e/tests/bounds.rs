@@ -73,7 +73,10 @@ async fn a_caller_holds_a_bounded_number_of_watch_streams() {
             Ok(_) => break,
             Err(e) => {
                 assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
-                assert!(tokio::time::Instant::now() < deadline, "the place stayed taken");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the place stayed taken"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

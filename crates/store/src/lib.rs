@@ -56,7 +56,13 @@ pub enum StoreError {
     /// The database cannot be reached, or timed out: retry later (UNAVAILABLE).
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    /// A concurrent writer won (unique violation, serialization failure): ABORTED.
+    /// The row exists already (a unique constraint): what that means (a name taken, a request
+    /// seen before) is the caller's to say; unhandled, ABORTED.
+    #[error("duplicate: {0}")]
+    Duplicate(String),
+    /// A concurrent transaction won (serialization failure, deadlock): nothing was wrong with
+    /// the request, so it is retried ([`StoreError::is_retryable`]); if retries run out, ABORTED
+    /// with reason `CONCURRENT_CHANGE`.
     #[error("concurrent modification: {0}")]
     Conflict(String),
     /// Anything else: a bug or a schema problem (INTERNAL, without detail for the client).
@@ -79,10 +85,10 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) => {
                 let code = db.code().unwrap_or_default();
                 match code.as_ref() {
-                    // unique_violation, serialization_failure, deadlock_detected
-                    "23505" | "40001" | "40P01" | "2067" | "1555" => {
-                        StoreError::Conflict(db.message().to_owned())
-                    }
+                    // unique_violation; SQLite's UNIQUE and PRIMARY KEY constraints
+                    "23505" | "2067" | "1555" => StoreError::Duplicate(db.message().to_owned()),
+                    // serialization_failure, deadlock_detected
+                    "40001" | "40P01" => StoreError::Conflict(db.message().to_owned()),
                     // admin_shutdown, crash_shutdown, cannot_connect_now; SQLite BUSY/LOCKED
                     "57P01" | "57P02" | "57P03" | "5" | "6" => {
                         StoreError::Unavailable(db.message().to_owned())
@@ -107,7 +113,8 @@ impl From<&StoreError> for tonic::Status {
             StoreError::Unavailable(_) => {
                 tonic::Status::unavailable("the database is unavailable; retry later")
             }
-            StoreError::Conflict(_) => tonic::Status::aborted("a concurrent change won; retry"),
+            StoreError::Duplicate(_) => tonic::Status::aborted("a concurrent change won; retry"),
+            StoreError::Conflict(_) => concurrent_change(),
             other => {
                 // The detail stays in the log; the client gets no internals.
                 tracing::error!(error = %other, "database error");
@@ -117,7 +124,31 @@ impl From<&StoreError> for tonic::Status {
     }
 }
 
+/// ABORTED with reason `CONCURRENT_CHANGE`: a transaction lost to a concurrent one more often
+/// than it was retried. The client may retry the call as it is.
+pub fn concurrent_change() -> tonic::Status {
+    orchestrator_status::with_reason(
+        tonic::Code::Aborted,
+        "CONCURRENT_CHANGE",
+        "a concurrent change won, more often than retried; retry the call",
+        &[],
+    )
+}
+
+/// Whether a status is [`concurrent_change`]'s: the one failure a write retries.
+pub fn is_concurrent_change(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Aborted
+        && orchestrator_status::reason_of(status)
+            .is_some_and(|(reason, _)| reason == "CONCURRENT_CHANGE")
+}
+
 impl StoreError {
+    /// A conflict between transactions, not a fault of the request: running the same work
+    /// again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Conflict(_))
+    }
+
     /// A stored value this version cannot read (a bug, or a write from outside the service):
     /// reported, never silently taken for another value.
     pub fn corrupt(column: &str, problem: impl std::fmt::Display) -> Self {

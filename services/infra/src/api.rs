@@ -272,7 +272,7 @@ async fn accept(
     db::insert_operation(conn, &provision, now)
         .await
         .map_err(|e| match e {
-            StoreError::Conflict(_) => with_reason(
+            StoreError::Duplicate(_) => with_reason(
                 Code::Aborted,
                 "CONCURRENT_REQUEST",
                 "the same request_id is being accepted concurrently; retry",

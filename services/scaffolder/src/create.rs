@@ -57,7 +57,7 @@ async fn record(s: &Scaffolder, spec: ProjectSpec, caller: &str) -> Result<Proje
                 db::insert_project(conn, &project)
                     .await
                     .map_err(|e| match e {
-                        StoreError::Conflict(_) => with_reason(
+                        StoreError::Duplicate(_) => with_reason(
                             Code::AlreadyExists,
                             "PROJECT_NAME_TAKEN",
                             format!("a project named `{}` exists", project.spec.name),

@@ -171,7 +171,7 @@ pub(crate) async fn list_projects(
 }
 
 /// Records a new project. A name (case-insensitively) or request id already recorded is a
-/// [`StoreError::Conflict`].
+/// [`StoreError::Duplicate`].
 pub(crate) async fn insert_project(
     conn: &mut AnyConnection,
     project: &Project,

@@ -108,7 +108,7 @@ pub(crate) async fn find_repository(
 }
 
 /// Registers the project's repository; a project or repository registered already is
-/// [`StoreError::Conflict`].
+/// [`StoreError::Duplicate`].
 pub(crate) async fn insert_repository(
     conn: &mut AnyConnection,
     project_id: &ProjectId,

@@ -93,7 +93,7 @@ impl Broker {
                     )
                     .await
                     .map_err(|e| match e {
-                        StoreError::Conflict(_) => with_reason(
+                        StoreError::Duplicate(_) => with_reason(
                             Code::AlreadyExists,
                             "REPOSITORY_REGISTERED",
                             "the repository or project is already registered",

@@ -292,7 +292,7 @@ async fn operations_are_found_by_request_server_and_state(test: TestDatabase) {
     let mut again = new_operation("op-4", "srv-1", OperationKind::Rotate);
     again.request_id = Some(RequestId::parse("req-op-1").unwrap());
     let again = insert_operation(&mut conn, &again, 40).await.unwrap_err();
-    assert!(matches!(again, StoreError::Conflict(_)), "{again:?}");
+    assert!(matches!(again, StoreError::Duplicate(_)), "{again:?}");
     let by_request = operation_by_request(db, "req-op-2").await.unwrap().unwrap();
     assert_eq!(by_request.id, "op-2");
     assert!(

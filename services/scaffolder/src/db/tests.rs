@@ -90,13 +90,13 @@ async fn names_are_unique_in_any_case_and_request_ids_once() {
         same_name.spec.name = "bot-1".into();
         assert!(matches!(
             insert(&db, &same_name).await,
-            Err(StoreError::Conflict(_))
+            Err(StoreError::Duplicate(_))
         ));
         let mut same_request = new_project(3, "u1");
         same_request.spec.request_id = RequestId::parse("req-1").unwrap();
         assert!(matches!(
             insert(&db, &same_request).await,
-            Err(StoreError::Conflict(_))
+            Err(StoreError::Duplicate(_))
         ));
     }
 }

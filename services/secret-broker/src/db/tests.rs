@@ -135,7 +135,7 @@ async fn the_registry_holds_one_repository_per_project_and_one_project_per_repos
                 .await
                 .unwrap_err();
             assert!(
-                matches!(err, StoreError::Conflict(_)),
+                matches!(err, StoreError::Duplicate(_)),
                 "{:?}: {err:?}",
                 db.dialect()
             );
