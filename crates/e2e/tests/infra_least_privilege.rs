@@ -185,7 +185,10 @@ async fn a_hostname_someone_elses_record_holds_is_refused_before_anything_is_bou
     assert_eq!(error.reason, "HOSTNAME_TAKEN_IN_DNS", "{error:?}");
     assert_eq!(error.code, Code::FailedPrecondition as i32);
     let kept = record(&mesh, &late).unwrap();
-    assert_eq!((kept.content.as_str(), kept.comment.as_deref()), ("192.0.2.7", None));
+    assert_eq!(
+        (kept.content.as_str(), kept.comment.as_deref()),
+        ("192.0.2.7", None)
+    );
     // Destroying that server removes what it bought and leaves the record alone.
     let done = destroyed(&mut api, &op.server_id).await;
     assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");

@@ -92,6 +92,9 @@ impl std::str::FromStr for ReservedNames {
             }
             names.push(label);
         }
+        if names.is_empty() {
+            return Err("no label given (unset it for the default list)".to_owned());
+        }
         Ok(Self(names))
     }
 }
@@ -188,5 +191,6 @@ mod tests {
         assert!(own.contains("shop") && own.contains("blog") && !own.contains("www"));
         assert!("a b".parse::<ReservedNames>().is_err());
         assert!("x.y".parse::<ReservedNames>().is_err());
+        assert!(" , ".parse::<ReservedNames>().is_err());
     }
 }
