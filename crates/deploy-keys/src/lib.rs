@@ -8,11 +8,18 @@
 //!
 //! [`cloud_init`] writes the user data: a non-root deploy user with the deploy public key,
 //! root login and password authentication off, the orchestrator's admin key for readiness
-//! checks. Never an application secret (user data is readable from inside the machine).
+//! checks. Never an application secret. The user data holds the host private key, and the
+//! metadata service serves it to whoever asks from inside the machine: its first command
+//! ([`metadata_firewall`]) fences the metadata service off from containers and non-root users.
 
 use rand_core::OsRng;
 use secrecy::{ExposeSecret as _, SecretString};
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey};
+
+mod metadata;
+
+use metadata::FORGET_USER_DATA;
+pub use metadata::{METADATA_ADDRESS, METADATA_RULES, metadata_firewall};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -130,8 +137,16 @@ pub fn cloud_init(
             "ed25519_private": host_key.private_openssh.expose_secret(),
             "ed25519_public": host_key.public_openssh,
         },
+        // bootcmd is the first module cloud-init runs (before `users` and `ssh`, which
+        // install the accounts and the host key), at every boot: the metadata service, which
+        // serves this user data, is out of reach for containers and non-root users before
+        // either exists, and again after every reboot.
+        "bootcmd": [metadata_firewall()],
         "packages": ["docker.io"],
-        "runcmd": [["systemctl", "enable", "--now", "docker"]],
+        "runcmd": [
+            ["systemctl", "enable", "--now", "docker"],
+            FORGET_USER_DATA,
+        ],
     });
     Ok(format!("#cloud-config\n{config}\n"))
 }

@@ -69,6 +69,10 @@ pub(crate) struct Boot {
     pub cloud_init: bool,
     /// cloud-init failed (unreadable user data): `status: error`.
     pub failed: bool,
+    /// What cloud-init did, in the order its modules run: `bootcmd: <script>` first, then
+    /// `users: <names>`, `ssh: host key <public key>`, `runcmd: <command>` (recorded, never
+    /// run, like every command here).
+    pub boot_log: Vec<String>,
 }
 
 /// A running server's SSH side; stops when dropped.
@@ -76,6 +80,7 @@ pub(crate) struct Boot {
 pub(crate) struct Host {
     pub host_public: String,
     pub log: Arc<Mutex<Vec<Exec>>>,
+    pub boot_log: Vec<String>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -118,8 +123,29 @@ pub(crate) fn from_cloud_init(
         ready_at,
         cloud_init: true,
         failed: config.is_none(),
+        boot_log: Vec::new(),
     };
     let Some(config) = config else { return boot };
+    let commands = |module: &str| -> Vec<String> {
+        config[module]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| match c {
+                serde_json::Value::String(script) => script.clone(),
+                argv => argv
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            })
+            .collect()
+    };
+    for script in commands("bootcmd") {
+        boot.boot_log.push(format!("bootcmd: {script}"));
+    }
     boot.host_key = config["ssh_keys"]["ed25519_private"]
         .as_str()
         .map(str::to_owned);
@@ -141,6 +167,14 @@ pub(crate) fn from_cloud_init(
             boot.sudoers.push(name.to_owned());
         }
         boot.users.insert(name.to_owned(), keys);
+    }
+    let names: Vec<&str> = boot.users.keys().map(String::as_str).collect();
+    boot.boot_log.push(format!("users: {}", names.join(" ")));
+    if let Some(public) = config["ssh_keys"]["ed25519_public"].as_str() {
+        boot.boot_log.push(format!("ssh: host key {public}"));
+    }
+    for command in commands("runcmd") {
+        boot.boot_log.push(format!("runcmd: {command}"));
     }
     boot
 }
@@ -198,6 +232,7 @@ pub(crate) fn start(boot: Boot, port: u16) -> anyhow::Result<Host> {
     Ok(Host {
         host_public,
         log,
+        boot_log: boot.boot_log,
         task,
     })
 }

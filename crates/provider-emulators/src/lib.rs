@@ -36,7 +36,7 @@ mod time4vps;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use cloudflare::{CfConfig, Cloudflare, DnsRecordView};
+pub use cloudflare::{CfConfig, CfPlan, Cloudflare, DnsRecordView};
 pub use digitalocean::{DigitalOcean, DoConfig, DropletRecord, SshKeyRecord};
 pub use host::{Exec, HostsConfig};
 pub use time4vps::{ReinstallRecord, ServerView, T4Config, Time4Vps};

@@ -343,6 +343,110 @@ async fn ttl_proxied_and_content_are_validated() {
 }
 
 #[tokio::test]
+async fn comments_and_tags_are_kept_checked_and_filtered_as_cloudflare_does() {
+    // Free plan: comments up to 100 characters, no tags.
+    let free = Cf::start(config()).await;
+    let mut body = a("c", "198.51.100.1");
+    body["comment"] = json!("orchestrator server srv-1");
+    let created = json(free.create(body.clone()).await).await;
+    assert_eq!(created["result"]["comment"], "orchestrator server srv-1");
+    assert_eq!(created["result"]["tags"], json!([]));
+    body["name"] = json!("c2");
+    body["comment"] = json!("x".repeat(101));
+    error_code(free.create(body.clone()).await, 400, 1004).await;
+    body["comment"] = json!("two\nlines");
+    error_code(free.create(body.clone()).await, 400, 1004).await;
+    body["comment"] = json!(7);
+    error_code(free.create(body.clone()).await, 400, 1004).await;
+    body["comment"] = Value::Null;
+    body["tags"] = json!(["owner:me"]);
+    let message = error_code(free.create(body.clone()).await, 400, 1004).await;
+    assert!(message.contains("Free plan"), "{message}");
+
+    // Paid plans: 500 characters, `name:value` tags with case-insensitive names.
+    let paid = Cf::start(CfConfig {
+        plan: orchestrator_provider_emulators::CfPlan::Paid,
+        ..config()
+    })
+    .await;
+    let mut body = a("t", "198.51.100.2");
+    body["comment"] = json!("y".repeat(500));
+    body["tags"] = json!(["Owner:Team A", "important"]);
+    let created = json(paid.create(body.clone()).await).await;
+    assert_eq!(
+        created["result"]["tags"],
+        json!(["owner:Team A", "important"])
+    );
+    let id = created["result"]["id"].as_str().unwrap().to_owned();
+    for bad in [
+        json!(["a b:c"]),
+        json!([":v"]),
+        json!(["n:v", "N:w"]),
+        json!("n:v"),
+        json!([1]),
+    ] {
+        body["name"] = json!("t2");
+        body["tags"] = bad.clone();
+        error_code(paid.create(body.clone()).await, 400, 1004).await;
+    }
+    body["comment"] = json!("z".repeat(501));
+    body["tags"] = json!([]);
+    error_code(paid.create(body.clone()).await, 400, 1004).await;
+    let mut other = a("u", "198.51.100.3");
+    other["comment"] = json!("Hand-made by ops");
+    paid.create(other).await;
+    paid.create(a("v", "198.51.100.4")).await;
+
+    let ids = |v: Value| -> Vec<String> {
+        v["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r["name"]
+                    .as_str()
+                    .unwrap()
+                    .split('.')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    for (query, expect) in [
+        ("tag=owner:Team%20A", vec!["t"]),
+        ("tag=OWNER", vec!["t"]),
+        ("tag.absent=owner", vec!["u", "v"]),
+        ("tag.exact=owner:team%20a", vec!["t"]),
+        ("tag.exact=owner:team", vec![]),
+        ("comment=hand-made%20by%20ops", vec!["u"]),
+        ("comment.contains=MADE", vec!["u"]),
+        ("comment.startswith=yyy", vec!["t"]),
+        ("comment.present=1", vec!["t", "u"]),
+        ("comment.absent=1", vec!["v"]),
+        ("type=A&name=u.example.com&comment.endswith=ops", vec!["u"]),
+    ] {
+        assert_eq!(ids(json(paid.list(query).await).await), expect, "{query}");
+    }
+    // PATCH replaces the tags and may clear the comment; other fields stay.
+    let path = format!("{}/{id}", paid.records());
+    let patched = json(
+        paid.req(
+            Method::PATCH,
+            &path,
+            Some(json!({"tags": ["k:v"], "comment": null})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(patched["result"]["tags"], json!(["k:v"]));
+    assert_eq!(patched["result"]["comment"], Value::Null);
+    assert_eq!(patched["result"]["content"], "198.51.100.2");
+    let view = paid.emu.records().into_iter().find(|r| r.id == id).unwrap();
+    assert_eq!((view.comment, view.tags), (None, vec!["k:v".to_owned()]));
+}
+
+#[tokio::test]
 async fn rate_limit_answers_429_with_retry_after() {
     let cf = Cf::start(CfConfig {
         rate_limit: 3,

@@ -11,7 +11,7 @@ mod http;
 mod server;
 mod time4vps;
 
-pub use cloudflare::Cloudflare;
+pub use cloudflare::{Claim, Cloudflare, DnsRecord, NameState, owner_comment};
 pub use digitalocean::{CreateDroplet, DigitalOcean, Droplet};
 pub use http::{ProviderError, Retry};
 pub use server::{ServerProvider, ServerSpec, Started};

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use orchestrator_provider_emulators as emu;
 use orchestrator_providers::{
-    Cloudflare, CreateDroplet, DigitalOcean, ProviderError, Retry, ServerProvider, ServerSpec,
-    Time4Vps,
+    Claim, Cloudflare, CreateDroplet, DigitalOcean, NameState, ProviderError, Retry,
+    ServerProvider, ServerSpec, Time4Vps, owner_comment,
 };
 use secrecy::SecretString;
 
@@ -129,70 +129,144 @@ fn orchestrator_deploy_keys_like_key() -> String {
 }
 
 #[tokio::test]
-async fn dns_records_are_created_or_updated_and_removed() {
+async fn dns_records_are_marked_claimed_by_id_and_foreign_ones_never_touched() {
     init();
     let config = emu::CfConfig {
-        tokens: vec!["cf-token".into()],
+        tokens: vec!["cf-token".into(), "someone-else".into()],
         zones: vec!["orchestrator.test".into()],
         ..emu::CfConfig::default()
     };
     let server = emu::Cloudflare::start(config).await.unwrap();
     let client = Cloudflare::new(&server.api_base(), token("cf-token"), retry()).unwrap();
     let zone = client.zone_id("orchestrator.test").await.unwrap();
-    let id = client
-        .upsert_a_record(&zone, "app.orchestrator.test", "203.0.113.7")
+    let owner = owner_comment("srv-1");
+    let Claim::Ours(id) = client
+        .claim_a_record(&zone, "app.orchestrator.test", "203.0.113.7", &owner)
         .await
-        .unwrap();
+        .unwrap()
+    else {
+        panic!("a free name is claimed")
+    };
     let again = client
-        .upsert_a_record(&zone, "app.orchestrator.test", "203.0.113.8")
+        .claim_a_record(&zone, "app.orchestrator.test", "203.0.113.8", &owner)
         .await
         .unwrap();
-    assert_eq!(id, again, "updated in place, not duplicated");
+    assert_eq!(
+        again,
+        Claim::Ours(id.clone()),
+        "updated in place, not duplicated"
+    );
     let records = server.records();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].content, "203.0.113.8");
+    assert_eq!(
+        records[0].comment.as_deref(),
+        Some("orchestrator server srv-1")
+    );
     assert!(!records[0].proxied, "SSH does not pass the proxy");
+    // Another server's claim on the same name finds it taken and writes nothing.
+    let taken = client
+        .claim_a_record(
+            &zone,
+            "app.orchestrator.test",
+            "203.0.113.9",
+            &owner_comment("srv-2"),
+        )
+        .await
+        .unwrap();
     assert!(
+        matches!(taken, Claim::Taken(ref r) if r.id == id),
+        "{taken:?}"
+    );
+    assert_eq!(server.records()[0].content, "203.0.113.8");
+
+    // A record someone else made (no comment, or another comment; any type) is foreign.
+    let other = Cloudflare::new(&server.api_base(), token("someone-else"), retry()).unwrap();
+    let foreign = other
+        .claim_a_record(&zone, "www.orchestrator.test", "192.0.2.1", "hand-made")
+        .await
+        .unwrap();
+    let Claim::Ours(foreign_id) = foreign else {
+        panic!("{foreign:?}")
+    };
+    for name in ["www.orchestrator.test"] {
+        let state = client.name_state(&zone, name, &owner).await.unwrap();
+        assert!(
+            matches!(state, NameState::Taken(ref r) if r.id == foreign_id),
+            "{state:?}"
+        );
+        let claim = client
+            .claim_a_record(&zone, name, "203.0.113.10", &owner)
+            .await
+            .unwrap();
+        assert!(matches!(claim, Claim::Taken(_)), "{claim:?}");
+        assert!(
+            client
+                .find_owned(&zone, name, &owner)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    assert_eq!(
         client
-            .delete_a_record(&zone, "app.orchestrator.test")
+            .name_state(&zone, "free.orchestrator.test", &owner)
+            .await
+            .unwrap(),
+        NameState::Free
+    );
+    let www = server
+        .records()
+        .into_iter()
+        .find(|r| r.id == foreign_id)
+        .unwrap();
+    assert_eq!(
+        (www.content.as_str(), www.token_used.as_str()),
+        ("192.0.2.1", "someone-else")
+    );
+
+    // Deletes go by id: ours goes, the foreign one stays.
+    assert_eq!(
+        client
+            .find_owned(&zone, "app.orchestrator.test", &owner)
             .await
             .unwrap()
+            .map(|r| r.id),
+        Some(id.clone())
     );
-    assert!(
-        !client
-            .delete_a_record(&zone, "app.orchestrator.test")
-            .await
-            .unwrap()
-    );
+    assert!(client.delete_record(&zone, &id).await.unwrap());
+    assert!(!client.delete_record(&zone, &id).await.unwrap());
+    assert_eq!(server.records().len(), 1);
+    assert_eq!(server.records()[0].id, foreign_id);
+
     let bad = Cloudflare::new(&server.api_base(), token("nope"), retry()).unwrap();
     assert!(matches!(
         bad.zone_id("orchestrator.test").await,
         Err(ProviderError::Auth { .. })
     ));
 
-    // Under faults, retrying the step still leaves one record.
+    // Under faults (some striking after the change), retrying the step still leaves one
+    // record, ours.
     server.set_faults(emu::Faults::mixed(5, 0.3));
-    let mut ok = false;
+    let mut claimed = None;
     for _ in 0..20 {
-        if client
-            .upsert_a_record(&zone, "faulty.orchestrator.test", "203.0.113.9")
+        if let Ok(claim) = client
+            .claim_a_record(&zone, "faulty.orchestrator.test", "203.0.113.9", &owner)
             .await
-            .is_ok()
         {
-            ok = true;
+            claimed = Some(claim);
             break;
         }
     }
-    assert!(ok);
+    assert!(matches!(claimed, Some(Claim::Ours(_))), "{claimed:?}");
     server.clear_faults();
-    assert_eq!(
-        server
-            .records()
-            .iter()
-            .filter(|r| r.name == "faulty.orchestrator.test")
-            .count(),
-        1
-    );
+    let faulty: Vec<_> = server
+        .records()
+        .into_iter()
+        .filter(|r| r.name == "faulty.orchestrator.test")
+        .collect();
+    assert_eq!(faulty.len(), 1);
+    assert_eq!(faulty[0].comment.as_deref(), Some(owner.as_str()));
 }
 
 #[tokio::test]

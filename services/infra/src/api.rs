@@ -44,6 +44,9 @@ impl InfraService for Api {
                     earlier
                 }
                 None => {
+                    // Before anything is recorded: a hostname someone else's DNS record holds
+                    // is refused at once (the operation checks again before its first effect).
+                    operation::refuse_foreign_records(&self.0, &request.server).await?;
                     let id = self
                         .0
                         .ledger

@@ -50,6 +50,55 @@ pub(crate) struct CloudflareSettings {
     pub token: Option<SecretString>,
     /// The zone for servers' A records; `None` = no DNS step.
     pub zone: Option<String>,
+    /// Names in the zone no server may take (`INFRA_RESERVED_HOSTNAMES`).
+    pub reserved: ReservedNames,
+}
+
+/// Labels of the zone that are never a server's hostname (`INFRA_RESERVED_HOSTNAMES`,
+/// comma-separated; the zone apex is refused besides): names people and mail expect to be
+/// the zone owner's. A value replaces the default list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReservedNames(Vec<String>);
+
+impl ReservedNames {
+    pub(crate) const DEFAULT: &'static str =
+        "www,api,mail,smtp,imap,pop,mx,ns,ns1,ns2,admin,autodiscover";
+
+    /// Whether `relative` (a hostname without its zone) is reserved.
+    pub(crate) fn contains(&self, relative: &str) -> bool {
+        self.0.iter().any(|r| r == relative)
+    }
+}
+
+impl Default for ReservedNames {
+    fn default() -> Self {
+        Self::DEFAULT
+            .parse()
+            .unwrap_or_else(|_| unreachable!("the default list is valid"))
+    }
+}
+
+impl std::str::FromStr for ReservedNames {
+    type Err = String;
+
+    fn from_str(list: &str) -> Result<Self, Self::Err> {
+        let mut names = Vec::new();
+        for label in list.split(',').map(str::trim).filter(|l| !l.is_empty()) {
+            let label = label.to_ascii_lowercase();
+            let valid = label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !valid {
+                return Err(format!("`{label}` is not a DNS label"));
+            }
+            names.push(label);
+        }
+        if names.is_empty() {
+            return Err("no label given (unset it for the default list)".to_owned());
+        }
+        Ok(Self(names))
+    }
 }
 
 impl Settings {
@@ -78,6 +127,7 @@ impl Settings {
                 url: url("CLOUDFLARE_API_URL", "https://api.cloudflare.com/client/v4"),
                 token: env.secret("CLOUDFLARE_API_TOKEN")?,
                 zone: env.get("CLOUDFLARE_ZONE").map(str::to_owned),
+                reserved: env.parse("INFRA_RESERVED_HOSTNAMES", ReservedNames::default())?,
             },
             ssh_port: env.parse("INFRA_SSH_PORT", 22)?,
             ready_timeout: Duration::from_secs(env.parse("INFRA_READY_TIMEOUT_SECS", 900)?),
@@ -131,5 +181,19 @@ mod tests {
         assert!(settings.time4vps.login.is_none() && settings.cloudflare.zone.is_none());
         let half = Settings::from_env(&env(&[("TIME4VPS_USER", "u")])).unwrap_err();
         assert!(half.to_string().contains("go together"), "{half}");
+    }
+
+    #[test]
+    fn reserved_hostnames_default_and_replace() {
+        let reserved = ReservedNames::default();
+        for name in ["www", "api", "mail", "smtp", "ns", "ns1", "ns2", "admin"] {
+            assert!(reserved.contains(name), "{name}");
+        }
+        assert!(!reserved.contains("app1"));
+        let own: ReservedNames = " Shop, ,blog ".parse().unwrap();
+        assert!(own.contains("shop") && own.contains("blog") && !own.contains("www"));
+        assert!("a b".parse::<ReservedNames>().is_err());
+        assert!("x.y".parse::<ReservedNames>().is_err());
+        assert!(" , ".parse::<ReservedNames>().is_err());
     }
 }

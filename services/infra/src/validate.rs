@@ -7,7 +7,7 @@ use orchestrator_proto::infra::v1 as pb;
 use orchestrator_status::{At as _, Violations, with_reason};
 use tonic::{Code, Status};
 
-use crate::config::Settings;
+use crate::config::{ReservedNames, Settings};
 use crate::db::{After, ServerFilter};
 use crate::model::{CredentialSource, NewServer, Provider};
 
@@ -47,11 +47,7 @@ pub(crate) fn provision(
         "a lowercase DNS name",
     );
     if let Some(zone) = &settings.cloudflare.zone {
-        v.check(
-            req.hostname == *zone || req.hostname.ends_with(&format!(".{zone}")),
-            "hostname",
-            format!("must be inside the DNS zone `{zone}`"),
-        );
+        hostname_in_zone(&mut v, &req.hostname, zone, &settings.cloudflare.reserved);
     }
     let provider = Provider::from_pb(req.provider)
         .ok_or(Invalid("DIGITALOCEAN or TIME4VPS"))
@@ -184,6 +180,26 @@ fn credential_source(
             }
         }
         _ => CredentialSource::Platform {},
+    }
+}
+
+/// A server's name is a name inside the zone: not the apex (the zone owner's own name, its
+/// mail and web), not a reserved name (`INFRA_RESERVED_HOSTNAMES`).
+fn hostname_in_zone(v: &mut Violations, hostname: &str, zone: &str, reserved: &ReservedNames) {
+    match hostname
+        .strip_suffix(zone)
+        .and_then(|r| r.strip_suffix('.'))
+    {
+        _ if hostname == zone => v.add(
+            "hostname",
+            format!("the zone apex `{zone}` is not a server's name; use a name inside it"),
+        ),
+        Some(relative) if reserved.contains(relative) => v.add(
+            "hostname",
+            format!("`{relative}` is a reserved name in `{zone}` (INFRA_RESERVED_HOSTNAMES)"),
+        ),
+        Some(_) => {}
+        None => v.add("hostname", format!("must be inside the DNS zone `{zone}`")),
     }
 }
 

@@ -11,10 +11,14 @@
 //! - `rate_limit` requests per `rate_window` per token; over it, 429 with `Retry-After` until
 //!   the window ends.
 //!
+//! - Records carry a `comment` and `tags` (see `attributes`: the plan's limits, the
+//!   `name:value` form, the list filters on them).
+//!
 //! Modules: `state` (zones, records), `gate` (tokens, the window, `tokens/verify`),
 //! `envelope` (the v4 envelope, refusals, page parameters), `validate` (record bodies and
-//! conflicts), and one per resource: `zones`, `records`.
+//! conflicts), `attributes` (comments and tags), and one per resource: `zones`, `records`.
 
+mod attributes;
 mod envelope;
 mod gate;
 mod records;
@@ -35,6 +39,8 @@ use crate::core::{self, Core, Running, Window, lock};
 use envelope::CfError;
 use state::{CfState, World, Zone};
 
+pub use attributes::CfPlan;
+
 /// How the Cloudflare emulator behaves.
 #[derive(Debug, Clone)]
 pub struct CfConfig {
@@ -48,6 +54,8 @@ pub struct CfConfig {
     /// Allow several records of one type and name with different content (Cloudflare's real
     /// behaviour); off: such a POST is refused with 81053.
     pub multiple_records_per_name: bool,
+    /// The zones' plan: how long a comment may be, whether tags are allowed.
+    pub plan: CfPlan,
 }
 
 impl Default for CfConfig {
@@ -58,6 +66,7 @@ impl Default for CfConfig {
             rate_limit: 1200,
             rate_window: Duration::from_secs(300),
             multiple_records_per_name: false,
+            plan: CfPlan::Free,
         }
     }
 }
@@ -75,6 +84,10 @@ pub struct DnsRecordView {
     pub content: String,
     pub ttl: u32,
     pub proxied: bool,
+    /// What the record's writer said it is for; `None` = no comment.
+    pub comment: Option<String>,
+    /// `name:value` tags, names lower-case.
+    pub tags: Vec<String>,
     /// The token that last wrote it.
     pub token_used: String,
 }
@@ -158,6 +171,8 @@ impl Cloudflare {
                 content: r.content.clone(),
                 ttl: r.ttl,
                 proxied: r.proxied,
+                comment: r.comment.clone(),
+                tags: r.tags.clone(),
                 token_used: r.token_used.clone(),
             })
             .collect()

@@ -1,5 +1,5 @@
-//! `/zones/{zone_id}/dns_records`: list (by type, name, content), read, create, replace (PUT),
-//! update (PATCH), delete.
+//! `/zones/{zone_id}/dns_records`: list (by type, name, content, comment, tag), read, create,
+//! replace (PUT), update (PATCH), delete.
 
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use axum::response::Response;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
+use super::attributes::Filters;
 use super::envelope::{CfError, Page, success};
 use super::state::{CfState, Record, Zone};
 use super::validate::{check_conflicts, check_record, parse_fields};
@@ -27,7 +28,7 @@ fn record_json(zone: &Zone, r: &Record) -> Value {
         "ttl": r.ttl,
         "locked": false,
         "comment": r.comment,
-        "tags": [],
+        "tags": r.tags,
         "settings": {},
         "meta": {"auto_added": false, "managed_by_apps": false, "managed_by_argo_tunnel": false},
         "created_on": core::rfc3339(r.created_on),
@@ -57,6 +58,7 @@ pub(super) async fn list(
         .or_else(|| q.get("name"))
         .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
     let content = q.get("content.exact").or_else(|| q.get("content"));
+    let attributes = Filters::from_query(&q);
     let world = lock(&s.world);
     let all: Vec<Value> = world
         .records
@@ -65,6 +67,7 @@ pub(super) async fn list(
         .filter(|r| type_.as_ref().is_none_or(|t| &r.type_ == t))
         .filter(|r| name.as_ref().is_none_or(|n| &r.name == n))
         .filter(|r| content.is_none_or(|c| &r.content == c))
+        .filter(|r| attributes.matches(r))
         .map(|r| record_json(zone, r))
         .collect();
     Ok(page.success(&all))
@@ -90,7 +93,7 @@ pub(super) async fn create(
     req: Request,
 ) -> Result<Response, CfError> {
     let zone = zone_or_404(&s, &zone_id, req.uri().path())?;
-    let fields = parse_fields(&read_body(req).await?, zone)?;
+    let fields = parse_fields(&read_body(req).await?, zone, s.config.plan)?;
     let now = OffsetDateTime::now_utc();
     let mut record = Record {
         id: String::new(),
@@ -101,6 +104,7 @@ pub(super) async fn create(
         ttl: 1,
         proxied: false,
         comment: None,
+        tags: Vec::new(),
         created_on: now,
         modified_on: now,
         token_used: token,
@@ -129,7 +133,7 @@ pub(super) async fn update<const REPLACE: bool>(
     req: Request,
 ) -> Result<Response, CfError> {
     let zone = zone_or_404(&s, &zone_id, req.uri().path())?;
-    let fields = parse_fields(&read_body(req).await?, zone)?;
+    let fields = parse_fields(&read_body(req).await?, zone, s.config.plan)?;
     let mut world = lock(&s.world);
     let index = world
         .position(zone, &record_id)

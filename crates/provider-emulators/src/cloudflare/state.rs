@@ -24,6 +24,7 @@ pub(super) struct Record {
     pub(super) ttl: u32,
     pub(super) proxied: bool,
     pub(super) comment: Option<String>,
+    pub(super) tags: Vec<String>,
     pub(super) created_on: OffsetDateTime,
     pub(super) modified_on: OffsetDateTime,
     pub(super) token_used: String,

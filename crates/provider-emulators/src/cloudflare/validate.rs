@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value};
 
+use super::attributes::{CfPlan, parse_comment, parse_tags};
 use super::envelope::CfError;
 use super::state::{Record, Zone};
 
@@ -28,6 +29,7 @@ pub(super) struct Fields {
     ttl: Option<u32>,
     proxied: Option<bool>,
     comment: Option<Option<String>>,
+    tags: Option<Vec<String>>,
 }
 
 impl Fields {
@@ -48,6 +50,7 @@ impl Fields {
             record.ttl = self.ttl.unwrap_or(1);
             record.proxied = self.proxied.unwrap_or(false);
             record.comment = self.comment.flatten();
+            record.tags = self.tags.unwrap_or_default();
             return Ok(());
         }
         if let Some(t) = self.type_ {
@@ -68,13 +71,20 @@ impl Fields {
         if let Some(c) = self.comment {
             record.comment = c;
         }
+        if let Some(t) = self.tags {
+            record.tags = t;
+        }
         Ok(())
     }
 }
 
 const TYPES: [&str; 8] = ["A", "AAAA", "CNAME", "TXT", "MX", "NS", "CAA", "SRV"];
 
-pub(super) fn parse_fields(body: &Map<String, Value>, zone: &Zone) -> Result<Fields, CfError> {
+pub(super) fn parse_fields(
+    body: &Map<String, Value>,
+    zone: &Zone,
+    plan: CfPlan,
+) -> Result<Fields, CfError> {
     let mut f = Fields::default();
     match body.get("type") {
         None | Some(Value::Null) => {}
@@ -113,12 +123,8 @@ pub(super) fn parse_fields(body: &Map<String, Value>, zone: &Zone) -> Result<Fie
             ));
         }
     }
-    match body.get("comment") {
-        None => {}
-        Some(Value::Null) => f.comment = Some(None),
-        Some(Value::String(c)) => f.comment = Some(Some(c.clone())),
-        Some(_) => return Err(CfError::validation("comment must be a string.")),
-    }
+    f.comment = parse_comment(body.get("comment"), plan)?;
+    f.tags = parse_tags(body.get("tags"), plan)?;
     Ok(f)
 }
 

@@ -186,6 +186,19 @@ impl DigitalOcean {
             .unwrap_or_default()
     }
 
+    /// What cloud-init did on a droplet's server, in its modules' order (see
+    /// `host::Boot::boot_log`); empty without `hosts`.
+    pub fn boot_log(&self, id: u64) -> Vec<String> {
+        let world = lock(&self.state.world);
+        world
+            .droplets
+            .iter()
+            .find(|d| d.id == id)
+            .and_then(|d| d.host.as_ref())
+            .map(|h| h.boot_log.clone())
+            .unwrap_or_default()
+    }
+
     /// Droplets not deleted.
     pub fn live_droplets(&self) -> Vec<DropletRecord> {
         self.droplets().into_iter().filter(|d| !d.deleted).collect()

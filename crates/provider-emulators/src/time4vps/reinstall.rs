@@ -77,6 +77,7 @@ pub(super) async fn reinstall(
             ready_at: up_at,
             cloud_init: false,
             failed: false,
+            boot_log: Vec::new(),
         };
         srv.host = host::start(boot, hosts.ssh_port)
             .inspect_err(|e| tracing::warn!(error = %e, "server could not boot"))

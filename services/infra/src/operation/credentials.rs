@@ -52,10 +52,11 @@ pub(super) async fn time4vps(infra: &Infra, server: &Server) -> Result<Time4Vps,
     )?)
 }
 
-/// Cloudflare with the server's DNS credential, and the zone; `None` = no DNS configured.
+/// Cloudflare with a server's DNS credential (`source`), and the zone; `None` = no DNS
+/// configured.
 pub(super) async fn cloudflare(
     infra: &Infra,
-    server: &Server,
+    source: &CredentialSource,
 ) -> Result<Option<(Cloudflare, String)>, StepError> {
     let settings = &infra.settings.cloudflare;
     let Some(zone) = &settings.zone else {
@@ -63,7 +64,7 @@ pub(super) async fn cloudflare(
     };
     let token = token(
         infra,
-        &server.dns_credentials,
+        source,
         settings.token.as_ref(),
         "CLOUDFLARE_API_TOKEN",
     )

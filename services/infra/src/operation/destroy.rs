@@ -1,14 +1,15 @@
 //! A destroy: the server goes (a droplet is deleted; a Time4VPS server is wiped by a reinstall
-//! and stays bought), then its A record. A provision still running stops at its next step; the
-//! destroy waits for it, then removes whatever it made, a droplet too whose id it never
-//! recorded (found by the provision's tag).
+//! and stays bought), then its A record, by its recorded id (never another record of the
+//! name). A provision still running stops at its next step; the destroy waits for it, then
+//! removes whatever it made, a droplet too whose id it never recorded (found by the
+//! provision's tag).
 
 use orchestrator_providers::ServerProvider as _;
 
-use super::credentials;
 use super::failure::StepError;
 use super::provision::server_spec;
 use super::steps::Run;
+use super::{credentials, dns};
 use crate::db;
 use crate::model::{OperationKind, Provider, Server, ServerState, Step, StepState};
 
@@ -60,26 +61,7 @@ pub(super) async fn destroy(run: Run<'_>, server: Server) -> Result<(), StepErro
         }
     };
     run.mark(Step::ServerDeleted, state, detail).await?;
-    match credentials::cloudflare(run.infra, &server).await? {
-        Some((cf, zone)) => {
-            let zone_id = cf.zone_id(&zone).await?;
-            let removed = cf.delete_a_record(&zone_id, &server.hostname).await?;
-            run.mark(
-                Step::DnsRecordRemoved,
-                StepState::Done,
-                if removed { "removed" } else { "already gone" },
-            )
-            .await?;
-        }
-        None => {
-            run.mark(
-                Step::DnsRecordRemoved,
-                StepState::Skipped,
-                "no DNS zone configured",
-            )
-            .await?
-        }
-    }
+    dns::remove_record(run, &server).await?;
     run.finish(&server.id, None, ServerState::Destroyed).await?;
     Ok(())
 }

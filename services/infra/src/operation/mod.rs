@@ -6,6 +6,7 @@
 mod checkout;
 mod credentials;
 mod destroy;
+mod dns;
 mod failure;
 mod handover;
 mod provision;
@@ -14,5 +15,6 @@ mod runner;
 mod ssh;
 mod steps;
 
+pub(crate) use dns::refuse_foreign_records;
 pub(crate) use runner::{resume_unfinished, start};
 pub(crate) use steps::{DESTROY, ROTATE, provision_steps};

@@ -1,5 +1,5 @@
-//! A provision: the deploy key first (its private half straight to the broker), then the
-//! server through its provider, its address, the A record, the handover of host and pinned
+//! A provision: the hostname checked at DNS, the deploy key (its private half straight to the
+//! broker), then the server through its provider, its address, the A record, the handover of host and pinned
 //! key, readiness, and on request the checkout. Each step is recorded, so a retry or a
 //! restart resumes where it stopped and never asks the provider for a second server.
 
@@ -11,7 +11,7 @@ use super::checkout::check_out;
 use super::failure::{StepError, not_ready};
 use super::handover::{hand_over_host, send_private_key};
 use super::steps::Run;
-use super::{credentials, ssh};
+use super::{credentials, dns, ssh};
 use crate::config::Settings;
 use crate::db::Column;
 use crate::model::{Provider, Server, ServerState, Step, StepState};
@@ -24,6 +24,8 @@ pub(super) async fn provision(
     checkout: bool,
 ) -> Result<(), StepError> {
     run.still_wanted(&server.id).await?;
+    // Before any side effect: a name someone else's DNS record holds is refused.
+    dns::check_name(run, &server).await?;
     hand_over_deploy_key(run, &mut server).await?;
     run.still_wanted(&server.id).await?;
     match server.provider {
@@ -37,7 +39,7 @@ pub(super) async fn provision(
         }
     }
     run.still_wanted(&server.id).await?;
-    set_dns(run, &mut server).await?;
+    dns::set_record(run, &mut server).await?;
     run.still_wanted(&server.id).await?;
     hand_over_host(run, &server).await?;
     run.still_wanted(&server.id).await?;
@@ -242,41 +244,6 @@ async fn take_over(run: Run<'_>, server: &mut Server) -> Result<(), StepError> {
     run.set_server(&server.id, Column::HostPublicKey, Some(&host_key))
         .await?;
     server.host_public_key = Some(host_key);
-    Ok(())
-}
-
-/// The A record, where a DNS zone is configured.
-async fn set_dns(run: Run<'_>, server: &mut Server) -> Result<(), StepError> {
-    if server.dns_record_id.is_some() {
-        return Ok(());
-    }
-    let ip = server.ipv4.clone().unwrap_or_default();
-    let Some((cf, zone)) = credentials::cloudflare(run.infra, server).await? else {
-        run.mark(
-            Step::DnsRecordSet,
-            StepState::Skipped,
-            "no DNS zone configured",
-        )
-        .await?;
-        return Ok(());
-    };
-    run.mark(
-        Step::DnsRecordSet,
-        StepState::Running,
-        "setting the A record",
-    )
-    .await?;
-    let zone_id = cf.zone_id(&zone).await?;
-    let record = cf.upsert_a_record(&zone_id, &server.hostname, &ip).await?;
-    run.set_server(&server.id, Column::DnsRecordId, Some(&record))
-        .await?;
-    server.dns_record_id = Some(record);
-    run.mark(
-        Step::DnsRecordSet,
-        StepState::Done,
-        &format!("{} -> {ip}", server.hostname),
-    )
-    .await?;
     Ok(())
 }
 

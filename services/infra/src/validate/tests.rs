@@ -30,6 +30,7 @@ fn settings(zone: Option<&str>, platform_tokens: bool) -> Settings {
             url: String::new(),
             token: token(),
             zone: zone.map(str::to_owned),
+            reserved: crate::config::ReservedNames::default(),
         },
         ssh_port: 22,
         ready_timeout: Duration::from_secs(1),
@@ -190,7 +191,23 @@ fn hostnames_are_lowercase_dns_names_inside_the_zone() {
         assert!(!valid_hostname(bad), "{bad}");
     }
     let zoned = settings(Some("example.test"), true);
-    assert!(provision(digitalocean("example.test"), &zoned).is_ok());
+    assert!(provision(digitalocean("web.example.test"), &zoned).is_ok());
+    assert!(provision(digitalocean("www.app.example.test"), &zoned).is_ok());
+    // The apex and the reserved names are the zone owner's.
+    for (taken, said) in [
+        ("example.test", "zone apex `example.test`"),
+        ("www.example.test", "`www` is a reserved name"),
+        ("mail.example.test", "`mail` is a reserved name"),
+        ("ns1.example.test", "`ns1` is a reserved name"),
+    ] {
+        let refused = provision(digitalocean(taken), &zoned).unwrap_err();
+        assert_eq!(fields(&refused), ["hostname"], "{taken}");
+        assert!(refused.message().contains(said), "{taken}: {refused:?}");
+    }
+    let mut own = settings(Some("example.test"), true);
+    own.cloudflare.reserved = "shop".parse().unwrap();
+    assert!(provision(digitalocean("www.example.test"), &own).is_ok());
+    assert!(provision(digitalocean("shop.example.test"), &own).is_err());
     for outside in ["app.example.com", "appexample.test"] {
         let refused = provision(digitalocean(outside), &zoned).unwrap_err();
         assert_eq!(fields(&refused), ["hostname"]);
