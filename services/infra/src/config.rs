@@ -25,6 +25,9 @@ pub(crate) struct Settings {
     pub ready_timeout: Duration,
     /// Where servers clone repositories from (`INFRA_GIT_URL`, no trailing slash).
     pub git_url: String,
+    /// GitHub's API (`GITHUB_API_URL`), where infra revokes a clone token once the checkout is
+    /// over (with the token itself: infra holds no GitHub credential).
+    pub github_api_url: String,
 }
 
 #[derive(Debug)]
@@ -82,6 +85,7 @@ impl Settings {
             git_url: url("INFRA_GIT_URL", "https://github.com")
                 .trim_end_matches('/')
                 .to_owned(),
+            github_api_url: url("GITHUB_API_URL", "https://api.github.com"),
         })
     }
 }

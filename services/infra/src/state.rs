@@ -19,6 +19,9 @@ pub(crate) struct Infra {
     pub(crate) self_id: String,
     pub(crate) settings: Settings,
     pub(crate) peers: Peers,
+    /// GitHub, without any credential of infra's own: only to revoke the clone tokens the
+    /// broker minted for it, with those tokens.
+    pub(crate) github: orchestrator_github::GitHub,
 }
 
 impl Infra {

@@ -34,6 +34,7 @@ fn settings(zone: Option<&str>, platform_tokens: bool) -> Settings {
         ssh_port: 22,
         ready_timeout: Duration::from_secs(1),
         git_url: String::new(),
+        github_api_url: String::new(),
     }
 }
 
