@@ -50,7 +50,17 @@ impl GitHub {
         if let Some(cached) = cached.filter(|t| t.expires_at - 300 > now_unix()) {
             return Ok((cached, false));
         }
-        let (installation, repos, perms) = &key;
+        let token = Arc::new(self.mint(&key).await?);
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, token.clone());
+        Ok((token, true))
+    }
+
+    /// A new token from GitHub for `key`, cached nowhere.
+    async fn mint(&self, key: &TokenKey) -> Result<InstallationToken, GitHubError> {
+        let (installation, repos, perms) = key;
         let mut body = serde_json::json!({ "permissions": perms });
         if !repos.is_empty() {
             body["repositories"] = serde_json::json!(repos);
@@ -65,35 +75,30 @@ impl GitHub {
         )
         .map_err(|e| GitHubError::Decode(format!("expires_at: {e}")))?
         .unix_timestamp();
-        let token = Arc::new(InstallationToken {
+        Ok(InstallationToken {
             token: SecretString::from(minted.token),
             expires_at,
             permissions: minted.permissions,
             repositories: minted.repositories.into_iter().map(|r| r.name).collect(),
-        });
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, token.clone());
-        Ok((token, true))
+        })
     }
 
-    /// A freshly minted token that is never cached (handed to another service, which revokes
-    /// it when its job is done).
+    /// A freshly minted token, neither cached nor served from the cache: it is handed to
+    /// another service, which revokes it when its job is done, so no two callers may ever
+    /// share one (one's revocation would end the other's job).
     pub async fn mint_uncached(
         &self,
         installation: u64,
         repositories: &[&str],
         permissions: &[(&str, &str)],
     ) -> Result<InstallationToken, GitHubError> {
-        let (token, _) = self.token(installation, repositories, permissions).await?;
-        let token = (*token).clone();
-        // Another caller must not receive the same token: forget it.
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, t| t.token.expose_secret() != token.token.expose_secret());
-        Ok(token)
+        let mut repos: Vec<String> = repositories.iter().map(|r| (*r).to_owned()).collect();
+        repos.sort();
+        let perms: BTreeMap<String, String> = permissions
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.mint(&(installation, repos, perms)).await
     }
 
     /// The token to use instead of `old`, which GitHub refused with a 401: when `old` is (or

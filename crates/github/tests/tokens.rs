@@ -84,3 +84,33 @@ async fn a_token_is_revoked_by_its_holder_and_then_refused() {
     assert!(!holder.revoke_token(&handed.token).await.unwrap());
     assert_eq!(emu.stats().token_mints.len(), 1, "nothing re-minted");
 }
+
+#[tokio::test]
+async fn handed_over_tokens_are_never_shared_nor_the_cached_one() {
+    let (_emu, github, installation) = setup().await;
+    let (cached, _) = github
+        .token(installation, &[], &[("administration", "write")])
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(
+        github.mint_uncached(installation, &[], &[("administration", "write")]),
+        github.mint_uncached(installation, &[], &[("administration", "write")]),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    use secrecy::ExposeSecret as _;
+    let values = [
+        cached.token.expose_secret(),
+        a.token.expose_secret(),
+        b.token.expose_secret(),
+    ];
+    assert!(
+        values[0] != values[1] && values[0] != values[2] && values[1] != values[2],
+        "one token each: revoking one must not end another's job"
+    );
+    // The cache still serves its own, untouched.
+    let (again, minted) = github
+        .token(installation, &[], &[("administration", "write")])
+        .await
+        .unwrap();
+    assert!(!minted && again.token.expose_secret() == values[0]);
+}
