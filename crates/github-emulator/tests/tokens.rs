@@ -162,4 +162,17 @@ async fn an_installation_on_selected_repositories_reaches_only_them() {
         .unwrap();
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["repository_selection"], "selected");
+    // The repository's installation: found for a selected one only.
+    for (repo, status) in [("chosen", 200), ("other", 404)] {
+        let resp = gh
+            .call(
+                Method::GET,
+                &format!("/repos/{ORG}/{repo}/installation"),
+                Some(&format!("Bearer {jwt}")),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{repo}");
+    }
 }

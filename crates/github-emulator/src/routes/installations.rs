@@ -49,11 +49,15 @@ pub(super) async fn for_repository(
 ) -> Result<Json<Value>, ApiError> {
     require_app(&identity)?;
     let world = state.world();
-    if world.repo(&owner, &repo).is_none() {
-        return Err(ApiError::not_found());
-    }
+    let found = world.repo(&owner, &repo).ok_or_else(ApiError::not_found)?;
+    // An installation on selected repositories does not cover the others.
     let inst = world
         .installation_for(&owner.to_ascii_lowercase())
+        .filter(|i| {
+            i.repositories
+                .as_ref()
+                .is_none_or(|r| r.contains(&found.id))
+        })
         .ok_or_else(ApiError::not_found)?;
     Ok(Json(installation_json(
         &state.base_url,
