@@ -187,9 +187,15 @@ impl ServiceEnv {
             .set("GITHUB_APP_PRIVATE_KEY_FILE", path(&key)))
     }
 
-    /// The broker and the scaffolder: the GitHub API. Nothing for the others.
+    /// The broker, the scaffolder and infra (which revokes its clone tokens there): the
+    /// GitHub API. Nothing for the vault.
     pub fn github_api(self, url: &str) -> Self {
-        self.if_github_user(|env| env.set("GITHUB_API_URL", url))
+        match self.service {
+            Service::SecretBroker | Service::Scaffolder | Service::Infra => {
+                self.set("GITHUB_API_URL", url)
+            }
+            Service::Vault => self,
+        }
     }
 
     /// The broker and the scaffolder: the organization where projects' repositories are
@@ -252,6 +258,7 @@ impl ServiceEnv {
         match env.service {
             Service::SecretBroker | Service::Scaffolder => env.github_api(&nowhere),
             Service::Infra => env
+                .github_api(&nowhere)
                 .set("DIGITALOCEAN_API_URL", &nowhere)
                 .set("CLOUDFLARE_API_URL", &nowhere)
                 .set("TIME4VPS_API_URL", nowhere),

@@ -485,6 +485,7 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
         .mint_repository_token(pb::MintRepositoryTokenRequest {
             scope: pb::RepositoryTokenScope::Clone as i32,
             project_id: "p1".into(),
+            from_template: false,
         })
         .await
         .unwrap()
@@ -513,6 +514,7 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
         .mint_repository_token(pb::MintRepositoryTokenRequest {
             scope: pb::RepositoryTokenScope::RepositoryCreation as i32,
             project_id: String::new(),
+            from_template: false,
         })
         .await
         .unwrap_err();
@@ -525,15 +527,21 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
         .mint_repository_token(pb::MintRepositoryTokenRequest {
             scope: pb::RepositoryTokenScope::RepositoryCreation as i32,
             project_id: String::new(),
+            from_template: false,
         })
         .await
         .unwrap()
         .into_inner();
-    assert!(
-        created
-            .permissions
-            .iter()
-            .any(|p| p.permission == "workflows" && p.access == pb::PermissionAccess::Write as i32)
+    // Creating a repository needs administration, and the token carries nothing else: it
+    // writes no repository's contents or workflows.
+    let granted: Vec<(&str, i32)> = created
+        .permissions
+        .iter()
+        .map(|p| (p.permission.as_str(), p.access))
+        .collect();
+    assert_eq!(
+        granted,
+        [("administration", pb::PermissionAccess::Write as i32)]
     );
     // Tokens are audited, never logged.
     assert!(!mesh.logs(BROKER).contains(&created.token));

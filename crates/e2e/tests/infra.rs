@@ -299,7 +299,7 @@ async fn provision_and_destroy_on_digitalocean() {
         pb::OperationStep::RepositoryCheckedOut as i32
     );
     // The checkout: as the deploy user, a clone token on stdin only — one that reads this
-    // repository and nothing else — kept nowhere by infra.
+    // repository and nothing else, revoked once the checkout is over — kept nowhere by infra.
     let droplet_id = mesh.digitalocean().live_droplets()[0].id;
     let commands = mesh.digitalocean().commands(droplet_id);
     assert_eq!(commands.len(), 1, "{commands:?}");
@@ -312,16 +312,23 @@ async fn provision_and_destroy_on_digitalocean() {
         "line 3 of stdin is not the token"
     );
     assert!(stdin.contains(&format!("'{}/acme/app1.git'", mesh.github().url())));
+    let mints = mesh.github().stats().token_mints;
+    let clone = mints
+        .iter()
+        .find(|m| m.token == token)
+        .expect("GitHub minted the clone token");
+    assert_eq!(
+        clone.granted_permissions,
+        [("contents".to_owned(), "read".to_owned())].into()
+    );
+    assert_eq!(clone.granted_repositories, Some(vec!["app1".to_owned()]));
+    assert!(clone.revoked, "the clone token outlived the checkout");
     let github = mesh.github().url();
     let status = |path| raw::status_with_token(&github, "GET", path, &token, "");
     assert_eq!(
         status("/repos/acme/app1/contents/README.md").await,
-        404,
-        "read access, no such file"
-    );
-    assert_eq!(
-        status("/repos/acme/app1/actions/secrets/public-key").await,
-        403
+        401,
+        "a second use of the clone token"
     );
     assert!(!mesh.logs(INFRA).contains(&token));
     mesh.assert_absent_from_tables(

@@ -363,4 +363,15 @@ async fn projects_are_generated_from_a_template_repository_when_one_is_configure
         None,
         "generated, not created empty"
     );
+    // Generating reads the (private) template: the creation token may read, and write nothing.
+    let creation = &mesh.github().stats().token_mints[0];
+    assert_eq!(
+        creation.granted_permissions,
+        [
+            ("administration".to_owned(), "write".to_owned()),
+            ("contents".to_owned(), "read".to_owned())
+        ]
+        .into()
+    );
+    assert!(creation.revoked);
 }

@@ -106,6 +106,14 @@ const ISS_INVALID: &str = "'Issuer' claim ('iss') must be an Integer";
 const IAT_SKEW_S: i64 = 60;
 const MAX_LIFETIME_S: i64 = 600;
 
+/// The credential of an `Authorization: Bearer <c>` or `token <c>` header.
+pub(crate) fn credential(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, credential) = value.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token"))
+        .then(|| credential.trim().to_owned())
+}
+
 /// Resolves the caller. `Bearer x.y.z` is a JWT; `Bearer t` and `token t` are installation
 /// tokens. Errors are GitHub's 401s.
 pub(crate) fn identify(
@@ -134,6 +142,7 @@ pub(crate) fn identify(
         verify_jwt(app_key, app_id, credential, now)?;
         return Ok(Identity::App);
     }
+    // A revoked token is no longer known: refused like any other.
     match world.tokens.get(credential) {
         Some(grant) if grant.expires_at > OffsetDateTime::now_utc() => {
             Ok(Identity::Installation(Arc::new(grant.clone())))

@@ -3,8 +3,13 @@
 //!
 //! - **App auth as GitHub does it.** App endpoints take an RS256 JWT checked against the App's
 //!   public key and GitHub's `iss`/`iat`/`exp` rules; installation tokens are random, expire
-//!   after an hour, can only narrow the installation's repositories and permissions, and every
-//!   call is checked against them ("Resource not accessible by integration").
+//!   after an hour, can only narrow the installation's repositories (all of the account's, or
+//!   the ones an installation on selected repositories was given) and permissions, and every
+//!   call is checked against them ("Resource not accessible by integration"). A token revokes
+//!   itself with `DELETE /installation/token` (204); a revoked or expired token is 401 "Bad
+//!   credentials". Tokens are long (`ghs_`, the App id and 240 more characters), as GitHub's
+//!   are becoming. (GitHub docs: "Create an installation access token for an app", "Revoke an
+//!   installation access token".)
 //! - **Sealed secrets are really decrypted.** Each repository holds a real X25519 key pair; a
 //!   `PUT` of an Actions secret is unsealed with it, so a test proves GitHub could read the value.
 //!   Plaintexts live only in this process's memory, in zeroizing buffers, for assertions.
@@ -113,14 +118,36 @@ impl Default for Faults {
     }
 }
 
-/// One installation token minted through the API, with what was asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One installation token minted through the API: what was asked for, what was granted, and
+/// whether it was revoked since.
+#[derive(Clone, PartialEq, Eq)]
 pub struct TokenMint {
+    /// The token itself, so that a test can try it again (Debug leaves it out).
+    pub token: String,
     pub installation_id: u64,
     /// Requested repository names (ids resolved to names); empty = not narrowed.
     pub repositories: Vec<String>,
     /// Requested permissions; empty = the installation's.
     pub permissions: BTreeMap<String, String>,
+    /// The permissions the token carries (`metadata: read` is implied, as on GitHub).
+    pub granted_permissions: BTreeMap<String, String>,
+    /// The repositories the token reaches; `None` = every repository of the account.
+    pub granted_repositories: Option<Vec<String>>,
+    /// Revoked through `DELETE /installation/token`.
+    pub revoked: bool,
+}
+
+impl std::fmt::Debug for TokenMint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenMint")
+            .field("installation_id", &self.installation_id)
+            .field("repositories", &self.repositories)
+            .field("permissions", &self.permissions)
+            .field("granted_permissions", &self.granted_permissions)
+            .field("granted_repositories", &self.granted_repositories)
+            .field("revoked", &self.revoked)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Counters for assertions.
@@ -215,6 +242,13 @@ impl Emulator {
             perms.insert((*name).to_owned(), level);
         }
         self.inner.state.world().install(account, Some(perms))
+    }
+
+    /// Installs the App on `account` for the repositories `names` only ("Only select
+    /// repositories"; missing ones are created empty and private), with the default
+    /// permissions: a token for any other repository is refused (422), as is creating one.
+    pub fn install_on_selected(&self, account: &str, names: &[&str]) -> u64 {
+        self.inner.state.world().select_repositories(account, names)
     }
 
     /// Creates an empty private repository (no-op if it exists).

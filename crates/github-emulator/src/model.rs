@@ -123,6 +123,9 @@ pub(crate) struct Installation {
     /// Lower-cased login of the organization.
     pub(crate) account: String,
     pub(crate) permissions: Permissions,
+    /// The repositories it was given when installed on selected repositories; `None` = all
+    /// of the account's.
+    pub(crate) repositories: Option<BTreeSet<u64>>,
     pub(crate) created_at: OffsetDateTime,
 }
 
@@ -214,6 +217,8 @@ pub(crate) struct World {
     pub(crate) installations: BTreeMap<u64, Installation>,
     repos: BTreeMap<(String, String), Repo>,
     pub(crate) tokens: HashMap<String, Grant>,
+    /// Tokens revoked through `DELETE /installation/token`: refused like unknown ones.
+    pub(crate) revoked: BTreeSet<String>,
 }
 
 impl World {
@@ -259,9 +264,27 @@ impl World {
                 id,
                 account: lower,
                 permissions: permissions.unwrap_or_else(default_permissions),
+                repositories: None,
                 created_at: now_s(),
             },
         );
+        id
+    }
+
+    /// Limits `account`'s installation to the repositories `names` (created if missing), as
+    /// an installation on "Only select repositories".
+    pub(crate) fn select_repositories(&mut self, account: &str, names: &[&str]) -> u64 {
+        let id = self.install(account, None);
+        let ids = names
+            .iter()
+            .map(|name| {
+                let (key, _) = self.create_repo(account, name, None, true, false);
+                self.repos.get(&key).map_or(0, |r| r.id)
+            })
+            .collect();
+        if let Some(inst) = self.installations.get_mut(&id) {
+            inst.repositories = Some(ids);
+        }
         id
     }
 
@@ -323,6 +346,15 @@ impl World {
         self.repos.values().find(|r| r.id == id)
     }
 
+    /// Revokes `token` (GitHub forgets it: every later use is 401 "Bad credentials").
+    pub(crate) fn revoke(&mut self, token: &str) -> bool {
+        let known = self.tokens.remove(token).is_some();
+        if known {
+            self.revoked.insert(token.to_owned());
+        }
+        known
+    }
+
     pub(crate) fn expire_tokens(&mut self) {
         let past = OffsetDateTime::now_utc() - time::Duration::SECOND;
         for grant in self.tokens.values_mut() {
@@ -363,16 +395,20 @@ fn random_u64() -> u64 {
     u64::from_be_bytes(random_bytes::<8>()) >> 1
 }
 
-/// A fresh installation token: `ghs_` and 36 alphanumerics, like GitHub's.
-pub(crate) fn new_token() -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut token = String::from("ghs_");
-    // Rejection sampling keeps the characters uniform.
-    while token.len() < 40 {
-        for b in random_bytes::<48>() {
-            let b = usize::from(b);
-            if b < 248 && token.len() < 40 {
-                token.push(char::from(ALPHABET[b % ALPHABET.len()]));
+/// A fresh installation token. GitHub's are getting longer (`ghs_`, then the App id and a
+/// JWT-like payload of a few hundred characters), so ours are long too: `ghs_`, the App id, `_`,
+/// and 240 characters of `[A-Za-z0-9_-]`, so that no client survives with a length assumption.
+/// No `.`: a credential with two dots is read as a JWT.
+pub(crate) fn new_token(app_id: u64) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const PAYLOAD: usize = 240;
+    let mut token = format!("ghs_{app_id}_");
+    let target = token.len() + PAYLOAD;
+    // 64 characters: every byte maps uniformly through its low six bits.
+    while token.len() < target {
+        for b in random_bytes::<64>() {
+            if token.len() < target {
+                token.push(char::from(ALPHABET[usize::from(b & 0x3f)]));
             }
         }
     }

@@ -182,7 +182,7 @@ async fn tokens_are_narrowed_and_enforced() {
             json!({"repositories": ["a"], "permissions": {"secrets": "write"}}),
         )
         .await;
-    assert!(secrets_a.starts_with("ghs_") && secrets_a.len() == 40);
+    assert!(secrets_a.starts_with("ghs_") && secrets_a.len() > 200);
     // Allowed: secrets on a.
     assert_eq!(
         gh.put_secret(&secrets_a, ORG, "a", "TOKEN", b"v")
@@ -266,9 +266,13 @@ async fn tokens_are_narrowed_and_enforced() {
     assert_eq!(
         mints[0],
         TokenMint {
+            token: mints[0].token.clone(),
             installation_id: inst,
             repositories: vec!["a".to_owned()],
             permissions: [("secrets".to_owned(), "write".to_owned())].into(),
+            granted_permissions: [("secrets".to_owned(), "write".to_owned())].into(),
+            granted_repositories: Some(vec!["a".to_owned()]),
+            revoked: false,
         }
     );
 }

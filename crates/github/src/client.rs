@@ -103,7 +103,8 @@ impl Default for RetryPolicy {
 }
 
 /// Who a request is made as.
-enum Auth<'a> {
+#[derive(Clone, Copy)]
+pub(crate) enum Auth<'a> {
     App,
     Token(&'a SecretString),
 }
@@ -150,7 +151,8 @@ pub enum PutOutcome {
     Updated,
 }
 
-type TokenKey = (u64, Vec<String>, BTreeMap<String, String>);
+/// What a cached token was minted for: installation, sorted repositories, permissions.
+pub(crate) type TokenKey = (u64, Vec<String>, BTreeMap<String, String>);
 
 /// The GitHub client of the secret broker (the only holder of the App key).
 pub struct GitHub {
@@ -158,7 +160,12 @@ pub struct GitHub {
     /// The App key: only the broker's client has one; others work with tokens it minted.
     app: Option<AppAuth>,
     retry: RetryPolicy,
-    tokens: Mutex<HashMap<TokenKey, Arc<InstallationToken>>>,
+    /// Tokens the broker itself uses, by what they were minted for.
+    pub(crate) tokens: Mutex<HashMap<TokenKey, Arc<InstallationToken>>>,
+    /// Cached tokens GitHub refused (401) and that were replaced: SHA-256 of the token -> what
+    /// it was minted for and when it would have expired, so that a holder of the old one gets
+    /// the new one.
+    pub(crate) superseded: Mutex<HashMap<[u8; 32], (TokenKey, i64)>>,
     rng: ring::rand::SystemRandom,
 }
 
@@ -170,7 +177,7 @@ impl std::fmt::Debug for GitHub {
     }
 }
 
-fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
@@ -180,18 +187,18 @@ struct Installation {
 }
 
 #[derive(Deserialize)]
-struct TokenBody {
-    token: String,
-    expires_at: String,
+pub(crate) struct TokenBody {
+    pub(crate) token: String,
+    pub(crate) expires_at: String,
     #[serde(default)]
-    permissions: BTreeMap<String, String>,
+    pub(crate) permissions: BTreeMap<String, String>,
     #[serde(default)]
-    repositories: Vec<TokenRepo>,
+    pub(crate) repositories: Vec<TokenRepo>,
 }
 
 #[derive(Deserialize)]
-struct TokenRepo {
-    name: String,
+pub(crate) struct TokenRepo {
+    pub(crate) name: String,
 }
 
 #[derive(Deserialize)]
@@ -254,6 +261,7 @@ impl GitHub {
             app,
             retry,
             tokens: Mutex::new(HashMap::new()),
+            superseded: Mutex::new(HashMap::new()),
             rng: ring::rand::SystemRandom::new(),
         })
     }
@@ -278,74 +286,6 @@ impl GitHub {
             )
             .await?
             .id)
-    }
-
-    /// An installation token narrowed to `repositories` and `permissions`, reused until five
-    /// minutes before it expires. Returns whether it was minted now.
-    pub async fn token(
-        &self,
-        installation: u64,
-        repositories: &[&str],
-        permissions: &[(&str, &str)],
-    ) -> Result<(Arc<InstallationToken>, bool), GitHubError> {
-        let mut repos: Vec<String> = repositories.iter().map(|r| (*r).to_owned()).collect();
-        repos.sort();
-        let perms: BTreeMap<String, String> = permissions
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let key = (installation, repos.clone(), perms.clone());
-        let cached = self
-            .tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
-        if let Some(cached) = cached.filter(|t| t.expires_at - 300 > now_unix()) {
-            return Ok((cached, false));
-        }
-        let mut body = serde_json::json!({ "permissions": perms });
-        if !repos.is_empty() {
-            body["repositories"] = serde_json::json!(repos);
-        }
-        let path = format!("/app/installations/{installation}/access_tokens");
-        let minted: TokenBody = self
-            .json(Method::POST, &path, Auth::App, Some(body))
-            .await?;
-        let expires_at = time::OffsetDateTime::parse(
-            &minted.expires_at,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .map_err(|e| GitHubError::Decode(format!("expires_at: {e}")))?
-        .unix_timestamp();
-        let token = Arc::new(InstallationToken {
-            token: SecretString::from(minted.token),
-            expires_at,
-            permissions: minted.permissions,
-            repositories: minted.repositories.into_iter().map(|r| r.name).collect(),
-        });
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, token.clone());
-        Ok((token, true))
-    }
-
-    /// A freshly minted token that is never cached (handed to another service).
-    pub async fn mint_uncached(
-        &self,
-        installation: u64,
-        repositories: &[&str],
-        permissions: &[(&str, &str)],
-    ) -> Result<InstallationToken, GitHubError> {
-        let (token, _) = self.token(installation, repositories, permissions).await?;
-        let token = (*token).clone();
-        // Another caller must not receive the same token: forget it.
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, t| t.token.expose_secret() != token.token.expose_secret());
-        Ok(token)
     }
 
     pub async fn public_key(
@@ -565,7 +505,7 @@ impl GitHub {
         Ok(true)
     }
 
-    async fn json<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn json<T: serde::de::DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -577,14 +517,28 @@ impl GitHub {
     }
 
     /// Sends with retries; `Err(Status)` for a final non-success answer.
-    async fn send_ok(
+    pub(crate) async fn send_ok(
         &self,
         method: Method,
         path: &str,
         auth: Auth<'_>,
         body: Option<serde_json::Value>,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GitHubError> {
-        let (status, headers, bytes) = self.send(method, path, auth, body).await?;
+        let (status, headers, bytes) = self.send(method.clone(), path, auth, body.clone()).await?;
+        // A cached token GitHub no longer takes (revoked, or expired early): dropped, and the
+        // request is sent once more with a new one.
+        let (status, headers, bytes) = match auth {
+            Auth::Token(old) if status == StatusCode::UNAUTHORIZED => {
+                match self.replacement(old).await? {
+                    Some(fresh) => {
+                        self.send(method, path, Auth::Token(&fresh.token), body)
+                            .await?
+                    }
+                    None => (status, headers, bytes),
+                }
+            }
+            _ => (status, headers, bytes),
+        };
         if status.is_success() {
             return Ok((status, headers, bytes));
         }
@@ -598,7 +552,7 @@ impl GitHub {
         })
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         path: &str,

@@ -2,13 +2,16 @@
 //!
 //! - [`AppAuth`]: RS256 JWTs (`iat` 60 s in the past, `exp` 9 minutes ahead).
 //! - [`GitHub`]: installation lookup, installation tokens narrowed to repositories and
-//!   permissions (cached until five minutes before expiry), Actions secrets (public key, list
-//!   with `per_page=100`, get, put, delete), retried as GitHub asks.
+//!   permissions (cached until five minutes before expiry, replaced once when GitHub refuses a
+//!   cached one with a 401, revoked by their holder with [`GitHub::revoke_token`]), Actions
+//!   secrets (public key, list with `per_page=100`, get, put, delete), repositories and
+//!   contents, retried as GitHub asks.
 //! - [`seal`]: libsodium sealed boxes (crypto_box), so GitHub, and only GitHub, can read a value.
 
 mod app;
 mod client;
 mod names;
+mod tokens;
 
 pub use app::{AppAuth, AppKeyError};
 pub use client::{

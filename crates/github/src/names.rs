@@ -2,11 +2,54 @@
 
 use std::fmt;
 
-/// An owner (user or organization) and repository name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// An owner (user or organization) and repository name. Identity is case-insensitive, as on
+/// GitHub (`Acme/App` and `acme/app` are one repository: equal, same hash, same order); the
+/// spelling it was given is kept for display.
+#[derive(Debug, Clone)]
 pub struct RepoRef {
     owner: String,
     name: String,
+}
+
+impl RepoRef {
+    /// The case-folded (owner, name): what identifies the repository.
+    fn identity(&self) -> (String, String) {
+        (
+            self.owner.to_ascii_lowercase(),
+            self.name.to_ascii_lowercase(),
+        )
+    }
+
+    /// Whether the repository belongs to `owner` (case-insensitively).
+    pub fn is_owned_by(&self, owner: &str) -> bool {
+        self.owner.eq_ignore_ascii_case(owner)
+    }
+}
+
+impl PartialEq for RepoRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.owner.eq_ignore_ascii_case(&other.owner) && self.name.eq_ignore_ascii_case(&other.name)
+    }
+}
+
+impl Eq for RepoRef {}
+
+impl std::hash::Hash for RepoRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.identity().hash(state);
+    }
+}
+
+impl PartialOrd for RepoRef {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for RepoRef {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.identity().cmp(&other.identity())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,6 +153,19 @@ mod tests {
         for bad in ["", "1ABC", "A-B", "A B", "github_token", "GITHUB_X", "ÄB"] {
             assert!(SecretName::new(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn repository_identity_ignores_case_as_github_does() {
+        let a = RepoRef::new("Acme", "My-App").unwrap();
+        let b = RepoRef::new("acme", "my-app").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.cmp(&b), std::cmp::Ordering::Equal);
+        let set: std::collections::HashSet<RepoRef> = [a.clone(), b].into();
+        assert_eq!(set.len(), 1);
+        assert_eq!(a.to_string(), "Acme/My-App", "the spelling is kept");
+        assert!(a.is_owned_by("ACME") && !a.is_owned_by("acme2"));
+        assert_ne!(a, RepoRef::new("acme", "my-app2").unwrap());
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub(crate) struct Settings {
     pub git_url: String,
     /// The most WatchOperation streams one caller holds open (`INFRA_MAX_WATCHES_PER_CALLER`).
     pub max_watches_per_caller: usize,
+    /// GitHub's API (`GITHUB_API_URL`), where infra revokes a clone token once the checkout is
+    /// over (with the token itself: infra holds no GitHub credential).
+    pub github_api_url: String,
 }
 
 #[derive(Debug)]
@@ -135,6 +138,7 @@ impl Settings {
                 .trim_end_matches('/')
                 .to_owned(),
             max_watches_per_caller: env.positive("INFRA_MAX_WATCHES_PER_CALLER", 32_usize)?,
+            github_api_url: url("GITHUB_API_URL", "https://api.github.com"),
         })
     }
 }

@@ -7,8 +7,9 @@
 //! (L1, each optional: a user's own key from the vault can stand in); `DIGITALOCEAN_API_URL`,
 //! `TIME4VPS_API_URL`, `TIME4VPS_DEFAULT_OS`, `CLOUDFLARE_API_URL`, `CLOUDFLARE_ZONE` (no zone =
 //! no DNS step); `INFRA_SSH_PORT` (22), `INFRA_READY_TIMEOUT_SECS` (900), `INFRA_GIT_URL`
-//! (`https://github.com`, where servers clone from); `INFRA_BROKER_ADDR` and `INFRA_VAULT_ADDR`
-//! (default: the peer's default port on 127.0.0.1).
+//! (`https://github.com`, where servers clone from); `GITHUB_API_URL` (`https://api.github.com`,
+//! where a clone token is revoked, with itself, once the checkout is over); `INFRA_BROKER_ADDR`
+//! and `INFRA_VAULT_ADDR` (default: the peer's default port on 127.0.0.1).
 //!
 //! Modules, from the edge inwards: `api` (the handlers) validates with `validate`, reads and
 //! records through `db` (every query) in the ledger's transactions held by `state`, and
@@ -49,6 +50,13 @@ fn migrations(dialect: Dialect) -> Migrator {
 pub async fn routes(startup: Startup) -> anyhow::Result<Routes> {
     let settings = config::Settings::from_env(&startup.env)?;
     let peers = config::Peers::from_startup(&startup)?;
+    let github = orchestrator_github::GitHub::with_tokens_only(
+        &settings.github_api_url,
+        orchestrator_github::RetryPolicy {
+            deadline: std::time::Duration::from_secs(30),
+            ..orchestrator_github::RetryPolicy::default()
+        },
+    )?;
     let (db, ledger) = startup.open_database(migrations).await?;
     let infra = Arc::new(state::Infra {
         db,
@@ -57,6 +65,7 @@ pub async fn routes(startup: Startup) -> anyhow::Result<Routes> {
         watchers: watch::Watchers::new(settings.max_watches_per_caller),
         settings,
         peers,
+        github,
     });
     // Operations a previous process left unfinished resume from their recorded step.
     operation::resume_unfinished(&infra).await?;

@@ -22,6 +22,9 @@ pub(crate) struct Infra {
     pub(crate) peers: Peers,
     /// The open WatchOperation streams, bounded per caller.
     pub(crate) watchers: Watchers,
+    /// GitHub, without any credential of infra's own: only to revoke the clone tokens the
+    /// broker minted for it, with those tokens.
+    pub(crate) github: orchestrator_github::GitHub,
 }
 
 impl Infra {

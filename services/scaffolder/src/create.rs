@@ -1,6 +1,9 @@
 //! CreateProject, step by step: `recorded -> repository_created -> template_committed ->
 //! repository_registered -> initial_secrets_set -> done`. Each step is recorded (and audited)
 //! when done, so a retry with the same request id resumes at the first step not recorded.
+//! The repository is registered at the broker before the template is committed (the commit
+//! token is narrowed to the registered repository); `repository_registered` confirms it.
+//! Each GitHub job uses a token of its own, revoked when the job is done (`tokens`).
 
 use orchestrator_fields::ProjectId;
 use orchestrator_github::{GitHubError, RepoRef};
@@ -16,6 +19,7 @@ use crate::project::{
     Failure, InitialSecrets, Project, ProjectSpec, Step, Visibility, deploy_files, name_key,
 };
 use crate::state::{Action, Scaffolder};
+use crate::tokens::{Job, with_token};
 
 /// Creates the project `spec` asks for, or resumes the one its request id recorded; returns it
 /// (ready) with the broker's result for each initial secret. A failed step is recorded on the
@@ -88,10 +92,11 @@ async fn run_steps(
     initial: InitialSecrets,
     caller: &str,
 ) -> Result<Vec<common::SecretWriteResult>, Status> {
-    let mut token = None;
     if project.step == Step::Recorded {
-        let minted = mint_creation_token(s, &project.id).await?;
-        let repository_id = create_repository(s, project, &minted).await?;
+        let repository_id = with_token(s, &project.id, Job::CreateRepository, async |token| {
+            create_repository(s, project, token).await
+        })
+        .await?;
         advance(
             s,
             project,
@@ -100,25 +105,19 @@ async fn run_steps(
             caller,
         )
         .await?;
-        token = Some(minted);
     }
     if project.step == Step::RepositoryCreated {
-        let token = match token.take() {
-            Some(token) => token,
-            None => mint_creation_token(s, &project.id).await?,
-        };
-        commit_template(s, project, &token).await?;
+        // The commit token reaches the registered repository only: register it first (the
+        // `repository_registered` step below then finds it registered).
+        register(s, project).await?;
+        with_token(s, &project.id, Job::CommitTemplate, async |token| {
+            commit_template(s, project, token).await
+        })
+        .await?;
         advance(s, project, Step::TemplateCommitted, None, caller).await?;
     }
     if project.step == Step::TemplateCommitted {
-        s.broker()
-            .register_repository(broker::RegisterRepositoryRequest {
-                request_id: format!("{}-register", project.id),
-                project_id: project.id.to_string(),
-                repository: Some(project.repository()),
-            })
-            .await
-            .map_err(from_peer("secret broker"))?;
+        register(s, project).await?;
         advance(s, project, Step::RepositoryRegistered, None, caller).await?;
     }
     let mut results = Vec::new();
@@ -192,18 +191,18 @@ async fn record_failure(s: &Scaffolder, id: &ProjectId, status: &Status, caller:
     }
 }
 
-/// A token for creating the project's repository, minted by the broker.
-async fn mint_creation_token(s: &Scaffolder, id: &ProjectId) -> Result<SecretString, Status> {
-    let minted = s
-        .broker()
-        .mint_repository_token(broker::MintRepositoryTokenRequest {
-            scope: broker::RepositoryTokenScope::RepositoryCreation as i32,
-            project_id: id.to_string(),
+/// Registers the project's repository at the broker (idempotent by request id: a second call
+/// answers the same registration).
+async fn register(s: &Scaffolder, project: &Project) -> Result<(), Status> {
+    s.broker()
+        .register_repository(broker::RegisterRepositoryRequest {
+            request_id: format!("{}-register", project.id),
+            project_id: project.id.to_string(),
+            repository: Some(project.repository()),
         })
         .await
-        .map_err(from_peer("secret broker"))?
-        .into_inner();
-    Ok(SecretString::from(minted.token))
+        .map_err(from_peer("secret broker"))?;
+    Ok(())
 }
 
 /// Creates (or, after a crash, finds) the project's repository; returns GitHub's id of it.

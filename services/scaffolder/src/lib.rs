@@ -1,6 +1,7 @@
 //! The scaffolder service: projects, their GitHub repositories and the deploy template. Holds
 //! no L1 secret beyond its certificate, database and audit key: GitHub access comes from
-//! tokens the secret broker mints for it, narrowed to repository creation.
+//! tokens the secret broker mints for it, one per job (creating the repository; committing the
+//! template to that repository only), each revoked when its job is done.
 //!
 //! Its environment: `DATABASE_URL`, `AUDIT_KEY` (also as `_FILE`), `GITHUB_API_URL`
 //! (`https://api.github.com`), `GITHUB_ORG` (required), `SCAFFOLDER_TEMPLATE_REPOSITORY`
@@ -8,7 +9,8 @@
 //!
 //! Modules: `config` (settings), `state` (what requests share, the audit actions), `project`
 //! (the model), `db` (every query), `validate` (requests into typed values), `create` (the
-//! CreateProject steps), `view` (a project as reads return it), `api` (the gRPC handlers).
+//! CreateProject steps), `tokens` (a token per GitHub job, revoked after it), `view` (a
+//! project as reads return it), `api` (the gRPC handlers).
 
 use orchestrator_mesh::Startup;
 use orchestrator_proto::scaffolder::v1::scaffolder_service_server::ScaffolderServiceServer;
@@ -24,6 +26,7 @@ mod create;
 mod db;
 mod project;
 mod state;
+mod tokens;
 mod validate;
 mod view;
 

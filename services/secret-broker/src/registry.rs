@@ -49,13 +49,44 @@ impl Broker {
         })
     }
 
+    /// The organization projects' repositories live in (`GITHUB_ORG`); FAILED_PRECONDITION
+    /// `NO_ORGANIZATION` without one.
+    pub(crate) fn organization(&self) -> Result<&str, Status> {
+        self.org.as_deref().ok_or_else(|| {
+            with_reason(
+                Code::FailedPrecondition,
+                "NO_ORGANIZATION",
+                "GITHUB_ORG is not configured on the broker",
+                &[],
+            )
+        })
+    }
+
     /// Registers the project's repository at the GitHub installation that has it. Registering
-    /// the same repository again answers the first registration.
+    /// the same repository again (in any letter case, as GitHub names are case-insensitive)
+    /// answers the first registration.
+    // Architecture Invariant: only repositories of the organization are registered, so no
+    // token the broker mints for a project reaches outside it.
     pub(crate) async fn register(
         &self,
         caller: String,
         req: RegisterRequest,
     ) -> Result<Registered, Status> {
+        let org = self.organization()?;
+        if !req.repo.is_owned_by(org) {
+            return Err(with_reason(
+                Code::PermissionDenied,
+                "REPOSITORY_OUTSIDE_ORGANIZATION",
+                format!(
+                    "{} is not a repository of the organization {org}: only its repositories can be registered",
+                    req.repo
+                ),
+                &[
+                    ("owner", req.repo.owner().to_owned()),
+                    ("organization", org.to_owned()),
+                ],
+            ));
+        }
         if let Some(existing) = self.registration(&req.project_id).await? {
             if existing.repo != req.repo {
                 return Err(with_reason(

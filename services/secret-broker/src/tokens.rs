@@ -27,9 +27,23 @@ struct Grant {
 fn allowed(caller: &Identity, scope: pb::RepositoryTokenScope) -> bool {
     matches!(
         (caller.name().as_str(), scope),
-        ("scaffolder", pb::RepositoryTokenScope::RepositoryCreation)
-            | ("infra", pb::RepositoryTokenScope::Clone)
+        (
+            "scaffolder",
+            pb::RepositoryTokenScope::RepositoryCreation | pb::RepositoryTokenScope::InitialCommit
+        ) | ("infra", pb::RepositoryTokenScope::Clone)
     )
+}
+
+/// What creating a repository needs, and nothing more: `administration: write`; generating it
+/// from a (possibly private) template also needs to read the template. The token cannot be
+/// narrowed to repositories (the new one does not exist yet), so it carries no write
+/// permission on contents, workflows or secrets: those would reach every repository.
+fn creation_permissions(from_template: bool) -> &'static [(&'static str, &'static str)] {
+    if from_template {
+        &[("administration", "write"), ("contents", "read")]
+    } else {
+        &[("administration", "write")]
+    }
 }
 
 impl Broker {
@@ -84,15 +98,18 @@ impl Broker {
                     permissions: &[("contents", "read")],
                 })
             }
-            TokenScope::RepositoryCreation { .. } => {
-                let org = self.org.clone().ok_or_else(|| {
-                    with_reason(
-                        Code::FailedPrecondition,
-                        "NO_ORGANIZATION",
-                        "GITHUB_ORG is not configured on the broker",
-                        &[],
-                    )
-                })?;
+            // The template is committed to the project's own repository, and only there.
+            TokenScope::InitialCommit { project_id } => {
+                let reg = self.registered(project_id).await?;
+                Ok(Grant {
+                    installation: reg.installation as u64,
+                    owner: reg.repo.owner().to_owned(),
+                    repositories: vec![reg.repo.name().to_owned()],
+                    permissions: &[("contents", "write"), ("workflows", "write")],
+                })
+            }
+            TokenScope::RepositoryCreation { from_template, .. } => {
+                let org = self.organization()?.to_owned();
                 let installation = self
                     .github
                     .installation_for_org(&org)
@@ -102,11 +119,7 @@ impl Broker {
                     installation,
                     owner: org,
                     repositories: Vec::new(),
-                    permissions: &[
-                        ("administration", "write"),
-                        ("contents", "write"),
-                        ("workflows", "write"),
-                    ],
+                    permissions: creation_permissions(*from_template),
                 })
             }
         }
@@ -123,15 +136,33 @@ mod tests {
             |name: &str| -> Identity { format!("spiffe://test.local/{name}").parse().unwrap() };
         use pb::RepositoryTokenScope as S;
         assert!(allowed(&id("scaffolder"), S::RepositoryCreation));
+        assert!(allowed(&id("scaffolder"), S::InitialCommit));
         assert!(allowed(&id("infra"), S::Clone));
         for (caller, scope) in [
             ("scaffolder", S::Clone),
             ("infra", S::RepositoryCreation),
+            ("infra", S::InitialCommit),
+            ("api", S::InitialCommit),
             ("api", S::Clone),
             ("api", S::RepositoryCreation),
             ("operator", S::Clone),
         ] {
             assert!(!allowed(&id(caller), scope), "{caller} {scope:?}");
+        }
+    }
+
+    #[test]
+    fn a_creation_token_writes_no_repository() {
+        for from_template in [false, true] {
+            let permissions = creation_permissions(from_template);
+            assert!(permissions.contains(&("administration", "write")));
+            assert!(
+                permissions
+                    .iter()
+                    .all(|(name, level)| *name == "administration" || *level == "read"),
+                "{permissions:?}"
+            );
+            assert!(!permissions.iter().any(|(name, _)| *name == "workflows"));
         }
     }
 }

@@ -59,10 +59,16 @@ pub(crate) struct RegisterRequest {
 /// What a MintRepositoryToken request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TokenScope {
-    /// Creating repositories in `GITHUB_ORG`; the project, if named, is only recorded.
-    RepositoryCreation { project_id: Option<ProjectId> },
+    /// Creating repositories in `GITHUB_ORG` (generated from a template or not); the project,
+    /// if named, is only recorded.
+    RepositoryCreation {
+        project_id: Option<ProjectId>,
+        from_template: bool,
+    },
     /// Reading the project's registered repository.
     Clone { project_id: ProjectId },
+    /// Committing the template to the project's registered repository.
+    InitialCommit { project_id: ProjectId },
 }
 
 impl TokenScope {
@@ -70,16 +76,19 @@ impl TokenScope {
         match self {
             TokenScope::RepositoryCreation { .. } => pb::RepositoryTokenScope::RepositoryCreation,
             TokenScope::Clone { .. } => pb::RepositoryTokenScope::Clone,
+            TokenScope::InitialCommit { .. } => pb::RepositoryTokenScope::InitialCommit,
         }
     }
 
     /// The project the token is for, `""` when none was named.
     pub(crate) fn project_id(&self) -> &str {
         match self {
-            TokenScope::RepositoryCreation { project_id } => {
+            TokenScope::RepositoryCreation { project_id, .. } => {
                 project_id.as_ref().map_or("", ProjectId::as_str)
             }
-            TokenScope::Clone { project_id } => project_id.as_str(),
+            TokenScope::Clone { project_id } | TokenScope::InitialCommit { project_id } => {
+                project_id.as_str()
+            }
         }
     }
 }
@@ -200,9 +209,16 @@ pub(crate) fn mint_repository_token(
         (pb::RepositoryTokenScope::Clone, Ok(Some(project_id))) => {
             Ok(TokenScope::Clone { project_id })
         }
-        (_, project_id) => {
-            project_id.map(|project_id| TokenScope::RepositoryCreation { project_id })
+        (pb::RepositoryTokenScope::InitialCommit, Ok(None)) => {
+            Err(Invalid("required for INITIAL_COMMIT"))
         }
+        (pb::RepositoryTokenScope::InitialCommit, Ok(Some(project_id))) => {
+            Ok(TokenScope::InitialCommit { project_id })
+        }
+        (_, project_id) => project_id.map(|project_id| TokenScope::RepositoryCreation {
+            project_id,
+            from_template: req.from_template,
+        }),
     };
     v.collect(wanted.at("project_id"))
 }

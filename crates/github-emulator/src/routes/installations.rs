@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::TokenMint;
-use crate::auth::{Identity, require_app};
+use crate::auth::{Identity, credential, require_app, require_installation};
 use crate::error::{ApiError, parse_body};
 use crate::model::{self, Grant, Installation, Level, World};
 
@@ -30,7 +30,7 @@ fn installation_json(base: &str, world: &World, app_id: u64, inst: &Installation
         "app_id": app_id,
         "target_id": account.id,
         "target_type": "Organization",
-        "repository_selection": "all",
+        "repository_selection": if inst.repositories.is_some() { "selected" } else { "all" },
         "permissions": model::permissions_json(&inst.permissions),
         "events": [],
         "access_tokens_url": format!("{base}/app/installations/{}/access_tokens", inst.id),
@@ -49,11 +49,15 @@ pub(super) async fn for_repository(
 ) -> Result<Json<Value>, ApiError> {
     require_app(&identity)?;
     let world = state.world();
-    if world.repo(&owner, &repo).is_none() {
-        return Err(ApiError::not_found());
-    }
+    let found = world.repo(&owner, &repo).ok_or_else(ApiError::not_found)?;
+    // An installation on selected repositories does not cover the others.
     let inst = world
         .installation_for(&owner.to_ascii_lowercase())
+        .filter(|i| {
+            i.repositories
+                .as_ref()
+                .is_none_or(|r| r.contains(&found.id))
+        })
         .ok_or_else(ApiError::not_found)?;
     Ok(Json(installation_json(
         &state.base_url,
@@ -120,9 +124,13 @@ pub(super) async fn access_token(
     }
     let mut selected = BTreeSet::new();
     let mut selected_names = Vec::new();
+    // A repository outside the installation (another account's, or one an installation on
+    // selected repositories was not given) is refused like a missing one.
+    let in_installation = |id: u64| inst.repositories.as_ref().is_none_or(|r| r.contains(&id));
     for name in &names {
         let repo = world
             .repo(&inst.account, name)
+            .filter(|r| in_installation(r.id))
             .ok_or_else(inaccessible_repositories)?;
         selected.insert(repo.id);
         selected_names.push(repo.name.clone());
@@ -130,7 +138,7 @@ pub(super) async fn access_token(
     for id in &ids {
         let repo = world
             .repo_by_id(*id)
-            .filter(|r| r.owner.eq_ignore_ascii_case(&inst.account))
+            .filter(|r| r.owner.eq_ignore_ascii_case(&inst.account) && in_installation(r.id))
             .ok_or_else(inaccessible_repositories)?;
         selected.insert(repo.id);
         selected_names.push(repo.name.clone());
@@ -159,9 +167,15 @@ pub(super) async fn access_token(
         narrowed
     };
 
-    let token = model::new_token();
+    let token = model::new_token(state.config.app_id);
     let expires_at = model::now_s() + TOKEN_TTL;
-    let repositories = (!selected.is_empty()).then_some(selected);
+    // Not narrowed: every repository of the installation (all of the account's, or its
+    // selection).
+    let repositories = if selected.is_empty() {
+        inst.repositories.clone()
+    } else {
+        Some(selected)
+    };
     let repos_json: Option<Vec<Value>> = repositories.as_ref().map(|ids| {
         ids.iter()
             .filter_map(|id| world.repo_by_id(*id))
@@ -178,12 +192,25 @@ pub(super) async fn access_token(
             expires_at,
         },
     );
+    let granted_repositories = repositories.as_ref().map(|ids| {
+        ids.iter()
+            .filter_map(|id| world.repo_by_id(*id))
+            .map(|r| r.name.clone())
+            .collect()
+    });
     drop(world);
 
     state.stats().token_mints.push(TokenMint {
+        token: token.clone(),
         installation_id,
         repositories: selected_names,
         permissions: requested,
+        granted_permissions: permissions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().to_owned()))
+            .collect(),
+        granted_repositories,
+        revoked: false,
     });
 
     let mut body = json!({
@@ -196,4 +223,28 @@ pub(super) async fn access_token(
         map.insert("repositories".to_owned(), Value::Array(repos));
     }
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `DELETE /installation/token`: revokes the installation token the request is made with
+/// (204). Only an installation token can call it; once revoked, the token is refused like an
+/// unknown one (401 "Bad credentials"), and revoking it again is a 401 for that reason.
+pub(super) async fn revoke_token(
+    State(state): State<Arc<model::State>>,
+    Extension(identity): Extension<Identity>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    require_installation(&identity)?;
+    let token = credential(&headers).ok_or_else(ApiError::bad_credentials)?;
+    if !state.world().revoke(&token) {
+        return Err(ApiError::bad_credentials());
+    }
+    if let Some(mint) = state
+        .stats()
+        .token_mints
+        .iter_mut()
+        .find(|m| m.token == token)
+    {
+        mint.revoked = true;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
@@ -33,6 +33,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             "/app/installations/{installation_id}/access_tokens",
             post(installations::access_token),
         )
+        .route("/installation/token", delete(installations::revoke_token))
         .route("/orgs/{org}/repos", post(repos::create))
         .route("/repos/{owner}/{repo}/generate", post(repos::generate))
         .route("/repos/{owner}/{repo}", get(repos::get))

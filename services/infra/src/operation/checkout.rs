@@ -1,6 +1,7 @@
 //! The checkout: the project's repository cloned on the server as the deploy user, with a
-//! clone-scoped token minted for this one use.
+//! clone-scoped token minted for this one use and revoked as soon as the checkout is over.
 
+use orchestrator_github::RepoRef;
 use orchestrator_proto::secretbroker::v1 as broker;
 use secrecy::{ExposeSecret as _, SecretString};
 
@@ -26,36 +27,16 @@ pub(super) async fn check_out(run: Run<'_>, server: &Server) -> Result<(), StepE
         .mint_repository_token(broker::MintRepositoryTokenRequest {
             scope: broker::RepositoryTokenScope::Clone as i32,
             project_id: server.project_id.clone(),
+            from_template: false,
         })
         .await?
         .into_inner();
     let token = SecretString::from(minted.token);
-    let repository = minted.repositories.first().cloned().ok_or_else(|| {
-        StepError::precondition("the broker minted a clone token for no repository")
-    })?;
-    // GitHub's own naming rules: nothing else reaches the URL or the checkout's path.
-    let repository = orchestrator_github::RepoRef::new(&repository.owner, &repository.name)
-        .map_err(|e| StepError::precondition(e.to_string()))?;
-    let url = format!(
-        "{}/{}/{}.git",
-        run.infra.settings.git_url,
-        repository.owner(),
-        repository.name()
-    );
-    let stdin = checkout_stdin(&token, &url, repository.name());
-    let session = ssh::admin_session(&run.infra.settings, server).await?;
-    let command = format!("sudo -u {} -H bash -s", server.deploy_user);
-    let output = session.run(&command, stdin.as_bytes()).await?;
-    session.close().await;
-    if !output.success() {
-        return Err(StepError::refused(
-            "CHECKOUT_FAILED",
-            format!(
-                "cloning {url} on the server failed: {}",
-                ssh::tail(&output.stderr)
-            ),
-        ));
-    }
+    let cloned = clone_on_server(run, server, &token, minted.repositories.first()).await;
+    // Architecture Invariant: a minted token lives as long as its job: the clone token is
+    // revoked once the checkout is over, whether it worked or not.
+    revoke(run, server, &token).await;
+    let repository = cloned?;
     run.mark(
         Step::RepositoryCheckedOut,
         StepState::Done,
@@ -69,6 +50,55 @@ pub(super) async fn check_out(run: Run<'_>, server: &Server) -> Result<(), StepE
     )
     .await?;
     Ok(())
+}
+
+/// The clone itself, as the deploy user, over SSH; the repository when it worked.
+async fn clone_on_server(
+    run: Run<'_>,
+    server: &Server,
+    token: &SecretString,
+    repository: Option<&orchestrator_proto::common::v1::RepositoryRef>,
+) -> Result<RepoRef, StepError> {
+    let repository = repository.ok_or_else(|| {
+        StepError::precondition("the broker minted a clone token for no repository")
+    })?;
+    // GitHub's own naming rules: nothing else reaches the URL or the checkout's path.
+    let repository = RepoRef::new(&repository.owner, &repository.name)
+        .map_err(|e| StepError::precondition(e.to_string()))?;
+    let url = format!(
+        "{}/{}/{}.git",
+        run.infra.settings.git_url,
+        repository.owner(),
+        repository.name()
+    );
+    let stdin = checkout_stdin(token, &url, repository.name());
+    let session = ssh::admin_session(&run.infra.settings, server).await?;
+    let command = format!("sudo -u {} -H bash -s", server.deploy_user);
+    let output = session.run(&command, stdin.as_bytes()).await?;
+    session.close().await;
+    if !output.success() {
+        return Err(StepError::refused(
+            "CHECKOUT_FAILED",
+            format!(
+                "cloning {url} on the server failed: {}",
+                ssh::tail(&output.stderr)
+            ),
+        ));
+    }
+    Ok(repository)
+}
+
+/// Revokes the clone token at GitHub (`DELETE /installation/token`, authenticated by the
+/// token itself: infra holds no other GitHub credential). A failure is logged, not the
+/// operation's: GitHub expires the token within the hour anyway.
+async fn revoke(run: Run<'_>, server: &Server, token: &SecretString) {
+    if let Err(e) = run.infra.github.revoke_token(token).await {
+        tracing::warn!(
+            server_id = %server.id,
+            error = %e,
+            "could not revoke the clone token after the checkout (it expires within the hour)"
+        );
+    }
 }
 
 /// What `bash -s` on the server reads: line 2 is the token (bash reads a script from a pipe

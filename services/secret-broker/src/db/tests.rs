@@ -130,7 +130,9 @@ async fn the_registry_holds_one_repository_per_project_and_one_project_per_repos
         );
         let app1 = RepoRef::new("acme", "app1").unwrap();
         let app2 = RepoRef::new("acme", "app2").unwrap();
-        for (project_id, repo) in [("p1", &app2), ("p2", &app1)] {
+        // GitHub's names ignore case: another spelling is the same repository.
+        let app1_upper = RepoRef::new("ACME", "App1").unwrap();
+        for (project_id, repo) in [("p1", &app2), ("p2", &app1), ("p3", &app1_upper)] {
             let err = insert_repository(&mut *conn(&db).await, &project(project_id), repo, 1, 2)
                 .await
                 .unwrap_err();

@@ -280,6 +280,7 @@ fn token_scopes_are_required_and_clone_needs_a_project() {
     let mint = |scope: pb::RepositoryTokenScope, project_id: &str| pb::MintRepositoryTokenRequest {
         scope: scope as i32,
         project_id: project_id.into(),
+        from_template: false,
     };
     use pb::RepositoryTokenScope as S;
     let clone = mint_repository_token(&mint(S::Clone, "prj-1")).unwrap();
@@ -292,10 +293,33 @@ fn token_scopes_are_required_and_clone_needs_a_project() {
     assert_eq!(clone.proto(), S::Clone);
     assert_eq!(clone.project_id(), "prj-1");
     let create = mint_repository_token(&mint(S::RepositoryCreation, "")).unwrap();
-    assert_eq!(create, TokenScope::RepositoryCreation { project_id: None });
+    assert_eq!(
+        create,
+        TokenScope::RepositoryCreation {
+            project_id: None,
+            from_template: false
+        }
+    );
     assert_eq!(create.project_id(), "");
     let named = mint_repository_token(&mint(S::RepositoryCreation, "prj-2")).unwrap();
     assert_eq!(named.project_id(), "prj-2");
+    let generated = mint_repository_token(&pb::MintRepositoryTokenRequest {
+        from_template: true,
+        ..mint(S::RepositoryCreation, "")
+    })
+    .unwrap();
+    assert!(matches!(
+        generated,
+        TokenScope::RepositoryCreation {
+            from_template: true,
+            ..
+        }
+    ));
+    let commit = mint_repository_token(&mint(S::InitialCommit, "prj-3")).unwrap();
+    assert_eq!(commit.proto(), S::InitialCommit);
+    assert_eq!(commit.project_id(), "prj-3");
+    let err = mint_repository_token(&mint(S::InitialCommit, "")).unwrap_err();
+    assert!(err.message().contains("required for INITIAL_COMMIT"));
 
     let err = mint_repository_token(&mint(S::Clone, "")).unwrap_err();
     assert_eq!(fields(&err), ["project_id"]);
@@ -311,6 +335,7 @@ fn token_scopes_are_required_and_clone_needs_a_project() {
     let unknown = pb::MintRepositoryTokenRequest {
         scope: 99,
         project_id: String::new(),
+        from_template: false,
     };
     assert_eq!(
         fields(&mint_repository_token(&unknown).unwrap_err()),
