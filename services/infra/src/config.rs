@@ -27,6 +27,9 @@ pub(crate) struct Settings {
     pub git_url: String,
     /// The most WatchOperation streams one caller holds open (`INFRA_MAX_WATCHES_PER_CALLER`).
     pub max_watches_per_caller: usize,
+    /// How long a replica's claim on an unfinished operation lasts unless renewed
+    /// (`INFRA_OPERATION_LEASE`): how soon another replica takes over after a crash.
+    pub operation_lease: Duration,
     /// GitHub's API (`GITHUB_API_URL`), where infra revokes a clone token once the checkout is
     /// over (with the token itself: infra holds no GitHub credential).
     pub github_api_url: String,
@@ -138,6 +141,8 @@ impl Settings {
                 .trim_end_matches('/')
                 .to_owned(),
             max_watches_per_caller: env.positive("INFRA_MAX_WATCHES_PER_CALLER", 32_usize)?,
+            operation_lease: env
+                .positive_duration("INFRA_OPERATION_LEASE", Duration::from_secs(30))?,
             github_api_url: url("GITHUB_API_URL", "https://api.github.com"),
         })
     }

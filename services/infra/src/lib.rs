@@ -63,6 +63,7 @@ pub async fn routes(startup: Startup) -> anyhow::Result<Routes> {
         ledger,
         self_id: startup.self_id(),
         watchers: watch::Watchers::new(settings.max_watches_per_caller),
+        leases: operation::Leases::new(settings.operation_lease),
         settings,
         peers,
         github,

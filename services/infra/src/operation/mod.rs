@@ -9,6 +9,7 @@ mod destroy;
 mod dns;
 mod failure;
 mod handover;
+mod lease;
 mod provision;
 mod rotate;
 mod runner;
@@ -16,5 +17,6 @@ mod ssh;
 mod steps;
 
 pub(crate) use dns::refuse_foreign_records;
+pub(crate) use lease::Leases;
 pub(crate) use runner::{resume_unfinished, start};
 pub(crate) use steps::{DESTROY, ROTATE, provision_steps};

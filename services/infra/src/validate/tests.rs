@@ -36,6 +36,7 @@ fn settings(zone: Option<&str>, platform_tokens: bool) -> Settings {
         ready_timeout: Duration::from_secs(1),
         git_url: String::new(),
         max_watches_per_caller: 32,
+        operation_lease: Duration::from_secs(30),
         github_api_url: String::new(),
     }
 }
