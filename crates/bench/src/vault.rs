@@ -15,6 +15,9 @@ use tonic::transport::{Channel, Server};
 
 use crate::{measure, row};
 
+/// The project every read of the benchmark is for (its keys are granted to it).
+const BENCH_PROJECT: &str = "prj-bench";
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Calls per scenario.
@@ -73,6 +76,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let client = |name: &str| -> anyhow::Result<Arc<MeshTls>> { pki.client(name) };
     let api = VaultServiceClient::new(vault.channel(&client("api")?).await?);
     let infra = VaultServiceClient::new(vault.channel(&client("infra")?).await?);
+    let scaffolder = VaultServiceClient::new(vault.channel(&client("scaffolder")?).await?);
     let mut operator = VaultServiceClient::new(vault.channel(&client("operator")?).await?);
 
     // The ceiling: a bare tonic echo of the same payload over the same mTLS stack, in process.
@@ -98,11 +102,19 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     );
     // Load the keys the Get scenario reads, and warm everything up.
     let load = measure(args.keys, args.concurrency, {
-        let api = api.clone();
+        let (api, scaffolder) = (api.clone(), scaffolder.clone());
         move |i| {
-            let mut api = api.clone();
+            let (mut api, mut scaffolder) = (api.clone(), scaffolder.clone());
             async move {
                 api.put_user_secret(put("bench", format!("key-{i}")))
+                    .await?;
+                // Reads are served only for a project the key is granted to.
+                scaffolder
+                    .grant_user_secret(pb::GrantUserSecretRequest {
+                        user_id: "bench".into(),
+                        key: format!("key-{i}"),
+                        project_id: BENCH_PROJECT.into(),
+                    })
                     .await?;
                 Ok(())
             }
@@ -136,6 +148,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                     user_id: "bench".into(),
                     key: format!("key-{}", i % keys),
                     version: 0,
+                    project_id: BENCH_PROJECT.into(),
                 };
                 infra.get_user_secret(req).await?;
                 Ok(())
@@ -195,6 +208,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                     user_id: "bench".into(),
                     key: format!("key-{}", i % keys),
                     version: 0,
+                    project_id: BENCH_PROJECT.into(),
                 };
                 match infra.get_user_secret(req).await {
                     Ok(_) => reads.fetch_add(1, Ordering::Relaxed),
