@@ -365,7 +365,24 @@ async fn the_vault_serves_a_key_only_for_a_project_it_was_granted_to() {
         .unwrap_err();
     assert_eq!(reason(&not_yours), "RPC_NOT_ALLOWED");
 
-    // Alice revokes her DigitalOcean key's grant to her project.
+    // Alice revokes her DigitalOcean key's grant to her project (orchctl, as `api`).
+    let out = mesh
+        .orchctl(
+            Service::Vault,
+            &[
+                "vault",
+                "revoke",
+                "--user",
+                "alice",
+                "--key",
+                "digitalocean",
+                "--project",
+                &alices,
+            ],
+        )
+        .await;
+    assert!(out.status.success(), "{}", orchestrator_e2e::printed(&out));
+    // Idempotent; a grant never made is named.
     let mut api = mesh.vault_as("api").await;
     let revoked = api
         .revoke_user_secret_grant(revoke("alice", "digitalocean", &alices))
@@ -375,10 +392,6 @@ async fn the_vault_serves_a_key_only_for_a_project_it_was_granted_to() {
         .grant
         .unwrap();
     assert!(revoked.revoke_time.is_some());
-    // Idempotent; a grant never made is named.
-    api.revoke_user_secret_grant(revoke("alice", "digitalocean", &alices))
-        .await
-        .unwrap();
     let never = api
         .revoke_user_secret_grant(revoke("alice", "digitalocean", &bobs))
         .await
@@ -395,6 +408,29 @@ async fn the_vault_serves_a_key_only_for_a_project_it_was_granted_to() {
         .get_user_secret(read("alice", "cloudflare", &alices))
         .await
         .unwrap();
+    // Each grant and the revocation are in the vault's audit log, with who did it.
+    let audited = mesh
+        .dba_dumps(
+            Service::Vault,
+            "SELECT caller || ' ' || method || ' ' || target AS dump FROM audit_log \
+             WHERE method LIKE '%Grant%' ORDER BY seq",
+        )
+        .await;
+    let target = |user: &str, key: &str, project: &str| {
+        format!("users/{user}/secrets/{key}/grants/{project}")
+    };
+    let revocation = format!(
+        "spiffe://orchestrator.local/api /orchestrator.vault.v1.VaultService/RevokeUserSecretGrant {}",
+        target("alice", "digitalocean", &alices)
+    );
+    assert_eq!(audited.len(), 5, "{audited:?}");
+    assert_eq!(audited.last(), Some(&revocation), "{audited:?}");
+    assert!(
+        audited[..4].iter().all(|a| a.starts_with(
+            "spiffe://orchestrator.local/scaffolder /orchestrator.vault.v1.VaultService/GrantUserSecret "
+        )),
+        "{audited:?}"
+    );
 
     // A provision on the revoked key: the owner check passes (her key, her project), the vault
     // refuses, and the operation fails before DigitalOcean is asked for anything.
