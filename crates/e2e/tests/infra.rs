@@ -428,12 +428,25 @@ async fn faults_and_an_infra_crash_still_make_exactly_one_droplet() {
 async fn a_users_own_provider_key_comes_from_the_vault_and_is_kept_nowhere() {
     use orchestrator_proto::vault::v1 as vault;
     let (user_token, user_dns_token) = (USERS_OWN_DO_TOKEN, USERS_OWN_CF_TOKEN);
-    // An infra that can reach a vault.
+    // An infra that can reach a vault, and the scaffolder that knows the project's owner.
     let mesh = start_mesh(
         ProviderSetup::default(),
-        &[Service::Vault, Service::SecretBroker, INFRA],
+        &[
+            Service::Vault,
+            Service::SecretBroker,
+            Service::Scaffolder,
+            INFRA,
+        ],
     )
     .await;
+    let project_id = mesh
+        .create_project(
+            "u1",
+            "u1-app",
+            &[("do", "u1", "digitalocean"), ("dns", "u1", "cloudflare")],
+        )
+        .await
+        .unwrap();
     let mut vault_api = mesh.vault_as("api").await;
     for (key, value) in [("digitalocean", user_token), ("cloudflare", user_dns_token)] {
         vault_api
@@ -448,6 +461,7 @@ async fn a_users_own_provider_key_comes_from_the_vault_and_is_kept_nowhere() {
     }
     let mut api = mesh.infra_as("api").await;
     let mut req = provision("prov-user-key");
+    req.project_id = project_id;
     req.provider_credentials = Some(pb::CredentialSource {
         source: Some(pb::credential_source::Source::UserVault(
             common::VaultEntryRef {

@@ -21,11 +21,13 @@ const CREATE_REPO: &str = "POST /orgs/{org}/repos";
 const BROKER: Service = Service::SecretBroker;
 const SCAFFOLDER: Service = Service::Scaffolder;
 
-/// A scaffolder and its broker on PostgreSQL, against the GitHub emulator.
+/// A scaffolder and its broker on PostgreSQL, against the GitHub emulator, and the vault where
+/// the scaffolder records the grants of a project's vault entries.
 async fn start() -> TestMesh {
     TestMesh::builder()
         .postgres()
         .github(Config::default())
+        .service(Service::Vault)
         .service(BROKER)
         .service(SCAFFOLDER)
         .start()

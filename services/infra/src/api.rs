@@ -15,6 +15,7 @@ use crate::audit::Action;
 use crate::db;
 use crate::model::{NewOperation, Operation, OperationKind, Server, ServerState, Steps};
 use crate::operation::{self, DESTROY, ROTATE, provision_steps};
+use crate::owner;
 use crate::state::Infra;
 use crate::validate::{self, ProvisionRequest};
 use crate::watch;
@@ -36,6 +37,9 @@ impl InfraService for Api {
     ) -> Result<Response<pb::ProvisionServerResponse>, Status> {
         let caller = caller(&request)?.to_string();
         let request = validate::provision(request.into_inner(), &self.0.settings)?;
+        // A user's own key serves only that user's projects: checked before anything is
+        // recorded, so a refusal leaves no server and calls no provider.
+        owner::check(&self.0, &request.server).await?;
         let operation =
             match db::operation_by_request(&self.0.db, request.request_id.as_str()).await? {
                 Some(earlier) => {

@@ -156,6 +156,8 @@ pub(crate) struct Peers {
     pub broker: Channel,
     /// Users' own provider and DNS keys (`INFRA_VAULT_ADDR`).
     pub vault: Channel,
+    /// Projects' owners, before a user's own key is used (`INFRA_SCAFFOLDER_ADDR`).
+    pub scaffolder: Channel,
 }
 
 impl Peers {
@@ -163,6 +165,7 @@ impl Peers {
         Ok(Self {
             broker: startup.peer(Service::SecretBroker, "INFRA_BROKER_ADDR")?,
             vault: startup.peer(Service::Vault, "INFRA_VAULT_ADDR")?,
+            scaffolder: startup.peer(Service::Scaffolder, "INFRA_SCAFFOLDER_ADDR")?,
         })
     }
 }

@@ -4,11 +4,13 @@
 //! The repository is registered at the broker before the template is committed (the commit
 //! token is narrowed to the registered repository); `repository_registered` confirms it.
 //! Each GitHub job uses a token of its own, revoked when the job is done (`tokens`).
+//! Before `done`, the owner's grant of each vault entry to the project is recorded at the vault.
 
 use orchestrator_fields::ProjectId;
 use orchestrator_github::{GitHubError, RepoRef};
 use orchestrator_proto::common::v1 as common;
 use orchestrator_proto::secretbroker::v1 as broker;
+use orchestrator_proto::vault::v1 as vault;
 use orchestrator_status::{from_peer, with_reason};
 use orchestrator_store::{StoreError, now_us};
 use secrecy::SecretString;
@@ -140,9 +142,37 @@ async fn run_steps(
         advance(s, project, Step::InitialSecretsSet, None, caller).await?;
     }
     if project.step == Step::InitialSecretsSet {
+        grant_vault_entries(s, project).await?;
         advance(s, project, Step::Done, None, caller).await?;
     }
     Ok(results)
+}
+
+/// Records at the vault the owner's grant of each vault entry of `secrets_ref` to the project
+/// (validation made sure each is the owner's), so that infra may read it for this project and
+/// no other. Idempotent at the vault, so a retry grants again safely; a project is READY only
+/// once every grant is recorded.
+async fn grant_vault_entries(s: &Scaffolder, project: &Project) -> Result<(), Status> {
+    let entries = project
+        .spec
+        .secrets_ref
+        .entries
+        .values()
+        .filter_map(|t| match &t.target {
+            Some(common::secret_target::Target::VaultEntry(e)) => Some(e),
+            _ => None,
+        });
+    for entry in entries {
+        s.vault()
+            .grant_user_secret(vault::GrantUserSecretRequest {
+                user_id: entry.user_id.clone(),
+                key: entry.key.clone(),
+                project_id: project.id.to_string(),
+            })
+            .await
+            .map_err(from_peer("vault"))?;
+    }
+    Ok(())
 }
 
 /// Records `step` as done (ready at [`Step::Done`]), audited, and applies it to `project`.

@@ -107,6 +107,43 @@ pub(crate) async fn find_repository(
     .await?)
 }
 
+/// Binds `server_id` to `project_id` unless it is bound already; the project it is bound to.
+pub(crate) async fn bind_server(
+    conn: &mut AnyConnection,
+    server_id: &str,
+    project_id: &ProjectId,
+    now: i64,
+) -> Result<String, StoreError> {
+    sqlx::query(
+        "INSERT INTO deploy_servers (server_id, project_id, bound_us) VALUES ($1, $2, $3) \
+         ON CONFLICT (server_id) DO NOTHING",
+    )
+    .bind(server_id)
+    .bind(project_id.as_str())
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(
+        sqlx::query_scalar("SELECT project_id FROM deploy_servers WHERE server_id = $1")
+            .bind(server_id)
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+/// The project `server_id` is bound to, if any.
+pub(crate) async fn server_project(
+    pool: &AnyPool,
+    server_id: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT project_id FROM deploy_servers WHERE server_id = $1")
+            .bind(server_id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
 /// Registers the project's repository; a project or repository registered already is
 /// [`StoreError::Duplicate`].
 pub(crate) async fn insert_repository(

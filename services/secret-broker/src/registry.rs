@@ -11,7 +11,7 @@ use tonic::{Code, Status};
 use crate::audit::Action;
 use crate::db;
 use crate::state::Broker;
-use crate::validate::RegisterRequest;
+use crate::validate::{RegisterRequest, ServerId};
 
 /// A project's registered repository.
 #[derive(Debug, Clone)]
@@ -146,6 +146,58 @@ impl Broker {
                 })
             })
             .await
+    }
+
+    /// Binds infra server `server_id` to `project_id` at its first handover (audited), and
+    /// refuses its credentials for any other project afterwards: FAILED_PRECONDITION, reason
+    /// `SERVER_OF_ANOTHER_PROJECT`, before anything is written.
+    // Architecture Invariant: DEPLOY_* credentials of a project come only from a server
+    // provisioned for that project.
+    pub(crate) async fn bind_server(
+        &self,
+        caller: &str,
+        server_id: &ServerId,
+        project_id: &ProjectId,
+    ) -> Result<(), Status> {
+        let bound = match db::server_project(self.db.pool(), server_id.as_str()).await? {
+            Some(bound) => bound,
+            None => {
+                let (caller, server, project) =
+                    (caller.to_owned(), server_id.clone(), project_id.clone());
+                self.ledger
+                    .write(move |conn| {
+                        Box::pin(async move {
+                            let bound =
+                                db::bind_server(conn, server.as_str(), &project, now_us()).await?;
+                            let entry = Action::SetDeployCredentials
+                                .on_project(&caller, &project)
+                                .detail(format!("server {} bound", server.as_str()));
+                            let entries = if bound == project.as_str() {
+                                vec![entry]
+                            } else {
+                                Vec::new()
+                            };
+                            Ok((bound, entries))
+                        })
+                    })
+                    .await?
+            }
+        };
+        if bound == project_id.as_str() {
+            return Ok(());
+        }
+        Err(with_reason(
+            Code::FailedPrecondition,
+            "SERVER_OF_ANOTHER_PROJECT",
+            format!(
+                "server `{}` was provisioned for another project than `{project_id}`: its deploy credentials belong to that project only",
+                server_id.as_str()
+            ),
+            &[
+                ("server_id", server_id.as_str().to_owned()),
+                ("project_id", project_id.to_string()),
+            ],
+        ))
     }
 
     /// A token for the project repository's Actions secrets (narrowed to that repository and

@@ -57,9 +57,10 @@ pub(crate) async fn refuse_foreign_records(
     infra: &Infra,
     server: &NewServer,
 ) -> Result<(), Status> {
-    let Some((cf, zone)) = credentials::cloudflare(infra, &server.dns_credentials)
-        .await
-        .map_err(step_answer)?
+    let Some((cf, zone)) =
+        credentials::cloudflare(infra, server.project_id.as_str(), &server.dns_credentials)
+            .await
+            .map_err(step_answer)?
     else {
         return Ok(());
     };
@@ -80,7 +81,8 @@ pub(super) async fn check_name(run: Run<'_>, server: &Server) -> Result<(), Step
     if server.dns_record_id.is_some() {
         return Ok(());
     }
-    let Some((cf, zone)) = credentials::cloudflare(run.infra, &server.dns_credentials).await?
+    let Some((cf, zone)) =
+        credentials::cloudflare(run.infra, &server.project_id, &server.dns_credentials).await?
     else {
         return Ok(());
     };
@@ -101,7 +103,8 @@ pub(super) async fn set_record(run: Run<'_>, server: &mut Server) -> Result<(), 
         return Ok(());
     }
     let ip = server.ipv4.clone().unwrap_or_default();
-    let Some((cf, zone)) = credentials::cloudflare(run.infra, &server.dns_credentials).await?
+    let Some((cf, zone)) =
+        credentials::cloudflare(run.infra, &server.project_id, &server.dns_credentials).await?
     else {
         run.mark(
             Step::DnsRecordSet,
@@ -145,7 +148,8 @@ pub(super) async fn set_record(run: Run<'_>, server: &mut Server) -> Result<(), 
 /// Removes this server's record, by its recorded id (or, when the id was never recorded, the
 /// record with this server's comment); never another record of the name.
 pub(super) async fn remove_record(run: Run<'_>, server: &Server) -> Result<(), StepError> {
-    let Some((cf, zone)) = credentials::cloudflare(run.infra, &server.dns_credentials).await?
+    let Some((cf, zone)) =
+        credentials::cloudflare(run.infra, &server.project_id, &server.dns_credentials).await?
     else {
         return Ok(run
             .mark(
