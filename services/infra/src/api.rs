@@ -54,7 +54,9 @@ impl InfraService for Api {
                     let id = self
                         .0
                         .ledger
-                        .write(move |conn| Box::pin(accept(conn, caller, request)))
+                        .write_retrying(move |conn| {
+                            Box::pin(accept(conn, caller.clone(), request.clone()))
+                        })
                         .await?;
                     self.started(&id).await?
                 }

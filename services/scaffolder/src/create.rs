@@ -57,7 +57,8 @@ pub(crate) async fn create_project(
 async fn record(s: &Scaffolder, spec: ProjectSpec, caller: &str) -> Result<Project, Status> {
     let (owner, caller) = (s.settings.org.clone(), caller.to_owned());
     s.ledger
-        .write(move |conn| {
+        .write_retrying(move |conn| {
+            let (spec, owner, caller) = (spec.clone(), owner.clone(), caller.clone());
             Box::pin(async move {
                 let project = Project::recorded(spec, ProjectId::generate(), owner, now_us());
                 db::insert_project(conn, &project)

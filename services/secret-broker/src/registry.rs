@@ -107,7 +107,8 @@ impl Broker {
             .await
             .map_err(|e| e.to_grpc())?;
         self.ledger
-            .write(move |conn| {
+            .write_retrying(move |conn| {
+                let (req, caller) = (req.clone(), caller.clone());
                 Box::pin(async move {
                     let RegisterRequest {
                         request_id,

@@ -49,7 +49,7 @@ pub(crate) struct SecretsRequest {
 }
 
 /// A validated RegisterRepository request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct RegisterRequest {
     pub request_id: RequestId,
     pub project_id: ProjectId,
