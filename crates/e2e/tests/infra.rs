@@ -679,7 +679,8 @@ async fn time4vps_takeover_survives_faults_and_an_infra_crash() {
 
 /// Refusals are final and precise: over DigitalOcean's droplet limit the operation fails with
 /// RESOURCE_EXHAUSTED, PROVIDER_QUOTA_EXCEEDED and DigitalOcean's own message (no retry, no
-/// second droplet); an unknown Time4VPS server is PROVIDER_NOT_FOUND; a request id reused for
+/// second droplet); an unknown Time4VPS server is NOT_FOUND PROVIDER_NOT_FOUND before anything
+/// is recorded; a request id reused for
 /// another request is INVALID_ARGUMENT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_refusals_fail_the_operation_with_the_providers_reason() {
@@ -715,11 +716,25 @@ async fn provider_refusals_fail_the_operation_with_the_providers_reason() {
     let mut unknown = provision("t4-unknown");
     takeover(&mut unknown, 999, "");
     unknown.hostname = "app3.orchestrator.test".into();
-    let op = accept(&mut api, unknown).await;
-    let failed = watch(&mut api, &op.id).await.pop().unwrap();
-    let error = failed.error.unwrap();
-    assert_eq!(error.reason, "PROVIDER_NOT_FOUND", "{error:?}");
-    assert!(error.message.contains("Time4VPS"), "{}", error.message);
+    // Refused before it is accepted: no operation, no server recorded.
+    let refused = api.provision_server(unknown).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    let info = refused.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.reason, "PROVIDER_NOT_FOUND");
+    assert_eq!(
+        info.metadata.get("server_id").map(String::as_str),
+        Some("999")
+    );
+    assert!(
+        refused.message().contains("Time4VPS"),
+        "{}",
+        refused.message()
+    );
+    // The account's own server is accepted (and listed below).
+    let mut known = provision("t4-known");
+    takeover(&mut known, T4_SERVER, "");
+    known.hostname = "app3.orchestrator.test".into();
+    accept(&mut api, known).await;
 
     // Listing: newest first, a page at a time, by provider.
     let list = |page_token: String, provider: pb::Provider| pb::ListServersRequest {

@@ -51,6 +51,7 @@ impl InfraService for Api {
                     // Before anything is recorded: a hostname someone else's DNS record holds
                     // is refused at once (the operation checks again before its first effect).
                     operation::refuse_foreign_records(&self.0, &request.server).await?;
+                    operation::refuse_unknown_time4vps_server(&self.0, &request.server).await?;
                     let id = self
                         .0
                         .ledger

@@ -32,18 +32,19 @@ pub(crate) async fn create_project(
     initial: InitialSecrets,
     caller: &str,
 ) -> Result<(Project, Vec<common::SecretWriteResult>), Status> {
+    let name = name_key(&spec.name);
     let mut project = match db::project_by_request_id(&s.db, &spec.request_id).await? {
-        Some(p) if name_key(&p.spec.name) == name_key(&spec.name) => p,
-        Some(p) => {
-            return Err(with_reason(
-                Code::FailedPrecondition,
-                "REQUEST_ID_REUSED",
-                format!("request_id was used for project {}", p.spec.name),
-                &[("project_id", p.id.to_string())],
-            ));
-        }
+        Some(p) => p,
         None => record(s, spec, caller).await?,
     };
+    if name_key(&project.spec.name) != name {
+        return Err(with_reason(
+            Code::FailedPrecondition,
+            "REQUEST_ID_REUSED",
+            format!("request_id was used for project {}", project.spec.name),
+            &[("project_id", project.id.to_string())],
+        ));
+    }
     match run_steps(s, &mut project, initial, caller).await {
         Ok(results) => Ok((project, results)),
         Err(status) => {
@@ -53,13 +54,17 @@ pub(crate) async fn create_project(
     }
 }
 
-/// Records the new project (step `recorded`) under a fresh id.
+/// Records the new project (step `recorded`) under a fresh id; or returns the one a
+/// concurrent call with the same request id (on another replica, say) recorded first.
 async fn record(s: &Scaffolder, spec: ProjectSpec, caller: &str) -> Result<Project, Status> {
     let (owner, caller) = (s.settings.org.clone(), caller.to_owned());
     s.ledger
         .write_retrying(move |conn| {
             let (spec, owner, caller) = (spec.clone(), owner.clone(), caller.clone());
             Box::pin(async move {
+                if let Some(earlier) = db::project_by_request_id_in(conn, &spec.request_id).await? {
+                    return Ok((earlier, Vec::new()));
+                }
                 let project = Project::recorded(spec, ProjectId::generate(), owner, now_us());
                 db::insert_project(conn, &project)
                     .await

@@ -29,16 +29,20 @@ pub(super) async fn digitalocean(
 
 /// Time4VPS logs in with a user and a password: the platform's, or the user's own vault entry
 /// holding `username:password`.
-pub(super) async fn time4vps(infra: &Infra, server: &Server) -> Result<Time4Vps, StepError> {
+pub(super) async fn time4vps(
+    infra: &Infra,
+    project_id: &str,
+    source: &CredentialSource,
+) -> Result<Time4Vps, StepError> {
     let settings = &infra.settings.time4vps;
-    let (user, password) = match &server.credentials {
+    let (user, password) = match source {
         CredentialSource::Platform {} => settings.login.clone().ok_or_else(|| {
             StepError::precondition(
                 "TIME4VPS_USER and TIME4VPS_PASSWORD are not configured on infra",
             )
         })?,
         CredentialSource::UserVault { user_id, key } => {
-            let secret = user_secret(infra, &server.project_id, user_id, key).await?;
+            let secret = user_secret(infra, project_id, user_id, key).await?;
             let (user, password) = secret.expose_secret().split_once(':').ok_or_else(|| {
                 StepError::precondition("the user's Time4VPS entry must be `username:password`")
             })?;

@@ -44,7 +44,7 @@ pub(super) async fn destroy(run: Run<'_>, server: Server) -> Result<(), StepErro
             }
         }
         (Provider::Time4Vps, Some(id)) => Some(
-            credentials::time4vps(run.infra, &server)
+            credentials::time4vps(run.infra, &server.project_id, &server.credentials)
                 .await?
                 .release(id, &spec)
                 .await?,

@@ -7,12 +7,13 @@
 //! refusal leaves no trace), when the operation starts (before the deploy key or a server
 //! exists), and in the create itself (a record made meanwhile).
 
-use orchestrator_providers::{Claim, DnsRecord, NameState, ProviderError, owner_comment};
+use orchestrator_providers::{Claim, DnsRecord, NameState, owner_comment};
 use orchestrator_status::with_reason;
 use tonic::{Code, Status};
 
 use super::credentials;
 use super::failure::StepError;
+use super::precheck::{answer, step_answer};
 use super::steps::Run;
 use crate::db::Column;
 use crate::model::{NewServer, Server, Step, StepState};
@@ -30,24 +31,6 @@ fn taken(hostname: &str, record: &DnsRecord) -> Status {
         ),
         &[],
     )
-}
-
-/// A provider failure as an answer to the caller (no operation exists yet to retry it).
-fn answer(e: ProviderError) -> Status {
-    let code = match e.reason() {
-        "PROVIDER_RATE_LIMITED" | "PROVIDER_UNAVAILABLE" => Code::Unavailable,
-        "PROVIDER_AUTH_FAILED" => Code::PermissionDenied,
-        "PROVIDER_BAD_ANSWER" => Code::Internal,
-        _ => Code::FailedPrecondition,
-    };
-    with_reason(code, e.reason(), e.to_string(), &[])
-}
-
-fn step_answer(e: StepError) -> Status {
-    match e {
-        StepError::Final(status) => status,
-        StepError::Transient(why) => Status::unavailable(why),
-    }
 }
 
 /// At acceptance: refuses a hostname with a record no orchestrator server made. (Records of
