@@ -473,7 +473,8 @@ impl GitHub {
     }
 
     /// Writes a file on the default branch: creates it, or updates it when its content
-    /// differs (so a resumed run commits nothing twice). Returns whether it wrote.
+    /// differs (so a resumed run commits nothing twice). Returns whether it wrote. A write that
+    /// raced another (GitHub refuses it for a missing or stale `sha`) reads the file again.
     pub async fn put_file(
         &self,
         token: &SecretString,
@@ -484,25 +485,39 @@ impl GitHub {
     ) -> Result<bool, GitHubError> {
         let url = format!("/repos/{}/{}/contents/{path}", repo.owner(), repo.name());
         let b64 = base64::engine::general_purpose::STANDARD;
-        let existing: Option<FileBody> =
-            match self.json(Method::GET, &url, Auth::Token(token), None).await {
-                Ok(f) => Some(f),
-                Err(GitHubError::Status { status: 404, .. }) => None,
-                Err(e) => return Err(e),
-            };
-        let mut body = serde_json::json!({ "message": message, "content": b64.encode(content) });
-        if let Some(existing) = existing {
-            let current = b64
-                .decode(existing.content.replace('\n', ""))
-                .unwrap_or_default();
-            if current == content {
-                return Ok(false);
+        let mut attempt = 1;
+        loop {
+            let existing: Option<FileBody> =
+                match self.json(Method::GET, &url, Auth::Token(token), None).await {
+                    Ok(f) => Some(f),
+                    Err(GitHubError::Status { status: 404, .. }) => None,
+                    Err(e) => return Err(e),
+                };
+            let mut body =
+                serde_json::json!({ "message": message, "content": b64.encode(content) });
+            if let Some(existing) = existing {
+                let current = b64
+                    .decode(existing.content.replace('\n', ""))
+                    .unwrap_or_default();
+                if current == content {
+                    return Ok(false);
+                }
+                body["sha"] = serde_json::json!(existing.sha);
             }
-            body["sha"] = serde_json::json!(existing.sha);
+            match self
+                .send_ok(Method::PUT, &url, Auth::Token(token), Some(body))
+                .await
+            {
+                Ok(_) => return Ok(true),
+                // The file changed between our read and our write (another writer, or a
+                // template's files landing): GitHub wants the new `sha` (422 without one, 409
+                // with a stale one). Read it again and compare.
+                Err(GitHubError::Status {
+                    status: 409 | 422, ..
+                }) if attempt < 3 => attempt += 1,
+                Err(e) => return Err(e),
+            }
         }
-        self.send_ok(Method::PUT, &url, Auth::Token(token), Some(body))
-            .await?;
-        Ok(true)
     }
 
     pub(crate) async fn json<T: serde::de::DeserializeOwned>(

@@ -95,15 +95,15 @@ macro_rules! secret_ref_columns {
 
 // ---- the repository registry ----
 
-pub(crate) async fn find_repository(
-    pool: &AnyPool,
+pub(crate) async fn find_repository<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
     project_id: &ProjectId,
 ) -> Result<Option<RepositoryRow>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT owner, name, installation_id, created_us FROM repositories WHERE project_id = $1",
     )
     .bind(project_id.as_str())
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?)
 }
 

@@ -28,16 +28,10 @@ impl Broker {
         &self,
         project_id: &ProjectId,
     ) -> Result<Option<Registered>, Status> {
-        let Some(row) = db::find_repository(self.db.pool(), project_id).await? else {
-            return Ok(None);
-        };
-        Ok(Some(Registered {
-            project_id: project_id.clone(),
-            repo: RepoRef::new(&row.owner, &row.name)
-                .map_err(|e| Status::internal(e.to_string()))?,
-            installation: row.installation_id,
-            created_us: row.created_us,
-        }))
+        db::find_repository(self.db.pool(), project_id)
+            .await?
+            .map(|row| registered(project_id, row))
+            .transpose()
     }
 
     /// The project's registration; NOT_FOUND when it has none.
@@ -88,18 +82,7 @@ impl Broker {
             ));
         }
         if let Some(existing) = self.registration(&req.project_id).await? {
-            if existing.repo != req.repo {
-                return Err(with_reason(
-                    Code::AlreadyExists,
-                    "PROJECT_REGISTERED",
-                    format!(
-                        "project `{}` is registered to {}",
-                        req.project_id, existing.repo
-                    ),
-                    &[("repository", existing.repo.to_string())],
-                ));
-            }
-            return Ok(existing);
+            return same_repository(existing, &req);
         }
         let installation = self
             .github
@@ -110,6 +93,12 @@ impl Broker {
             .write_retrying(move |conn| {
                 let (req, caller) = (req.clone(), caller.clone());
                 Box::pin(async move {
+                    // A concurrent registration of the project (another replica, a retry)
+                    // committed first: the same answer as if it had been seen above.
+                    if let Some(row) = db::find_repository(&mut *conn, &req.project_id).await? {
+                        let existing = registered(&req.project_id, row)?;
+                        return Ok((same_repository(existing, &req)?, Vec::new()));
+                    }
                     let RegisterRequest {
                         request_id,
                         project_id,
@@ -219,4 +208,31 @@ impl Broker {
             .map_err(|e| e.to_grpc())?;
         Ok(token)
     }
+}
+
+/// A stored registration of `project_id`.
+fn registered(project_id: &ProjectId, row: db::RepositoryRow) -> Result<Registered, Status> {
+    Ok(Registered {
+        project_id: project_id.clone(),
+        repo: RepoRef::new(&row.owner, &row.name).map_err(|e| Status::internal(e.to_string()))?,
+        installation: row.installation_id,
+        created_us: row.created_us,
+    })
+}
+
+/// A project registers once: the same repository again is the earlier registration, another
+/// one is ALREADY_EXISTS `PROJECT_REGISTERED`.
+fn same_repository(existing: Registered, req: &RegisterRequest) -> Result<Registered, Status> {
+    if existing.repo != req.repo {
+        return Err(with_reason(
+            Code::AlreadyExists,
+            "PROJECT_REGISTERED",
+            format!(
+                "project `{}` is registered to {}",
+                req.project_id, existing.repo
+            ),
+            &[("repository", existing.repo.to_string())],
+        ));
+    }
+    Ok(existing)
 }
