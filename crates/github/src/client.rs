@@ -665,21 +665,31 @@ impl GitHub {
         let retry_after = header("retry-after")
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
+        // GitHub's rules ("Rate limits for the REST API"): a primary or a secondary limit comes
+        // as 403 or 429; `retry-after` says how long to wait; else `x-ratelimit-remaining: 0`
+        // means the primary limit, until `x-ratelimit-reset`; else a secondary limit, at least a
+        // minute, longer each time it repeats. A 403 with none of these is a refusal.
         match status.as_u16() {
-            429 => Some((retry_after.unwrap_or_else(|| self.backoff(attempt)), true)),
-            403 => {
+            403 | 429 => {
+                if let Some(wait) = retry_after {
+                    return Some((wait, true));
+                }
                 if header("x-ratelimit-remaining") == Some("0") {
                     let reset = header("x-ratelimit-reset")
                         .and_then(|v| v.parse::<i64>().ok())
                         .unwrap_or(0);
                     let wait = Duration::from_secs((reset - now_unix()).max(1) as u64);
-                    return Some((retry_after.unwrap_or(wait), true));
+                    return Some((wait, true));
                 }
                 let secondary = String::from_utf8_lossy(body)
                     .to_ascii_lowercase()
-                    .contains("secondary rate limit");
-                if secondary || retry_after.is_some() {
-                    return Some((retry_after.unwrap_or(self.retry.secondary_wait), true));
+                    .contains("rate limit");
+                if status.as_u16() == 429 || secondary {
+                    let wait = self
+                        .retry
+                        .secondary_wait
+                        .saturating_mul(1 << attempt.min(3));
+                    return Some((wait, true));
                 }
                 None
             }
