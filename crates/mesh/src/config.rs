@@ -143,6 +143,18 @@ impl Env {
         }
     }
 
+    /// A whole number of seconds (`*_SECS` settings), at most [`MAX_DURATION`], or `default`
+    /// when unset.
+    pub fn seconds(&self, var: &str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.parse::<u64>(var, default.as_secs())? {
+            n if n <= MAX_DURATION.as_secs() => Ok(Duration::from_secs(n)),
+            _ => Err(ConfigError::Invalid {
+                var: var.to_owned(),
+                reason: "longer than a year".to_owned(),
+            }),
+        }
+    }
+
     /// A duration that must not be zero (an interval a loop sleeps between rounds).
     pub fn positive_duration(&self, var: &str, default: Duration) -> Result<Duration, ConfigError> {
         match self.duration(var, default)? {
@@ -436,5 +448,11 @@ mod tests {
         assert!(err.to_string().contains("longer than a year"), "{err}");
         let env = Env::from_pairs([("D", "8760h")]);
         assert_eq!(env.duration("D", Duration::ZERO).unwrap(), MAX_DURATION);
+        let env = Env::from_pairs([("S", "18446744073709551615"), ("T", "900")]);
+        assert!(env.seconds("S", Duration::ZERO).is_err());
+        assert_eq!(
+            env.seconds("T", Duration::ZERO).unwrap(),
+            Duration::from_secs(900)
+        );
     }
 }

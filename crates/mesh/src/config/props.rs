@@ -45,6 +45,9 @@ proptest! {
             // An empty value is unset: the default.
             prop_assert_eq!(Some(d), if raw.is_empty() { Some(Duration::ZERO) } else { parse_duration(&raw) });
         }
+        if let Ok(d) = env.seconds("D", Duration::ZERO) {
+            prop_assert!(std::time::Instant::now().checked_add(d.saturating_mul(2)).is_some());
+        }
         if let Ok(n) = env.positive::<i64>("D", 1) {
             prop_assert!(n > 0);
         }

@@ -37,7 +37,7 @@ fn answer(e: ProviderError) -> Status {
     let code = match e.reason() {
         "PROVIDER_RATE_LIMITED" | "PROVIDER_UNAVAILABLE" => Code::Unavailable,
         "PROVIDER_AUTH_FAILED" => Code::PermissionDenied,
-        "PROVIDER_BAD_ANSWER" => Code::Internal,
+        "PROVIDER_BAD_ANSWER" => Code::Unknown,
         _ => Code::FailedPrecondition,
     };
     with_reason(code, e.reason(), e.to_string(), &[])
