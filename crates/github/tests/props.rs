@@ -419,7 +419,8 @@ fn set(
 
 #[test]
 fn a_rate_limit_reset_at_the_smallest_time_is_a_typed_error() {
-    // Found by the property above: `reset - now` overflowed (a panic in debug builds).
+    // Found while writing the property above (which meets this exact answer only in long
+    // runs): `reset - now` overflowed, a panic in debug builds.
     let server = Scripted::start();
     let github = client(&server, retry());
     let headers = vec![
