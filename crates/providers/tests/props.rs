@@ -24,7 +24,13 @@ fn config() -> ProptestConfig {
     // Found cases are kept as plain tests (below), not as seed files.
     ProptestConfig {
         failure_persistence: None,
-        ..ProptestConfig::with_cases(64)
+        // PROPTEST_CASES (the long run) wins over the short run.
+        ..ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(64),
+        )
     }
 }
 

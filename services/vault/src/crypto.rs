@@ -374,7 +374,13 @@ mod tests {
         fn config() -> ProptestConfig {
             ProptestConfig {
                 failure_persistence: None,
-                ..ProptestConfig::with_cases(128)
+                // PROPTEST_CASES (the long run) wins over the short run.
+                ..ProptestConfig::with_cases(
+                    std::env::var("PROPTEST_CASES")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(128),
+                )
             }
         }
 

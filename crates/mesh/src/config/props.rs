@@ -7,7 +7,13 @@ use secrecy::ExposeSecret;
 fn config() -> ProptestConfig {
     ProptestConfig {
         failure_persistence: None,
-        ..ProptestConfig::with_cases(256)
+        // PROPTEST_CASES (the long run) wins over the short run.
+        ..ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(256),
+        )
     }
 }
 
