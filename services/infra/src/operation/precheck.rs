@@ -16,7 +16,7 @@ pub(super) fn answer(e: ProviderError) -> Status {
         "PROVIDER_RATE_LIMITED" | "PROVIDER_UNAVAILABLE" => Code::Unavailable,
         "PROVIDER_AUTH_FAILED" => Code::PermissionDenied,
         "PROVIDER_NOT_FOUND" => Code::NotFound,
-        "PROVIDER_BAD_ANSWER" => Code::Internal,
+        "PROVIDER_BAD_ANSWER" => Code::Unknown,
         _ => Code::FailedPrecondition,
     };
     with_reason(code, e.reason(), e.to_string(), &[])
