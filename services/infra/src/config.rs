@@ -136,7 +136,7 @@ impl Settings {
                 reserved: env.parse("INFRA_RESERVED_HOSTNAMES", ReservedNames::default())?,
             },
             ssh_port: env.parse("INFRA_SSH_PORT", 22)?,
-            ready_timeout: Duration::from_secs(env.parse("INFRA_READY_TIMEOUT_SECS", 900)?),
+            ready_timeout: env.seconds("INFRA_READY_TIMEOUT_SECS", Duration::from_secs(900))?,
             git_url: url("INFRA_GIT_URL", "https://github.com")
                 .trim_end_matches('/')
                 .to_owned(),
@@ -193,6 +193,16 @@ mod tests {
         assert!(settings.time4vps.login.is_none() && settings.cloudflare.zone.is_none());
         let half = Settings::from_env(&env(&[("TIME4VPS_USER", "u")])).unwrap_err();
         assert!(half.to_string().contains("go together"), "{half}");
+        // A timeout no clock can add (Instant + it would panic) is refused at start.
+        let endless = Settings::from_env(&env(&[(
+            "INFRA_READY_TIMEOUT_SECS",
+            "18446744073709551615",
+        )]))
+        .unwrap_err();
+        assert!(
+            endless.to_string().contains("INFRA_READY_TIMEOUT_SECS"),
+            "{endless}"
+        );
     }
 
     #[test]
