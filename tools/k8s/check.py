@@ -21,6 +21,7 @@ What it asserts, per rendered overlay:
 
 import argparse
 import copy
+import json
 import re
 import sys
 import tomllib
@@ -253,6 +254,23 @@ def check_certificates(docs, errors):
             errors.append(f"Certificate/{name}: secretName must be {name}-tls, with an issuerRef")
 
 
+def check_dashboard(repo: Path) -> list:
+    """deploy/grafana's dashboard asks only for metrics the services export (or cAdvisor's)."""
+    exported = set()
+    for src in ("crates/mesh/src/observe.rs", "crates/mesh/src/transport.rs"):
+        exported |= set(re.findall(r'pub const \w+: &str = "([a-z_]+)";', (repo / src).read_text()))
+    known = exported | {f"{m}_bucket" for m in exported} | {
+        "container_memory_working_set_bytes", "container_cpu_usage_seconds_total"}
+    errors = []
+    dashboard = json.loads((repo / "deploy/grafana/orchestrator-mesh.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for metric in re.findall(r"([a-z_]+)\{", target["expr"]):
+                if metric not in known:
+                    errors.append(f"dashboard panel {panel['title']!r}: unknown metric {metric}")
+    return errors
+
+
 def check(docs, repo: Path) -> list:
     errors = []
     l1 = l1_secrets(repo)
@@ -337,6 +355,9 @@ def main():
     ap.add_argument("rendered", nargs="+", type=Path)
     args = ap.parse_args()
     failed = False
+    for e in check_dashboard(args.repo):
+        print(e, file=sys.stderr)
+        failed = True
     for path in args.rendered:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
         errors = check(docs, args.repo)
