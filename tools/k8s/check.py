@@ -215,11 +215,10 @@ def check_network(docs, edges, errors):
             f"NetworkPolicy ingress edges != policy edges: extra {sorted(ingress - edges)}, "
             f"missing {sorted(edges - ingress)}"
         )
-    mesh_edges = {(a, b) for a, b in edges if a in SERVICES}
-    if egress != mesh_edges:
+    if egress != edges:
         errors.append(
-            f"NetworkPolicy egress edges != policy edges: extra {sorted(egress - mesh_edges)}, "
-            f"missing {sorted(mesh_edges - egress)}"
+            f"NetworkPolicy egress edges != policy edges: extra {sorted(egress - edges)}, "
+            f"missing {sorted(edges - egress)}"
         )
 
 

@@ -237,7 +237,47 @@ fn network_policies(edges: &Edges) -> String {
             }
         }
     }
+    outside_callers(&mut y, edges);
     y
+}
+
+/// Egress of the callers from outside the mesh (`api`, `operator`), when they run in the
+/// namespace: the default deny covers them too. Additive: their own other egress is theirs.
+fn outside_callers(y: &mut String, edges: &Edges) {
+    let outside: BTreeSet<&str> = edges
+        .values()
+        .flatten()
+        .map(String::as_str)
+        .filter(|c| c.parse::<Service>().is_err())
+        .collect();
+    for caller in outside {
+        let callees: Vec<Service> = Service::ALL
+            .into_iter()
+            .filter(|s| {
+                edges
+                    .get(s.name())
+                    .is_some_and(|from| from.contains(caller))
+            })
+            .collect();
+        let about = format!(
+            "{caller} (outside the mesh) calls {}",
+            join_or_none(callees.iter().map(|c| c.name()))
+        );
+        doc(y, &format!("{caller}-to-mesh"), &about);
+        let _ = write!(
+            y,
+            "  podSelector:\n    matchLabels:\n      {IDENTITY_LABEL}: {caller}\n  policyTypes: [Egress]\n  egress:\n"
+        );
+        for callee in &callees {
+            let _ = write!(
+                y,
+                "    - to:\n        - podSelector:\n            matchLabels:\n              {IDENTITY_LABEL}: {}\n      ports:\n        - {{protocol: TCP, port: {}}}\n",
+                callee.name(),
+                callee.default_port()
+            );
+        }
+        y.push_str("    - to:\n        - namespaceSelector:\n            matchLabels:\n              kubernetes.io/metadata.name: kube-system\n          podSelector:\n            matchLabels:\n              k8s-app: kube-dns\n      ports:\n        - {protocol: UDP, port: 53}\n        - {protocol: TCP, port: 53}\n");
+    }
 }
 
 fn doc(y: &mut String, name: &str, about: &str) {
