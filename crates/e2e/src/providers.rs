@@ -33,9 +33,6 @@ pub struct ProviderSetup {
     pub droplet_limit: usize,
     /// How the emulated servers boot (the SSH port and boot time are the mesh's).
     pub hosts: emu::HostsConfig,
-    /// Cloudflare allows several A records of one name (its real behaviour; the emulator's
-    /// default refuses the second with 81053).
-    pub dns_multiple_records: bool,
 }
 
 /// The running provider emulators.
@@ -54,7 +51,6 @@ impl ProviderEmulators {
             faults,
             droplet_limit,
             hosts,
-            dns_multiple_records,
         } = setup;
         // Servers answer SSH on their own loopback addresses, all on one port.
         let ssh_port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -94,7 +90,6 @@ impl ProviderEmulators {
         let cloudflare = emu::Cloudflare::start(emu::CfConfig {
             tokens: vec![CF_TOKEN.into(), USERS_OWN_CF_TOKEN.into()],
             zones: vec![DNS_ZONE.into()],
-            multiple_records_per_name: dns_multiple_records,
             ..emu::CfConfig::default()
         })
         .await?;

@@ -199,12 +199,8 @@ async fn a_hostname_someone_elses_record_holds_is_refused_before_anything_is_bou
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infra_marks_its_record_and_destroy_deletes_that_one_only() {
-    // Cloudflare's real rule: several A records may share a name.
-    let mesh = start(ProviderSetup {
-        dns_multiple_records: true,
-        ..ProviderSetup::default()
-    })
-    .await;
+    // Cloudflare's real rule (the emulator's too): several A records may share a name.
+    let mesh = start(ProviderSetup::default()).await;
     let mut api = mesh.infra_as("api").await;
     let op = api
         .provision_server(provision("own-1", "app1.orchestrator.test"))

@@ -15,7 +15,8 @@ pub struct Cloudflare {
     http: Http,
 }
 
-/// The first error of a v4 envelope, as `code: message`; 10000 is an authentication error.
+/// The first error of a v4 envelope, as `code: message`; 10000 (a token Cloudflare does not
+/// know) and 6003 (a malformed header or token, 6111 in its chain) are authentication errors.
 fn error(answer: &Answer) -> ProviderError {
     let first = answer.body["errors"]
         .as_array()
@@ -25,7 +26,7 @@ fn error(answer: &Answer) -> ProviderError {
     let code = first["code"].as_i64().unwrap_or(0);
     let reason = format!("{code}: {}", first["message"].as_str().unwrap_or(""));
     match (answer.status.as_u16(), code) {
-        (401 | 403, _) | (_, 10000) => ProviderError::Auth {
+        (401 | 403, _) | (_, 10000 | 6003) => ProviderError::Auth {
             provider: P,
             reason,
         },

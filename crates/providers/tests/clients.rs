@@ -128,6 +128,27 @@ fn orchestrator_deploy_keys_like_key() -> String {
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl deploy".into()
 }
 
+/// A Cloudflare token of the wrong form is 400 with 6003 (not an authentication code by its
+/// status): the client still reports it as PROVIDER_AUTH_FAILED, like an unknown one (403,
+/// 10000), not as a request Cloudflare refused.
+#[tokio::test]
+async fn cloudflare_token_refusals_are_authentication_failures() {
+    init();
+    let server = emu::Cloudflare::start(emu::CfConfig {
+        tokens: vec!["cf-token".into()],
+        zones: vec!["orchestrator.test".into()],
+        ..emu::CfConfig::default()
+    })
+    .await
+    .unwrap();
+    for bad in ["not a token!", "unknown-token"] {
+        let client = Cloudflare::new(&server.api_base(), token(bad), retry()).unwrap();
+        let err = client.zone_id("orchestrator.test").await.unwrap_err();
+        assert!(matches!(err, ProviderError::Auth { .. }), "{bad}: {err:?}");
+        assert_eq!(err.reason(), "PROVIDER_AUTH_FAILED");
+    }
+}
+
 #[tokio::test]
 async fn dns_records_are_marked_claimed_by_id_and_foreign_ones_never_touched() {
     init();

@@ -14,6 +14,8 @@ use crate::core::{self, Fault};
 pub(super) struct CfError {
     status: StatusCode,
     errors: Vec<(u32, String)>,
+    /// The first error's `error_chain`: what underlies it.
+    chain: Option<(u32, String)>,
     retry_after: Option<u64>,
 }
 
@@ -22,6 +24,7 @@ impl CfError {
         Self {
             status,
             errors: vec![(code, message.into())],
+            chain: None,
             retry_after: None,
         }
     }
@@ -30,8 +33,18 @@ impl CfError {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    pub(super) fn auth(status: StatusCode) -> Self {
-        Self::new(status, 10000, "Authentication error")
+    /// An API token Cloudflare does not know: 403, 10000.
+    pub(super) fn unknown_token() -> Self {
+        Self::new(StatusCode::FORBIDDEN, 10000, "Authentication error")
+    }
+
+    /// No `Authorization: Bearer <token>`, or a token not of a token's form: 400, 6003, with
+    /// 6111 in its chain.
+    pub(super) fn malformed_token() -> Self {
+        Self {
+            chain: Some((6111, "Invalid format for Authorization header".to_owned())),
+            ..Self::bad(6003, "Invalid request headers")
+        }
     }
 
     pub(super) fn no_record() -> Self {
@@ -50,6 +63,7 @@ impl CfError {
                 ),
                 (7000, "No route for that URI".to_owned()),
             ],
+            chain: None,
             retry_after: None,
         }
     }
@@ -76,11 +90,14 @@ impl CfError {
 
 impl IntoResponse for CfError {
     fn into_response(self) -> Response {
-        let errors: Vec<Value> = self
+        let mut errors: Vec<Value> = self
             .errors
             .iter()
             .map(|(code, message)| json!({"code": code, "message": message}))
             .collect();
+        if let (Some((code, message)), Some(first)) = (&self.chain, errors.first_mut()) {
+            first["error_chain"] = json!([{"code": code, "message": message}]);
+        }
         let body = json!({"success": false, "errors": errors, "messages": [], "result": null});
         core::refusal(self.status, body, self.retry_after)
     }

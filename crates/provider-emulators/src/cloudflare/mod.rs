@@ -4,9 +4,9 @@
 //! - Names are stored as lower-case FQDNs; a relative name (`www`, `@`) is expanded with the
 //!   zone, as Cloudflare does.
 //! - "Already exists" (HTTP 400): a CNAME beside an A/AAAA/CNAME of the same name, or an A/AAAA
-//!   beside a CNAME, is 81053; an identical record is 81058; a second record of the same type
-//!   and name with other content is 81053 too unless [`CfConfig::multiple_records_per_name`]
-//!   (Cloudflare itself allows it: round-robin, the hazard a blind POST creates).
+//!   beside a CNAME, is 81053; an identical record is 81058. Several A (or AAAA) records of one
+//!   name with other contents are accepted, as Cloudflare does (round-robin: the hazard a blind
+//!   POST creates; "Create DNS record", "Round-robin DNS").
 //! - Bad or missing token: 400 (missing or not `Bearer`) or 403 (unknown), code 10000.
 //! - `rate_limit` requests per `rate_window` per token; over it, 429 with `Retry-After` until
 //!   the window ends.
@@ -51,9 +51,6 @@ pub struct CfConfig {
     /// Requests per `rate_window` per token (0 = unlimited). Cloudflare: 1200 per 5 minutes.
     pub rate_limit: u32,
     pub rate_window: Duration,
-    /// Allow several records of one type and name with different content (Cloudflare's real
-    /// behaviour); off: such a POST is refused with 81053.
-    pub multiple_records_per_name: bool,
     /// The zones' plan: how long a comment may be, whether tags are allowed.
     pub plan: CfPlan,
 }
@@ -65,7 +62,6 @@ impl Default for CfConfig {
             zones: Vec::new(),
             rate_limit: 1200,
             rate_window: Duration::from_secs(300),
-            multiple_records_per_name: false,
             plan: CfPlan::Free,
         }
     }

@@ -112,12 +112,7 @@ pub(super) async fn create(
     fields.apply(&mut record, true)?;
     check_record(&record)?;
     let mut world = lock(&s.world);
-    check_conflicts(
-        &world.records,
-        &record,
-        None,
-        s.config.multiple_records_per_name,
-    )?;
+    check_conflicts(&world.records, &record, None)?;
     world.next += 1;
     record.id = core::sha256_hex(format!("record:{}:{}", zone.id, world.next).as_bytes(), 32);
     let json = record_json(zone, &record);
@@ -143,12 +138,7 @@ pub(super) async fn update<const REPLACE: bool>(
     record.modified_on = OffsetDateTime::now_utc();
     record.token_used = token;
     check_record(&record)?;
-    check_conflicts(
-        &world.records,
-        &record,
-        Some(&record_id),
-        s.config.multiple_records_per_name,
-    )?;
+    check_conflicts(&world.records, &record, Some(&record_id))?;
     let json = record_json(zone, &record);
     world.records[index] = record;
     Ok(success(json))

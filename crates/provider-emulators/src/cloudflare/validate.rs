@@ -163,12 +163,13 @@ pub(super) fn check_record(r: &Record) -> Result<(), CfError> {
     }
 }
 
-/// Refuses a record that collides with another of the zone (`except` = itself, on update).
+/// Refuses a record that collides with another of the zone (`except` = itself, on update): a
+/// CNAME beside anything of its host, an identical record. Several A or AAAA records of one
+/// name with other contents are fine (Cloudflare's round-robin).
 pub(super) fn check_conflicts(
     records: &[Record],
     r: &Record,
     except: Option<&str>,
-    multiple: bool,
 ) -> Result<(), CfError> {
     let address = |t: &str| matches!(t, "A" | "AAAA");
     for other in records
@@ -180,13 +181,8 @@ pub(super) fn check_conflicts(
         if host_clash {
             return Err(exists());
         }
-        if other.type_ == r.type_ {
-            if other.content == r.content {
-                return Err(CfError::bad(81058, "An identical record already exists."));
-            }
-            if address(&r.type_) && !multiple {
-                return Err(exists());
-            }
+        if other.type_ == r.type_ && other.content == r.content {
+            return Err(CfError::bad(81058, "An identical record already exists."));
         }
     }
     Ok(())
