@@ -79,7 +79,8 @@ impl ShutdownHooks {
 impl Startup {
     /// The service's own database (`DATABASE_URL`) and audit ledger (`AUDIT_KEY`): connects,
     /// waiting up to 30 s for the database to come up, applies the audit tables' migrations and
-    /// then the service's own, registers the database as a `/readyz` check, starts the
+    /// then the service's own (as `DATABASE_MIGRATION_URL`, the schema's owner, when set, which
+    /// then grants the runtime role row access only), registers the database as a `/readyz` check, starts the
     /// ledger's writer, and emits audit checkpoints (at start, every
     /// `ORCH_AUDIT_CHECKPOINT_INTERVAL`, default 60 s, and at shutdown: [`crate::anchor`]).
     pub async fn open_database<E: From<AuditError> + Send + 'static>(
@@ -94,11 +95,40 @@ impl Startup {
         let db = Database::connect(&url, Duration::from_secs(30))
             .await
             .context("DATABASE_URL")?;
-        db.migrate([
-            orchestrator_audit::migrations(db.dialect()),
-            migrations(db.dialect()),
-        ])
-        .await?;
+        // Migrations as the schema's owner when one is given, so the runtime role owns nothing
+        // (cannot drop the audit log's triggers, alter or drop a table); else as DATABASE_URL.
+        match self.env.secret("DATABASE_MIGRATION_URL")? {
+            Some(owner_url) => {
+                let owner = Database::connect(&owner_url, Duration::from_secs(30))
+                    .await
+                    .context("DATABASE_MIGRATION_URL")?;
+                anyhow::ensure!(
+                    owner.dialect() == db.dialect(),
+                    "DATABASE_MIGRATION_URL and DATABASE_URL must name the same database"
+                );
+                owner
+                    .migrate([
+                        orchestrator_audit::migrations(owner.dialect()),
+                        migrations(owner.dialect()),
+                    ])
+                    .await
+                    .context("DATABASE_MIGRATION_URL: migrations")?;
+                if let Some(role) = db.current_role().await? {
+                    owner
+                        .grant_runtime(&role)
+                        .await
+                        .context("DATABASE_MIGRATION_URL: granting the runtime role")?;
+                }
+                owner.pool().close().await;
+            }
+            None => {
+                db.migrate([
+                    orchestrator_audit::migrations(db.dialect()),
+                    migrations(db.dialect()),
+                ])
+                .await?
+            }
+        }
         let probe = db.clone();
         self.readiness.add_check(
             "database",
