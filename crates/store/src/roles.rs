@@ -41,15 +41,32 @@ impl Database {
             .fetch_one(&mut *tx)
             .await?
             .try_get("s")?;
+        let tables: Vec<String> = sqlx::query(
+            "SELECT CAST(tablename AS TEXT) AS t FROM pg_tables WHERE schemaname = current_schema() \
+             AND tablename IN ('audit_log', '_sqlx_migrations')",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get("t"))
+        .collect::<Result<_, _>>()?;
         let (schema, role) = (ident(&schema), ident(role));
         // Only quoted identifiers are formatted in; there are no values.
-        let grants = format!(
+        let mut grants = format!(
             "GRANT USAGE ON SCHEMA {schema} TO {role}; \
              GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}; \
-             GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}; \
-             REVOKE UPDATE, DELETE, TRUNCATE ON {schema}.audit_log FROM {role}; \
-             REVOKE ALL ON {schema}._sqlx_migrations FROM {role}"
+             GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {schema} TO {role};"
         );
+        if tables.iter().any(|t| t == "audit_log") {
+            grants.push_str(&format!(
+                " REVOKE UPDATE, DELETE, TRUNCATE ON {schema}.audit_log FROM {role};"
+            ));
+        }
+        if tables.iter().any(|t| t == "_sqlx_migrations") {
+            grants.push_str(&format!(
+                " REVOKE ALL ON {schema}._sqlx_migrations FROM {role};"
+            ));
+        }
         sqlx::raw_sql(sqlx::AssertSqlSafe(grants))
             .execute(&mut *tx)
             .await?;
