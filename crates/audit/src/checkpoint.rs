@@ -9,11 +9,15 @@
 //! the database's owner cannot rewrite (a log collector), it lets [`check`] prove that the
 //! database is not behind it.
 
+use std::sync::PoisonError;
+
+use orchestrator_store::now_us;
 use ring::hmac;
 use serde_json::{Value, json};
 use sqlx::{AnyPool, Row};
 
 use crate::chain::AuditKey;
+use crate::ledger::{AuditError, Ledger};
 
 /// The head of one service's chain at one moment, MACed with its `AUDIT_KEY`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +189,33 @@ impl AuditKey {
         let mut out = [0; 32];
         out.copy_from_slice(ctx.sign().as_ref());
         out
+    }
+}
+
+impl<E> Ledger<E> {
+    /// A checkpoint of `service`'s chain now: the newer of the head in the database and the
+    /// newest this process committed or saw. A database head behind what this process knows
+    /// (removed records, a restored copy) is logged as an error, and the checkpoint keeps what
+    /// this process knows, so the loss stays provable.
+    pub async fn checkpoint(&self, service: &str) -> Result<Checkpoint, AuditError> {
+        let row = sqlx::query("SELECT seq, mac FROM audit_head WHERE id = 1")
+            .fetch_one(self.db.pool())
+            .await?;
+        let stored: (i64, Vec<u8>) = (row.try_get("seq")?, row.try_get("mac")?);
+        let (seq, head) = {
+            let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+            if stored.0 >= latest.0 {
+                *latest = stored;
+            } else {
+                tracing::error!(
+                    head = stored.0,
+                    seen = latest.0,
+                    "the audit log moved backwards: the database was rolled back"
+                );
+            }
+            latest.clone()
+        };
+        Ok(Checkpoint::sign(&self.key, service, seq, &head, now_us()))
     }
 }
 

@@ -13,10 +13,9 @@ use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::chain::{AuditKey, Entry, GENESIS, Record};
-use crate::checkpoint::Checkpoint;
 
 /// The newest head this process committed or saw: (sequence number, that record's MAC).
-type Head = Arc<Mutex<(i64, Vec<u8>)>>;
+pub(crate) type Head = Arc<Mutex<(i64, Vec<u8>)>>;
 
 /// Why the ledger could not record (and so could not let the change or the read happen: the
 /// log fails closed). Callers map it to their own errors; [`tonic::Status`] has a `From`.
@@ -94,9 +93,9 @@ const INSERT_CHUNK: usize = 100;
 /// through, and the ledger's own failures become an `E` by `From<AuditError>`.
 pub struct Ledger<E> {
     jobs: mpsc::Sender<Job>,
-    key: Arc<AuditKey>,
-    db: Database,
-    latest: Head,
+    pub(crate) key: Arc<AuditKey>,
+    pub(crate) db: Database,
+    pub(crate) latest: Head,
     error: PhantomData<fn() -> E>,
 }
 
@@ -248,31 +247,6 @@ fn rand_byte() -> u8 {
 }
 
 impl<E> Ledger<E> {
-    /// A checkpoint of `service`'s chain now: the newer of the head in the database and the
-    /// newest this process committed or saw. A database head behind what this process knows
-    /// (removed records, a restored copy) is logged as an error, and the checkpoint keeps what
-    /// this process knows, so the loss stays provable.
-    pub async fn checkpoint(&self, service: &str) -> Result<Checkpoint, AuditError> {
-        let row = sqlx::query("SELECT seq, mac FROM audit_head WHERE id = 1")
-            .fetch_one(self.db.pool())
-            .await?;
-        let stored: (i64, Vec<u8>) = (row.try_get("seq")?, row.try_get("mac")?);
-        let (seq, head) = {
-            let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
-            if stored.0 >= latest.0 {
-                *latest = stored;
-            } else {
-                tracing::error!(
-                    head = stored.0,
-                    seen = latest.0,
-                    "the audit log moved backwards: the database was rolled back"
-                );
-            }
-            latest.clone()
-        };
-        Ok(Checkpoint::sign(&self.key, service, seq, &head, now_us()))
-    }
-
     /// The digest of the audit record selected with [`attested_columns!`] in `row` (aliases
     /// `a` for the record, `p` for its predecessor), after checking its MAC; `None` when the
     /// row has no record (`a_seq` is NULL).
