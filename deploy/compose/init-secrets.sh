@@ -5,8 +5,9 @@
 #   deploy/compose/init-secrets.sh            # from the repository root, or from anywhere
 #   deploy/compose/init-secrets.sh DIR        # into DIR instead (the Kubernetes dev overlay)
 #
-# Generated here: the Postgres superuser password, one DATABASE_URL per service (with a random
-# password; Postgres creates the role from it), one AUDIT_KEY per service, the vault master key,
+# Generated here: the Postgres superuser password, one DATABASE_URL and one
+# DATABASE_MIGRATION_URL (the schema's owner) per service (each with a random password; Postgres
+# creates the roles from them), one AUDIT_KEY per service, the vault master key,
 # and a fresh SSH key for infra. External credentials (GitHub App key, provider tokens) get a
 # development stand-in that no real API accepts: replace them before talking to the real ones.
 # Needs openssl; ssh-keygen for the SSH key.
@@ -44,6 +45,8 @@ password | put postgres_password
 for role in scaffolder secret_broker vault infra; do
     printf 'postgres://%s:%s@postgres:5432/orchestrator\n' "$role" "$(password)" \
         | put "${role}_database_url"
+    printf 'postgres://%s_owner:%s@postgres:5432/orchestrator\n' "$role" "$(password)" \
+        | put "${role}_owner_database_url"
     key32 | put "${role}_audit_key"
 done
 

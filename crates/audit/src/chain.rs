@@ -41,6 +41,10 @@ impl AuditKey {
         Self(hmac::Key::new(hmac::HMAC_SHA256, bytes))
     }
 
+    pub(crate) fn hmac_key(&self) -> &hmac::Key {
+        &self.0
+    }
+
     pub(crate) fn mac(&self, prev: &[u8], record: &Record) -> [u8; 32] {
         let mut ctx = hmac::Context::with_key(&self.0);
         ctx.update(b"orchestrator-audit-v1");

@@ -2,8 +2,8 @@
 
 use std::any::Any as StdAny;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
@@ -12,7 +12,10 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::chain::{AuditKey, Entry, Record};
+use crate::chain::{AuditKey, Entry, GENESIS, Record};
+
+/// The newest head this process committed or saw: (sequence number, that record's MAC).
+pub(crate) type Head = Arc<Mutex<(i64, Vec<u8>)>>;
 
 /// Why the ledger could not record (and so could not let the change or the read happen: the
 /// log fails closed). Callers map it to their own errors; [`tonic::Status`] has a `From`.
@@ -90,7 +93,9 @@ const INSERT_CHUNK: usize = 100;
 /// through, and the ledger's own failures become an `E` by `From<AuditError>`.
 pub struct Ledger<E> {
     jobs: mpsc::Sender<Job>,
-    key: Arc<AuditKey>,
+    pub(crate) key: Arc<AuditKey>,
+    pub(crate) db: Database,
+    pub(crate) latest: Head,
     error: PhantomData<fn() -> E>,
 }
 
@@ -99,6 +104,8 @@ impl<E> Clone for Ledger<E> {
         Self {
             jobs: self.jobs.clone(),
             key: self.key.clone(),
+            db: self.db.clone(),
+            latest: self.latest.clone(),
             error: PhantomData,
         }
     }
@@ -115,15 +122,19 @@ impl<E: From<AuditError> + Send + 'static> Ledger<E> {
     pub fn start(db: Database, key: AuditKey) -> Self {
         let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
         let key = Arc::new(key);
+        let latest: Head = Arc::new(Mutex::new((0, GENESIS.to_vec())));
         let writer = Writer {
-            db,
+            db: db.clone(),
             key: key.clone(),
             high_water: AtomicI64::new(0),
+            latest: latest.clone(),
         };
         tokio::spawn(writer.run(rx));
         Self {
             jobs,
             key,
+            db,
+            latest,
             error: PhantomData,
         }
     }
@@ -284,6 +295,8 @@ struct Writer {
     /// The highest sequence number this process has committed or seen: the head must never be
     /// below it.
     high_water: AtomicI64,
+    /// The newest (seq, MAC) committed or seen, for checkpoints.
+    latest: Head,
 }
 
 enum Outcome {
@@ -379,9 +392,14 @@ impl Writer {
             }
         }
         match self.append(&mut tx, head, entries).await {
-            Ok(new_head) => match tx.commit().await {
+            Ok((new_head, mac)) => match tx.commit().await {
                 Ok(()) => {
                     self.high_water.fetch_max(new_head, Ordering::SeqCst);
+                    let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+                    if new_head > latest.0 {
+                        *latest = (new_head, mac);
+                    }
+                    drop(latest);
                     Ok(outcomes)
                 }
                 Err(e) => Err((e.into(), outcomes)),
@@ -420,10 +438,10 @@ impl Writer {
         conn: &mut AnyConnection,
         head: (i64, Vec<u8>),
         entries: Vec<Entry>,
-    ) -> Result<i64, AuditError> {
+    ) -> Result<(i64, Vec<u8>), AuditError> {
         let (mut seq, mut prev) = head;
         if entries.is_empty() {
-            return Ok(seq);
+            return Ok((seq, prev));
         }
         let at_us = now_us();
         let mut records = Vec::with_capacity(entries.len());
@@ -480,7 +498,7 @@ impl Writer {
             .bind(&prev[..])
             .execute(&mut *conn)
             .await?;
-        Ok(seq)
+        Ok((seq, prev))
     }
 }
 

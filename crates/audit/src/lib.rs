@@ -11,6 +11,9 @@
 //!   found by [`verify`], which names the first broken record. `audit_head` holds the newest
 //!   `(seq, mac)`: each batch locks it, so replicas append to one linear chain, and a head that
 //!   moves backwards (a database restored under a running service) is refused.
+//! - **Checkpoints.** A head in the same database can be set back by the database's owner; a
+//!   [`Checkpoint`] (the head MACed with the key, printed to the service's log) anchors it
+//!   outside, and [`check_checkpoint`] finds a database behind it.
 //! - Records never hold a secret value: callers put names, versions and digests in them.
 
 /// The select list for [`Ledger::attested`]: an audit record joined as `a` and the record
@@ -26,10 +29,12 @@ macro_rules! attested_columns {
 }
 
 mod chain;
+mod checkpoint;
 mod ledger;
 mod verify;
 
 pub use chain::{AuditKey, AuditKeyError, Entry, Record};
+pub use checkpoint::{Checkpoint, CheckpointError, check as check_checkpoint};
 pub use ledger::{AuditError, Ledger, Retryable, WRITE_ATTEMPTS, Work};
 pub use verify::{Broken, VerifyReport, verify};
 

@@ -115,7 +115,8 @@ async fn the_newest_digest_of_a_row_is_one_index_probe() {
         TestDatabase::postgres(&["audit"]).await,
         TestDatabase::sqlite(),
     ] {
-        let db = Database::connect(&test.url("audit"), Duration::from_secs(5))
+        // As the schema's owner: the test writes rows and ANALYZEs as a migration would.
+        let db = Database::connect(&test.migration_url("audit"), Duration::from_secs(5))
             .await
             .unwrap();
         db.migrate([orchestrator_audit::migrations(db.dialect())])
@@ -159,7 +160,8 @@ async fn a_write_that_loses_a_deadlock_is_retried_and_lands() {
     use tokio::sync::Barrier;
 
     let test = TestDatabase::postgres(&["audit"]).await;
-    let db = Database::connect(&test.url("audit"), Duration::from_secs(5))
+    // As the schema's owner: the test creates a table of its own.
+    let db = Database::connect(&test.migration_url("audit"), Duration::from_secs(5))
         .await
         .unwrap();
     db.migrate([orchestrator_audit::migrations(db.dialect())])

@@ -48,7 +48,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let pki = Pki::new()?;
     let db = TestDatabase::postgres(&["secret-broker"]).await;
     let broker = Launch::new(Service::SecretBroker, &pki)?
-        .database(&db.url("secret-broker"))
+        .test_database(&db)
         .github(&github, "acme")
         .env("BROKER_MIN_WRITE_INTERVAL", args.interval.clone())
         .spawn()

@@ -64,7 +64,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let pki = Pki::new()?;
     let db = TestDatabase::postgres(&["vault"]).await;
     let vault = Launch::new(Service::Vault, &pki)?
-        .database(&db.url("vault"))
+        .test_database(&db)
         .env("VAULT_REWRAP_BATCH", args.rewrap_batch.to_string())
         .env("VAULT_REWRAP_INTERVAL", "1h")
         .spawn()

@@ -107,6 +107,20 @@ impl Launch {
         self.with_env(|env| env.database(url.expose_secret()))
     }
 
+    /// Points the service at its database in `db`: `DATABASE_URL` as its runtime role and, on
+    /// PostgreSQL, `DATABASE_MIGRATION_URL` as its schema's owner.
+    pub fn test_database(self, db: &orchestrator_store::testing::TestDatabase) -> Self {
+        use secrecy::ExposeSecret as _;
+        let service = self.service().name();
+        let launch = self.database(&db.url(service));
+        if db.is_postgres() {
+            let owner = db.migration_url(service);
+            launch.env("DATABASE_MIGRATION_URL", owner.expose_secret())
+        } else {
+            launch
+        }
+    }
+
     /// Points the service at the SQLite file `file` instead of its own.
     pub fn sqlite_database(self, file: &Path) -> Self {
         self.with_env(|env| env.sqlite_database(file))

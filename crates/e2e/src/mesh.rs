@@ -216,7 +216,7 @@ impl TestMesh {
     pub fn launch(&self, service: Service) -> Launch {
         let mut launch = Launch::with_secrets(service, &self.pki, &self.secrets)
             .expect("the service's keys")
-            .database(&self.db.url(service.name()));
+            .test_database(&self.db);
         if let Some(github) = &self.github {
             let url = github.url();
             launch = launch.with_env(|env| env.github_api(&url).git_url(&url));

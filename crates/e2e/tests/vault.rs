@@ -371,10 +371,11 @@ async fn audit_chain_verifies_and_names_an_edited_record(backend: Backend) {
             .await
             .unwrap();
     }
-    // Verification reads as the service's own role: SELECT is all it needs.
+    // Verification reads as the service's own role: SELECT is all it needs. Each put writes
+    // two records (the version's, the key's newest live version), each read one.
     let report = audit_report(&mesh).await;
-    // Five grants, five writes, five reads.
-    assert_eq!(report.records, 15, "{report:?}");
+    // Five grants, five writes of two records each, five reads.
+    assert_eq!(report.records, 20, "{report:?}");
     assert_eq!(report.broken, None);
 
     // The service's own role cannot edit or delete audit rows.

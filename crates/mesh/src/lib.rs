@@ -5,6 +5,7 @@
 //! A service's `main` is [`service_main`] plus its own gRPC routes.
 
 pub mod admin;
+pub mod anchor;
 pub mod authz;
 pub mod client;
 pub mod config;

@@ -39,27 +39,96 @@ pub struct Startup {
     pub tls: Arc<MeshTls>,
     /// Where the service registers its dependency checks for `/readyz`.
     pub readiness: Readiness,
+    /// Work that runs once serving has stopped (the final audit checkpoint).
+    pub at_shutdown: ShutdownHooks,
+}
+
+/// Work a service registers to run once serving has stopped, before the process exits.
+#[derive(Clone, Default)]
+pub struct ShutdownHooks(Arc<std::sync::Mutex<Vec<futures::future::BoxFuture<'static, ()>>>>);
+
+impl std::fmt::Debug for ShutdownHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShutdownHooks(..)")
+    }
+}
+
+impl ShutdownHooks {
+    /// Runs `work` at shutdown.
+    pub fn add(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.take_lock().push(Box::pin(work));
+    }
+
+    /// Runs every registered work, each within `limit`.
+    async fn run(&self, limit: Duration) {
+        let hooks = std::mem::take(&mut *self.take_lock());
+        for hook in hooks {
+            if tokio::time::timeout(limit, hook).await.is_err() {
+                tracing::warn!("a shutdown task took longer than {limit:?}; skipped");
+            }
+        }
+    }
+
+    fn take_lock(&self) -> std::sync::MutexGuard<'_, Vec<futures::future::BoxFuture<'static, ()>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl Startup {
     /// The service's own database (`DATABASE_URL`) and audit ledger (`AUDIT_KEY`): connects,
     /// waiting up to 30 s for the database to come up, applies the audit tables' migrations and
-    /// then the service's own, registers the database as a `/readyz` check, and starts the
-    /// ledger's writer.
+    /// then the service's own (as `DATABASE_MIGRATION_URL`, the schema's owner, when set, which
+    /// then grants the runtime role row access only), registers the database as a `/readyz` check, starts the
+    /// ledger's writer, and emits audit checkpoints (at start, every
+    /// `ORCH_AUDIT_CHECKPOINT_INTERVAL`, default 60 s, and at shutdown: [`crate::anchor`]).
     pub async fn open_database<E: From<AuditError> + Send + 'static>(
         &self,
         migrations: fn(Dialect) -> Migrator,
     ) -> anyhow::Result<(Database, Ledger<E>)> {
         let url = self.env.required_secret("DATABASE_URL")?;
+        let checkpoint_interval = self
+            .env
+            .positive_duration("ORCH_AUDIT_CHECKPOINT_INTERVAL", Duration::from_secs(60))?;
         let audit_key = AuditKey::from_base64(&self.env.required_secret("AUDIT_KEY")?)?;
         let db = Database::connect(&url, Duration::from_secs(30))
             .await
             .context("DATABASE_URL")?;
-        db.migrate([
-            orchestrator_audit::migrations(db.dialect()),
-            migrations(db.dialect()),
-        ])
-        .await?;
+        // Migrations as the schema's owner when one is given, so the runtime role owns nothing
+        // (cannot drop the audit log's triggers, alter or drop a table); else as DATABASE_URL.
+        match self.env.secret("DATABASE_MIGRATION_URL")? {
+            Some(owner_url) => {
+                let owner = Database::connect(&owner_url, Duration::from_secs(30))
+                    .await
+                    .context("DATABASE_MIGRATION_URL")?;
+                anyhow::ensure!(
+                    owner.dialect() == db.dialect(),
+                    "DATABASE_MIGRATION_URL and DATABASE_URL must name the same database"
+                );
+                owner
+                    .migrate([
+                        orchestrator_audit::migrations(owner.dialect()),
+                        migrations(owner.dialect()),
+                    ])
+                    .await
+                    .context("DATABASE_MIGRATION_URL: migrations")?;
+                if let Some(role) = db.current_role().await? {
+                    owner
+                        .grant_runtime(&role)
+                        .await
+                        .context("DATABASE_MIGRATION_URL: granting the runtime role")?;
+                }
+                owner.pool().close().await;
+            }
+            None => {
+                db.migrate([
+                    orchestrator_audit::migrations(db.dialect()),
+                    migrations(db.dialect()),
+                ])
+                .await?
+            }
+        }
         let probe = db.clone();
         self.readiness.add_check(
             "database",
@@ -69,6 +138,11 @@ impl Startup {
             }),
         );
         let ledger = Ledger::start(db.clone(), audit_key);
+        let service = self.config.service.name();
+        crate::anchor::spawn_periodic(ledger.clone(), service, checkpoint_interval);
+        let last = ledger.clone();
+        self.at_shutdown
+            .add(async move { crate::anchor::emit(&last, service, "shutdown").await });
         Ok((db, ledger))
     }
 
@@ -189,12 +263,14 @@ where
         env,
         tls,
         readiness: Readiness::default(),
+        at_shutdown: ShutdownHooks::default(),
     };
     let own = routes(startup.clone()).await?;
     let Startup {
         config,
         tls,
         readiness,
+        at_shutdown,
         ..
     } = startup;
 
@@ -257,7 +333,9 @@ where
         readiness.set(false);
         let _ = stop_tx.send(true);
     });
-    grpc.await.context("gRPC server failed")?;
+    let served = grpc.await.context("gRPC server failed");
+    at_shutdown.run(Duration::from_secs(5)).await;
+    served?;
     signal.abort();
     admin_task.await?.context("admin server failed")?;
     Ok(())

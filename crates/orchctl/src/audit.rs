@@ -20,7 +20,9 @@ use zeroize::Zeroizing;
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum AuditCommand {
     /// Check a service's audit chain: sequence, every record's MAC, and the head. Names the first
-    /// broken record. Exit status: 0 intact, 1 broken, 2 could not check.
+    /// broken record. With --checkpoint, also that the database is not behind (or diverging
+    /// from) any checkpoint the service logged. Exit status: 0 intact, 1 broken or behind a
+    /// checkpoint, 2 could not check.
     Verify(VerifyArgs),
 }
 
@@ -40,6 +42,19 @@ pub(crate) struct VerifyArgs {
     /// The state directory of the local mesh (`orchctl up`), the last fallback for both.
     #[arg(long, default_value = ".orchestrator")]
     state_dir: PathBuf,
+    /// Checkpoints the service logged (`audit checkpoint checkpoint={...}` lines, text or JSON
+    /// logs, or the JSON object alone), from a file or `-` for stdin: the database must hold
+    /// each one's record with its MAC. Without one, a chain cut back together with its head
+    /// (by the database's owner) verifies.
+    #[arg(long, value_name = "FILE|-")]
+    checkpoint: Option<PathBuf>,
+}
+
+/// What `verify` found: the chain's report, and the checkpoints checked (their count, the
+/// newest record they name, and the first the database fails).
+struct Outcome {
+    report: orchestrator_audit::VerifyReport,
+    checkpoints: Option<(usize, i64, Option<String>)>,
 }
 
 /// A `--service` value: one of the four service names.
@@ -60,16 +75,36 @@ pub(crate) fn run(command: AuditCommand) -> ExitCode {
         .map_err(anyhow::Error::from)
         .and_then(|runtime| runtime.block_on(verify(&args)));
     match result {
-        Ok(report) => {
+        Ok(Outcome {
+            report,
+            checkpoints,
+        }) => {
             let service = args.service.name();
             match report.broken {
-                None => {
-                    println!(
-                        "audit chain of {service}: {} records, head {}, OK",
-                        report.records, report.head
-                    );
-                    ExitCode::SUCCESS
-                }
+                None => match checkpoints {
+                    Some((_, _, Some(why))) => {
+                        println!("audit chain of {service} BEHIND A CHECKPOINT: {why}");
+                        ExitCode::from(1)
+                    }
+                    Some((count, newest, None)) => {
+                        println!(
+                            "audit chain of {service}: {} records, head {}, OK; {count} checkpoint(s) up to record {newest} hold",
+                            report.records, report.head
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    None => {
+                        println!(
+                            "audit chain of {service}: {} records, head {}, OK",
+                            report.records, report.head
+                        );
+                        eprintln!(
+                            "orchctl: note: without --checkpoint, records cut from the end \
+                             together with the head (by the database's owner) do not show"
+                        );
+                        ExitCode::SUCCESS
+                    }
+                },
                 Some(broken) => {
                     println!(
                         "audit chain of {service} BROKEN at record {}: {}",
@@ -92,9 +127,13 @@ pub(crate) fn run(command: AuditCommand) -> ExitCode {
     }
 }
 
-async fn verify(args: &VerifyArgs) -> anyhow::Result<orchestrator_audit::VerifyReport> {
+async fn verify(args: &VerifyArgs) -> anyhow::Result<Outcome> {
     let env = Env::from_process();
     let service = args.service.name();
+    let checkpoints = match &args.checkpoint {
+        None => None,
+        Some(path) => Some(read_checkpoints(path, service)?),
+    };
     let url = match (&args.database_url_file, env.secret("DATABASE_URL")?) {
         (Some(path), _) => read_secret_file(path, "--database-url-file")?,
         (None, Some(url)) => url,
@@ -134,8 +173,46 @@ async fn verify(args: &VerifyArgs) -> anyhow::Result<orchestrator_audit::VerifyR
     let report = orchestrator_audit::verify(db.pool(), &key)
         .await
         .with_context(|| format!("cannot read the audit log of {service}"))?;
+    let checkpoints = match checkpoints {
+        None => None,
+        Some(checkpoints) => {
+            let mut failed = None;
+            for checkpoint in &checkpoints {
+                if let Err(why) = orchestrator_audit::check_checkpoint(db.pool(), &key, checkpoint)
+                    .await
+                    .with_context(|| format!("cannot read the audit log of {service}"))?
+                {
+                    failed = Some(why);
+                    break;
+                }
+            }
+            let newest = checkpoints.iter().map(|c| c.seq).max().unwrap_or(0);
+            Some((checkpoints.len(), newest, failed))
+        }
+    };
     db.pool().close().await;
-    Ok(report)
+    Ok(Outcome {
+        report,
+        checkpoints,
+    })
+}
+
+/// Every checkpoint of `service` in the file at `path` (`-`: stdin).
+fn read_checkpoints(
+    path: &Path,
+    service: &str,
+) -> anyhow::Result<Vec<orchestrator_audit::Checkpoint>> {
+    let mut text = String::new();
+    if path == Path::new("-") {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("--checkpoint -: cannot read stdin")?;
+    } else {
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .with_context(|| format!("--checkpoint: cannot read {}", path.display()))?;
+    }
+    Ok(orchestrator_audit::Checkpoint::parse_all(&text, service)?)
 }
 
 /// A secret from a file; one trailing newline (or CRLF) is dropped.

@@ -64,8 +64,9 @@ fn with_database(url: &str, database: &str, user: Option<&str>) -> String {
 }
 
 impl TestDatabase {
-    /// A fresh PostgreSQL database with, for each of `services`, a login role owning a schema
-    /// of the same name (`secret-broker` -> `secret_broker`) and searching only it.
+    /// A fresh PostgreSQL database with, for each of `services`, a schema of the same name
+    /// (`secret-broker` -> `secret_broker`) owned by one login role ([`Self::migration_url`])
+    /// and used by another that owns nothing ([`Self::url`]), both searching only it.
     pub async fn postgres(services: &[&str]) -> Self {
         Self::postgres_at(&admin_url(), services).await
     }
@@ -88,11 +89,16 @@ impl TestDatabase {
         for service in services {
             let schema = service.replace('-', "_");
             let role = format!("{prefix}_{schema}");
+            // As in production: the owner runs the migrations, the service runs as `role`,
+            // which owns nothing (`Database::grant_runtime` lets it read and write rows).
             db.execute(sqlx::AssertSqlSafe(format!(
-                "CREATE ROLE {role} LOGIN; \
-                 CREATE SCHEMA {schema} AUTHORIZATION {role}; \
+                "CREATE ROLE {role}_owner LOGIN; \
+                 CREATE ROLE {role} LOGIN; \
+                 CREATE SCHEMA {schema} AUTHORIZATION {role}_owner; \
+                 ALTER ROLE {role}_owner IN DATABASE {database} SET search_path = {schema}; \
                  ALTER ROLE {role} IN DATABASE {database} SET search_path = {schema}; \
                  REVOKE ALL ON SCHEMA public FROM PUBLIC; \
+                 GRANT CONNECT ON DATABASE {database} TO {role}_owner; \
                  GRANT CONNECT ON DATABASE {database} TO {role};"
             )))
             .await
@@ -118,7 +124,33 @@ impl TestDatabase {
         }
     }
 
-    /// The URL a service connects with: as the role of `service` (PostgreSQL) or to the file.
+    /// The URL a service runs its migrations with (`DATABASE_MIGRATION_URL`): as the owner of
+    /// `service`'s schema (PostgreSQL), or the file.
+    pub fn migration_url(&self, service: &str) -> SecretString {
+        match &self.kind {
+            Kind::Postgres {
+                admin,
+                database,
+                roles,
+                ..
+            } => {
+                let schema = service.replace('-', "_");
+                let role = roles
+                    .iter()
+                    .find(|r| r.ends_with(&format!("_{schema}")))
+                    .expect("a role for this service");
+                SecretString::from(with_database(
+                    admin,
+                    database,
+                    Some(&format!("{role}_owner")),
+                ))
+            }
+            Kind::Sqlite { .. } => self.url(service),
+        }
+    }
+
+    /// The URL a service connects with: as the runtime role of `service` (PostgreSQL) or to
+    /// the file.
     pub fn url(&self, service: &str) -> SecretString {
         SecretString::from(match &self.kind {
             Kind::Postgres {
@@ -167,19 +199,31 @@ impl TestDatabase {
         }
     }
 
-    /// `service`'s database as the service opens it (its own role on PostgreSQL), with
-    /// `migrations` applied.
+    /// `service`'s database as the service opens it (its runtime role on PostgreSQL), with
+    /// `migrations` applied by the schema's owner.
     pub async fn open(
         &self,
         service: &str,
         migrations: impl IntoIterator<Item = sqlx::migrate::Migrator>,
     ) -> crate::Database {
-        let db = crate::Database::connect(&self.url(service), std::time::Duration::from_secs(10))
+        let patience = std::time::Duration::from_secs(10);
+        let db = crate::Database::connect(&self.url(service), patience)
             .await
             .expect("connect to the test database");
-        db.migrate(migrations)
+        let owner = crate::Database::connect(&self.migration_url(service), patience)
+            .await
+            .expect("connect to the test database as the schema's owner");
+        owner
+            .migrate(migrations)
             .await
             .expect("migrate the test database");
+        if let Some(role) = db.current_role().await.expect("the runtime role") {
+            owner
+                .grant_runtime(&role)
+                .await
+                .expect("grant the runtime role");
+        }
+        owner.pool().close().await;
         db
     }
 
@@ -250,7 +294,9 @@ impl Drop for TestDatabase {
                     .await;
                 for role in roles {
                     let _ = conn
-                        .execute(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}")))
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP ROLE IF EXISTS {role}; DROP ROLE IF EXISTS {role}_owner"
+                        )))
                         .await;
                 }
             });

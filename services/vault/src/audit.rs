@@ -37,21 +37,39 @@ pub(crate) fn target(user_id: &str, key: &str, version: i64) -> String {
     format!("{}{version}", target_prefix(user_id, key))
 }
 
+/// A name as one segment of an audit target: `%` and `/` escaped, so targets cannot collide.
+fn esc(s: &str) -> String {
+    s.replace('%', "%25").replace('/', "%2F")
+}
+
 /// The audit target of a key's versions, without the version number.
 pub(crate) fn target_prefix(user_id: &str, key: &str) -> String {
-    let esc = |s: &str| s.replace('%', "%25").replace('/', "%2F");
     format!("users/{}/secrets/{}/versions/", esc(user_id), esc(key))
 }
 
 /// The audit target of a grant of a key to a project.
 pub(crate) fn grant_target(user_id: &str, key: &str, project_id: &str) -> String {
-    let esc = |s: &str| s.replace('%', "%25").replace('/', "%2F");
     format!(
         "users/{}/secrets/{}/grants/{}",
         esc(user_id),
         esc(key),
         esc(project_id)
     )
+}
+
+/// The audit target of a key as a whole (no version): its records attest which version is the
+/// key's newest live one. It cannot collide with a version's target, which ends in
+/// `/versions/N`, nor with another key's (the separators are escaped).
+pub(crate) fn key_target(user_id: &str, key: &str) -> String {
+    format!("users/{}/secrets/{}", esc(user_id), esc(key))
+}
+
+/// The digest a key's record carries: which version is its newest live one (0: none).
+/// A read of the newest version serves exactly that version, so a row deleted, removed or
+/// marked deleted behind the vault's back (which would make an older value the newest) is
+/// refused, not served.
+pub(crate) fn current_version_digest(version: i64) -> Vec<u8> {
+    digest(format!("orchestrator.vault current version: {version}").as_bytes())
 }
 
 /// The audit target of a data key.
@@ -97,6 +115,9 @@ mod tests {
         assert_ne!(target("a/b", "c", 1), target("a", "b/c", 1));
         assert_eq!(target("%2F", "k", 1), "users/%252F/secrets/k/versions/1");
         assert_eq!(data_key_target(4), "data_keys/4");
+        assert_eq!(key_target("u1", "do/token"), "users/u1/secrets/do%2Ftoken");
+        assert_ne!(key_target("u1", "k/versions/1"), target("u1", "k", 1));
+        assert_ne!(current_version_digest(1), current_version_digest(0));
     }
 
     #[test]

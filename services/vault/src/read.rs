@@ -6,7 +6,7 @@ use orchestrator_proto::timestamp as ts;
 use orchestrator_proto::vault::v1 as pb;
 use tonic::Status;
 
-use crate::audit::{Action, target_prefix};
+use crate::audit::{Action, current_version_digest, key_target, target_prefix};
 use crate::crypto::{RowRef, ciphertext_key_id, digest};
 use crate::db;
 use crate::state::Vault;
@@ -57,32 +57,64 @@ async fn checked_read(
     let (user_id, key) = (wanted.name.user_id.as_str(), wanted.name.key.as_str());
     crate::grants::check(vault, wanted).await?;
     let prefix = target_prefix(user_id, key);
-    // Rollback detection: the row must be what its newest (authentic) audit record says. A
-    // write (or rewrap) committed between the row and the record being read looks like a
-    // mismatch once, so a mismatch is read again before it is reported.
+    let whole_key = key_target(user_id, key);
+    // Rollback detection, per version: the row must be what its newest (authentic) audit record
+    // says. Per key, for a read of the newest version: the version served must be the one the
+    // key's newest record names, so a newer version deleted, removed or marked deleted behind
+    // the vault's back does not make an older value "the newest". A write (or rewrap) committed
+    // between the reads looks like a mismatch once, so a mismatch is read again before it is
+    // reported.
     // Architecture Invariant: a rolled-back or replaced row is never served.
     let mut attempt = 0;
     let (version, created_us, ciphertext, target) = loop {
-        let row = db::live_version(vault.db.pool(), user_id, key, wanted.version, &prefix)
-            .await?
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "no live version of secret `{key}` for user `{user_id}`"
-                ))
-            })?;
+        let newest = match wanted.version {
+            0 => match db::key_attestation(vault.db.pool(), &whole_key).await? {
+                Some(record) => record.verify(&vault.ledger)?,
+                None => None, // Not written since such records exist: the per-version check only.
+            },
+            _ => None,
+        };
+        let row = db::live_version(vault.db.pool(), user_id, key, wanted.version, &prefix).await?;
+        let Some(row) = row else {
+            match newest {
+                Some(d) if d != current_version_digest(0) && attempt == 0 => {
+                    attempt += 1;
+                    continue;
+                }
+                Some(d) if d != current_version_digest(0) => {
+                    tracing::error!(target = %whole_key, "the key's newest live version is gone without an audit record");
+                    return Err(Status::data_loss(format!(
+                        "{whole_key}: its newest audit record names a live version the database does not hold: rolled back or removed"
+                    )));
+                }
+                _ => {
+                    return Err(Status::not_found(format!(
+                        "no live version of secret `{key}` for user `{user_id}`"
+                    )));
+                }
+            }
+        };
         let ciphertext = row
             .ciphertext
             .ok_or_else(|| Status::data_loss("a live version has no ciphertext"))?;
         let target = format!("{prefix}{}", row.version);
-        match row.attestation.verify(&vault.ledger)? {
-            Some(expected) if expected == digest(&ciphertext) => {
-                break (row.version, row.created_us, ciphertext, target);
-            }
+        let row_ok = row.attestation.verify(&vault.ledger)? == Some(digest(&ciphertext));
+        let key_ok = newest
+            .as_ref()
+            .is_none_or(|d| *d == current_version_digest(row.version));
+        match (row_ok, key_ok) {
+            (true, true) => break (row.version, row.created_us, ciphertext, target),
             _ if attempt == 0 => attempt += 1,
-            _ => {
+            (false, _) => {
                 tracing::error!(%target, "stored ciphertext does not match its audit record: rolled back or replaced");
                 return Err(Status::data_loss(format!(
                     "{target} does not match its newest audit record: the row was rolled back or replaced"
+                )));
+            }
+            (true, false) => {
+                tracing::error!(%target, key = %whole_key, "the newest live version is not the one the key's audit record names: rolled back");
+                return Err(Status::data_loss(format!(
+                    "{target} is not the newest live version its key's audit record names: a newer version was deleted or removed behind the vault's back"
                 )));
             }
         }

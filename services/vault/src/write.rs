@@ -8,7 +8,7 @@ use orchestrator_store::now_us;
 use sqlx::AnyConnection;
 use tonic::{Code, Status};
 
-use crate::audit::{Action, Gone, data_key_target, target};
+use crate::audit::{Action, Gone, current_version_digest, data_key_target, key_target, target};
 use crate::crypto::{RowRef, digest};
 use crate::db::{self, KeyHead, NextVersion, SecretMeta, Wrapping};
 use crate::state::Vault;
@@ -105,6 +105,7 @@ async fn put_in_tx(
             entries.push(gone(&caller, Action::Put, pruned, Gone::Pruned));
         }
     }
+    entries.push(current(&caller, Action::Put, user_id, key, version));
 
     if primary.encryptions >= vault.limits.rotate_after {
         let why = format!(
@@ -149,6 +150,14 @@ fn gone(caller: &str, action: Action, target: String, why: Gone) -> Entry {
     Entry::new(caller, action.as_str(), target)
         .detail(why.as_str())
         .digest(why.tombstone())
+}
+
+/// The record of a key's newest live version (0: none) after a change, which a read of the
+/// newest version checks (Architecture Invariant: a rolled-back or replaced row is never served).
+fn current(caller: &str, action: Action, user_id: &str, key: &str, version: i64) -> Entry {
+    Entry::new(caller, action.as_str(), key_target(user_id, key))
+        .detail(format!("current_version={version}"))
+        .digest(current_version_digest(version))
 }
 
 /// DeleteUserSecret: soft-deletes or destroys the requested versions (all kept ones when none
@@ -204,6 +213,12 @@ async fn delete_in_tx(
     }
     if !entries.is_empty() {
         db::touch_key(conn, &mut meta, now).await?;
+        let newest_live = meta
+            .versions
+            .iter()
+            .find(|row| row.is_live())
+            .map_or(0, |row| row.version);
+        entries.push(current(caller, Action::Delete, user_id, key, newest_live));
     }
     Ok((meta, entries))
 }

@@ -26,8 +26,8 @@ pub(crate) use grants::{GrantRow, grant, insert_grant, is_granted, revoke_grant}
 pub(crate) use rewrap::{StoredValue, attestations, claim_stale, store_rewrapped};
 pub(crate) use secrets::{
     KeyHead, NextVersion, SecretMeta, destroy_version, find_put_request, insert_put_request,
-    insert_version, list_secrets, live_version, metadata, next_version, prune_versions,
-    soft_delete_version, touch_key, versions,
+    insert_version, key_attestation, list_secrets, live_version, metadata, next_version,
+    prune_versions, soft_delete_version, touch_key, versions,
 };
 
 /// The vault's own tables (versions from 100; the audit tables' come first).

@@ -440,3 +440,23 @@ pub(crate) async fn live_version(
         attestation: Attestation(row),
     }))
 }
+
+/// The newest audit record with a digest for a key as a whole (`key_target`: what
+/// [`crate::audit::key_target`] names it), which says its newest live version; `None` for a key
+/// written before such records existed, or never written.
+pub(crate) async fn key_attestation(
+    pool: &AnyPool,
+    key_target: &str,
+) -> Result<Option<Attestation>, StoreError> {
+    const READ: &str = concat!(
+        "SELECT ",
+        orchestrator_audit::attested_columns!(),
+        " FROM audit_log a LEFT JOIN audit_log p ON p.seq = a.seq - 1 \
+         WHERE a.seq = (SELECT MAX(seq) FROM audit_log WHERE target = $1 AND digest IS NOT NULL)"
+    );
+    Ok(sqlx::query(READ)
+        .bind(key_target)
+        .fetch_optional(pool)
+        .await?
+        .map(Attestation))
+}
