@@ -5,7 +5,6 @@ use orchestrator_proto::vault::v1 as vault;
 use orchestrator_proto::vault::v1::vault_service_client::VaultServiceClient;
 use orchestrator_providers::{Cloudflare, DigitalOcean, Retry, Time4Vps};
 use secrecy::{ExposeSecret as _, SecretString};
-use tonic::Status;
 
 use super::failure::StepError;
 use crate::model::{CredentialSource, Server};
@@ -88,24 +87,26 @@ async fn token(
         CredentialSource::Platform {} => platform
             .cloned()
             .ok_or_else(|| StepError::precondition(format!("{name} is not configured on infra"))),
-        CredentialSource::UserVault { user_id, key } => Ok(user_secret(infra, user_id, key).await?),
+        CredentialSource::UserVault { user_id, key } => user_secret(infra, user_id, key).await,
     }
 }
 
 /// A user's provider key from the vault, for one call; never stored or logged.
-async fn user_secret(infra: &Infra, user_id: &str, key: &str) -> Result<SecretString, Status> {
+// A read: retried like every call of an operation when the vault is down or restarting.
+async fn user_secret(infra: &Infra, user_id: &str, key: &str) -> Result<SecretString, StepError> {
     let secret = VaultServiceClient::new(infra.peers.vault.clone())
         .get_user_secret(vault::GetUserSecretRequest {
             user_id: user_id.to_owned(),
             key: key.to_owned(),
             version: 0,
         })
-        .await?
+        .await
+        .map_err(StepError::peer("vault"))?
         .into_inner()
         .secret
-        .ok_or_else(|| Status::internal("the vault answered without a secret"))?;
+        .ok_or_else(|| StepError::internal("the vault answered without a secret"))?;
     let value = zeroize::Zeroizing::new(secret.value);
     let text = std::str::from_utf8(&value)
-        .map_err(|_| Status::failed_precondition("the user's provider key is not text"))?;
+        .map_err(|_| StepError::precondition("the user's provider key is not text"))?;
     Ok(SecretString::from(text.trim().to_owned()))
 }

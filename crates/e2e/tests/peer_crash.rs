@@ -1,0 +1,157 @@
+//! Operations that survive their peers dying: the broker SIGKILLed with infra's call to it in
+//! flight (real processes, real mTLS, PostgreSQL) is a transient failure, retried with the same
+//! request id once the broker is back, and the provision still ends done, with exactly one
+//! droplet, one DNS record and the deploy credentials at GitHub.
+
+#![allow(clippy::unwrap_used)] // Test helpers: a failed step is a failed test.
+
+use std::time::Duration;
+
+use orchestrator_e2e::{ORG, ProviderSetup, TestMesh, wait_until};
+use orchestrator_github_emulator::{Config as GhConfig, Faults};
+use orchestrator_mesh::Service;
+use orchestrator_proto::infra::v1 as pb;
+use orchestrator_proto::infra::v1::infra_service_client::InfraServiceClient;
+use tonic::transport::Channel;
+
+const INFRA: Service = Service::Infra;
+const BROKER: Service = Service::SecretBroker;
+const PUT_SECRET: &str = "PUT /repos/{owner}/{repo}/actions/secrets/{name}";
+
+async fn start() -> TestMesh {
+    let mesh = TestMesh::builder()
+        .postgres()
+        .github(GhConfig::default())
+        .providers(ProviderSetup::default())
+        .env(INFRA, "INFRA_READY_TIMEOUT_SECS", "60")
+        .service(BROKER)
+        .service(INFRA)
+        .start()
+        .await;
+    mesh.register_repository("p1", "app1").await;
+    mesh
+}
+
+fn provision(request_id: &str) -> pb::ProvisionServerRequest {
+    pb::ProvisionServerRequest {
+        request_id: request_id.into(),
+        project_id: "p1".into(),
+        provider: pb::Provider::Digitalocean as i32,
+        spec: Some(pb::provision_server_request::Spec::Digitalocean(
+            pb::DigitalOceanServerSpec {
+                region: "fra1".into(),
+                size: "s-1vcpu-1gb".into(),
+                image: "ubuntu-24-04-x64".into(),
+            },
+        )),
+        hostname: "app1.orchestrator.test".into(),
+        ..Default::default()
+    }
+}
+
+/// Polls the operation until it ends (infra's stream is not what is under test here).
+async fn ended(api: &mut InfraServiceClient<Channel>, id: &str) -> pb::Operation {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let op = api
+            .get_operation(pb::GetOperationRequest {
+                operation_id: id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .operation
+            .unwrap();
+        let open = op.state == pb::OperationState::Pending as i32
+            || op.state == pb::OperationState::Running as i32;
+        if !open || tokio::time::Instant::now() > deadline {
+            return op;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Kills the broker (SIGKILL) while it holds `puts_before + 1`-th secret PUT of infra's
+/// SetDeployCredentials (GitHub answers it slowly), and restarts it 0.3 s later on the same
+/// address.
+async fn kill_broker_in_flight(mesh: &mut TestMesh, puts_before: usize) {
+    let github = mesh.github().clone();
+    wait_until(
+        "infra never called the broker",
+        Duration::from_secs(30),
+        move || {
+            github
+                .stats()
+                .requests
+                .get(PUT_SECRET)
+                .copied()
+                .unwrap_or(0)
+                > puts_before
+        },
+    )
+    .await;
+    mesh.crash_and_restart(BROKER, Duration::from_millis(300))
+        .await;
+}
+
+/// The broker dies during infra's first call (the deploy key's private half) and again during
+/// the host handover: each cut call is retried (same request id) and the provision ends done.
+/// Before the mesh's classification, the cut call came back UNKNOWN "transport error" and the
+/// operation failed for good with an empty reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_in_the_middle_of_infras_call_does_not_fail_the_provision() {
+    let mut mesh = start().await;
+    mesh.github().set_faults_for(
+        PUT_SECRET,
+        Faults {
+            latency: Duration::from_millis(1500),
+            ..Default::default()
+        },
+    );
+    let mut api = mesh.infra_as("api").await;
+    let op = api
+        .provision_server(provision("crash-broker-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    // First call: DEPLOY_SSH_KEY.
+    kill_broker_in_flight(&mut mesh, 0).await;
+    // The retry PUTs DEPLOY_SSH_KEY again; the host handover then PUTs three more. Kill
+    // the broker on the handover's first PUT.
+    let github = mesh.github().clone();
+    wait_until(
+        "the key was never handed over",
+        Duration::from_secs(60),
+        move || github.secret(ORG, "app1", "DEPLOY_SSH_KEY").is_some(),
+    )
+    .await;
+    let before = mesh.github().stats().requests[PUT_SECRET];
+    kill_broker_in_flight(&mut mesh, before).await;
+
+    let op = ended(&mut api, &op.id).await;
+    assert_eq!(
+        op.state,
+        pb::OperationState::Succeeded as i32,
+        "{op:?}\n{}",
+        mesh.logs(INFRA)
+    );
+    assert_eq!(mesh.digitalocean().live_droplets().len(), 1);
+    assert_eq!(mesh.cloudflare().records().len(), 1);
+    for name in [
+        "DEPLOY_SSH_KEY",
+        "DEPLOY_HOST",
+        "DEPLOY_USER",
+        "DEPLOY_KNOWN_HOSTS",
+    ] {
+        assert!(
+            mesh.github().secret(ORG, "app1", name).is_some(),
+            "{name} is missing at GitHub"
+        );
+    }
+    assert!(
+        mesh.logs(INFRA).contains("operation step will be retried"),
+        "the cut call was not retried"
+    );
+}
