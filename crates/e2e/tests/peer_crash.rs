@@ -1,7 +1,8 @@
 //! Operations that survive their peers dying: the broker SIGKILLed with infra's call to it in
 //! flight (real processes, real mTLS, PostgreSQL) is a transient failure, retried with the same
 //! request id once the broker is back, and the provision still ends done, with exactly one
-//! droplet, one DNS record and the deploy credentials at GitHub.
+//! droplet, one DNS record and the deploy credentials at GitHub. A provision that fails for
+//! good releases what it made; a failed server can be destroyed.
 
 #![allow(clippy::unwrap_used)] // Test helpers: a failed step is a failed test.
 
@@ -12,6 +13,7 @@ use orchestrator_github_emulator::{Config as GhConfig, Faults};
 use orchestrator_mesh::Service;
 use orchestrator_proto::infra::v1 as pb;
 use orchestrator_proto::infra::v1::infra_service_client::InfraServiceClient;
+use orchestrator_provider_emulators as emu;
 use tonic::transport::Channel;
 
 const INFRA: Service = Service::Infra;
@@ -19,10 +21,14 @@ const BROKER: Service = Service::SecretBroker;
 const PUT_SECRET: &str = "PUT /repos/{owner}/{repo}/actions/secrets/{name}";
 
 async fn start() -> TestMesh {
+    start_with(ProviderSetup::default()).await
+}
+
+async fn start_with(setup: ProviderSetup) -> TestMesh {
     let mesh = TestMesh::builder()
         .postgres()
         .github(GhConfig::default())
-        .providers(ProviderSetup::default())
+        .providers(setup)
         .env(INFRA, "INFRA_READY_TIMEOUT_SECS", "60")
         .service(BROKER)
         .service(INFRA)
@@ -154,4 +160,60 @@ async fn a_broker_killed_in_the_middle_of_infras_call_does_not_fail_the_provisio
         mesh.logs(INFRA).contains("operation step will be retried"),
         "the cut call was not retried"
     );
+}
+
+/// A permanent failure after the droplet was bought and its DNS record set (cloud-init fails):
+/// the provision releases both before it ends failed, and says so; the failed server can then
+/// be destroyed (and a destroy asked again after that answers the same one). Before, the
+/// droplet and the record stayed, paid for and tracked by nothing but a failed server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provision_that_fails_for_good_leaves_no_droplet_and_no_dns_record() {
+    let mesh = start_with(ProviderSetup {
+        hosts: emu::HostsConfig {
+            cloud_init_fails: true,
+            ..emu::HostsConfig::default()
+        },
+        ..ProviderSetup::default()
+    })
+    .await;
+    let mut api = mesh.infra_as("api").await;
+    let op = api
+        .provision_server(provision("fails-for-good"))
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    let failed = ended(&mut api, &op.id).await;
+    assert_eq!(
+        failed.state,
+        pb::OperationState::Failed as i32,
+        "{failed:?}"
+    );
+    let error = failed.error.clone().unwrap();
+    assert_eq!(error.reason, "CLOUD_INIT_FAILED", "{error:?}");
+    assert!(
+        error.metadata["cleanup"].starts_with("released"),
+        "{error:?}"
+    );
+    assert_eq!(mesh.digitalocean().droplets().len(), 1, "one was bought");
+    assert!(mesh.digitalocean().live_droplets().is_empty());
+    assert!(mesh.cloudflare().records().is_empty());
+
+    let destroy = |api: &mut InfraServiceClient<Channel>| {
+        let mut api = api.clone();
+        let server_id = failed.server_id.clone();
+        async move {
+            api.destroy_server(pb::DestroyServerRequest { server_id })
+                .await
+                .unwrap()
+                .into_inner()
+                .operation
+                .unwrap()
+        }
+    };
+    let first = destroy(&mut api).await;
+    let done = ended(&mut api, &first.id).await;
+    assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+    assert_eq!(destroy(&mut api).await.id, first.id);
 }

@@ -8,6 +8,7 @@ use orchestrator_mesh::retry::Backoff;
 use orchestrator_store::StoreError;
 use tonic::Status;
 
+use super::compensate::compensate;
 use super::destroy::destroy;
 use super::failure::StepError;
 use super::provision::provision;
@@ -86,5 +87,10 @@ async fn fail(run: Run<'_>, status: &Status) {
         OperationKind::Rotate => server.state,
         OperationKind::Provision | OperationKind::Destroy => ServerState::Failed,
     };
-    let _ = run.finish(&server.id, Some(status), state).await;
+    // A failed provision releases what it made before it ends (a crash meanwhile resumes it).
+    let status = match operation.kind {
+        OperationKind::Provision => compensate(run, &operation, &server, status).await,
+        OperationKind::Rotate | OperationKind::Destroy => status.clone(),
+    };
+    let _ = run.finish(&server.id, Some(&status), state).await;
 }
