@@ -217,3 +217,66 @@ async fn a_provision_that_fails_for_good_leaves_no_droplet_and_no_dns_record() {
     assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
     assert_eq!(destroy(&mut api).await.id, first.id);
 }
+
+/// `orchctl infra provision` follows the operation across an infra crash: its watch is cut,
+/// it reconnects once infra is back (same address) and ends with the operation's own end.
+/// Before, the cut stream was reported as a failed command while the provision went on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchctl_keeps_watching_across_an_infra_restart() {
+    let mut mesh = start().await;
+    // A slow handover keeps the provision running long enough to cut its watch.
+    mesh.github().set_faults_for(
+        PUT_SECRET,
+        Faults {
+            latency: Duration::from_millis(700),
+            ..Default::default()
+        },
+    );
+    let orchctl = tokio::process::Command::new(orchestrator_e2e::bin("orchctl"))
+        .args([
+            "infra",
+            "provision",
+            "--project",
+            "p1",
+            "--hostname",
+            "app1.orchestrator.test",
+        ])
+        .arg("--pki")
+        .arg(mesh.pki().dir())
+        .arg("--target")
+        .arg(mesh.proc(INFRA).grpc.to_string())
+        .kill_on_drop(true)
+        .output();
+    let orchctl = tokio::spawn(orchctl);
+    let github = mesh.github().clone();
+    wait_until(
+        "the provision never reached the broker",
+        Duration::from_secs(30),
+        move || {
+            github
+                .stats()
+                .requests
+                .get(PUT_SECRET)
+                .copied()
+                .unwrap_or(0)
+                > 0
+        },
+    )
+    .await;
+    mesh.crash_and_restart(INFRA, Duration::from_millis(300))
+        .await;
+    let out = tokio::time::timeout(Duration::from_secs(120), orchctl)
+        .await
+        .expect("orchctl ended")
+        .unwrap()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("reconnecting"), "{text}");
+    assert!(text.trim_end().ends_with("done"), "{text}");
+    assert_eq!(mesh.digitalocean().live_droplets().len(), 1);
+}
