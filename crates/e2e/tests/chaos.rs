@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use orchestrator_e2e::{ORG, ProviderSetup, TestMesh};
+use orchestrator_e2e::{ORG, ProviderSetup, Secret, TestMesh};
 use orchestrator_github_emulator::Config as GhConfig;
 use orchestrator_mesh::Service;
 use orchestrator_mesh::retry::{Call, Outcome, classify};
@@ -263,5 +263,50 @@ async fn a_short_chaos_run_ends_with_everything_exact_and_nothing_left_behind() 
                 .secret(ORG, &format!("app{n}"), "DEPLOY_SSH_KEY")
                 .is_some()
         );
+    }
+    // No value anywhere but at GitHub: not in the broker's or infra's tables, not in a log.
+    let canaries: Vec<String> = (0..projects)
+        .flat_map(|n| {
+            (0..rounds).flat_map(move |r| (0..4).map(move |i| format!("value-{n}-{i}-{r}")))
+        })
+        .collect();
+    let canaries: Vec<&str> = canaries.iter().map(String::as_str).collect();
+    for service in [BROKER, INFRA] {
+        let logs = mesh.logs(service);
+        assert!(
+            canaries.iter().all(|c| !logs.contains(c)),
+            "a value in {service}'s logs"
+        );
+    }
+    mesh.assert_absent_from_tables(
+        BROKER,
+        &[
+            "secret_broker.secret_refs",
+            "secret_broker.write_requests",
+            "secret_broker.audit_log",
+        ],
+        &canaries,
+    )
+    .await;
+    mesh.assert_absent_from_tables(
+        INFRA,
+        &["infra.servers", "infra.operations", "infra.audit_log"],
+        &canaries,
+    )
+    .await;
+    // Every audit chain verifies, across all the crashes.
+    for service in [BROKER, INFRA] {
+        let key = orchestrator_audit::AuditKey::from_base64(&secrecy::SecretString::from(
+            mesh.secret(Secret::AuditKey(service)),
+        ))
+        .unwrap();
+        let db = orchestrator_store::Database::connect(
+            &mesh.db().url(service.name()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let report = orchestrator_audit::verify(db.pool(), &key).await.unwrap();
+        assert_eq!(report.broken, None, "{service}'s audit chain");
     }
 }
