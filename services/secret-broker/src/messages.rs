@@ -135,3 +135,23 @@ fn reason_in(message: &str) -> Option<&str> {
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
     .then_some(reason)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_message_gives_the_reason_it_ends_with() {
+        assert_eq!(
+            reason_in(crate::settle::LOST_IN_CRASH),
+            Some("LOST_IN_CRASH")
+        );
+        assert_eq!(
+            reason_in("GitHub refused it [SECRET_TOO_LARGE]"),
+            Some("SECRET_TOO_LARGE")
+        );
+        assert_eq!(reason_in("no reason here"), None);
+        assert_eq!(reason_in("odd [not a reason]"), None);
+        assert_eq!(reason_in("empty []"), None);
+    }
+}
