@@ -280,3 +280,64 @@ async fn orchctl_keeps_watching_across_an_infra_restart() {
     assert!(text.trim_end().ends_with("done"), "{text}");
     assert_eq!(mesh.digitalocean().live_droplets().len(), 1);
 }
+
+/// A destroy that failed for good (infra restarted with a token DigitalOcean refuses) is not
+/// the end: once infra has a working token again, DestroyServer starts a new destroy, which
+/// deletes the droplet and its record. Before, the failed destroy was answered again forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_destroy_can_be_asked_again_and_finishes_the_cleanup() {
+    let mut mesh = start().await;
+    let mut api = mesh.infra_as("api").await;
+    let op = api
+        .provision_server(provision("destroy-again"))
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    let done = ended(&mut api, &op.id).await;
+    assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+
+    let addr = mesh.proc(INFRA).grpc;
+    mesh.kill(INFRA).await;
+    let refused = mesh
+        .launch(INFRA)
+        .without("DIGITALOCEAN_TOKEN_FILE")
+        .env(
+            "DIGITALOCEAN_TOKEN",
+            "dop_v1_not-a-token-digitalocean-knows",
+        )
+        .at(addr);
+    mesh.spawn(refused).await;
+    let destroyer = api.clone();
+    let destroy = |server_id: String| {
+        let api = destroyer.clone();
+        async move {
+            let mut api = api;
+            api.destroy_server(pb::DestroyServerRequest { server_id })
+                .await
+                .unwrap()
+                .into_inner()
+                .operation
+                .unwrap()
+        }
+    };
+    let first = destroy(done.server_id.clone()).await;
+    let failed = ended(&mut api, &first.id).await;
+    assert_eq!(
+        failed.state,
+        pb::OperationState::Failed as i32,
+        "{failed:?}"
+    );
+    assert_eq!(mesh.digitalocean().live_droplets().len(), 1);
+
+    mesh.crash_and_restart(INFRA, Duration::from_millis(100))
+        .await;
+    let second = destroy(done.server_id.clone()).await;
+    assert_ne!(second.id, first.id, "a new destroy, not the failed one");
+    let gone = ended(&mut api, &second.id).await;
+    assert_eq!(gone.state, pb::OperationState::Succeeded as i32, "{gone:?}");
+    assert!(mesh.digitalocean().live_droplets().is_empty());
+    assert!(mesh.cloudflare().records().is_empty());
+    assert_eq!(destroy(done.server_id).await.id, second.id);
+}
