@@ -3,6 +3,7 @@
 # An existing file is never overwritten: run it again after deleting one to make a new one.
 #
 #   deploy/compose/init-secrets.sh            # from the repository root, or from anywhere
+#   deploy/compose/init-secrets.sh DIR        # into DIR instead (the Kubernetes dev overlay)
 #
 # Generated here: the Postgres superuser password, one DATABASE_URL per service (with a random
 # password; Postgres creates the role from it), one AUDIT_KEY per service, the vault master key,
@@ -11,7 +12,7 @@
 # Needs openssl; ssh-keygen for the SSH key.
 set -eu
 
-dir=$(cd "$(dirname "$0")" && pwd)/secrets
+dir=${1:-$(cd "$(dirname "$0")" && pwd)/secrets}
 mkdir -p "$dir"
 # The directory keeps other host users out; the files must be readable by the containers' users
 # (uid 10001 for the services, 999 for Postgres), and compose mounts file secrets with the

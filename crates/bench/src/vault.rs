@@ -15,6 +15,9 @@ use tonic::transport::{Channel, Server};
 
 use crate::{measure, row};
 
+/// The project every read of the benchmark is for (its keys are granted to it).
+const BENCH_PROJECT: &str = "prj-bench";
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Calls per scenario.
@@ -73,6 +76,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let client = |name: &str| -> anyhow::Result<Arc<MeshTls>> { pki.client(name) };
     let api = VaultServiceClient::new(vault.channel(&client("api")?).await?);
     let infra = VaultServiceClient::new(vault.channel(&client("infra")?).await?);
+    let scaffolder = VaultServiceClient::new(vault.channel(&client("scaffolder")?).await?);
     let mut operator = VaultServiceClient::new(vault.channel(&client("operator")?).await?);
 
     // The ceiling: a bare tonic echo of the same payload over the same mTLS stack, in process.
@@ -109,6 +113,24 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
     })
     .await?;
+    // Reads are served only for a project the key is granted to (not part of any figure).
+    measure(args.keys, args.concurrency, {
+        let scaffolder = scaffolder.clone();
+        move |i| {
+            let mut scaffolder = scaffolder.clone();
+            async move {
+                scaffolder
+                    .grant_user_secret(pb::GrantUserSecretRequest {
+                        user_id: "bench".into(),
+                        key: format!("key-{i}"),
+                        project_id: BENCH_PROJECT.into(),
+                    })
+                    .await?;
+                Ok(())
+            }
+        }
+    })
+    .await?;
     let echo = |channel: Channel| {
         move |_| {
             let channel = channel.clone();
@@ -136,6 +158,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                     user_id: "bench".into(),
                     key: format!("key-{}", i % keys),
                     version: 0,
+                    project_id: BENCH_PROJECT.into(),
                 };
                 infra.get_user_secret(req).await?;
                 Ok(())
@@ -195,6 +218,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                     user_id: "bench".into(),
                     key: format!("key-{}", i % keys),
                     version: 0,
+                    project_id: BENCH_PROJECT.into(),
                 };
                 match infra.get_user_secret(req).await {
                     Ok(_) => reads.fetch_add(1, Ordering::Relaxed),

@@ -14,19 +14,21 @@ use crate::secrets::{DevSecrets, Secret};
 pub const START_ORDER: [Service; 4] = [
     Service::Vault,
     Service::SecretBroker,
-    Service::Infra,
     Service::Scaffolder,
+    Service::Infra,
 ];
 
 /// Who calls whom (caller, callee), and the variable that tells the caller where.
-const PEERS: [(Service, Service, &str); 3] = [
+const PEERS: [(Service, Service, &str); 5] = [
     (Service::Infra, Service::SecretBroker, "INFRA_BROKER_ADDR"),
     (Service::Infra, Service::Vault, "INFRA_VAULT_ADDR"),
+    (Service::Infra, Service::Scaffolder, "INFRA_SCAFFOLDER_ADDR"),
     (
         Service::Scaffolder,
         Service::SecretBroker,
         "SCAFFOLDER_BROKER_ADDR",
     ),
+    (Service::Scaffolder, Service::Vault, "SCAFFOLDER_VAULT_ADDR"),
 ];
 
 /// A loopback port where nothing answers (the discard port, unused on a development machine).

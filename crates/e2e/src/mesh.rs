@@ -319,6 +319,48 @@ impl TestMesh {
             .unwrap_or_else(|e| panic!("{repo} is not registered for {project_id}: {e:?}"));
     }
 
+    /// Creates project `name` (repository `name` in [`ORG`]) owned by `user` through the
+    /// scaffolder, as `api`, with one vault entry of `secrets_ref` per `(abstract key, user, vault
+    /// key)` of `vault_entries`; the project's id.
+    pub async fn create_project(
+        &self,
+        user: &str,
+        name: &str,
+        vault_entries: &[(&str, &str, &str)],
+    ) -> Result<String, tonic::Status> {
+        use orchestrator_proto::scaffolder::v1 as scaffolder;
+        let entries = vault_entries
+            .iter()
+            .map(|(abstract_key, user_id, key)| {
+                let target = common::secret_target::Target::VaultEntry(common::VaultEntryRef {
+                    user_id: (*user_id).into(),
+                    key: (*key).into(),
+                    version: 0,
+                });
+                let target = common::SecretTarget {
+                    target: Some(target),
+                };
+                ((*abstract_key).to_owned(), target)
+            })
+            .collect();
+        let project = self
+            .scaffolder_as("api")
+            .await
+            .create_project(scaffolder::CreateProjectRequest {
+                request_id: format!("create-{name}"),
+                name: name.into(),
+                user_id: user.into(),
+                template: scaffolder::ProjectTemplate::DockerSsh as i32,
+                secrets_ref: Some(common::SecretsRef { entries }),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .project
+            .expect("CreateProject answers with the project");
+        Ok(project.id)
+    }
+
     /// Runs `orchctl args` against the mesh's `target`, with the mesh's PKI (as `api`, unless
     /// `args` say otherwise). Async: the emulators run on the test's runtime and must keep
     /// answering meanwhile.

@@ -428,12 +428,25 @@ async fn faults_and_an_infra_crash_still_make_exactly_one_droplet() {
 async fn a_users_own_provider_key_comes_from_the_vault_and_is_kept_nowhere() {
     use orchestrator_proto::vault::v1 as vault;
     let (user_token, user_dns_token) = (USERS_OWN_DO_TOKEN, USERS_OWN_CF_TOKEN);
-    // An infra that can reach a vault.
+    // An infra that can reach a vault, and the scaffolder that knows the project's owner.
     let mesh = start_mesh(
         ProviderSetup::default(),
-        &[Service::Vault, Service::SecretBroker, INFRA],
+        &[
+            Service::Vault,
+            Service::SecretBroker,
+            Service::Scaffolder,
+            INFRA,
+        ],
     )
     .await;
+    let project_id = mesh
+        .create_project(
+            "u1",
+            "u1-app",
+            &[("do", "u1", "digitalocean"), ("dns", "u1", "cloudflare")],
+        )
+        .await
+        .unwrap();
     let mut vault_api = mesh.vault_as("api").await;
     for (key, value) in [("digitalocean", user_token), ("cloudflare", user_dns_token)] {
         vault_api
@@ -448,6 +461,7 @@ async fn a_users_own_provider_key_comes_from_the_vault_and_is_kept_nowhere() {
     }
     let mut api = mesh.infra_as("api").await;
     let mut req = provision("prov-user-key");
+    req.project_id = project_id;
     req.provider_credentials = Some(pb::CredentialSource {
         source: Some(pb::credential_source::Source::UserVault(
             common::VaultEntryRef {
@@ -665,7 +679,8 @@ async fn time4vps_takeover_survives_faults_and_an_infra_crash() {
 
 /// Refusals are final and precise: over DigitalOcean's droplet limit the operation fails with
 /// RESOURCE_EXHAUSTED, PROVIDER_QUOTA_EXCEEDED and DigitalOcean's own message (no retry, no
-/// second droplet); an unknown Time4VPS server is PROVIDER_NOT_FOUND; a request id reused for
+/// second droplet); an unknown Time4VPS server is NOT_FOUND PROVIDER_NOT_FOUND before anything
+/// is recorded; a request id reused for
 /// another request is INVALID_ARGUMENT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_refusals_fail_the_operation_with_the_providers_reason() {
@@ -701,11 +716,25 @@ async fn provider_refusals_fail_the_operation_with_the_providers_reason() {
     let mut unknown = provision("t4-unknown");
     takeover(&mut unknown, 999, "");
     unknown.hostname = "app3.orchestrator.test".into();
-    let op = accept(&mut api, unknown).await;
-    let failed = watch(&mut api, &op.id).await.pop().unwrap();
-    let error = failed.error.unwrap();
-    assert_eq!(error.reason, "PROVIDER_NOT_FOUND", "{error:?}");
-    assert!(error.message.contains("Time4VPS"), "{}", error.message);
+    // Refused before it is accepted: no operation, no server recorded.
+    let refused = api.provision_server(unknown).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    let info = refused.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.reason, "PROVIDER_NOT_FOUND");
+    assert_eq!(
+        info.metadata.get("server_id").map(String::as_str),
+        Some("999")
+    );
+    assert!(
+        refused.message().contains("Time4VPS"),
+        "{}",
+        refused.message()
+    );
+    // The account's own server is accepted (and listed below).
+    let mut known = provision("t4-known");
+    takeover(&mut known, T4_SERVER, "");
+    known.hostname = "app3.orchestrator.test".into();
+    accept(&mut api, known).await;
 
     // Listing: newest first, a page at a time, by provider.
     let list = |page_token: String, provider: pb::Provider| pb::ListServersRequest {

@@ -21,11 +21,13 @@ const CREATE_REPO: &str = "POST /orgs/{org}/repos";
 const BROKER: Service = Service::SecretBroker;
 const SCAFFOLDER: Service = Service::Scaffolder;
 
-/// A scaffolder and its broker on PostgreSQL, against the GitHub emulator.
+/// A scaffolder and its broker on PostgreSQL, against the GitHub emulator, and the vault where
+/// the scaffolder records the grants of a project's vault entries.
 async fn start() -> TestMesh {
     TestMesh::builder()
         .postgres()
         .github(Config::default())
+        .service(Service::Vault)
         .service(BROKER)
         .service(SCAFFOLDER)
         .start()
@@ -374,4 +376,50 @@ async fn projects_are_generated_from_a_template_repository_when_one_is_configure
         .into()
     );
     assert!(creation.revoked);
+}
+
+/// Two scaffolder replicas on one database get the same CreateProject at once (a client that
+/// retried through a load balancer): both answer with the one project, ready, and one
+/// repository holds its workflow. (Before, the loser answered PROJECT_NAME_TAKEN.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_request_on_two_replicas_at_once_makes_one_project() {
+    let mesh = start().await;
+    let b = mesh.launch(SCAFFOLDER).spawn().await.unwrap();
+    let mut on_a = mesh.scaffolder_as("api").await;
+    let mut on_b = ScaffolderServiceClient::new(mesh.channel_to(&b, "api").await);
+    let request = create("req-twice", "twin-bot", &[("TELEGRAM_TOKEN", b"v")]);
+    let (one, two) = tokio::join!(
+        on_a.create_project(request.clone()),
+        on_b.create_project(request)
+    );
+    let (one, two) = (
+        one.unwrap().into_inner().project.unwrap(),
+        two.unwrap().into_inner().project.unwrap(),
+    );
+    assert_eq!(one.id, two.id);
+    assert_eq!(
+        (one.state, two.state),
+        (
+            pb::ProjectState::Ready as i32,
+            pb::ProjectState::Ready as i32
+        )
+    );
+    let listed = on_b
+        .list_projects(pb::ListProjectsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .projects;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(
+        mesh.github()
+            .file(ORG, "twin-bot", ".github/workflows/deploy.yml")
+            .is_some()
+    );
+    assert_eq!(
+        mesh.github()
+            .secret(ORG, "twin-bot", "TELEGRAM_TOKEN")
+            .unwrap(),
+        b"v"
+    );
 }

@@ -88,11 +88,43 @@ async fn get_refused(client: &mut Vault, user: &str, key: &str, version: i64) ->
         .code()
 }
 
+/// The project every read of these tests is for.
+const PROJECT: &str = "prj-vault-tests";
+
 fn get(user: &str, key: &str, version: i64) -> pb::GetUserSecretRequest {
     pb::GetUserSecretRequest {
         user_id: user.into(),
         key: key.into(),
         version,
+        project_id: PROJECT.into(),
+    }
+}
+
+/// `user`'s `keys` granted to [`PROJECT`], as the scaffolder records grants: what a test's
+/// reads need before they are about anything else.
+async fn grant(mesh: &TestMesh, user: &str, keys: &[&str]) {
+    let mut scaffolder = mesh.vault_as("scaffolder").await;
+    for key in keys {
+        scaffolder
+            .grant_user_secret(pb::GrantUserSecretRequest {
+                user_id: user.into(),
+                key: (*key).into(),
+                project_id: PROJECT.into(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// Keys `k0`..`k{n-1}` of `u1` (those of [`put_many`]) granted to [`PROJECT`], 16 at a time.
+async fn grant_many(mesh: &TestMesh, n: usize) {
+    let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    for chunk in keys.chunks(16) {
+        let grants = chunk
+            .iter()
+            .map(|k| grant(mesh, "u1", std::slice::from_ref(k)));
+        futures::future::join_all(grants).await;
     }
 }
 
@@ -100,6 +132,8 @@ async fn round_trip_versions_and_cas(backend: Backend) {
     let mesh = start(backend).await;
     let mut api = mesh.vault_as("api").await;
     let mut infra = mesh.vault_as("infra").await;
+    grant(&mesh, "u1", &["do/token", "nope"]).await;
+    grant(&mesh, "u2", &["do/token"]).await;
     let first = api
         .put_user_secret(put("u1", "do/token", b"v1-secret", Some(0)))
         .await;
@@ -266,6 +300,9 @@ async fn tampering_is_detected(backend: Backend) {
     let mut infra = mesh.vault_as("infra").await;
     put_ok(&mut api, put("alice", "cf", b"alice-token", None)).await;
     put_ok(&mut api, put("bob", "cf", b"bob-token", None)).await;
+    grant(&mesh, "alice", &["cf"]).await;
+    grant(&mesh, "bob", &["cf"]).await;
+    grant(&mesh, "carol", &["do"]).await;
 
     // Copy alice's ciphertext into bob's row: it must not decrypt as bob's.
     mesh.as_dba(VAULT, "UPDATE user_vault SET encrypted_value = (SELECT encrypted_value FROM user_vault WHERE user_id = 'alice') WHERE user_id = 'bob'").await;
@@ -326,6 +363,7 @@ async fn audit_chain_verifies_and_names_an_edited_record(backend: Backend) {
     let mesh = start(backend).await;
     let mut api = mesh.vault_as("api").await;
     let mut infra = mesh.vault_as("infra").await;
+    grant_many(&mesh, 5).await;
     for i in 0..5 {
         put_ok(&mut api, put("u1", &format!("k{i}"), b"value", None)).await;
         infra
@@ -335,7 +373,8 @@ async fn audit_chain_verifies_and_names_an_edited_record(backend: Backend) {
     }
     // Verification reads as the service's own role: SELECT is all it needs.
     let report = audit_report(&mesh).await;
-    assert_eq!(report.records, 10, "{report:?}");
+    // Five grants, five writes, five reads.
+    assert_eq!(report.records, 15, "{report:?}");
     assert_eq!(report.broken, None);
 
     // The service's own role cannot edit or delete audit rows.
@@ -377,6 +416,7 @@ async fn canary_is_only_ever_ciphertext(backend: Backend) {
     let mut api = mesh.vault_as("api").await;
     let mut infra = mesh.vault_as("infra").await;
     put_ok(&mut api, put("u1", "token", canary.as_bytes(), None)).await;
+    grant(&mesh, "u1", &["token"]).await;
     let got = read(&mut infra, "u1", "token", 0).await;
     assert_eq!(got.value, canary.as_bytes());
     let _ = api
@@ -608,6 +648,7 @@ async fn rotation_while_eight_readers_read(backend: Backend) {
     let mut operator = mesh.vault_as("operator").await;
     const KEYS: usize = 300;
     put_many(&api, KEYS).await;
+    grant_many(&mesh, KEYS).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut readers = Vec::new();
     for r in 0..8 {
@@ -693,6 +734,7 @@ async fn a_crash_mid_rewrap_resumes(backend: Backend) {
     let mut operator = mesh.vault_as("operator").await;
     const KEYS: usize = 400;
     put_many(&api, KEYS).await;
+    grant_many(&mesh, KEYS).await;
     operator
         .rotate_data_key(pb::RotateDataKeyRequest::default())
         .await
@@ -760,6 +802,7 @@ async fn database_down_means_unavailable_then_recovery() {
     let mut api = mesh.vault_as("api").await;
     let mut infra = mesh.vault_as("infra").await;
     put_ok(&mut api, put("u1", "k", b"before", None)).await;
+    grant(&mesh, "u1", &["k"]).await;
     assert_eq!(vault.admin_get("/readyz").await.unwrap().0, 200);
 
     cluster.stop();
@@ -808,6 +851,7 @@ async fn versions_are_pruned_and_keys_rotate_by_count(backend: Backend) {
         mesh.vault_as("infra").await,
         mesh.vault_as("operator").await,
     );
+    grant(&mesh, "u1", &["k"]).await;
     for i in 1..=6 {
         put_ok(&mut api, put("u1", "k", format!("v{i}").as_bytes(), None)).await;
     }
@@ -854,6 +898,7 @@ async fn a_new_master_key_rewraps_data_keys_only(backend: Backend) {
     let mut mesh = start(backend).await;
     let mut api = mesh.vault_as("api").await;
     put_ok(&mut api, put("u1", "k", b"kept", None)).await;
+    grant(&mesh, "u1", &["k"]).await;
     let old = mesh.secret(Secret::VaultMasterKey);
     mesh.kill(VAULT).await;
     // The new key first (primary), the old one still present to unwrap.
@@ -897,6 +942,7 @@ async fn no_audit_record_no_change() {
     let mut api = mesh.vault_as("api").await;
     let mut infra = mesh.vault_as("infra").await;
     put_ok(&mut api, put("u1", "k", b"v1", None)).await;
+    grant(&mesh, "u1", &["k"]).await;
     let role = mesh.db().url("vault");
     let role = role
         .expose_secret()
@@ -951,6 +997,7 @@ async fn two_replicas_share_one_database() {
         }));
     }
     put_ok(&mut api_a, put("u1", "shared", b"from-a", None)).await;
+    grant(&mesh, "u1", &["shared"]).await;
     // Rotated on A, read and written through B: B learns the new key from the database.
     op_a.rotate_data_key(pb::RotateDataKeyRequest::default())
         .await

@@ -76,13 +76,18 @@ impl ApiError {
         Self::unprocessable(format!("Invalid request.\n\n\"{field}\" wasn't supplied."))
     }
 
-    pub(crate) fn secondary_limit(status: StatusCode, retry_after: u64) -> Self {
-        Self::new(
+    /// A secondary limit's refusal: 403 or 429, with `retry-after` or (as GitHub also does)
+    /// without, when the client must wait at least a minute.
+    pub(crate) fn secondary_limit(status: StatusCode, retry_after: Option<u64>) -> Self {
+        let error = Self::new(
             status,
             "You have exceeded a secondary rate limit. Please wait a few minutes before you try \
              again. If you reach out to GitHub Support for help, please include the request ID.",
-        )
-        .with_retry_after(retry_after)
+        );
+        match retry_after {
+            Some(secs) => error.with_retry_after(secs),
+            None => error,
+        }
     }
 }
 

@@ -16,7 +16,12 @@
 //! - **Limits and faults.** Every response carries GitHub's rate-limit headers; primary and
 //!   secondary limits (concurrency, minimum spacing of writes) are enforced per installation,
 //!   and faults (5xx, 429, secondary 403, dropped connections, latency) are injected with a
-//!   seeded generator so a test's failure pattern is reproducible.
+//!   seeded generator so a test's failure pattern is reproducible. As GitHub documents ("Rate
+//!   limits for the REST API", "Best practices for using the REST API"): the primary limit is
+//!   403 or 429 (`Config::primary_status`) with `x-ratelimit-remaining: 0` and the reset time
+//!   and no `retry-after`; a secondary limit is 403 or 429 with `retry-after`, or without it
+//!   (`Faults::retry_after_secs = 0`), when a client must wait at least a minute. Not modelled:
+//!   the search and GraphQL limits, points per request, and the abuse-detection bans.
 //! - **No values in logs.** One `tracing` line per request: method, route, path, status; never a
 //!   header, a token or a body.
 //!
@@ -62,6 +67,9 @@ pub struct Config {
     pub min_write_interval: Duration,
     /// Status of a secondary-limit rejection: 403 (GitHub's usual) or 429.
     pub secondary_status: u16,
+    /// Status of a primary-limit rejection: 403 or 429 (GitHub sends either, with
+    /// `x-ratelimit-remaining: 0` and no `retry-after`).
+    pub primary_status: u16,
 }
 
 impl Default for Config {
@@ -73,6 +81,7 @@ impl Default for Config {
             max_concurrent_per_installation: 100,
             min_write_interval: Duration::ZERO,
             secondary_status: 403,
+            primary_status: 403,
         }
     }
 }
@@ -94,7 +103,8 @@ pub struct Faults {
     pub dropped_connection: f64,
     /// Added to every request before it is answered (faulted ones included).
     pub latency: Duration,
-    /// `retry-after` sent with an injected 429 or 403.
+    /// `retry-after` sent with an injected 429 or 403; 0 = none (GitHub does not always send
+    /// one: the client must then wait at least a minute).
     pub retry_after_secs: u64,
     /// Probability that a request is additionally delayed by `slow_response_delay`.
     pub slow_response: f64,
@@ -197,11 +207,15 @@ impl Emulator {
 
     /// Starts on `addr` (plain HTTP).
     pub async fn start_on(addr: SocketAddr, config: Config) -> anyhow::Result<Emulator> {
-        anyhow::ensure!(
-            config.secondary_status == 403 || config.secondary_status == 429,
-            "secondary_status must be 403 or 429, not {}",
-            config.secondary_status
-        );
+        for (name, status) in [
+            ("secondary_status", config.secondary_status),
+            ("primary_status", config.primary_status),
+        ] {
+            anyhow::ensure!(
+                status == 403 || status == 429,
+                "{name} must be 403 or 429, not {status}"
+            );
+        }
         let app_key = auth::AppKey::from_pem(&config.app_public_key_pem)
             .context("the App's public key (Config::app_public_key_pem)")?;
         let (listener, url) = orchestrator_emulator_kit::bind(addr).await?;

@@ -175,7 +175,7 @@ impl FaultState {
             fault,
             latency: f.latency,
             slow: (slow < f.slow_response).then_some(f.slow_response_delay),
-            retry_after: f.retry_after_secs,
+            retry_after: (f.retry_after_secs > 0).then_some(f.retry_after_secs),
         }
     }
 }
@@ -204,7 +204,7 @@ struct Drawn {
     fault: Option<Fault>,
     latency: Duration,
     slow: Option<Duration>,
-    retry_after: u64,
+    retry_after: Option<u64>,
 }
 
 fn is_write(method: &Method) -> bool {
@@ -305,10 +305,11 @@ async fn admit_and_run(
                 ),
                 Bucket::Anonymous => "API rate limit exceeded for 127.0.0.1.".to_owned(),
             };
-            return (
-                ApiError::new(StatusCode::FORBIDDEN, message).into_response(),
-                Some(s),
-            );
+            // GitHub answers the primary limit with 403 or 429, never with `retry-after`: the
+            // client waits for `x-ratelimit-reset` (stamped below, `remaining` 0).
+            let status =
+                StatusCode::from_u16(state.config.primary_status).unwrap_or(StatusCode::FORBIDDEN);
+            return (ApiError::new(status, message).into_response(), Some(s));
         }
     };
 
@@ -345,7 +346,7 @@ async fn admit_and_run(
     if max > 0 && in_flight > max {
         state.stats().rate_limited += 1;
         return (
-            ApiError::secondary_limit(secondary, 1).into_response(),
+            ApiError::secondary_limit(secondary, Some(1)).into_response(),
             Some(snapshot),
         );
     }
@@ -353,7 +354,7 @@ async fn admit_and_run(
         state.stats().rate_limited += 1;
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         return (
-            ApiError::secondary_limit(secondary, secs.max(1)).into_response(),
+            ApiError::secondary_limit(secondary, Some(secs.max(1))).into_response(),
             Some(snapshot),
         );
     }

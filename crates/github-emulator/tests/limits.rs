@@ -72,8 +72,16 @@ async fn every_response_carries_rate_limit_headers() {
 
 #[tokio::test]
 async fn primary_limit_per_installation() {
+    primary_limit_answered_with(403).await;
+    primary_limit_answered_with(429).await;
+}
+
+/// GitHub answers an exhausted primary limit with 403 or 429, `x-ratelimit-remaining: 0`, the
+/// reset time, and no `retry-after`.
+async fn primary_limit_answered_with(status: u16) {
     let (gh, inst, token) = setup(Config {
         primary_limit_per_hour: 3,
+        primary_status: status,
         ..config()
     })
     .await;
@@ -87,8 +95,10 @@ async fn primary_limit_per_installation() {
     }
     assert_eq!(remaining, ["2", "1", "0"]);
     let resp = gh.tok(Method::GET, PUBLIC_KEY, &other, None).await;
-    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.status(), status);
     assert_eq!(header(&resp, "x-ratelimit-remaining"), Some("0"));
+    assert!(header(&resp, "x-ratelimit-reset").is_some());
+    assert_eq!(header(&resp, "retry-after"), None);
     assert_eq!(
         message(resp).await,
         format!("API rate limit exceeded for installation ID {inst}.")
@@ -231,8 +241,18 @@ async fn faults_follow_the_configured_rates_and_the_seed() {
     assert_eq!(injected["rate_limited_429"], counts["429"]);
 
     // The same seed gives the same sequence.
-    gh.emu.set_faults(faults);
+    gh.emu.set_faults(faults.clone());
     assert_eq!(outcomes(&gh, &token, n).await, first);
+    // A secondary limit may come without `retry-after` (the client then waits a minute).
+    gh.emu.set_faults(Faults {
+        secondary_403: 1.0,
+        retry_after_secs: 0,
+        ..Faults::default()
+    });
+    let resp = gh.tok(Method::GET, PUBLIC_KEY, &token, None).await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(header(&resp, "retry-after"), None);
+    gh.emu.set_faults(faults);
     // Faults do not count as rate-limit rejections.
     assert_eq!(gh.emu.stats().rate_limited, 0);
 }

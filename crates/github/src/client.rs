@@ -29,8 +29,13 @@ pub enum GitHubError {
     /// Unreachable, timed out or failing (5xx) until the deadline.
     #[error("GitHub unavailable: {0}")]
     Unavailable(String),
+    /// Our side could not make the request (no App key, an unusable URL or token).
     #[error("unexpected answer from GitHub: {0}")]
     Decode(String),
+    /// GitHub answered success in a shape it does not document (a field missing or of another
+    /// type, a key of the wrong length, more pages than any listing has): UNKNOWN, not INTERNAL.
+    #[error("GitHub answered in an unexpected shape: {0}")]
+    BadAnswer(String),
     #[error(transparent)]
     AppKey(#[from] std::sync::Arc<crate::app::AppKeyError>),
 }
@@ -55,7 +60,7 @@ impl GitHubError {
             GitHubError::Status {
                 status: 409 | 422, ..
             } => Code::FailedPrecondition,
-            GitHubError::Status { .. } => Code::Unknown,
+            GitHubError::Status { .. } | GitHubError::BadAnswer(_) => Code::Unknown,
             GitHubError::RateLimited { .. } => Code::ResourceExhausted,
             GitHubError::Unavailable(_) => Code::Unavailable,
             GitHubError::Decode(_) | GitHubError::AppKey(_) => Code::Internal,
@@ -64,6 +69,7 @@ impl GitHubError {
             GitHubError::Status { .. } => "GITHUB_REFUSED",
             GitHubError::RateLimited { .. } => "GITHUB_RATE_LIMITED",
             GitHubError::Unavailable(_) => "GITHUB_UNAVAILABLE",
+            GitHubError::BadAnswer(_) => "GITHUB_BAD_ANSWER",
             _ => "GITHUB_ERROR",
         };
         let status = self.status().map(|s| s.to_string()).unwrap_or_default();
@@ -150,6 +156,9 @@ pub enum PutOutcome {
     Created,
     Updated,
 }
+
+/// The most pages of 100 secrets one listing reads (GitHub keeps far fewer per repository).
+const MAX_PAGES: u32 = 100;
 
 /// What a cached token was minted for: installation, sorted repositories, permissions.
 pub(crate) type TokenKey = (u64, Vec<String>, BTreeMap<String, String>);
@@ -303,10 +312,10 @@ impl GitHub {
             .await?;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(&body.key)
-            .map_err(|e| GitHubError::Decode(format!("public key: {e}")))?;
+            .map_err(|e| GitHubError::BadAnswer(format!("public key: {e}")))?;
         let key: [u8; 32] = bytes
             .try_into()
-            .map_err(|_| GitHubError::Decode("public key is not 32 bytes".into()))?;
+            .map_err(|_| GitHubError::BadAnswer("public key is not 32 bytes".into()))?;
         Ok(PublicKey {
             key_id: body.key_id,
             key,
@@ -362,14 +371,15 @@ impl GitHub {
         }
     }
 
-    /// Every secret of the repository, 100 per page.
+    /// Every secret of the repository, 100 per page, at most `MAX_PAGES` pages (an answer
+    /// that always names a next page must not keep the broker paging forever).
     pub async fn list_secrets(
         &self,
         token: &SecretString,
         repo: &RepoRef,
     ) -> Result<Vec<SecretMeta>, GitHubError> {
         let mut all = Vec::new();
-        for page in 1.. {
+        for page in 1..=MAX_PAGES {
             let path = format!(
                 "/repos/{}/{}/actions/secrets?per_page=100&page={page}",
                 repo.owner(),
@@ -379,7 +389,7 @@ impl GitHub {
                 .send_ok(Method::GET, &path, Auth::Token(token), None)
                 .await?;
             let list: SecretList =
-                serde_json::from_slice(&body).map_err(|e| GitHubError::Decode(e.to_string()))?;
+                serde_json::from_slice(&body).map_err(|e| GitHubError::BadAnswer(e.to_string()))?;
             let n = list.secrets.len();
             all.extend(list.secrets);
             let more = headers
@@ -387,10 +397,12 @@ impl GitHub {
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|link| link.contains("rel=\"next\""));
             if !more || n == 0 {
-                break;
+                return Ok(all);
             }
         }
-        Ok(all)
+        Err(GitHubError::BadAnswer(format!(
+            "more than {MAX_PAGES} pages of secrets"
+        )))
     }
 
     /// Deletes a secret; `false` if it did not exist.
@@ -473,7 +485,8 @@ impl GitHub {
     }
 
     /// Writes a file on the default branch: creates it, or updates it when its content
-    /// differs (so a resumed run commits nothing twice). Returns whether it wrote.
+    /// differs (so a resumed run commits nothing twice). Returns whether it wrote. A write that
+    /// raced another (GitHub refuses it for a missing or stale `sha`) reads the file again.
     pub async fn put_file(
         &self,
         token: &SecretString,
@@ -484,25 +497,39 @@ impl GitHub {
     ) -> Result<bool, GitHubError> {
         let url = format!("/repos/{}/{}/contents/{path}", repo.owner(), repo.name());
         let b64 = base64::engine::general_purpose::STANDARD;
-        let existing: Option<FileBody> =
-            match self.json(Method::GET, &url, Auth::Token(token), None).await {
-                Ok(f) => Some(f),
-                Err(GitHubError::Status { status: 404, .. }) => None,
-                Err(e) => return Err(e),
-            };
-        let mut body = serde_json::json!({ "message": message, "content": b64.encode(content) });
-        if let Some(existing) = existing {
-            let current = b64
-                .decode(existing.content.replace('\n', ""))
-                .unwrap_or_default();
-            if current == content {
-                return Ok(false);
+        let mut attempt = 1;
+        loop {
+            let existing: Option<FileBody> =
+                match self.json(Method::GET, &url, Auth::Token(token), None).await {
+                    Ok(f) => Some(f),
+                    Err(GitHubError::Status { status: 404, .. }) => None,
+                    Err(e) => return Err(e),
+                };
+            let mut body =
+                serde_json::json!({ "message": message, "content": b64.encode(content) });
+            if let Some(existing) = existing {
+                let current = b64
+                    .decode(existing.content.replace('\n', ""))
+                    .unwrap_or_default();
+                if current == content {
+                    return Ok(false);
+                }
+                body["sha"] = serde_json::json!(existing.sha);
             }
-            body["sha"] = serde_json::json!(existing.sha);
+            match self
+                .send_ok(Method::PUT, &url, Auth::Token(token), Some(body))
+                .await
+            {
+                Ok(_) => return Ok(true),
+                // The file changed between our read and our write (another writer, or a
+                // template's files landing): GitHub wants the new `sha` (422 without one, 409
+                // with a stale one). Read it again and compare.
+                Err(GitHubError::Status {
+                    status: 409 | 422, ..
+                }) if attempt < 3 => attempt += 1,
+                Err(e) => return Err(e),
+            }
         }
-        self.send_ok(Method::PUT, &url, Auth::Token(token), Some(body))
-            .await?;
-        Ok(true)
     }
 
     pub(crate) async fn json<T: serde::de::DeserializeOwned>(
@@ -513,7 +540,7 @@ impl GitHub {
         body: Option<serde_json::Value>,
     ) -> Result<T, GitHubError> {
         let (_, _, bytes) = self.send_ok(method, path, auth, body).await?;
-        serde_json::from_slice(&bytes).map_err(|e| GitHubError::Decode(e.to_string()))
+        serde_json::from_slice(&bytes).map_err(|e| GitHubError::BadAnswer(e.to_string()))
     }
 
     /// Sends with retries; `Err(Status)` for a final non-success answer.
@@ -581,7 +608,8 @@ impl GitHub {
                 }
                 Err(e) => (self.backoff(attempt), e.clone()),
             };
-            if started.elapsed() + wait > self.retry.deadline {
+            // Saturating: `wait` may be GitHub's `retry-after` (u64::MAX seconds overflowed).
+            if started.elapsed().saturating_add(wait) > self.retry.deadline {
                 return Err(failure);
             }
             tracing::warn!(%method, path = %path_template(path), attempt, wait_ms = wait.as_millis() as u64, error = %failure, "GitHub call will be retried");
@@ -650,21 +678,32 @@ impl GitHub {
         let retry_after = header("retry-after")
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
+        // GitHub's rules ("Rate limits for the REST API"): a primary or a secondary limit comes
+        // as 403 or 429; `retry-after` says how long to wait; else `x-ratelimit-remaining: 0`
+        // means the primary limit, until `x-ratelimit-reset`; else a secondary limit, at least a
+        // minute, longer each time it repeats. A 403 with none of these is a refusal.
         match status.as_u16() {
-            429 => Some((retry_after.unwrap_or_else(|| self.backoff(attempt)), true)),
-            403 => {
+            403 | 429 => {
+                if let Some(wait) = retry_after {
+                    return Some((wait, true));
+                }
                 if header("x-ratelimit-remaining") == Some("0") {
                     let reset = header("x-ratelimit-reset")
                         .and_then(|v| v.parse::<i64>().ok())
                         .unwrap_or(0);
-                    let wait = Duration::from_secs((reset - now_unix()).max(1) as u64);
-                    return Some((retry_after.unwrap_or(wait), true));
+                    // Saturating: i64::MIN overflowed the subtraction (a panic).
+                    let wait = Duration::from_secs(reset.saturating_sub(now_unix()).max(1) as u64);
+                    return Some((wait, true));
                 }
                 let secondary = String::from_utf8_lossy(body)
                     .to_ascii_lowercase()
-                    .contains("secondary rate limit");
-                if secondary || retry_after.is_some() {
-                    return Some((retry_after.unwrap_or(self.retry.secondary_wait), true));
+                    .contains("rate limit");
+                if status.as_u16() == 429 || secondary {
+                    let wait = self
+                        .retry
+                        .secondary_wait
+                        .saturating_mul(1 << attempt.min(3));
+                    return Some((wait, true));
                 }
                 None
             }

@@ -73,7 +73,7 @@ impl GitHub {
             &minted.expires_at,
             &time::format_description::well_known::Rfc3339,
         )
-        .map_err(|e| GitHubError::Decode(format!("expires_at: {e}")))?
+        .map_err(|e| GitHubError::BadAnswer(format!("expires_at: {e}")))?
         .unix_timestamp();
         Ok(InstallationToken {
             token: SecretString::from(minted.token),

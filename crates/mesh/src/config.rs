@@ -124,13 +124,33 @@ impl Env {
         }
     }
 
-    /// A duration like `500ms`, `10s`, `5m` or `1h`, or `default` when unset.
+    /// A duration like `500ms`, `10s`, `5m` or `1h`, at most [`MAX_DURATION`], or `default`
+    /// when unset.
     pub fn duration(&self, var: &str, default: Duration) -> Result<Duration, ConfigError> {
-        match self.get(var) {
-            None => Ok(default),
-            Some(raw) => parse_duration(raw).ok_or_else(|| ConfigError::Invalid {
+        let Some(raw) = self.get(var) else {
+            return Ok(default);
+        };
+        let invalid = |reason: String| ConfigError::Invalid {
+            var: var.to_owned(),
+            reason,
+        };
+        match parse_duration(raw) {
+            Some(d) if d <= MAX_DURATION => Ok(d),
+            Some(_) => Err(invalid(format!("`{raw}` is longer than a year"))),
+            None => Err(invalid(format!(
+                "`{raw}` is not a duration like 500ms, 10s or 5m"
+            ))),
+        }
+    }
+
+    /// A whole number of seconds (`*_SECS` settings), at most [`MAX_DURATION`], or `default`
+    /// when unset.
+    pub fn seconds(&self, var: &str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.parse::<u64>(var, default.as_secs())? {
+            n if n <= MAX_DURATION.as_secs() => Ok(Duration::from_secs(n)),
+            _ => Err(ConfigError::Invalid {
                 var: var.to_owned(),
-                reason: format!("`{raw}` is not a duration like 500ms, 10s or 5m"),
+                reason: "longer than a year".to_owned(),
             }),
         }
     }
@@ -283,6 +303,11 @@ impl MeshConfig {
     }
 }
 
+/// The longest duration a setting takes: far beyond any interval or timeout here, and far
+/// from the clock overflow a timer panics on (`ORCH_TLS_RELOAD_INTERVAL=18446744073709551615s`
+/// was accepted, and tokio's interval panicked on its second tick).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// Parses `250ms`, `10s`, `5m`, `1h`.
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let split = raw.find(|c: char| !c.is_ascii_digit())?;
@@ -296,6 +321,9 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {
@@ -408,6 +436,23 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("UNSET is required: the organization")
+        );
+    }
+
+    #[test]
+    fn durations_a_clock_cannot_hold_are_refused_at_start() {
+        // Found by `prop_accepted_durations_fit_a_clock`: accepted, then a panic in the TLS
+        // reload task on its second tick, and rotation silently stopped.
+        let env = Env::from_pairs([("ORCH_TLS_RELOAD_INTERVAL", "18446744073709551615s")]);
+        let err = MeshConfig::from_env(Service::Vault, &env).unwrap_err();
+        assert!(err.to_string().contains("longer than a year"), "{err}");
+        let env = Env::from_pairs([("D", "8760h")]);
+        assert_eq!(env.duration("D", Duration::ZERO).unwrap(), MAX_DURATION);
+        let env = Env::from_pairs([("S", "18446744073709551615"), ("T", "900")]);
+        assert!(env.seconds("S", Duration::ZERO).is_err());
+        assert_eq!(
+            env.seconds("T", Duration::ZERO).unwrap(),
+            Duration::from_secs(900)
         );
     }
 }

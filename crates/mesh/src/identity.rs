@@ -181,4 +181,114 @@ mod tests {
             assert!(bad.parse::<Identity>().is_err(), "{bad} parsed");
         }
     }
+
+    mod props {
+        //! Property tests: the SPIFFE ID parser and the certificate parser take arbitrary input
+        //! without panicking, accept only the canonical form, and round-trip with `Display`.
+        use super::super::*;
+        use proptest::prelude::*;
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+
+        fn config() -> ProptestConfig {
+            // Found cases are kept as unit tests above, not as seed files.
+            ProptestConfig {
+                failure_persistence: None,
+                // PROPTEST_CASES (the long run) wins over the short run.
+                ..ProptestConfig::with_cases(
+                    std::env::var("PROPTEST_CASES")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(256),
+                )
+            }
+        }
+
+        /// Strings near the valid shape (most random strings fail on the prefix).
+        fn spiffe_like() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                "spiffe://[a-zA-Z0-9._/ -]{0,24}",
+                "spiffe://[a-z0-9.]{0,12}/[a-z0-9/-]{0,12}\\PC{0,3}",
+                "(spiffe:/|SPIFFE://|spiffe:///)?[a-z.]{0,8}/?\\PC{0,8}",
+            ]
+        }
+
+        fn valid_domain() -> impl Strategy<Value = String> {
+            "[a-z0-9._-]{1,40}"
+        }
+
+        fn valid_name() -> impl Strategy<Value = String> {
+            "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn prop_identity_parse_never_panics_and_is_canonical(s in spiffe_like()) {
+                match s.parse::<Identity>() {
+                    // Accepted only in its one printed form: no two spellings of one identity.
+                    Ok(id) => prop_assert_eq!(id.to_string(), s),
+                    Err(e) => {
+                        let _ = e.to_string();
+                    }
+                }
+            }
+
+            #[test]
+            fn prop_identity_display_parse_round_trip(d in valid_domain(), n in valid_name()) {
+                let id = Identity::new(d.parse().unwrap(), n.parse().unwrap());
+                prop_assert_eq!(id.to_string().parse::<Identity>(), Ok(id));
+            }
+
+            #[test]
+            fn prop_certificate_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+                prop_assert!(Identity::from_certificate(&bytes).is_err());
+            }
+
+            #[test]
+            fn prop_mutated_certificates_never_panic(
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let der = certificate();
+                let mut bytes = der.clone();
+                for (at, byte) in flips {
+                    let i = at.index(bytes.len());
+                    bytes[i] = byte;
+                }
+                // A changed byte may still parse (a signature byte); whatever parses names a
+                // valid identity, and a truncated certificate never parses.
+                let _ = Identity::from_certificate(&bytes);
+                let truncated = &der[..cut.index(der.len())];
+                prop_assert!(Identity::from_certificate(truncated).is_err());
+            }
+        }
+
+        fn certificate() -> Vec<u8> {
+            static DER: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+            DER.get_or_init(|| {
+                let ca = orchestrator_pki::Ca::generate(
+                    "orchestrator.local",
+                    orchestrator_pki::Validity::days(1),
+                )
+                .unwrap();
+                let leaf = ca
+                    .issue(
+                        "orchestrator.local",
+                        "vault",
+                        orchestrator_pki::Validity::days(1),
+                    )
+                    .unwrap();
+                let der = CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
+                assert_eq!(
+                    Identity::from_certificate(&der).unwrap().to_string(),
+                    "spiffe://orchestrator.local/vault"
+                );
+                der.to_vec()
+            })
+            .clone()
+        }
+    }
 }

@@ -203,4 +203,89 @@ mod tests {
         assert!(Policy::from_toml("[rpc.\"a.B\"]\nM = [\"Not Valid\"]").is_err());
         assert!(Policy::from_toml("allow_all = true").is_err());
     }
+
+    mod props {
+        //! Property tests: the policy file parser takes arbitrary text and arbitrary tables
+        //! without panicking, and what it accepts means exactly what the file says.
+        use super::super::*;
+        use proptest::collection::{btree_map, vec};
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                failure_persistence: None,
+                // PROPTEST_CASES (the long run) wins over the short run.
+                ..ProptestConfig::with_cases(
+                    std::env::var("PROPTEST_CASES")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(256),
+                )
+            }
+        }
+
+        fn toml_like() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                "(\\[rpc(\\.\"[a-zA-Z./]{0,8}\")?\\]\n)?([A-Za-z\"]{1,6} = \\[(\"[a-z -]{0,6}\",?)*\\]\n){0,3}",
+                "\\[\\[?[a-z.\"]{0,12}\\]\\]?\n[a-z]{0,4} ?=? ?[\\[\\]{}0-9\"a-z,.]{0,16}",
+            ]
+        }
+
+        fn name() -> impl Strategy<Value = String> {
+            prop_oneof!["[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", any::<String>()]
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn prop_policy_text_never_panics(text in toml_like()) {
+                if let Err(e) = Policy::from_toml(&text) {
+                    let _ = e.to_string();
+                }
+            }
+
+            #[test]
+            fn prop_policy_tables_mean_what_they_say(
+                // No `/` in names: `a/b`.`c` and `a`.`b/c` are one path (which no service
+                // declares, so `check_known` refuses it at start).
+                table in btree_map(
+                    "[^/\\p{C}]{0,12}",
+                    btree_map("[^/\\p{C}]{0,12}", vec(name(), 0..4), 0..4),
+                    0..4,
+                ),
+            ) {
+                let text = toml::to_string(&BTreeMap::from([("rpc", &table)])).unwrap();
+                let all_valid = table
+                    .values()
+                    .flat_map(|m| m.values().flatten())
+                    .all(|n| n.parse::<IdentityName>().is_ok());
+                match Policy::from_toml(&text) {
+                    Ok(policy) => {
+                        prop_assert!(all_valid);
+                        for (service, methods) in &table {
+                            for (method, names) in methods {
+                                let path = format!("/{service}/{method}");
+                                prop_assert!(policy.knows(&path));
+                                for n in names {
+                                    prop_assert!(policy.allows(&path, &n.parse().unwrap()));
+                                }
+                                prop_assert!(!policy.allows(&path, &"not-listed-x".parse().unwrap())
+                                    || names.iter().any(|n| n == "not-listed-x"));
+                            }
+                        }
+                        // Checking against any RPC list answers, and never panics.
+                        let known = vec!["GetUserSecret".to_owned()];
+                        let _ = policy.check_known([("a.B", known.as_slice())]);
+                        let _ = policy.check_covers([("a.B", known.as_slice())]);
+                    }
+                    Err(e) => {
+                        prop_assert!(!all_valid, "{e}");
+                        prop_assert!(matches!(e, PolicyError::Identity { .. }), "{e}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod audit;
 mod conn;
+mod deploy;
 mod health;
 mod infra;
 mod project;
@@ -58,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         command: secrets::SecretsCommand,
     },
+    /// Deployment files derived from the policy (`deploy kubernetes`: the NetworkPolicies).
+    Deploy {
+        #[command(subcommand)]
+        command: deploy::DeployCommand,
+    },
     /// Users' secrets in the vault (as the `api` identity). Values never appear on the command
     /// line or in the output.
     Vault {
@@ -107,6 +113,7 @@ fn main() -> ExitCode {
         Command::Secrets { command } => secrets::run(command),
         Command::Project { command } => project::run(command),
         Command::Infra { command } => infra::run(command),
+        Command::Deploy { command } => deploy::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

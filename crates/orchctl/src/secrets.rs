@@ -390,4 +390,96 @@ mod tests {
         assert!(secret_field("request_id", &origins).is_none());
         assert!(parse_dotenv("no equals sign").is_err());
     }
+
+    mod props {
+        //! Property tests of `.env` import: any text parses or fails with a line number, never
+        //! a panic; what a dotenv writer renders parses back to the same names and values.
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                failure_persistence: None,
+                // PROPTEST_CASES (the long run) wins over the short run.
+                ..ProptestConfig::with_cases(
+                    std::env::var("PROPTEST_CASES")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(256),
+                )
+            }
+        }
+
+        fn dotenv_like() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                "((export )?[A-Z_ ]{0,6}=? ?[\"'#a-z\\\\\n ]{0,12}\r?\n){0,6}",
+            ]
+        }
+
+        /// How a value is written: plain, double-quoted (escaped) or single-quoted (literal).
+        fn render(value: &str, style: u8) -> String {
+            let plain = !value.contains('\n')
+                && value.trim() == value
+                && !value.starts_with(['"', '\''])
+                && !value.is_empty();
+            let single = !value.contains(['\'', '\r']);
+            match style {
+                0 if plain => value.to_owned(),
+                1 if single => format!("'{value}'"),
+                _ => {
+                    let escaped = value
+                        .replace('\\', "\\\\")
+                        .replace('"', "\\\"")
+                        .replace('\n', "\\n");
+                    format!("\"{escaped}\"")
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn prop_dotenv_never_panics(text in dotenv_like()) {
+                match parse_dotenv(&text) {
+                    Ok(entries) => {
+                        let mut last = 0;
+                        for e in entries {
+                            prop_assert!(!e.name.is_empty() && e.name.trim() == e.name);
+                            prop_assert!(e.line > last && e.line <= text.lines().count());
+                            last = e.line;
+                        }
+                    }
+                    Err(e) => prop_assert!(e.to_string().starts_with("line "), "{e}"),
+                }
+            }
+
+            #[test]
+            fn prop_dotenv_render_parse_round_trip(
+                entries in proptest::collection::vec(
+                    ("[A-Za-z_][A-Za-z0-9_]{0,16}", "\\PC{0,24}|[ a-z\n\r\t\"'\\\\]{0,12}", 0u8..3, any::<bool>(), any::<bool>()),
+                    0..6,
+                ),
+            ) {
+                let mut text = String::new();
+                let mut lines = Vec::new();
+                for (name, value, style, export, comment) in &entries {
+                    if *comment {
+                        text.push_str("# a comment = \"'\n\n");
+                    }
+                    lines.push(text.lines().count() + 1);
+                    let export = if *export { "export " } else { "" };
+                    text.push_str(&format!("{export}{name}={}\n", render(value, *style)));
+                }
+                let parsed = parse_dotenv(&text).unwrap();
+                prop_assert_eq!(parsed.len(), entries.len());
+                for ((e, (name, value, ..)), line) in parsed.iter().zip(&entries).zip(lines) {
+                    prop_assert_eq!(&e.name, name);
+                    prop_assert_eq!(String::from_utf8(e.value.to_vec()).unwrap(), value.clone());
+                    prop_assert_eq!(e.line, line);
+                }
+            }
+        }
+    }
 }

@@ -29,6 +29,8 @@ pub(crate) enum VaultCommand {
     List(ListArgs),
     /// Soft-delete (or, with --destroy, destroy for good) versions of a user's secret.
     Delete(DeleteArgs),
+    /// Revoke a user's grant of a key to a project: infra can no longer use it for that project.
+    Revoke(RevokeArgs),
 }
 
 /// Where the vault is and who calls it.
@@ -98,6 +100,21 @@ pub(crate) struct DeleteArgs {
     destroy: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub(crate) struct RevokeArgs {
+    #[command(flatten)]
+    conn: VaultConn,
+    /// The owning user.
+    #[arg(long)]
+    user: String,
+    /// The key name.
+    #[arg(long)]
+    key: String,
+    /// The project the key was granted to.
+    #[arg(long)]
+    project: String,
+}
+
 pub(crate) fn run(command: VaultCommand) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match command {
@@ -108,6 +125,7 @@ pub(crate) fn run(command: VaultCommand) -> anyhow::Result<()> {
         }
         VaultCommand::List(args) => runtime.block_on(list(&args)),
         VaultCommand::Delete(args) => runtime.block_on(delete(&args)),
+        VaultCommand::Revoke(args) => runtime.block_on(revoke(&args)),
     }
 }
 
@@ -264,6 +282,25 @@ async fn delete(args: &DeleteArgs) -> anyhow::Result<()> {
     println!(
         "{verb} {which} of vault secret {} for user {}",
         args.key, args.user
+    );
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+async fn revoke(args: &RevokeArgs) -> anyhow::Result<()> {
+    let mut client = client(&args.conn).await?;
+    call(
+        "RevokeUserSecretGrant",
+        client.revoke_user_secret_grant(pb::RevokeUserSecretGrantRequest {
+            user_id: args.user.clone(),
+            key: args.key.clone(),
+            project_id: args.project.clone(),
+        }),
+    )
+    .await?;
+    println!(
+        "revoked the grant of vault secret {} of user {} to project {}",
+        args.key, args.user, args.project
     );
     Ok(())
 }

@@ -16,6 +16,9 @@ pub struct DigitalOcean {
     http: Http,
 }
 
+/// The most pages of 200 droplets one listing reads.
+const MAX_PAGES: usize = 50;
+
 /// What to create.
 #[derive(Debug, Clone)]
 pub struct CreateDroplet {
@@ -118,10 +121,11 @@ impl DigitalOcean {
         })
     }
 
-    /// Droplets carrying `tag` (all pages).
+    /// Droplets carrying `tag` (all pages, at most `MAX_PAGES`: an answer that claims more
+    /// droplets than it ever lists must not keep infra paging forever).
     pub async fn droplets_by_tag(&self, tag: &str) -> Result<Vec<Droplet>, ProviderError> {
         let mut all = Vec::new();
-        for page in 1.. {
+        for page in 1..=MAX_PAGES {
             let answer = self
                 .http
                 .send(
@@ -137,12 +141,15 @@ impl DigitalOcean {
             let droplets: Vec<DropletBody> = decode(&answer.body["droplets"])?;
             let n = droplets.len();
             all.extend(droplets.into_iter().map(Droplet::from));
-            let total = answer.body["meta"]["total"].as_u64().unwrap_or(0) as usize;
-            if n == 0 || all.len() >= total {
-                break;
+            let total = answer.body["meta"]["total"].as_u64().unwrap_or(0);
+            if n == 0 || all.len() as u64 >= total {
+                return Ok(all);
             }
         }
-        Ok(all)
+        Err(ProviderError::Decode {
+            provider: P,
+            reason: format!("more than {MAX_PAGES} pages of droplets tagged {tag}"),
+        })
     }
 
     /// Creates the droplet unless one with its tag exists. Retries never duplicate: after a
@@ -241,7 +248,7 @@ impl DigitalOcean {
                 // Right after a create (or any action) DigitalOcean refuses the delete with 422
                 // "Droplet already has a pending event": wait for the action, then again.
                 422 if pending_event(&answer) => {
-                    if started.elapsed() + wait > self.http.retry.deadline {
+                    if started.elapsed().saturating_add(wait) > self.http.retry.deadline {
                         return Err(ProviderError::Unavailable {
                             provider: P,
                             reason: format!("droplet {id} still has a pending event"),

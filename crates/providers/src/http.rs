@@ -218,7 +218,8 @@ impl Http {
                     },
                 ),
             };
-            if !retry_safe || started.elapsed() + wait > self.retry.deadline {
+            // Saturating: `retry-after` is the provider's number (u64::MAX seconds overflowed).
+            if !retry_safe || started.elapsed().saturating_add(wait) > self.retry.deadline {
                 return Err(failure);
             }
             tracing::warn!(provider = self.provider, %method, attempt, wait_ms = wait.as_millis() as u64, error = %failure, "provider call will be retried");

@@ -17,6 +17,7 @@ use crate::model::{
     NewOperation, Operation, OperationKind, OperationState, Server, ServerState, Steps,
 };
 use crate::operation::{self, DESTROY, ROTATE, provision_steps};
+use crate::owner;
 use crate::state::Infra;
 use crate::validate::{self, ProvisionRequest};
 use crate::watch;
@@ -38,6 +39,9 @@ impl InfraService for Api {
     ) -> Result<Response<pb::ProvisionServerResponse>, Status> {
         let caller = caller(&request)?.to_string();
         let request = validate::provision(request.into_inner(), &self.0.settings)?;
+        // A user's own key serves only that user's projects: checked before anything is
+        // recorded, so a refusal leaves no server and calls no provider.
+        owner::check(&self.0, &request.server).await?;
         let operation =
             match db::operation_by_request(&self.0.db, request.request_id.as_str()).await? {
                 Some(earlier) => {
@@ -49,10 +53,13 @@ impl InfraService for Api {
                     // Before anything is recorded: a hostname someone else's DNS record holds
                     // is refused at once (the operation checks again before its first effect).
                     operation::refuse_foreign_records(&self.0, &request.server).await?;
+                    operation::refuse_unknown_time4vps_server(&self.0, &request.server).await?;
                     let id = self
                         .0
                         .ledger
-                        .write(move |conn| Box::pin(accept(conn, caller, request)))
+                        .write_retrying(move |conn| {
+                            Box::pin(accept(conn, caller.clone(), request.clone()))
+                        })
                         .await?;
                     self.started(&id).await?
                 }

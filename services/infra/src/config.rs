@@ -31,6 +31,9 @@ pub(crate) struct Settings {
     pub git_url: String,
     /// The most WatchOperation streams one caller holds open (`INFRA_MAX_WATCHES_PER_CALLER`).
     pub max_watches_per_caller: usize,
+    /// How long a replica's claim on an unfinished operation lasts unless renewed
+    /// (`INFRA_OPERATION_LEASE`): how soon another replica takes over after a crash.
+    pub operation_lease: Duration,
     /// GitHub's API (`GITHUB_API_URL`), where infra revokes a clone token once the checkout is
     /// over (with the token itself: infra holds no GitHub credential).
     pub github_api_url: String,
@@ -137,7 +140,7 @@ impl Settings {
                 reserved: env.parse("INFRA_RESERVED_HOSTNAMES", ReservedNames::default())?,
             },
             ssh_port: env.parse("INFRA_SSH_PORT", 22)?,
-            ready_timeout: Duration::from_secs(env.parse("INFRA_READY_TIMEOUT_SECS", 900)?),
+            ready_timeout: env.seconds("INFRA_READY_TIMEOUT_SECS", Duration::from_secs(900))?,
             operation_deadline: Duration::from_secs(
                 env.positive("INFRA_OPERATION_DEADLINE_SECS", 3600_u64)?,
             ),
@@ -145,6 +148,8 @@ impl Settings {
                 .trim_end_matches('/')
                 .to_owned(),
             max_watches_per_caller: env.positive("INFRA_MAX_WATCHES_PER_CALLER", 32_usize)?,
+            operation_lease: env
+                .positive_duration("INFRA_OPERATION_LEASE", Duration::from_secs(30))?,
             github_api_url: url("GITHUB_API_URL", "https://api.github.com"),
         })
     }
@@ -158,6 +163,8 @@ pub(crate) struct Peers {
     pub broker: Channel,
     /// Users' own provider and DNS keys (`INFRA_VAULT_ADDR`).
     pub vault: Channel,
+    /// Projects' owners, before a user's own key is used (`INFRA_SCAFFOLDER_ADDR`).
+    pub scaffolder: Channel,
 }
 
 impl Peers {
@@ -165,6 +172,7 @@ impl Peers {
         Ok(Self {
             broker: startup.peer(Service::SecretBroker, "INFRA_BROKER_ADDR")?,
             vault: startup.peer(Service::Vault, "INFRA_VAULT_ADDR")?,
+            scaffolder: startup.peer(Service::Scaffolder, "INFRA_SCAFFOLDER_ADDR")?,
         })
     }
 }
@@ -192,6 +200,16 @@ mod tests {
         assert!(settings.time4vps.login.is_none() && settings.cloudflare.zone.is_none());
         let half = Settings::from_env(&env(&[("TIME4VPS_USER", "u")])).unwrap_err();
         assert!(half.to_string().contains("go together"), "{half}");
+        // A timeout no clock can add (Instant + it would panic) is refused at start.
+        let endless = Settings::from_env(&env(&[(
+            "INFRA_READY_TIMEOUT_SECS",
+            "18446744073709551615",
+        )]))
+        .unwrap_err();
+        assert!(
+            endless.to_string().contains("INFRA_READY_TIMEOUT_SECS"),
+            "{endless}"
+        );
     }
 
     #[test]

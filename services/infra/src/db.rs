@@ -11,8 +11,13 @@ use crate::model::{
     Provider, Server, ServerState, Steps,
 };
 
+mod leases;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use leases::{
+    claim as claim_lease, claimable as claimable_operations, release as release_lease,
+};
 
 /// The stored enums and JSON documents read straight into their types; an unknown value is a
 /// decoding error, never silently another value.
@@ -337,17 +342,6 @@ pub(crate) async fn latest_operation(
     .bind(kind.as_str())
     .fetch_optional(db.pool())
     .await?)
-}
-
-/// Operations not ended: an earlier process left them unfinished.
-pub(crate) async fn unfinished_operations(db: &Database) -> Result<Vec<String>, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT id FROM operations WHERE state IN ($1, $2)")
-            .bind(OperationState::Pending.as_str())
-            .bind(OperationState::Running.as_str())
-            .fetch_all(db.pool())
-            .await?,
-    )
 }
 
 /// An operation on the server that has not ended.

@@ -8,8 +8,8 @@
 //! `TIME4VPS_API_URL`, `TIME4VPS_DEFAULT_OS`, `CLOUDFLARE_API_URL`, `CLOUDFLARE_ZONE` (no zone =
 //! no DNS step); `INFRA_SSH_PORT` (22), `INFRA_READY_TIMEOUT_SECS` (900), `INFRA_GIT_URL`
 //! (`https://github.com`, where servers clone from); `GITHUB_API_URL` (`https://api.github.com`,
-//! where a clone token is revoked, with itself, once the checkout is over); `INFRA_BROKER_ADDR`
-//! and `INFRA_VAULT_ADDR` (default: the peer's default port on 127.0.0.1).
+//! where a clone token is revoked, with itself, once the checkout is over); `INFRA_BROKER_ADDR`,
+//! `INFRA_VAULT_ADDR` and `INFRA_SCAFFOLDER_ADDR` (default: the peer's default port on 127.0.0.1).
 //!
 //! Modules, from the edge inwards: `api` (the handlers) validates with `validate`, reads and
 //! records through `db` (every query) in the ledger's transactions held by `state`, and
@@ -33,6 +33,7 @@ mod config;
 mod db;
 mod model;
 mod operation;
+mod owner;
 mod state;
 mod validate;
 mod watch;
@@ -63,6 +64,7 @@ pub async fn routes(startup: Startup) -> anyhow::Result<Routes> {
         ledger,
         self_id: startup.self_id(),
         watchers: watch::Watchers::new(settings.max_watches_per_caller),
+        leases: operation::Leases::new(settings.operation_lease),
         settings,
         peers,
         github,

@@ -20,6 +20,8 @@ pub(crate) struct Infra {
     pub(crate) self_id: String,
     pub(crate) settings: Settings,
     pub(crate) peers: Peers,
+    /// This replica's leases on unfinished operations.
+    pub(crate) leases: crate::operation::Leases,
     /// The open WatchOperation streams, bounded per caller.
     pub(crate) watchers: Watchers,
     /// GitHub, without any credential of infra's own: only to revoke the clone tokens the

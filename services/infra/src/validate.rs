@@ -203,6 +203,46 @@ fn hostname_in_zone(v: &mut Violations, hostname: &str, zone: &str, reserved: &R
     }
 }
 
+/// The users whose vault entries `server` would spend: its provider and DNS credentials, when
+/// they are a user's own, with the request field each came from.
+pub(crate) fn vault_users(server: &NewServer) -> Vec<(&'static str, &str)> {
+    [
+        ("provider_credentials", &server.credentials),
+        ("dns_credentials", &server.dns_credentials),
+    ]
+    .into_iter()
+    .filter_map(|(field, source)| match source {
+        CredentialSource::UserVault { user_id, .. } => Some((field, user_id.as_str())),
+        CredentialSource::Platform {} => None,
+    })
+    .collect()
+}
+
+/// Refuses a vault reference of any user but the project's owner: PERMISSION_DENIED, reason
+/// `CREDENTIAL_NOT_OWNED` (metadata: the field and the project), before anything is recorded
+/// or any provider is called.
+// Architecture Invariant: a user's own credential serves only that user's projects.
+pub(crate) fn credentials_owned_by(server: &NewServer, owner: &str) -> Result<(), Status> {
+    match vault_users(server)
+        .into_iter()
+        .find(|(_, user)| *user != owner)
+    {
+        None => Ok(()),
+        Some((field, _)) => Err(with_reason(
+            Code::PermissionDenied,
+            "CREDENTIAL_NOT_OWNED",
+            format!(
+                "{field} names another user's vault entry than the owner of project `{}`; a user's own key serves only that user's projects",
+                server.project_id.as_str()
+            ),
+            &[
+                ("field", field.to_owned()),
+                ("project_id", server.project_id.as_str().to_owned()),
+            ],
+        )),
+    }
+}
+
 fn valid_hostname(h: &str) -> bool {
     (1..=253).contains(&h.len())
         && h.split('.').all(|l| {

@@ -8,6 +8,10 @@ use orchestrator_mesh::Env;
 /// (`Startup::peer` resolves it).
 pub(crate) const BROKER_ADDR: &str = "SCAFFOLDER_BROKER_ADDR";
 
+/// The vault's address, where the scaffolder records a user's grants of vault entries to a new
+/// project; unset = its default port on 127.0.0.1.
+pub(crate) const VAULT_ADDR: &str = "SCAFFOLDER_VAULT_ADDR";
+
 const DEFAULT_GITHUB_API_URL: &str = "https://api.github.com";
 
 #[derive(Debug, Clone, PartialEq, Eq)]

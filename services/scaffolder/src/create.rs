@@ -4,12 +4,14 @@
 //! The repository is registered at the broker before the template is committed (the commit
 //! token is narrowed to the registered repository); `repository_registered` confirms it.
 //! Each GitHub job uses a token of its own, revoked when the job is done (`tokens`).
+//! Before `done`, the owner's grant of each vault entry to the project is recorded at the vault.
 
 use orchestrator_fields::ProjectId;
 use orchestrator_github::{GitHubError, RepoRef};
 use orchestrator_mesh::retry::from_peer;
 use orchestrator_proto::common::v1 as common;
 use orchestrator_proto::secretbroker::v1 as broker;
+use orchestrator_proto::vault::v1 as vault;
 use orchestrator_status::with_reason;
 use orchestrator_store::{StoreError, now_us};
 use secrecy::SecretString;
@@ -31,18 +33,19 @@ pub(crate) async fn create_project(
     initial: InitialSecrets,
     caller: &str,
 ) -> Result<(Project, Vec<common::SecretWriteResult>), Status> {
+    let name = name_key(&spec.name);
     let mut project = match db::project_by_request_id(&s.db, &spec.request_id).await? {
-        Some(p) if name_key(&p.spec.name) == name_key(&spec.name) => p,
-        Some(p) => {
-            return Err(with_reason(
-                Code::FailedPrecondition,
-                "REQUEST_ID_REUSED",
-                format!("request_id was used for project {}", p.spec.name),
-                &[("project_id", p.id.to_string())],
-            ));
-        }
+        Some(p) => p,
         None => record(s, spec, caller).await?,
     };
+    if name_key(&project.spec.name) != name {
+        return Err(with_reason(
+            Code::FailedPrecondition,
+            "REQUEST_ID_REUSED",
+            format!("request_id was used for project {}", project.spec.name),
+            &[("project_id", project.id.to_string())],
+        ));
+    }
     match run_steps(s, &mut project, initial, caller).await {
         Ok(results) => Ok((project, results)),
         Err(status) => {
@@ -52,12 +55,17 @@ pub(crate) async fn create_project(
     }
 }
 
-/// Records the new project (step `recorded`) under a fresh id.
+/// Records the new project (step `recorded`) under a fresh id; or returns the one a
+/// concurrent call with the same request id (on another replica, say) recorded first.
 async fn record(s: &Scaffolder, spec: ProjectSpec, caller: &str) -> Result<Project, Status> {
     let (owner, caller) = (s.settings.org.clone(), caller.to_owned());
     s.ledger
-        .write(move |conn| {
+        .write_retrying(move |conn| {
+            let (spec, owner, caller) = (spec.clone(), owner.clone(), caller.clone());
             Box::pin(async move {
+                if let Some(earlier) = db::project_by_request_id_in(conn, &spec.request_id).await? {
+                    return Ok((earlier, Vec::new()));
+                }
                 let project = Project::recorded(spec, ProjectId::generate(), owner, now_us());
                 db::insert_project(conn, &project)
                     .await
@@ -141,9 +149,37 @@ async fn run_steps(
         advance(s, project, Step::InitialSecretsSet, None, caller).await?;
     }
     if project.step == Step::InitialSecretsSet {
+        grant_vault_entries(s, project).await?;
         advance(s, project, Step::Done, None, caller).await?;
     }
     Ok(results)
+}
+
+/// Records at the vault the owner's grant of each vault entry of `secrets_ref` to the project
+/// (validation made sure each is the owner's), so that infra may read it for this project and
+/// no other. Idempotent at the vault, so a retry grants again safely; a project is READY only
+/// once every grant is recorded.
+async fn grant_vault_entries(s: &Scaffolder, project: &Project) -> Result<(), Status> {
+    let entries = project
+        .spec
+        .secrets_ref
+        .entries
+        .values()
+        .filter_map(|t| match &t.target {
+            Some(common::secret_target::Target::VaultEntry(e)) => Some(e),
+            _ => None,
+        });
+    for entry in entries {
+        s.vault()
+            .grant_user_secret(vault::GrantUserSecretRequest {
+                user_id: entry.user_id.clone(),
+                key: entry.key.clone(),
+                project_id: project.id.to_string(),
+            })
+            .await
+            .map_err(from_peer("vault"))?;
+    }
+    Ok(())
 }
 
 /// Records `step` as done (ready at [`Step::Done`]), audited, and applies it to `project`.

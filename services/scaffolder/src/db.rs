@@ -125,6 +125,19 @@ pub(crate) async fn project_by_request_id(
     project_where(db, PROJECT_BY_REQUEST_ID, request_id.as_str()).await
 }
 
+/// [`project_by_request_id`] inside a write: a replica's earlier commit is seen, as ledger
+/// writes are serialized across replicas.
+pub(crate) async fn project_by_request_id_in(
+    conn: &mut AnyConnection,
+    request_id: &RequestId,
+) -> Result<Option<Project>, StoreError> {
+    let row: Option<ProjectRow> = sqlx::query_as(PROJECT_BY_REQUEST_ID)
+        .bind(request_id.as_str())
+        .fetch_optional(conn)
+        .await?;
+    row.map(Project::try_from).transpose()
+}
+
 /// The project `sql` selects by its one parameter, `key`.
 async fn project_where(
     db: &Database,

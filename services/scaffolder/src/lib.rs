@@ -5,7 +5,8 @@
 //!
 //! Its environment: `DATABASE_URL`, `AUDIT_KEY` (also as `_FILE`), `GITHUB_API_URL`
 //! (`https://api.github.com`), `GITHUB_ORG` (required), `SCAFFOLDER_TEMPLATE_REPOSITORY`
-//! (`owner/name`, optional), `SCAFFOLDER_BROKER_ADDR` (`127.0.0.1:50052`).
+//! (`owner/name`, optional), `SCAFFOLDER_BROKER_ADDR` (`127.0.0.1:50052`),
+//! `SCAFFOLDER_VAULT_ADDR` (`127.0.0.1:50053`, where it records a new project's grants).
 //!
 //! Modules: `config` (settings), `state` (what requests share, the audit actions), `project`
 //! (the model), `db` (every query), `validate` (requests into typed values), `create` (the

@@ -1,5 +1,5 @@
 //! What every request shares: the database and audit ledger, the GitHub client, the settings
-//! and the channel to the secret broker.
+//! and the channels to the secret broker and the vault.
 
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use orchestrator_fields::ProjectId;
 use orchestrator_github::{GitHub, RetryPolicy};
 use orchestrator_mesh::{Service, Startup};
 use orchestrator_proto::secretbroker::v1::secret_broker_service_client::SecretBrokerServiceClient;
+use orchestrator_proto::vault::v1::vault_service_client::VaultServiceClient;
 use orchestrator_store::Database;
 use tonic::Status;
 use tonic::transport::Channel;
@@ -23,6 +24,8 @@ pub(crate) struct Scaffolder {
     pub(crate) settings: Settings,
     /// The secret broker: one channel, connected on first use and reconnected as needed.
     broker: Channel,
+    /// The vault (grants only): one channel, connected on first use.
+    vault: Channel,
 }
 
 impl Scaffolder {
@@ -36,6 +39,7 @@ impl Scaffolder {
             },
         )?;
         let broker = startup.peer(Service::SecretBroker, config::BROKER_ADDR)?;
+        let vault = startup.peer(Service::Vault, config::VAULT_ADDR)?;
         let (db, ledger) = startup.open_database(db::migrations).await?;
         Ok(Self {
             db,
@@ -43,12 +47,18 @@ impl Scaffolder {
             github,
             settings,
             broker,
+            vault,
         })
     }
 
     /// A client on the one (lazily connecting) channel to the broker.
     pub(crate) fn broker(&self) -> SecretBrokerServiceClient<Channel> {
         SecretBrokerServiceClient::new(self.broker.clone())
+    }
+
+    /// A client on the one (lazily connecting) channel to the vault.
+    pub(crate) fn vault(&self) -> VaultServiceClient<Channel> {
+        VaultServiceClient::new(self.vault.clone())
     }
 }
 

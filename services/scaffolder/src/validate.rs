@@ -36,7 +36,7 @@ pub(crate) fn create_project(
     )
         .split(&mut v);
     let secrets_ref = req.secrets_ref.unwrap_or_default();
-    let github_names = check_secrets_ref(&mut v, &secrets_ref);
+    let github_names = check_secrets_ref(&mut v, &secrets_ref, &req.user_id);
     // The template must render for these names: refused here, before anything is created.
     if v.is_empty()
         && let Some((_, _, _, template, _, _)) = &fields
@@ -100,7 +100,13 @@ fn valid_abstract_key(key: &str) -> bool {
 }
 
 /// Checks each `secrets_ref` entry; returns the GitHub secret names it targets (upper-cased).
-fn check_secrets_ref(v: &mut Violations, secrets_ref: &common::SecretsRef) -> HashSet<String> {
+/// A vault entry must be the project owner's (`owner`): a project is granted its owner's keys
+/// only.
+fn check_secrets_ref(
+    v: &mut Violations,
+    secrets_ref: &common::SecretsRef,
+    owner: &str,
+) -> HashSet<String> {
     let mut github_names = HashSet::new();
     if !v.count(
         secrets_ref.entries.len(),
@@ -138,11 +144,22 @@ fn check_secrets_ref(v: &mut Violations, secrets_ref: &common::SecretsRef) -> Ha
                     Err(e) => v.add(name_field, e.to_string()),
                 }
             }
-            Some(common::secret_target::Target::VaultEntry(e)) => v.check(
-                !e.user_id.is_empty() && !e.key.is_empty(),
-                format!("{field}.vault_entry"),
-                "user_id and key are required",
-            ),
+            Some(common::secret_target::Target::VaultEntry(e)) => {
+                if e.user_id.is_empty() || e.key.is_empty() {
+                    v.add(
+                        format!("{field}.vault_entry"),
+                        "user_id and key are required",
+                    );
+                } else {
+                    // Architecture Invariant: a user's own credential serves only that user's
+                    // projects (the grant the scaffolder records is the owner's).
+                    v.check(
+                        e.user_id == owner,
+                        format!("{field}.vault_entry.user_id"),
+                        "must be the project's user_id: a project uses its owner's vault entries only",
+                    );
+                }
+            }
             None => v.add(&field, "a target is required"),
         }
     }

@@ -33,7 +33,7 @@ pub(crate) async fn project(
 }
 
 /// Each `secrets_ref` key's presence: a GitHub secret is present if the broker has it, a vault
-/// entry is unknown (the scaffolder does not call the vault).
+/// entry is unknown (the scaffolder does not read the vault; it only records grants there).
 async fn secret_presence(
     s: &Scaffolder,
     project: &Project,

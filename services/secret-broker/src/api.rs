@@ -40,7 +40,10 @@ impl SecretBrokerService for Broker {
         request: Request<pb::SetDeployCredentialsRequest>,
     ) -> Result<Response<pb::SetDeployCredentialsResponse>, Status> {
         let caller = caller(&request)?.to_string();
-        let req = validate::set_deploy_credentials(request.into_inner())?;
+        let (req, server_id) = validate::set_deploy_credentials(request.into_inner())?;
+        // A server's credentials go to the one project it was provisioned for, and no other.
+        self.bind_server(&caller, &server_id, &req.project_id)
+            .await?;
         let results = self.push(caller, Action::SetDeployCredentials, req).await?;
         Ok(Response::new(pb::SetDeployCredentialsResponse { results }))
     }

@@ -95,16 +95,53 @@ macro_rules! secret_ref_columns {
 
 // ---- the repository registry ----
 
-pub(crate) async fn find_repository(
-    pool: &AnyPool,
+pub(crate) async fn find_repository<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
     project_id: &ProjectId,
 ) -> Result<Option<RepositoryRow>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT owner, name, installation_id, created_us FROM repositories WHERE project_id = $1",
     )
     .bind(project_id.as_str())
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?)
+}
+
+/// Binds `server_id` to `project_id` unless it is bound already; the project it is bound to.
+pub(crate) async fn bind_server(
+    conn: &mut AnyConnection,
+    server_id: &str,
+    project_id: &ProjectId,
+    now: i64,
+) -> Result<String, StoreError> {
+    sqlx::query(
+        "INSERT INTO deploy_servers (server_id, project_id, bound_us) VALUES ($1, $2, $3) \
+         ON CONFLICT (server_id) DO NOTHING",
+    )
+    .bind(server_id)
+    .bind(project_id.as_str())
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(
+        sqlx::query_scalar("SELECT project_id FROM deploy_servers WHERE server_id = $1")
+            .bind(server_id)
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+/// The project `server_id` is bound to, if any.
+pub(crate) async fn server_project(
+    pool: &AnyPool,
+    server_id: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT project_id FROM deploy_servers WHERE server_id = $1")
+            .bind(server_id)
+            .fetch_optional(pool)
+            .await?,
+    )
 }
 
 /// Registers the project's repository; a project or repository registered already is

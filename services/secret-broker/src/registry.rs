@@ -11,7 +11,7 @@ use tonic::{Code, Status};
 use crate::audit::Action;
 use crate::db;
 use crate::state::Broker;
-use crate::validate::RegisterRequest;
+use crate::validate::{RegisterRequest, ServerId};
 
 /// A project's registered repository.
 #[derive(Debug, Clone)]
@@ -28,16 +28,10 @@ impl Broker {
         &self,
         project_id: &ProjectId,
     ) -> Result<Option<Registered>, Status> {
-        let Some(row) = db::find_repository(self.db.pool(), project_id).await? else {
-            return Ok(None);
-        };
-        Ok(Some(Registered {
-            project_id: project_id.clone(),
-            repo: RepoRef::new(&row.owner, &row.name)
-                .map_err(|e| Status::internal(e.to_string()))?,
-            installation: row.installation_id,
-            created_us: row.created_us,
-        }))
+        db::find_repository(self.db.pool(), project_id)
+            .await?
+            .map(|row| registered(project_id, row))
+            .transpose()
     }
 
     /// The project's registration; NOT_FOUND when it has none.
@@ -88,18 +82,7 @@ impl Broker {
             ));
         }
         if let Some(existing) = self.registration(&req.project_id).await? {
-            if existing.repo != req.repo {
-                return Err(with_reason(
-                    Code::AlreadyExists,
-                    "PROJECT_REGISTERED",
-                    format!(
-                        "project `{}` is registered to {}",
-                        req.project_id, existing.repo
-                    ),
-                    &[("repository", existing.repo.to_string())],
-                ));
-            }
-            return Ok(existing);
+            return same_repository(existing, &req);
         }
         let installation = self
             .github
@@ -107,8 +90,15 @@ impl Broker {
             .await
             .map_err(|e| e.to_grpc())?;
         self.ledger
-            .write(move |conn| {
+            .write_retrying(move |conn| {
+                let (req, caller) = (req.clone(), caller.clone());
                 Box::pin(async move {
+                    // A concurrent registration of the project (another replica, a retry)
+                    // committed first: the same answer as if it had been seen above.
+                    if let Some(row) = db::find_repository(&mut *conn, &req.project_id).await? {
+                        let existing = registered(&req.project_id, row)?;
+                        return Ok((same_repository(existing, &req)?, Vec::new()));
+                    }
                     let RegisterRequest {
                         request_id,
                         project_id,
@@ -148,6 +138,58 @@ impl Broker {
             .await
     }
 
+    /// Binds infra server `server_id` to `project_id` at its first handover (audited), and
+    /// refuses its credentials for any other project afterwards: FAILED_PRECONDITION, reason
+    /// `SERVER_OF_ANOTHER_PROJECT`, before anything is written.
+    // Architecture Invariant: DEPLOY_* credentials of a project come only from a server
+    // provisioned for that project.
+    pub(crate) async fn bind_server(
+        &self,
+        caller: &str,
+        server_id: &ServerId,
+        project_id: &ProjectId,
+    ) -> Result<(), Status> {
+        let bound = match db::server_project(self.db.pool(), server_id.as_str()).await? {
+            Some(bound) => bound,
+            None => {
+                let (caller, server, project) =
+                    (caller.to_owned(), server_id.clone(), project_id.clone());
+                self.ledger
+                    .write(move |conn| {
+                        Box::pin(async move {
+                            let bound =
+                                db::bind_server(conn, server.as_str(), &project, now_us()).await?;
+                            let entry = Action::SetDeployCredentials
+                                .on_project(&caller, &project)
+                                .detail(format!("server {} bound", server.as_str()));
+                            let entries = if bound == project.as_str() {
+                                vec![entry]
+                            } else {
+                                Vec::new()
+                            };
+                            Ok((bound, entries))
+                        })
+                    })
+                    .await?
+            }
+        };
+        if bound == project_id.as_str() {
+            return Ok(());
+        }
+        Err(with_reason(
+            Code::FailedPrecondition,
+            "SERVER_OF_ANOTHER_PROJECT",
+            format!(
+                "server `{}` was provisioned for another project than `{project_id}`: its deploy credentials belong to that project only",
+                server_id.as_str()
+            ),
+            &[
+                ("server_id", server_id.as_str().to_owned()),
+                ("project_id", project_id.to_string()),
+            ],
+        ))
+    }
+
     /// A token for the project repository's Actions secrets (narrowed to that repository and
     /// `secrets: write`; cached by the client until shortly before it expires).
     pub(crate) async fn secrets_token(
@@ -166,4 +208,31 @@ impl Broker {
             .map_err(|e| e.to_grpc())?;
         Ok(token)
     }
+}
+
+/// A stored registration of `project_id`.
+fn registered(project_id: &ProjectId, row: db::RepositoryRow) -> Result<Registered, Status> {
+    Ok(Registered {
+        project_id: project_id.clone(),
+        repo: RepoRef::new(&row.owner, &row.name).map_err(|e| Status::internal(e.to_string()))?,
+        installation: row.installation_id,
+        created_us: row.created_us,
+    })
+}
+
+/// A project registers once: the same repository again is the earlier registration, another
+/// one is ALREADY_EXISTS `PROJECT_REGISTERED`.
+fn same_repository(existing: Registered, req: &RegisterRequest) -> Result<Registered, Status> {
+    if existing.repo != req.repo {
+        return Err(with_reason(
+            Code::AlreadyExists,
+            "PROJECT_REGISTERED",
+            format!(
+                "project `{}` is registered to {}",
+                req.project_id, existing.repo
+            ),
+            &[("repository", existing.repo.to_string())],
+        ));
+    }
+    Ok(existing)
 }

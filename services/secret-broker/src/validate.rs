@@ -49,7 +49,7 @@ pub(crate) struct SecretsRequest {
 }
 
 /// A validated RegisterRepository request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct RegisterRequest {
     pub request_id: RequestId,
     pub project_id: ProjectId,
@@ -121,11 +121,35 @@ pub(crate) fn set_project_secrets(
     secrets_request(v, ids, secrets)
 }
 
+/// The infra server a SetDeployCredentials comes from: 1-128 characters of `[A-Za-z0-9_-]`
+/// (infra's `srv-` ids).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServerId(String);
+
+impl ServerId {
+    const RULE: &'static str = "required: the infra server's id, 1-128 characters of [A-Za-z0-9_-]";
+
+    fn parse(raw: &str) -> Option<Self> {
+        let valid = (1..=128).contains(&raw.len())
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+        valid.then(|| Self(raw.to_owned()))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A SetDeployCredentials: the secrets, and the server they come from.
 pub(crate) fn set_deploy_credentials(
     req: pb::SetDeployCredentialsRequest,
-) -> Result<SecretsRequest, Status> {
+) -> Result<(SecretsRequest, ServerId), Status> {
     let mut v = Violations::new();
     let ids = ids(&mut v, &req.request_id, &req.project_id);
+    let server_id = ServerId::parse(&req.server_id);
+    v.check(server_id.is_some(), "server_id", ServerId::RULE);
     let creds = req.credentials.unwrap_or_default();
     // Any non-empty subset: the key is handed over as soon as infra generates it.
     let values: Vec<common::ProjectSecretValue> = [
@@ -151,7 +175,10 @@ pub(crate) fn set_deploy_credentials(
     } else {
         batch(&mut v, values, BatchOf::DeployCredentials)
     };
-    secrets_request(v, ids, secrets)
+    let request = secrets_request(v, ids, secrets)?;
+    // Checked above: the violations would have refused the request.
+    let server_id = server_id.ok_or_else(|| Status::internal("server_id was not checked"))?;
+    Ok((request, server_id))
 }
 
 /// ListProjectSecrets' project and page. The page sizes are the contract's (0 = 100, at most

@@ -5,7 +5,7 @@ use orchestrator_proto::vault::v1::{self as pb, vault_service_server::VaultServi
 use tonic::{Request, Response, Status};
 
 use crate::state::Vault;
-use crate::{db, key_status, read, validate, write};
+use crate::{db, grants, key_status, read, validate, write};
 
 #[tonic::async_trait]
 impl VaultService for Vault {
@@ -41,6 +41,32 @@ impl VaultService for Vault {
         let wanted = validate::batch_get(request.get_ref())?;
         let secrets = read::batch_get(self, &caller, &wanted).await?;
         Ok(Response::new(pb::BatchGetUserSecretsResponse { secrets }))
+    }
+
+    async fn grant_user_secret(
+        &self,
+        request: Request<pb::GrantUserSecretRequest>,
+    ) -> Result<Response<pb::GrantUserSecretResponse>, Status> {
+        let caller = caller(&request)?.to_string();
+        let r = request.get_ref();
+        let wanted = validate::grant(&r.user_id, &r.key, &r.project_id)?;
+        let grant = grants::grant(self, caller, wanted).await?;
+        Ok(Response::new(pb::GrantUserSecretResponse {
+            grant: Some(grant),
+        }))
+    }
+
+    async fn revoke_user_secret_grant(
+        &self,
+        request: Request<pb::RevokeUserSecretGrantRequest>,
+    ) -> Result<Response<pb::RevokeUserSecretGrantResponse>, Status> {
+        let caller = caller(&request)?.to_string();
+        let r = request.get_ref();
+        let wanted = validate::grant(&r.user_id, &r.key, &r.project_id)?;
+        let grant = grants::revoke(self, caller, wanted).await?;
+        Ok(Response::new(pb::RevokeUserSecretGrantResponse {
+            grant: Some(grant),
+        }))
     }
 
     async fn list_user_secrets(

@@ -11,6 +11,8 @@ pub(crate) enum Action {
     Get,
     BatchGet,
     Delete,
+    Grant,
+    Revoke,
     Rotate,
     Rewrap,
 }
@@ -22,6 +24,8 @@ impl Action {
             Action::Get => "/orchestrator.vault.v1.VaultService/GetUserSecret",
             Action::BatchGet => "/orchestrator.vault.v1.VaultService/BatchGetUserSecrets",
             Action::Delete => "/orchestrator.vault.v1.VaultService/DeleteUserSecret",
+            Action::Grant => "/orchestrator.vault.v1.VaultService/GrantUserSecret",
+            Action::Revoke => "/orchestrator.vault.v1.VaultService/RevokeUserSecretGrant",
             Action::Rotate => "/orchestrator.vault.v1.VaultService/RotateDataKey",
             Action::Rewrap => "vault/rewrap",
         }
@@ -37,6 +41,17 @@ pub(crate) fn target(user_id: &str, key: &str, version: i64) -> String {
 pub(crate) fn target_prefix(user_id: &str, key: &str) -> String {
     let esc = |s: &str| s.replace('%', "%25").replace('/', "%2F");
     format!("users/{}/secrets/{}/versions/", esc(user_id), esc(key))
+}
+
+/// The audit target of a grant of a key to a project.
+pub(crate) fn grant_target(user_id: &str, key: &str, project_id: &str) -> String {
+    let esc = |s: &str| s.replace('%', "%25").replace('/', "%2F");
+    format!(
+        "users/{}/secrets/{}/grants/{}",
+        esc(user_id),
+        esc(key),
+        esc(project_id)
+    )
 }
 
 /// The audit target of a data key.

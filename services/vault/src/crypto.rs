@@ -361,4 +361,127 @@ mod tests {
         }
         assert!(!format!("{:?}", ring_of(K1)).contains("AQEB"));
     }
+
+    mod props {
+        //! Property tests of the ciphertext header and envelope: any bytes read from the
+        //! database are refused without a panic unless they are what this code sealed for
+        //! that row; sealing then opening gives the value back.
+        use super::super::*;
+        use super::{K1, K2, ring_of};
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                failure_persistence: None,
+                // PROPTEST_CASES (the long run) wins over the short run.
+                ..ProptestConfig::with_cases(
+                    std::env::var("PROPTEST_CASES")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(128),
+                )
+            }
+        }
+
+        fn row() -> impl Strategy<Value = (String, String, i64)> {
+            ("\\PC{0,12}", "[A-Za-z0-9_]{0,12}", any::<i64>())
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn prop_ciphertext_header_never_panics(
+                bytes in prop_oneof![
+                    vec(any::<u8>(), 0..80),
+                    vec(any::<u8>(), 0..80).prop_map(|mut b| { if !b.is_empty() { b[0] = FORMAT_V1; } b }),
+                ],
+                (user_id, key, version) in row(),
+            ) {
+                let id = ciphertext_key_id(&bytes);
+                prop_assert_eq!(id.is_some(), bytes.len() >= HEADER_LEN + TAG_LEN && bytes[0] == FORMAT_V1);
+                let rng = SystemRandom::new();
+                let (dk, _, _) = ring_of(K1).new_data_key(&rng, id.unwrap_or(1));
+                let row = RowRef { user_id: &user_id, key: &key, version };
+                prop_assert!(dk.decrypt(row, &bytes).is_none());
+            }
+
+            #[test]
+            fn prop_seal_open_round_trip(
+                plaintext in vec(any::<u8>(), 0..256),
+                (user_id, key, version) in row(),
+                data_key_id in 0..=i64::from(u32::MAX),
+            ) {
+                let rng = SystemRandom::new();
+                let (dk, _, _) = ring_of(K1).new_data_key(&rng, data_key_id);
+                let row = RowRef { user_id: &user_id, key: &key, version };
+                let ct = dk.encrypt(&rng, row, &plaintext);
+                prop_assert_eq!(ct.len(), HEADER_LEN + plaintext.len() + TAG_LEN);
+                prop_assert_eq!(ciphertext_key_id(&ct), Some(data_key_id));
+                let opened = dk.decrypt(row, &ct);
+                prop_assert_eq!(opened.as_deref().map(|v| &v[..]), Some(&plaintext[..]));
+            }
+
+            #[test]
+            fn prop_changed_ciphertexts_never_open(
+                plaintext in vec(any::<u8>(), 0..64),
+                at in any::<prop::sample::Index>(),
+                xor in 1u8..,
+                cut in any::<prop::sample::Index>(),
+                extra in vec(any::<u8>(), 1..8),
+            ) {
+                let rng = SystemRandom::new();
+                let (dk, _, _) = ring_of(K1).new_data_key(&rng, 3);
+                let row = RowRef { user_id: "u1", key: "k", version: 1 };
+                let ct = dk.encrypt(&rng, row, &plaintext);
+                let mut flipped = ct.clone();
+                flipped[at.index(ct.len())] ^= xor;
+                prop_assert!(dk.decrypt(row, &flipped).is_none());
+                prop_assert!(dk.decrypt(row, &ct[..cut.index(ct.len())]).is_none());
+                let mut longer = ct.clone();
+                longer.extend_from_slice(&extra);
+                prop_assert!(dk.decrypt(row, &longer).is_none());
+            }
+
+            #[test]
+            fn prop_wrapped_data_keys_never_panic(
+                wrapped in vec(any::<u8>(), 0..96),
+                at in any::<prop::sample::Index>(),
+                id in any::<i64>(),
+            ) {
+                let rng = SystemRandom::new();
+                let keyring = ring_of(&format!("{K1},{K2}"));
+                prop_assert!(keyring.unwrap_raw("k1", id, &wrapped).is_none());
+                prop_assert!(keyring.unwrap("k3", id, &wrapped).is_none());
+                let (_, good, _) = keyring.new_data_key(&rng, id);
+                prop_assert!(keyring.unwrap("k1", id, &good).is_some());
+                let mut bad = good.clone();
+                bad[at.index(good.len())] ^= 0x80;
+                prop_assert!(keyring.unwrap("k1", id, &bad).is_none());
+                prop_assert!(keyring.unwrap("k2", id, &good).is_none());
+            }
+
+            #[test]
+            fn prop_master_key_setting_never_panics(
+                text in prop_oneof![
+                    any::<String>(),
+                    "([a-zA-Z0-9_ -]{0,6}:[A-Za-z0-9+/=]{0,48}[, \n]?){0,3}",
+                ],
+            ) {
+                match Keyring::parse(&SecretString::from(text.clone())) {
+                    Ok(ring) => prop_assert!(ring.ids().any(|id| id == ring.primary_id())),
+                    Err(e) => {
+                        let shown = e.to_string();
+                        // Names an entry or an id, never a key's base64.
+                        for part in text.split(|c: char| c == ',' || c.is_whitespace()) {
+                            if let Some((_, b64)) = part.split_once(':') {
+                                prop_assert!(b64.len() < 8 || !shown.contains(b64), "{shown}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -10,7 +10,8 @@
 //! - `config`, `crypto`, `audit`, `validate`: settings, envelope encryption, the audit
 //!   vocabulary, request validation; no I/O.
 //! - `db`: every query. `keys`: the data keys in memory. `state`: the shared `Vault`.
-//! - `read` (checked reads of values), `write` (Put, Delete, Rotate as ledger work),
+//! - `grants` (a user's key lent to one project: Grant, Revoke, and the check every read
+//!   passes), `read` (checked reads of values), `write` (Put, Delete, Rotate as ledger work),
 //!   `key_status` (what GetKeyStatus reports), `rewrap` (background re-encryption).
 //! - `api`: the gRPC handlers, thin: validate, call one of the above, answer.
 
@@ -29,6 +30,7 @@ mod audit;
 mod config;
 mod crypto;
 mod db;
+mod grants;
 mod key_status;
 mod keys;
 mod read;

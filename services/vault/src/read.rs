@@ -55,6 +55,7 @@ async fn checked_read(
     wanted: &SecretVersion,
 ) -> Result<(pb::UserSecret, Entry), Status> {
     let (user_id, key) = (wanted.name.user_id.as_str(), wanted.name.key.as_str());
+    crate::grants::check(vault, wanted).await?;
     let prefix = target_prefix(user_id, key);
     // Rollback detection: the row must be what its newest (authentic) audit record says. A
     // write (or rewrap) committed between the row and the record being read looks like a
@@ -114,5 +115,8 @@ async fn checked_read(
         value: plaintext.to_vec(),
         create_time: Some(ts(created_us)),
     };
-    Ok((secret, Entry::new(caller, action.as_str(), target)))
+    let project = wanted.project.as_ref().map_or("", |p| p.as_str());
+    let entry =
+        Entry::new(caller, action.as_str(), target).detail(format!("for project {project}"));
+    Ok((secret, entry))
 }

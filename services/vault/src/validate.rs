@@ -1,7 +1,7 @@
 //! Requests checked at the edge into typed values: every violation of a request reported at
 //! once (INVALID_ARGUMENT with a `BadRequest`), nothing past this point re-checks a field.
 
-use orchestrator_fields::{Invalid, Page, UserId};
+use orchestrator_fields::{Invalid, Page, ProjectId, UserId};
 use orchestrator_proto::vault::v1 as pb;
 use orchestrator_status::{At as _, Fields as _, Violations, checked};
 use tonic::Status;
@@ -47,11 +47,20 @@ pub(crate) struct SecretName {
     pub(crate) key: SecretKey,
 }
 
-/// A version to read: `version` 0 is the newest live one.
+/// A version to read: `version` 0 is the newest live one, for `project` (`None`: the read
+/// named none, and is refused for want of a grant).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SecretVersion {
     pub(crate) name: SecretName,
     pub(crate) version: i64,
+    pub(crate) project: Option<ProjectId>,
+}
+
+/// One user's key for one project: a checked GrantUserSecret or RevokeUserSecretGrant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GrantName {
+    pub(crate) name: SecretName,
+    pub(crate) project: ProjectId,
 }
 
 /// A checked PutUserSecret.
@@ -122,8 +131,9 @@ fn read(
     user_id: &str,
     key: &str,
     version: i64,
+    project_id: &str,
 ) -> Option<SecretVersion> {
-    let (user_id, key, version) = (
+    let (user_id, key, version, project) = (
         UserId::parse(user_id).at(format!("{prefix}user_id")),
         SecretKey::parse(key).at(format!("{prefix}key")),
         checked(
@@ -132,18 +142,49 @@ fn read(
             format!("{prefix}version"),
             "must not be negative",
         ),
+        // Empty is not malformed: it is a read for no project, refused as GRANT_MISSING.
+        optional_project(project_id).at(format!("{prefix}project_id")),
     )
         .split(v)?;
     Some(SecretVersion {
         name: SecretName { user_id, key },
         version,
+        project,
     })
+}
+
+fn optional_project(raw: &str) -> Result<Option<ProjectId>, Invalid> {
+    if raw.is_empty() {
+        Ok(None)
+    } else {
+        ProjectId::parse(raw).map(Some)
+    }
 }
 
 pub(crate) fn get(req: &pb::GetUserSecretRequest) -> Result<SecretVersion, Status> {
     let mut v = Violations::new();
-    let wanted = read(&mut v, "", &req.user_id, &req.key, req.version);
+    let wanted = read(
+        &mut v,
+        "",
+        &req.user_id,
+        &req.key,
+        req.version,
+        &req.project_id,
+    );
     v.finish_with(wanted)
+}
+
+/// A GrantUserSecret or RevokeUserSecretGrant: the user, the key and the project, all required.
+pub(crate) fn grant(user_id: &str, key: &str, project_id: &str) -> Result<GrantName, Status> {
+    let (user_id, key, project) = Violations::new().collect((
+        UserId::parse(user_id).at("user_id"),
+        SecretKey::parse(key).at("key"),
+        ProjectId::parse(project_id).at("project_id"),
+    ))?;
+    Ok(GrantName {
+        name: SecretName { user_id, key },
+        project,
+    })
 }
 
 pub(crate) fn batch_get(
@@ -161,6 +202,7 @@ pub(crate) fn batch_get(
             &r.user_id,
             &r.key,
             r.version,
+            &r.project_id,
         );
         // Once anything is wrong the values are not needed, only the violations.
         if let Some(one) = one.filter(|_| v.is_empty()) {
@@ -288,29 +330,59 @@ mod tests {
             user_id: "u".into(),
             key: "k".into(),
             version: 0,
+            project_id: "prj-1".into(),
         })
         .unwrap();
         assert_eq!((wanted.name.key.as_str(), wanted.version), ("k", 0));
+        assert_eq!(wanted.project.unwrap().as_str(), "prj-1");
         let bad = get(&pb::GetUserSecretRequest {
             version: -1,
+            project_id: "prj 1".into(),
             ..Default::default()
         });
-        assert_eq!(fields(bad.unwrap_err()), ["user_id", "key", "version"]);
+        assert_eq!(
+            fields(bad.unwrap_err()),
+            ["user_id", "key", "version", "project_id"]
+        );
 
         let one = |user_id: &str, version| pb::GetUserSecretRequest {
             user_id: user_id.into(),
             key: "k".into(),
             version,
+            project_id: String::new(),
         };
         let batch = |requests| pb::BatchGetUserSecretsRequest { requests };
         let ok = batch_get(&batch(vec![one("a", 0), one("b", 2)])).unwrap();
         assert_eq!(ok.len(), 2);
+        // No project is not malformed: the read is refused later, for want of a grant.
+        assert!(ok.iter().all(|r| r.project.is_none()));
         assert_eq!(ok[1].name.user_id.as_str(), "b");
         let bad = batch_get(&batch(vec![one("a", 0), one("", -1)])).unwrap_err();
         assert_eq!(fields(bad), ["requests[1].user_id", "requests[1].version"]);
         assert_eq!(fields(batch_get(&batch(vec![])).unwrap_err()), ["requests"]);
         let too_many = batch_get(&batch(vec![one("a", 0); MAX_BATCH + 1])).unwrap_err();
         assert_eq!(fields(too_many), ["requests"]);
+    }
+
+    #[test]
+    fn a_grant_names_a_user_a_key_and_a_project() {
+        let ok = grant("u1", "do/token", "prj-1").unwrap();
+        assert_eq!(
+            (
+                ok.name.user_id.as_str(),
+                ok.name.key.as_str(),
+                ok.project.as_str()
+            ),
+            ("u1", "do/token", "prj-1")
+        );
+        assert_eq!(
+            fields(grant("", "a b", "").unwrap_err()),
+            ["user_id", "key", "project_id"]
+        );
+        assert_eq!(
+            fields(grant("u1", "k", "prj/1").unwrap_err()),
+            ["project_id"]
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ orchestrator_store::on_both_dialects!(
     live_servers_hold_their_hostname_and_time4vps_server,
     operations_record_progress_and_their_end,
     operations_are_found_by_request_server_and_state,
+    one_replica_at_a_time_holds_an_operation_until_its_lease_runs_out,
     lists_page_newest_first_with_their_filters,
     unknown_stored_values_are_errors,
 );
@@ -183,6 +184,12 @@ async fn live_servers_hold_their_hostname_and_time4vps_server(test: TestDatabase
         Some("srv-1")
     );
     assert_eq!(live_time4vps_server(&mut conn, "102").await.unwrap(), None);
+    // The database holds the rule too, whatever a replica checked before its insert.
+    let twin = new_server("a.example.test", Provider::DigitalOcean);
+    let again = insert_server(&mut conn, "srv-2", "op-x", &twin, 11)
+        .await
+        .unwrap_err();
+    assert!(matches!(again, StoreError::Duplicate(_)), "{again:?}");
     // Destroyed, it holds neither any more.
     set_server_state(&mut conn, "srv-1", ServerState::Destroyed, 20)
         .await
@@ -313,7 +320,7 @@ async fn operations_are_found_by_request_server_and_state(test: TestDatabase) {
             .is_none()
     );
 
-    let mut unfinished = unfinished_operations(db).await.unwrap();
+    let mut unfinished = claimable_operations(db, 100).await.unwrap();
     unfinished.sort();
     assert_eq!(unfinished, ["op-1", "op-2", "op-3"]);
     end_operation(&mut conn, "op-1", OperationState::Succeeded, None, 50)
@@ -336,7 +343,36 @@ async fn operations_are_found_by_request_server_and_state(test: TestDatabase) {
         running_operation_on(&mut conn, "srv-1").await.unwrap(),
         None
     );
-    assert!(unfinished_operations(db).await.unwrap().is_empty());
+    assert!(claimable_operations(db, 100).await.unwrap().is_empty());
+    // An ended operation cannot be leased.
+    assert!(!claim_lease(db, "op-3", "a", 100, 200).await.unwrap());
+}
+
+async fn one_replica_at_a_time_holds_an_operation_until_its_lease_runs_out(test: TestDatabase) {
+    let db = &open(&test).await;
+    add_server(db, "srv-1", "a.example.test", Provider::DigitalOcean, 10).await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    insert_operation(
+        &mut conn,
+        &new_operation("op-1", "srv-1", OperationKind::Provision),
+        10,
+    )
+    .await
+    .unwrap();
+    // Replica a takes it until 200; b is refused meanwhile, a renews.
+    assert!(claim_lease(db, "op-1", "a", 100, 200).await.unwrap());
+    assert!(!claim_lease(db, "op-1", "b", 150, 250).await.unwrap());
+    assert!(claimable_operations(db, 150).await.unwrap().is_empty());
+    assert!(claim_lease(db, "op-1", "a", 190, 300).await.unwrap());
+    // a dies: once its lease ran out, b takes over, and a no longer holds it.
+    assert_eq!(claimable_operations(db, 301).await.unwrap(), ["op-1"]);
+    assert!(claim_lease(db, "op-1", "b", 301, 400).await.unwrap());
+    assert!(!claim_lease(db, "op-1", "a", 310, 410).await.unwrap());
+    // Released by a, nothing changes; released by b, anyone may take it at once.
+    release_lease(db, "op-1", "a").await.unwrap();
+    assert!(!claim_lease(db, "op-1", "c", 320, 420).await.unwrap());
+    release_lease(db, "op-1", "b").await.unwrap();
+    assert!(claim_lease(db, "op-1", "c", 320, 420).await.unwrap());
 }
 
 async fn lists_page_newest_first_with_their_filters(test: TestDatabase) {

@@ -17,6 +17,7 @@ pub(super) async fn digitalocean(
     let settings = &infra.settings.digitalocean;
     let token = token(
         infra,
+        &server.project_id,
         &server.credentials,
         settings.token.as_ref(),
         "DIGITALOCEAN_TOKEN",
@@ -27,16 +28,20 @@ pub(super) async fn digitalocean(
 
 /// Time4VPS logs in with a user and a password: the platform's, or the user's own vault entry
 /// holding `username:password`.
-pub(super) async fn time4vps(infra: &Infra, server: &Server) -> Result<Time4Vps, StepError> {
+pub(super) async fn time4vps(
+    infra: &Infra,
+    project_id: &str,
+    source: &CredentialSource,
+) -> Result<Time4Vps, StepError> {
     let settings = &infra.settings.time4vps;
-    let (user, password) = match &server.credentials {
+    let (user, password) = match source {
         CredentialSource::Platform {} => settings.login.clone().ok_or_else(|| {
             StepError::precondition(
                 "TIME4VPS_USER and TIME4VPS_PASSWORD are not configured on infra",
             )
         })?,
         CredentialSource::UserVault { user_id, key } => {
-            let secret = user_secret(infra, user_id, key).await?;
+            let secret = user_secret(infra, project_id, user_id, key).await?;
             let (user, password) = secret.expose_secret().split_once(':').ok_or_else(|| {
                 StepError::precondition("the user's Time4VPS entry must be `username:password`")
             })?;
@@ -51,10 +56,11 @@ pub(super) async fn time4vps(infra: &Infra, server: &Server) -> Result<Time4Vps,
     )?)
 }
 
-/// Cloudflare with a server's DNS credential (`source`), and the zone; `None` = no DNS
-/// configured.
+/// Cloudflare with the DNS credential (`source`) of a server of `project_id`, and the zone;
+/// `None` = no DNS configured.
 pub(super) async fn cloudflare(
     infra: &Infra,
+    project_id: &str,
     source: &CredentialSource,
 ) -> Result<Option<(Cloudflare, String)>, StepError> {
     let settings = &infra.settings.cloudflare;
@@ -63,6 +69,7 @@ pub(super) async fn cloudflare(
     };
     let token = token(
         infra,
+        project_id,
         source,
         settings.token.as_ref(),
         "CLOUDFLARE_API_TOKEN",
@@ -79,6 +86,7 @@ pub(super) async fn cloudflare(
 // one call.
 async fn token(
     infra: &Infra,
+    project_id: &str,
     source: &CredentialSource,
     platform: Option<&SecretString>,
     name: &str,
@@ -87,18 +95,27 @@ async fn token(
         CredentialSource::Platform {} => platform
             .cloned()
             .ok_or_else(|| StepError::precondition(format!("{name} is not configured on infra"))),
-        CredentialSource::UserVault { user_id, key } => user_secret(infra, user_id, key).await,
+        CredentialSource::UserVault { user_id, key } => {
+            user_secret(infra, project_id, user_id, key).await
+        }
     }
 }
 
-/// A user's provider key from the vault, for one call; never stored or logged.
-// A read: retried like every call of an operation when the vault is down or restarting.
-async fn user_secret(infra: &Infra, user_id: &str, key: &str) -> Result<SecretString, StepError> {
+/// A user's provider key from the vault, for one call on the server of `project_id` (the
+/// vault serves it only while the user grants it to that project); never stored or logged.
+/// A read: retried like every call of an operation when the vault is down or restarting.
+async fn user_secret(
+    infra: &Infra,
+    project_id: &str,
+    user_id: &str,
+    key: &str,
+) -> Result<SecretString, StepError> {
     let secret = VaultServiceClient::new(infra.peers.vault.clone())
         .get_user_secret(vault::GetUserSecretRequest {
             user_id: user_id.to_owned(),
             key: key.to_owned(),
             version: 0,
+            project_id: project_id.to_owned(),
         })
         .await
         .map_err(StepError::peer("vault"))?

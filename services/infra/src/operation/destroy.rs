@@ -59,7 +59,7 @@ pub(super) async fn release(
             }
         }
         (Provider::Time4Vps, Some(id)) => Some(
-            credentials::time4vps(run.infra, server)
+            credentials::time4vps(run.infra, &server.project_id, &server.credentials)
                 .await?
                 .release(id, &spec)
                 .await?,

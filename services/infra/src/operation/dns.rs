@@ -7,12 +7,13 @@
 //! refusal leaves no trace), when the operation starts (before the deploy key or a server
 //! exists), and in the create itself (a record made meanwhile).
 
-use orchestrator_providers::{Claim, DnsRecord, NameState, ProviderError, owner_comment};
+use orchestrator_providers::{Claim, DnsRecord, NameState, owner_comment};
 use orchestrator_status::with_reason;
 use tonic::{Code, Status};
 
 use super::credentials;
 use super::failure::StepError;
+use super::precheck::{answer, step_answer};
 use super::steps::Run;
 use crate::db::Column;
 use crate::model::{NewServer, Server, Step, StepState};
@@ -32,24 +33,6 @@ fn taken(hostname: &str, record: &DnsRecord) -> Status {
     )
 }
 
-/// A provider failure as an answer to the caller (no operation exists yet to retry it).
-fn answer(e: ProviderError) -> Status {
-    let code = match e.reason() {
-        "PROVIDER_RATE_LIMITED" | "PROVIDER_UNAVAILABLE" => Code::Unavailable,
-        "PROVIDER_AUTH_FAILED" => Code::PermissionDenied,
-        "PROVIDER_BAD_ANSWER" => Code::Internal,
-        _ => Code::FailedPrecondition,
-    };
-    with_reason(code, e.reason(), e.to_string(), &[])
-}
-
-fn step_answer(e: StepError) -> Status {
-    match e {
-        StepError::Final(status) => status,
-        StepError::Transient(why) => Status::unavailable(why),
-    }
-}
-
 /// At acceptance: refuses a hostname with a record no orchestrator server made. (Records of
 /// our own servers are left to the one-live-server-per-hostname check and to the
 /// operation's exact check below.)
@@ -57,9 +40,10 @@ pub(crate) async fn refuse_foreign_records(
     infra: &Infra,
     server: &NewServer,
 ) -> Result<(), Status> {
-    let Some((cf, zone)) = credentials::cloudflare(infra, &server.dns_credentials)
-        .await
-        .map_err(step_answer)?
+    let Some((cf, zone)) =
+        credentials::cloudflare(infra, server.project_id.as_str(), &server.dns_credentials)
+            .await
+            .map_err(step_answer)?
     else {
         return Ok(());
     };
@@ -80,7 +64,8 @@ pub(super) async fn check_name(run: Run<'_>, server: &Server) -> Result<(), Step
     if server.dns_record_id.is_some() {
         return Ok(());
     }
-    let Some((cf, zone)) = credentials::cloudflare(run.infra, &server.dns_credentials).await?
+    let Some((cf, zone)) =
+        credentials::cloudflare(run.infra, &server.project_id, &server.dns_credentials).await?
     else {
         return Ok(());
     };
@@ -101,7 +86,8 @@ pub(super) async fn set_record(run: Run<'_>, server: &mut Server) -> Result<(), 
         return Ok(());
     }
     let ip = server.ipv4.clone().unwrap_or_default();
-    let Some((cf, zone)) = credentials::cloudflare(run.infra, &server.dns_credentials).await?
+    let Some((cf, zone)) =
+        credentials::cloudflare(run.infra, &server.project_id, &server.dns_credentials).await?
     else {
         run.mark(
             Step::DnsRecordSet,
@@ -145,7 +131,8 @@ pub(super) async fn set_record(run: Run<'_>, server: &mut Server) -> Result<(), 
 /// Removes this server's record, by its recorded id (or, when the id was never recorded, the
 /// record with this server's comment); never another record of the name.
 pub(super) async fn remove_record(run: Run<'_>, server: &Server) -> Result<(), StepError> {
-    let Some((cf, zone)) = credentials::cloudflare(run.infra, &server.dns_credentials).await?
+    let Some((cf, zone)) =
+        credentials::cloudflare(run.infra, &server.project_id, &server.dns_credentials).await?
     else {
         return Ok(run
             .mark(

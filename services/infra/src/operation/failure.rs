@@ -43,7 +43,7 @@ impl From<ProviderError> for StepError {
             "PROVIDER_AUTH_FAILED" => Code::PermissionDenied,
             "PROVIDER_QUOTA_EXCEEDED" => Code::ResourceExhausted,
             "PROVIDER_NOT_FOUND" => Code::NotFound,
-            "PROVIDER_BAD_ANSWER" => Code::Internal,
+            "PROVIDER_BAD_ANSWER" => Code::Unknown,
             _ => Code::FailedPrecondition,
         };
         StepError::Final(with_reason(code, e.reason(), e.to_string(), &[]))

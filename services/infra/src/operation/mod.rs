@@ -10,6 +10,8 @@ mod destroy;
 mod dns;
 mod failure;
 mod handover;
+mod lease;
+mod precheck;
 mod provision;
 mod rotate;
 mod runner;
@@ -17,5 +19,7 @@ mod ssh;
 mod steps;
 
 pub(crate) use dns::refuse_foreign_records;
+pub(crate) use lease::Leases;
+pub(crate) use precheck::refuse_unknown_time4vps_server;
 pub(crate) use runner::{resume_unfinished, start};
 pub(crate) use steps::{DESTROY, ROTATE, provision_steps};

@@ -34,7 +34,8 @@ pub(super) async fn provision(
             bring_up(run, &mut server, &provider).await?
         }
         Provider::Time4Vps => {
-            let provider = credentials::time4vps(run.infra, &server).await?;
+            let provider =
+                credentials::time4vps(run.infra, &server.project_id, &server.credentials).await?;
             bring_up(run, &mut server, &provider).await?
         }
     }

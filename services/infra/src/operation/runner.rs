@@ -11,25 +11,23 @@ use tonic::Status;
 use super::compensate::compensate;
 use super::destroy::destroy;
 use super::failure::StepError;
+use super::lease;
 use super::provision::provision;
 use super::rotate::rotate;
 use super::steps::Run;
-use crate::db;
 use crate::model::{OperationKind, ServerState, Step};
 use crate::state::Infra;
 
-/// Runs operation `id` in the background until it ends.
+/// Runs operation `id` in the background until it ends, if this replica gets its lease.
 pub(crate) fn start(infra: &Arc<Infra>, id: &str) {
     let (infra, id) = (infra.clone(), id.to_owned());
-    tokio::spawn(async move { run(&infra, &id).await });
+    tokio::spawn(async move { lease::run_leased(&infra, &id, run(&infra, &id)).await });
 }
 
-/// Resumes the operations an earlier process left unfinished.
+/// Resumes the operations an earlier process (or a replica that died) left unfinished, now and
+/// from then on.
 pub(crate) async fn resume_unfinished(infra: &Arc<Infra>) -> Result<(), StoreError> {
-    for id in db::unfinished_operations(&infra.db).await? {
-        start(infra, &id);
-    }
-    Ok(())
+    lease::take_over_abandoned(infra).await
 }
 
 /// Runs (or resumes) an operation until it ends. Transient failures are retried with backoff;

@@ -37,6 +37,7 @@ fn settings(zone: Option<&str>, platform_tokens: bool) -> Settings {
         operation_deadline: Duration::from_secs(60),
         git_url: String::new(),
         max_watches_per_caller: 32,
+        operation_lease: Duration::from_secs(30),
         github_api_url: String::new(),
     }
 }
@@ -251,6 +252,42 @@ fn what_infra_is_not_configured_for_is_refused_at_once() {
     own.dns_credentials = user_vault("u1", "cf-token");
     let refused = provision(own, &bare).unwrap_err();
     assert_eq!(reason(&refused), "DNS_NOT_CONFIGURED");
+}
+
+#[test]
+fn only_the_projects_owner_may_lend_a_vault_credential() {
+    let settings = settings(Some("example.test"), true);
+    let server = |provider: Option<&str>, dns: Option<&str>| {
+        let mut request = digitalocean("app.example.test");
+        request.provider_credentials = provider.and_then(|u| user_vault(u, "do"));
+        request.dns_credentials = dns.and_then(|u| user_vault(u, "cf"));
+        provision(request, &settings).unwrap().server
+    };
+    // The platform's credentials need no owner; the owner's own keys pass.
+    assert!(vault_users(&server(None, None)).is_empty());
+    credentials_owned_by(&server(None, None), "alice").unwrap();
+    credentials_owned_by(&server(Some("alice"), Some("alice")), "alice").unwrap();
+    assert_eq!(
+        vault_users(&server(Some("alice"), Some("bob"))),
+        [
+            ("provider_credentials", "alice"),
+            ("dns_credentials", "bob")
+        ]
+    );
+    // Anyone else's key, for the provider or for DNS, is refused, naming the field.
+    for (provider, dns, field) in [
+        (Some("bob"), None, "provider_credentials"),
+        (Some("alice"), Some("bob"), "dns_credentials"),
+        (None, Some("Alice"), "dns_credentials"),
+    ] {
+        let refused = credentials_owned_by(&server(provider, dns), "alice").unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        let info = refused.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.reason, "CREDENTIAL_NOT_OWNED");
+        assert_eq!(info.metadata["field"], field);
+        assert_eq!(info.metadata["project_id"], "prj-1");
+        assert!(refused.message().ends_with("[CREDENTIAL_NOT_OWNED]"));
+    }
 }
 
 #[test]

@@ -161,6 +161,20 @@ fn secrets_ref_targets_follow_githubs_rules_and_leave_deploy_names_alone() {
 }
 
 #[test]
+fn a_vault_entry_must_be_the_owners() {
+    let ok = request(&[("do_token", vault("u1", "do"))]);
+    create_project(ok, "acme").unwrap();
+    let req = request(&[("do_token", vault("u2", "do")), ("mine", vault("u1", "cf"))]);
+    let found = violations(&create_project(req, "acme").unwrap_err());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        found[0].0,
+        "secrets_ref.entries[do_token].vault_entry.user_id"
+    );
+    assert!(found[0].1.contains("owner"), "{found:?}");
+}
+
+#[test]
 fn a_github_secret_targeted_twice_in_any_case_is_refused() {
     let req = request(&[("one", github("TOKEN")), ("two", github("token"))]);
     let found = violations(&create_project(req, "acme").unwrap_err());

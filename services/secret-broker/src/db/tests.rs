@@ -382,6 +382,31 @@ async fn a_pacing_row_starts_at_zero_keeps_the_last_write_and_is_held_by_one_wri
     assert_eq!(lock_pacing(&mut tx, 8).await.unwrap(), 0);
 }
 
+#[tokio::test]
+async fn a_server_is_bound_to_the_first_project_it_hands_over_for() {
+    for (_t, db) in databases().await {
+        assert_eq!(server_project(db.pool(), "srv-a").await.unwrap(), None);
+        let bound = bind_server(&mut *conn(&db).await, "srv-a", &project("p1"), 10)
+            .await
+            .unwrap();
+        assert_eq!(bound, "p1");
+        // Never rebound: another project finds it taken.
+        let bound = bind_server(&mut *conn(&db).await, "srv-a", &project("p2"), 20)
+            .await
+            .unwrap();
+        assert_eq!(bound, "p1");
+        assert_eq!(
+            server_project(db.pool(), "srv-a").await.unwrap().as_deref(),
+            Some("p1")
+        );
+        // A project may have several servers.
+        let bound = bind_server(&mut *conn(&db).await, "srv-b", &project("p1"), 30)
+            .await
+            .unwrap();
+        assert_eq!(bound, "p1");
+    }
+}
+
 /// The settle pass's queries: only pending rows older than the cutoff are stale; a claim holds
 /// only while the row is pending; a lost row becomes failed with its message, a present one
 /// is never touched.

@@ -147,9 +147,10 @@ fn deploy_credentials_are_any_non_empty_subset_under_their_own_names() {
             ssh_private_key: key.to_vec(),
             ..Default::default()
         }),
-        ..Default::default()
+        server_id: "srv-1".into(),
     };
-    let req = set_deploy_credentials(creds("203.0.113.7", b"key")).unwrap();
+    let (req, server) = set_deploy_credentials(creds("203.0.113.7", b"key")).unwrap();
+    assert_eq!(server.as_str(), "srv-1");
     let names: Vec<_> = req.secrets.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["DEPLOY_HOST", "DEPLOY_SSH_KEY"]);
     assert_eq!(
@@ -162,8 +163,18 @@ fn deploy_credentials_are_any_non_empty_subset_under_their_own_names() {
     };
     assert_eq!(
         fields(&set_deploy_credentials(none).unwrap_err()),
-        ["request_id", "project_id", "credentials"]
+        ["request_id", "project_id", "server_id", "credentials"]
     );
+    // The server is required and well formed: credentials always say where they come from.
+    for bad in ["", "srv 1", "srv/1"] {
+        let mut req = creds("h", b"key");
+        req.server_id = bad.into();
+        assert_eq!(
+            fields(&set_deploy_credentials(req).unwrap_err()),
+            ["server_id"],
+            "{bad:?}"
+        );
+    }
     let too_big = vec![b'k'; MAX_VALUE + 1];
     assert_eq!(
         fields(&set_deploy_credentials(creds("h", &too_big)).unwrap_err()),

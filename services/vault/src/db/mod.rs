@@ -6,6 +6,7 @@
 //! change commits with its audit records; reads outside a write take the pool.
 
 mod data_keys;
+mod grants;
 mod rewrap;
 mod secrets;
 #[cfg(test)]
@@ -21,6 +22,7 @@ pub(crate) use data_keys::{
     demote_primary, insert_first_data_key, insert_primary_data_key, next_data_key_id,
     primary_data_key_id, retire_empty_keys, rewrap_data_key, stored_data_keys,
 };
+pub(crate) use grants::{GrantRow, grant, insert_grant, is_granted, revoke_grant};
 pub(crate) use rewrap::{StoredValue, attestations, claim_stale, store_rewrapped};
 pub(crate) use secrets::{
     KeyHead, NextVersion, SecretMeta, destroy_version, find_put_request, insert_put_request,

@@ -352,6 +352,39 @@ fn key_states_round_trip_and_unknown_ones_are_errors() {
     assert_eq!(err.to_string(), "unknown KeyState `paused`");
 }
 
+async fn grants_are_per_user_key_and_project_and_revocable(test_db: TestDatabase) {
+    let (db, _) = open(&test_db).await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    let conn = &mut *conn;
+    let live = |user, key, project| is_granted(db.pool(), user, key, project);
+    assert!(grant(conn, "u1", "do", "p1").await.unwrap().is_none());
+    assert!(!live("u1", "do", "p1").await.unwrap());
+    insert_grant(conn, "u1", "do", "p1", 10).await.unwrap();
+    // A live grant granted again keeps its time.
+    insert_grant(conn, "u1", "do", "p1", 20).await.unwrap();
+    let row = grant(conn, "u1", "do", "p1").await.unwrap().unwrap();
+    assert_eq!((row.created_us, row.revoked_us), (10, None));
+    assert!(live("u1", "do", "p1").await.unwrap());
+    // Only that user's key, for that project.
+    for (user, key, project) in [("u2", "do", "p1"), ("u1", "cf", "p1"), ("u1", "do", "p2")] {
+        assert!(
+            !live(user, key, project).await.unwrap(),
+            "{user} {key} {project}"
+        );
+    }
+    revoke_grant(conn, "u1", "do", "p1", 30).await.unwrap();
+    // Revoking again keeps the first revocation's time.
+    revoke_grant(conn, "u1", "do", "p1", 40).await.unwrap();
+    let row = grant(conn, "u1", "do", "p1").await.unwrap().unwrap();
+    assert_eq!((row.created_us, row.revoked_us), (10, Some(30)));
+    assert!(!row.is_live() && !live("u1", "do", "p1").await.unwrap());
+    // Granted anew, it is live again from then on.
+    insert_grant(conn, "u1", "do", "p1", 50).await.unwrap();
+    let row = grant(conn, "u1", "do", "p1").await.unwrap().unwrap();
+    assert_eq!((row.created_us, row.revoked_us), (50, None));
+    assert!(live("u1", "do", "p1").await.unwrap());
+}
+
 #[test]
 fn the_migrations_exist_for_both_dialects() {
     for dialect in [Dialect::Postgres, Dialect::Sqlite] {
@@ -367,4 +400,5 @@ orchestrator_store::on_both_dialects!(
     lists_page_by_key_with_each_keys_versions,
     reads_bring_the_newest_audit_record_of_their_row,
     data_keys_rotate_rewrap_and_retire,
+    grants_are_per_user_key_and_project_and_revocable,
 );
