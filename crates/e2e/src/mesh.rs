@@ -259,6 +259,15 @@ impl TestMesh {
         self.spawn(self.launch(service)).await;
     }
 
+    /// Kills `service` (SIGKILL, a crash) and, after `down`, starts it again on the same
+    /// address, as a supervisor would: its peers' channels reconnect to it.
+    pub async fn crash_and_restart(&mut self, service: Service, down: std::time::Duration) {
+        let addr = self.proc(service).grpc;
+        self.kill(service).await;
+        tokio::time::sleep(down).await;
+        self.spawn(self.launch(service).at(addr)).await;
+    }
+
     /// A channel to the mesh's `service` as `identity`.
     pub async fn channel(&self, service: Service, identity: &str) -> Channel {
         self.channel_to(self.proc(service), identity).await

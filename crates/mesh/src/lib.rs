@@ -13,6 +13,7 @@ pub mod identity;
 pub mod observe;
 pub mod peer;
 pub mod policy;
+pub mod retry;
 pub mod server;
 pub mod service;
 pub mod telemetry;

@@ -1,9 +1,13 @@
 //! `orchctl infra provision|destroy|get`: servers through the infra service, as `api`, with
 //! live progress from WatchOperation.
 
+use std::time::{Duration, Instant};
+
 use orchestrator_mesh::Service;
+use orchestrator_mesh::retry::{Backoff, Call, Outcome, classify};
 use orchestrator_proto::infra::v1 as pb;
 use orchestrator_proto::infra::v1::infra_service_client::InfraServiceClient;
+use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::conn::{MeshArgs, status_error};
@@ -165,27 +169,59 @@ async fn rotate(args: ServerArgs) -> anyhow::Result<()> {
     follow(&mut client, &operation.id, &args.server).await
 }
 
+/// How long `follow` keeps reconnecting to an infra that went away before it gives up.
+const RECONNECT_FOR: Duration = Duration::from_secs(600);
+
 /// Prints a progress bar and the current step for every change, until the operation ends.
+/// The operation runs in infra, not here: when infra restarts (the stream is cut, or infra is
+/// unavailable for a moment), the watch reconnects and goes on where the operation is.
 #[allow(clippy::print_stdout)]
 async fn follow(
     client: &mut InfraServiceClient<Channel>,
     operation: &str,
     server: &str,
 ) -> anyhow::Result<()> {
+    println!("operation {operation} for server {server}");
+    let mut last = None;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
+    let mut cut_since: Option<Instant> = None;
+    loop {
+        let before = last.clone();
+        let cut = match watch_once(client, operation, &mut last).await {
+            Ok(Some(ended)) => return ended,
+            // The stream ended without the operation's end: infra stopped; watch again.
+            Ok(None) => Status::unavailable("the watch ended before the operation"),
+            Err(status) if classify(&status, Call::Idempotent) == Outcome::Transient => status,
+            Err(status) => return Err(status_error("WatchOperation", &status)),
+        };
+        // Progress since the last cut: the give-up clock starts again.
+        if last != before {
+            cut_since = None;
+        }
+        let since = *cut_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > RECONNECT_FOR {
+            return Err(status_error("WatchOperation", &cut));
+        }
+        println!("(infra unreachable: {}; reconnecting)", cut.message());
+        tokio::time::sleep(backoff.next_wait()).await;
+    }
+}
+
+/// One watch: `Ok(Some(outcome))` once the operation ended, `Ok(None)` when the stream ended
+/// before, an error when it could not be opened or was cut.
+#[allow(clippy::print_stdout)]
+async fn watch_once(
+    client: &mut InfraServiceClient<Channel>,
+    operation: &str,
+    last: &mut Option<String>,
+) -> Result<Option<anyhow::Result<()>>, Status> {
     let mut stream = client
         .watch_operation(pb::WatchOperationRequest {
             operation_id: operation.to_owned(),
         })
-        .await
-        .map_err(|s| status_error("WatchOperation", &s))?
+        .await?
         .into_inner();
-    println!("operation {operation} for server {server}");
-    let mut last = None;
-    while let Some(item) = stream
-        .message()
-        .await
-        .map_err(|s| status_error("WatchOperation", &s))?
-    {
+    while let Some(item) = stream.message().await? {
         let Some(op) = item.operation else { continue };
         let total = op.steps.len().max(1);
         let done = op
@@ -207,24 +243,24 @@ async fn follow(
         let line = format!("[{bar}] {done}/{total} {}", op.status_message);
         if last.as_ref() != Some(&line) {
             println!("{line}");
-            last = Some(line);
+            *last = Some(line);
         }
         match pb::OperationState::try_from(op.state) {
             Ok(pb::OperationState::Succeeded) => {
                 println!("done");
-                return Ok(());
+                return Ok(Some(Ok(())));
             }
             Ok(pb::OperationState::Failed) => {
                 let why = op
                     .error
                     .map(|e| format!("{} ({})", e.message, e.reason))
                     .unwrap_or_default();
-                anyhow::bail!("the operation failed: {why}");
+                return Ok(Some(Err(anyhow::anyhow!("the operation failed: {why}"))));
             }
             _ => {}
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 #[allow(clippy::print_stdout)]

@@ -13,7 +13,9 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::audit::Action;
 use crate::db;
-use crate::model::{NewOperation, Operation, OperationKind, Server, ServerState, Steps};
+use crate::model::{
+    NewOperation, Operation, OperationKind, OperationState, Server, ServerState, Steps,
+};
 use crate::operation::{self, DESTROY, ROTATE, provision_steps};
 use crate::owner;
 use crate::state::Infra;
@@ -125,37 +127,38 @@ impl InfraService for Api {
     ) -> Result<Response<pb::DestroyServerResponse>, Status> {
         let caller = caller(&request)?.to_string();
         let server = self.0.server(&request.into_inner().server_id).await?;
-        // Idempotent: a destroy already running or done is returned as it is.
-        let operation =
-            match db::latest_operation(&self.0.db, &server.id, OperationKind::Destroy).await? {
-                Some(earlier) => earlier,
-                None => {
-                    let destroy = NewOperation {
-                        id: NewOperation::new_id(),
-                        request_id: None,
-                        kind: OperationKind::Destroy,
-                        server_id: server.id,
-                        project_id: server.project_id,
-                        steps: Steps::pending(&DESTROY),
-                    };
-                    let id = self
-                        .0
-                        .ledger
-                        .write(move |conn| {
-                            Box::pin(async move {
-                                let now = now_us();
-                                db::insert_operation(&mut *conn, &destroy, now).await?;
-                                db::mark_destroying(conn, &destroy.server_id, now).await?;
-                                let entry = Action::DestroyServer
-                                    .entry(&caller, format!("servers/{}", destroy.server_id))
-                                    .detail(format!("operation {}", destroy.id));
-                                Ok((destroy.id, vec![entry]))
-                            })
+        // Idempotent: a destroy already running or done is returned as it is; one that failed
+        // is tried again as a new operation (a server is never stuck half destroyed).
+        let earlier = db::latest_operation(&self.0.db, &server.id, OperationKind::Destroy).await?;
+        let operation = match earlier {
+            Some(earlier) if earlier.state != OperationState::Failed => earlier,
+            _ => {
+                let destroy = NewOperation {
+                    id: NewOperation::new_id(),
+                    request_id: None,
+                    kind: OperationKind::Destroy,
+                    server_id: server.id,
+                    project_id: server.project_id,
+                    steps: Steps::pending(&DESTROY),
+                };
+                let id = self
+                    .0
+                    .ledger
+                    .write(move |conn| {
+                        Box::pin(async move {
+                            let now = now_us();
+                            db::insert_operation(&mut *conn, &destroy, now).await?;
+                            db::mark_destroying(conn, &destroy.server_id, now).await?;
+                            let entry = Action::DestroyServer
+                                .entry(&caller, format!("servers/{}", destroy.server_id))
+                                .detail(format!("operation {}", destroy.id));
+                            Ok((destroy.id, vec![entry]))
                         })
-                        .await?;
-                    self.started(&id).await?
-                }
-            };
+                    })
+                    .await?;
+                self.started(&id).await?
+            }
+        };
         Ok(Response::new(pb::DestroyServerResponse {
             operation: Some(operation.to_pb()),
         }))

@@ -23,6 +23,10 @@ pub(crate) struct Settings {
     /// How long a new server may take to become ready: cloud-init, reinstall, takeover
     /// (`INFRA_READY_TIMEOUT_SECS`).
     pub ready_timeout: Duration,
+    /// How long an operation keeps retrying transient failures (a peer or a provider down)
+    /// from its start before it fails with OPERATION_DEADLINE_EXCEEDED
+    /// (`INFRA_OPERATION_DEADLINE_SECS`, default one hour).
+    pub operation_deadline: Duration,
     /// Where servers clone repositories from (`INFRA_GIT_URL`, no trailing slash).
     pub git_url: String,
     /// The most WatchOperation streams one caller holds open (`INFRA_MAX_WATCHES_PER_CALLER`).
@@ -137,6 +141,9 @@ impl Settings {
             },
             ssh_port: env.parse("INFRA_SSH_PORT", 22)?,
             ready_timeout: env.seconds("INFRA_READY_TIMEOUT_SECS", Duration::from_secs(900))?,
+            operation_deadline: Duration::from_secs(
+                env.positive("INFRA_OPERATION_DEADLINE_SECS", 3600_u64)?,
+            ),
             git_url: url("INFRA_GIT_URL", "https://github.com")
                 .trim_end_matches('/')
                 .to_owned(),

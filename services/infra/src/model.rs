@@ -259,6 +259,13 @@ impl Steps {
         }
     }
 
+    /// Whether `step` ever started (it is no longer pending).
+    pub(crate) fn started(&self, step: Step) -> bool {
+        self.0
+            .iter()
+            .any(|s| s.step == step && s.state != StepState::Pending)
+    }
+
     pub(crate) fn includes(&self, step: Step) -> bool {
         self.0.iter().any(|s| s.step == step)
     }

@@ -8,10 +8,11 @@
 
 use orchestrator_fields::ProjectId;
 use orchestrator_github::{GitHubError, RepoRef};
+use orchestrator_mesh::retry::from_peer;
 use orchestrator_proto::common::v1 as common;
 use orchestrator_proto::secretbroker::v1 as broker;
 use orchestrator_proto::vault::v1 as vault;
-use orchestrator_status::{from_peer, with_reason};
+use orchestrator_status::with_reason;
 use orchestrator_store::{StoreError, now_us};
 use secrecy::SecretString;
 use tonic::{Code, Status};

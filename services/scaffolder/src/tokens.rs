@@ -8,8 +8,8 @@
 //!   repository only.
 
 use orchestrator_fields::ProjectId;
+use orchestrator_mesh::retry::from_peer;
 use orchestrator_proto::secretbroker::v1 as broker;
-use orchestrator_status::from_peer;
 use secrecy::SecretString;
 use tonic::Status;
 

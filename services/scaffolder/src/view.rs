@@ -2,10 +2,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use orchestrator_mesh::retry::from_peer;
 use orchestrator_proto::common::v1 as common;
 use orchestrator_proto::scaffolder::v1 as pb;
 use orchestrator_proto::secretbroker::v1 as broker;
-use orchestrator_status::from_peer;
 use tonic::Status;
 
 use crate::project::{Project, Step};

@@ -22,6 +22,11 @@ pub(crate) struct Settings {
     pub retry: RetryPolicy,
     /// `BROKER_MIN_WRITE_INTERVAL` (1s): the spacing of writes to one installation.
     pub min_write_interval: Duration,
+    /// `BROKER_SETTLE_PENDING_AFTER` (60s): how old a `pending` reference is before the
+    /// background pass settles it as a crash's leftover; `BROKER_SETTLE_EVERY` (30s): how often
+    /// the pass runs.
+    pub settle_pending_after: Duration,
+    pub settle_every: Duration,
 }
 
 impl Settings {
@@ -50,6 +55,9 @@ impl Settings {
             retry,
             min_write_interval: env
                 .duration("BROKER_MIN_WRITE_INTERVAL", Duration::from_secs(1))?,
+            settle_pending_after: env
+                .positive_duration("BROKER_SETTLE_PENDING_AFTER", Duration::from_secs(60))?,
+            settle_every: env.positive_duration("BROKER_SETTLE_EVERY", Duration::from_secs(30))?,
         })
     }
 }

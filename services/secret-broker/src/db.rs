@@ -6,7 +6,7 @@
 
 use orchestrator_fields::{ProjectId, RequestId};
 use orchestrator_github::{PutOutcome, RepoRef, SecretName};
-use orchestrator_store::StoreError;
+use orchestrator_store::{Dialect, StoreError};
 use sqlx::{AnyConnection, AnyPool};
 
 #[cfg(test)]
@@ -342,6 +342,69 @@ pub(crate) async fn all_secret_refs(
     .bind(project_id.as_str())
     .fetch_all(pool)
     .await?)
+}
+
+/// `pending` references recorded before `cutoff_us` (a crash left them): (project, name).
+pub(crate) async fn stale_pending(
+    pool: &AnyPool,
+    cutoff_us: i64,
+) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT project_id, name FROM secret_refs WHERE state = $1 AND recorded_us < $2 \
+         ORDER BY recorded_us LIMIT 500",
+    )
+    .bind(SecretState::Pending.as_str())
+    .bind(cutoff_us)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Claims a still `pending` reference for the transaction that settles it: on PostgreSQL its
+/// row stays locked until then, and a row another replica holds is skipped. False when there
+/// is nothing (left) to settle.
+pub(crate) async fn claim_pending(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    project_id: &ProjectId,
+    name: &str,
+) -> Result<bool, StoreError> {
+    const CLAIM: &str =
+        "SELECT name FROM secret_refs WHERE project_id = $1 AND name = $2 AND state = $3";
+    let sql = match dialect {
+        Dialect::Postgres => concat!(
+            "SELECT name FROM secret_refs WHERE project_id = $1 AND name = $2 AND state = $3",
+            " FOR UPDATE SKIP LOCKED"
+        ),
+        Dialect::Sqlite => CLAIM,
+    };
+    let row: Option<(String,)> = sqlx::query_as(sql)
+        .bind(project_id.as_str())
+        .bind(name)
+        .bind(SecretState::Pending.as_str())
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Settles a `pending` reference GitHub never got as `failed` with `message`.
+pub(crate) async fn lose_pending(
+    conn: &mut AnyConnection,
+    project_id: &ProjectId,
+    name: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE secret_refs SET state = $3, last_error = $4 \
+         WHERE project_id = $1 AND name = $2 AND state = $5",
+    )
+    .bind(project_id.as_str())
+    .bind(name)
+    .bind(SecretState::Failed.as_str())
+    .bind(message)
+    .bind(SecretState::Pending.as_str())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 // ---- recorded writes ----

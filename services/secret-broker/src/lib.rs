@@ -6,6 +6,7 @@
 //! - `api`: the gRPC handlers (validate, call the module that does the work, answer);
 //! - `validate`: requests into typed values, every violation at once, before any GitHub call;
 //! - `registry`, `push`, `delete`, `reconcile`, `tokens`: the work of each RPC family;
+//! - `settle`: the background pass that settles `pending` references a crash left;
 //! - `messages`: the broker's records as its gRPC messages;
 //! - `state` (the shared `Broker`), `audit` (its actions and targets), `pacing` (writes per
 //!   installation), `db` (every query), `config` (every setting).
@@ -32,6 +33,7 @@ mod pacing;
 mod push;
 mod reconcile;
 mod registry;
+mod settle;
 mod state;
 mod tokens;
 mod validate;
@@ -61,6 +63,19 @@ pub async fn routes(startup: Startup) -> anyhow::Result<Routes> {
         pacer,
         org: settings.github_org,
     };
+    // Pending references a crash left are settled in the background (see `settle`).
+    let settler = state::Broker {
+        db: broker.db.clone(),
+        ledger: broker.ledger.clone(),
+        github: broker.github.clone(),
+        pacer: broker.pacer.clone(),
+        org: broker.org.clone(),
+    };
+    tokio::spawn(settle::run(
+        settler,
+        settings.settle_every,
+        settings.settle_pending_after,
+    ));
     Ok(Routes::new(
         SecretBrokerServiceServer::new(broker).max_decoding_message_size(MAX_REQUEST_BYTES),
     ))

@@ -76,7 +76,9 @@ pub(crate) fn secret_reference(r: SecretRef) -> pb::ProjectSecretReference {
         key_id: r.key_id.unwrap_or_default(),
         record_time: Some(timestamp(r.recorded_us)),
         written_by: r.written_by,
+        // The reason a recorded message ends with (`... [LOST_IN_CRASH]`), as the failure's.
         last_error: r.last_error.map(|message| common::Failure {
+            reason: reason_in(&message).unwrap_or_default().to_owned(),
             message,
             ..Default::default()
         }),
@@ -120,5 +122,36 @@ pub(crate) fn minted(
                 id: 0,
             })
             .collect(),
+    }
+}
+
+/// The `[REASON]` a recorded message ends with (as `with_reason` writes it), if any.
+fn reason_in(message: &str) -> Option<&str> {
+    let inner = message.strip_suffix(']')?;
+    let reason = &inner[inner.rfind('[')? + 1..];
+    (!reason.is_empty()
+        && reason
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+    .then_some(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_message_gives_the_reason_it_ends_with() {
+        assert_eq!(
+            reason_in(crate::settle::LOST_IN_CRASH),
+            Some("LOST_IN_CRASH")
+        );
+        assert_eq!(
+            reason_in("GitHub refused it [SECRET_TOO_LARGE]"),
+            Some("SECRET_TOO_LARGE")
+        );
+        assert_eq!(reason_in("no reason here"), None);
+        assert_eq!(reason_in("odd [not a reason]"), None);
+        assert_eq!(reason_in("empty []"), None);
     }
 }

@@ -29,7 +29,8 @@ pub(super) async fn check_out(run: Run<'_>, server: &Server) -> Result<(), StepE
             project_id: server.project_id.clone(),
             from_template: false,
         })
-        .await?
+        .await
+        .map_err(StepError::peer("secret broker"))?
         .into_inner();
     let token = SecretString::from(minted.token);
     let cloned = clone_on_server(run, server, &token, minted.repositories.first()).await;

@@ -5,7 +5,6 @@ use orchestrator_proto::vault::v1 as vault;
 use orchestrator_proto::vault::v1::vault_service_client::VaultServiceClient;
 use orchestrator_providers::{Cloudflare, DigitalOcean, Retry, Time4Vps};
 use secrecy::{ExposeSecret as _, SecretString};
-use tonic::Status;
 
 use super::failure::StepError;
 use crate::model::{CredentialSource, Server};
@@ -97,19 +96,20 @@ async fn token(
             .cloned()
             .ok_or_else(|| StepError::precondition(format!("{name} is not configured on infra"))),
         CredentialSource::UserVault { user_id, key } => {
-            Ok(user_secret(infra, project_id, user_id, key).await?)
+            user_secret(infra, project_id, user_id, key).await
         }
     }
 }
 
 /// A user's provider key from the vault, for one call on the server of `project_id` (the
 /// vault serves it only while the user grants it to that project); never stored or logged.
+/// A read: retried like every call of an operation when the vault is down or restarting.
 async fn user_secret(
     infra: &Infra,
     project_id: &str,
     user_id: &str,
     key: &str,
-) -> Result<SecretString, Status> {
+) -> Result<SecretString, StepError> {
     let secret = VaultServiceClient::new(infra.peers.vault.clone())
         .get_user_secret(vault::GetUserSecretRequest {
             user_id: user_id.to_owned(),
@@ -117,12 +117,13 @@ async fn user_secret(
             version: 0,
             project_id: project_id.to_owned(),
         })
-        .await?
+        .await
+        .map_err(StepError::peer("vault"))?
         .into_inner()
         .secret
-        .ok_or_else(|| Status::internal("the vault answered without a secret"))?;
+        .ok_or_else(|| StepError::internal("the vault answered without a secret"))?;
     let value = zeroize::Zeroizing::new(secret.value);
     let text = std::str::from_utf8(&value)
-        .map_err(|_| Status::failed_precondition("the user's provider key is not text"))?;
+        .map_err(|_| StepError::precondition("the user's provider key is not text"))?;
     Ok(SecretString::from(text.trim().to_owned()))
 }

@@ -28,16 +28,31 @@ pub(super) async fn destroy(run: Run<'_>, server: Server) -> Result<(), StepErro
         ));
     }
     let provision_id = provision.map(|p| p.id).unwrap_or_default();
-    let spec = server_spec(&run.infra.settings, &provision_id, &server);
+    let (state, detail) = release(run, &server, &provision_id).await?;
+    run.mark(Step::ServerDeleted, state, detail).await?;
+    dns::remove_record(run, &server).await?;
+    run.finish(&server.id, None, ServerState::Destroyed).await?;
+    Ok(())
+}
+
+/// Releases the server `provision_id` made (a droplet is deleted, found by its recorded id or
+/// by the provision's tag; a Time4VPS server is wiped by a reinstall and stays bought): the
+/// step's state and detail.
+pub(super) async fn release(
+    run: Run<'_>,
+    server: &Server,
+    provision_id: &str,
+) -> Result<(StepState, &'static str), StepError> {
+    let spec = server_spec(&run.infra.settings, provision_id, server);
     let released = match (server.provider, server.provider_server_id.as_deref()) {
         (Provider::DigitalOcean, Some(id)) => Some(
-            credentials::digitalocean(run.infra, &server)
+            credentials::digitalocean(run.infra, server)
                 .await?
                 .release(id, &spec)
                 .await?,
         ),
         (Provider::DigitalOcean, None) => {
-            let digitalocean = credentials::digitalocean(run.infra, &server).await?;
+            let digitalocean = credentials::digitalocean(run.infra, server).await?;
             match digitalocean.find(&spec).await? {
                 Some(made) => Some(digitalocean.release(&made.id, &spec).await?),
                 None => None,
@@ -51,7 +66,7 @@ pub(super) async fn destroy(run: Run<'_>, server: Server) -> Result<(), StepErro
         ),
         (Provider::Time4Vps, None) => None,
     };
-    let (state, detail) = match (released, server.provider) {
+    Ok(match (released, server.provider) {
         (None, _) => (StepState::Skipped, "no server was created"),
         (Some(false), _) => (StepState::Done, "already gone"),
         (Some(true), Provider::DigitalOcean) => (StepState::Done, "deleted"),
@@ -59,9 +74,5 @@ pub(super) async fn destroy(run: Run<'_>, server: Server) -> Result<(), StepErro
         (Some(true), Provider::Time4Vps) => {
             (StepState::Done, "wiped by a reinstall; it stays bought")
         }
-    };
-    run.mark(Step::ServerDeleted, state, detail).await?;
-    dns::remove_record(run, &server).await?;
-    run.finish(&server.id, None, ServerState::Destroyed).await?;
-    Ok(())
+    })
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use orchestrator_mesh::retry::{self, Call, Outcome};
 use orchestrator_providers::ProviderError;
 use orchestrator_ssh::SshError;
 use orchestrator_status::with_reason;
@@ -49,14 +50,26 @@ impl From<ProviderError> for StepError {
     }
 }
 
-/// A peer's or the database's answer: unavailable, exhausted or aborted is retried.
+/// A peer's or the database's answer, classified once for the whole mesh
+/// ([`orchestrator_mesh::retry`]): the peer down or restarting, the call cut in flight, a lost
+/// race or (every call of an operation is idempotent: it carries a request id or only reads) a
+/// deadline is retried; anything else is final.
 impl From<Status> for StepError {
     fn from(s: Status) -> Self {
-        match s.code() {
-            Code::Unavailable | Code::ResourceExhausted | Code::Aborted => {
-                StepError::Transient(s.message().to_owned())
-            }
-            _ => StepError::Final(s),
+        match retry::classify(&s, Call::Idempotent) {
+            Outcome::Transient => StepError::Transient(s.message().to_owned()),
+            Outcome::Permanent => StepError::Final(s),
+        }
+    }
+}
+
+impl StepError {
+    /// A failed call to `peer`: retried when transient; final with a reason naming the peer
+    /// (`<PEER>_FAILED`) where its answer has none.
+    pub(super) fn peer(peer: &'static str) -> impl Fn(Status) -> StepError {
+        move |s| match StepError::from(s) {
+            StepError::Final(s) => StepError::Final(retry::recorded(s, peer)),
+            transient => transient,
         }
     }
 }

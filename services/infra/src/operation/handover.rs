@@ -29,7 +29,8 @@ pub(super) async fn send_private_key(
             }),
             server_id: server.id.clone(),
         })
-        .await?;
+        .await
+        .map_err(StepError::peer("secret broker"))?;
     Ok(())
 }
 
@@ -67,7 +68,8 @@ pub(super) async fn hand_over_host(run: Run<'_>, server: &Server) -> Result<(), 
             }),
             server_id: server.id.clone(),
         })
-        .await?;
+        .await
+        .map_err(StepError::peer("secret broker"))?;
     run.mark(
         Step::DeployCredentialsHandedOver,
         StepState::Done,

@@ -4,6 +4,7 @@
 //! the handlers.
 
 mod checkout;
+mod compensate;
 mod credentials;
 mod destroy;
 mod dns;

@@ -3,11 +3,12 @@
 //! the operation with its reason.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use orchestrator_mesh::retry::Backoff;
 use orchestrator_store::StoreError;
 use tonic::Status;
 
+use super::compensate::compensate;
 use super::destroy::destroy;
 use super::failure::StepError;
 use super::lease;
@@ -33,14 +34,17 @@ pub(crate) async fn resume_unfinished(infra: &Arc<Infra>) -> Result<(), StoreErr
 /// a final one fails the operation with its reason.
 async fn run(infra: &Infra, id: &str) {
     let run = Run { infra, id };
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::default();
     loop {
         match run_once(run).await {
             Ok(()) => return,
             Err(StepError::Transient(why)) => {
+                if let Some(late) = run.past_deadline(&why).await {
+                    fail(run, &late).await;
+                    return;
+                }
                 tracing::warn!(operation = %id, error = %why, "operation step will be retried");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                tokio::time::sleep(backoff.next_wait()).await;
             }
             Err(StepError::Final(status)) => {
                 tracing::warn!(operation = %id, error = %status.message(), "operation failed");
@@ -81,5 +85,10 @@ async fn fail(run: Run<'_>, status: &Status) {
         OperationKind::Rotate => server.state,
         OperationKind::Provision | OperationKind::Destroy => ServerState::Failed,
     };
-    let _ = run.finish(&server.id, Some(status), state).await;
+    // A failed provision releases what it made before it ends (a crash meanwhile resumes it).
+    let status = match operation.kind {
+        OperationKind::Provision => compensate(run, &operation, &server, status).await,
+        OperationKind::Rotate | OperationKind::Destroy => status.clone(),
+    };
+    let _ = run.finish(&server.id, Some(&status), state).await;
 }

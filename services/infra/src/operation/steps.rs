@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use orchestrator_mesh::retry::recorded;
 use orchestrator_status::with_reason;
 use orchestrator_store::{StoreError, now_us};
 use sqlx::AnyConnection;
@@ -82,8 +83,9 @@ impl Run<'_> {
         error: Option<&Status>,
         server_state: ServerState,
     ) -> Result<(), Status> {
-        // The reason (and its facts) from the status's ErrorInfo, where it has one.
-        let error = error.map(Failure::of);
+        // The reason (and its facts) from the status's ErrorInfo; one without a reason is
+        // recorded as infra's own (INFRA_FAILED), never UNKNOWN without a reason.
+        let error = error.map(|s| Failure::of(&recorded(s.clone(), "infra")));
         let state = match error {
             Some(_) => OperationState::Failed,
             None => OperationState::Succeeded,
@@ -136,6 +138,23 @@ impl Run<'_> {
             )));
         }
         Ok(())
+    }
+
+    /// The final failure of an operation whose transient failures (`why`, the last) went on
+    /// past its deadline, counted from its start; `None` while it may still retry.
+    pub(super) async fn past_deadline(&self, why: &str) -> Option<Status> {
+        let operation = self.infra.operation(self.id).await.ok()?;
+        let deadline = self.infra.settings.operation_deadline;
+        let age = now_us().saturating_sub(operation.created_us);
+        if u128::try_from(age).unwrap_or(0) <= deadline.as_micros() {
+            return None;
+        }
+        Some(with_reason(
+            Code::DeadlineExceeded,
+            "OPERATION_DEADLINE_EXCEEDED",
+            format!("still failing after {deadline:?}: {why}"),
+            &[],
+        ))
     }
 
     /// Runs `write` in the ledger's transaction with its one `infra/operation` record.

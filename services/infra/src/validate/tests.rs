@@ -34,6 +34,7 @@ fn settings(zone: Option<&str>, platform_tokens: bool) -> Settings {
         },
         ssh_port: 22,
         ready_timeout: Duration::from_secs(1),
+        operation_deadline: Duration::from_secs(60),
         git_url: String::new(),
         max_watches_per_caller: 32,
         operation_lease: Duration::from_secs(30),

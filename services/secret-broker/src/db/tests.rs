@@ -406,3 +406,35 @@ async fn a_server_is_bound_to_the_first_project_it_hands_over_for() {
         assert_eq!(bound, "p1");
     }
 }
+
+/// The settle pass's queries: only pending rows older than the cutoff are stale; a claim holds
+/// only while the row is pending; a lost row becomes failed with its message, a present one
+/// is never touched.
+#[tokio::test]
+async fn stale_pending_rows_are_claimed_once_and_settled_only_while_pending() {
+    for (_t, db) in databases().await {
+        register(&db, "p1", "app1").await;
+        let p1 = project("p1");
+        for (secret, at) in [("OLD", 1_000), ("NEW", 9_000)] {
+            record_pending(&mut *conn(&db).await, &p1, &name(secret), "api", false, at)
+                .await
+                .unwrap();
+        }
+        let stale = stale_pending(db.pool(), 5_000).await.unwrap();
+        assert_eq!(stale, vec![("p1".to_owned(), "OLD".to_owned())]);
+        let dialect = db.dialect();
+        let mut tx = conn(&db).await;
+        assert!(claim_pending(&mut tx, dialect, &p1, "OLD").await.unwrap());
+        lose_pending(&mut tx, &p1, "OLD", "lost [LOST_IN_CRASH]")
+            .await
+            .unwrap();
+        assert!(!claim_pending(&mut tx, dialect, &p1, "OLD").await.unwrap());
+        drop(tx);
+        assert_eq!(
+            state_of(&db, "p1", "OLD").await,
+            (SecretState::Failed, Some("lost [LOST_IN_CRASH]".to_owned()))
+        );
+        assert!(stale_pending(db.pool(), 5_000).await.unwrap().is_empty());
+        assert_eq!(state_of(&db, "p1", "NEW").await.0, SecretState::Pending);
+    }
+}
