@@ -237,7 +237,10 @@ impl ServiceEnv {
             .set("TIME4VPS_API_URL", &providers.time4vps_url)
             .set("TIME4VPS_USER", &providers.time4vps_user)
             .set("TIME4VPS_PASSWORD_FILE", file(Secret::Time4VpsPassword)?)
-            .set("INFRA_SSH_PORT", providers.ssh_port.to_string()))
+            .set("INFRA_SSH_PORT", providers.ssh_port.to_string())
+            // One local replica, restarted often: a short lease lets the new process resume
+            // the operations the old one held within seconds, not after 30.
+            .set("INFRA_OPERATION_LEASE", "3s"))
     }
 
     /// Where `peer` listens (`host:port`), if this service calls it; nothing otherwise.
