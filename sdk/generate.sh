@@ -35,6 +35,9 @@ buf="$ts/node_modules/.bin/buf"
 [ -x "$buf" ] || buf="$(command -v buf)" || { echo "error: buf not found" >&2; exit 1; }
 echo "buf generate ($("$buf" --version), $buf)"
 (cd "$root" && "$buf" generate)
+# PEP 561 for a namespace package: a py.typed marker in every folder of the generated tree, so
+# mypy uses the .pyi stubs of an installed wheel (sdk/python/pyproject.toml force-includes gen/).
+find "$root/sdk/python/gen/orchestrator" -type d -exec touch {}/py.typed \;
 
 # (d) Cheap checks: every generated Python module imports; the TypeScript output type-checks.
 "$py" - "$root/sdk/python/gen" <<'PY'
