@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 mod audit;
 mod conn;
@@ -64,6 +64,13 @@ enum Command {
         #[command(subcommand)]
         command: vault::VaultCommand,
     },
+    /// Print a shell completion script: `source <(orchctl completions bash)`, or save it where
+    /// your shell loads completions (zsh: a file `_orchctl` on $fpath; fish:
+    /// ~/.config/fish/completions/orchctl.fish).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +114,7 @@ fn main() -> ExitCode {
         Command::Secrets { command } => secrets::run(command),
         Command::Project { command } => project::run(command),
         Command::Infra { command } => infra::run(command),
+        Command::Completions { shell } => completions(shell),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -144,4 +152,15 @@ fn pki_init(
         println!("kept    {}/{name}.crt", dir.display());
     }
     Ok(())
+}
+
+/// The completion script, written whole (a closed pipe, as with `| head`, is not an error).
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "orchctl", &mut script);
+    match std::io::stdout().lock().write_all(&script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
