@@ -167,7 +167,7 @@ async fn rotate(args: ServerArgs) -> anyhow::Result<()> {
 
 /// Prints a progress bar and the current step for every change, until the operation ends.
 #[allow(clippy::print_stdout)]
-async fn follow(
+pub(crate) async fn follow(
     client: &mut InfraServiceClient<Channel>,
     operation: &str,
     server: &str,

@@ -7,6 +7,7 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 
 mod audit;
 mod conn;
+mod demo;
 mod health;
 mod infra;
 mod project;
@@ -64,6 +65,9 @@ enum Command {
         #[command(subcommand)]
         command: vault::VaultCommand,
     },
+    /// The seed's four flows narrated against the mesh `orchctl up` runs: a project, a bot token,
+    /// a server with its progress, and what each service holds and does not. Under a minute.
+    Demo(demo::DemoArgs),
     /// Print a shell completion script: `source <(orchctl completions bash)`, or save it where
     /// your shell loads completions (zsh: a file `_orchctl` on $fpath; fish:
     /// ~/.config/fish/completions/orchctl.fish).
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
         Command::Secrets { command } => secrets::run(command),
         Command::Project { command } => project::run(command),
         Command::Infra { command } => infra::run(command),
+        Command::Demo(args) => demo::run(args),
         Command::Completions { shell } => completions(shell),
     };
     match result {
