@@ -1,5 +1,6 @@
 //! `orchctl demo` narrates the seed's four flows against a mesh `orchctl up --port 0` runs, in
-//! well under a minute, and shows the vault refusing `api` a plaintext.
+//! well under a minute, and shows the vault refusing `api` a plaintext; then the read commands
+//! give what the demo made as JSON with `--output json`.
 
 #![allow(clippy::unwrap_used)] // Test helpers: a failed step is a failed test.
 
@@ -73,6 +74,91 @@ async fn demo_runs_the_four_flows_against_orchctl_up() {
         !text.contains("bot-token-") && !text.contains("dop_v1_demo"),
         "{text}"
     );
+
+    // --output json on the read commands, about what the demo made.
+    let look = text.lines().find(|l| l.starts_with("Done in")).unwrap();
+    let words: Vec<&str> = look.split_whitespace().collect();
+    let project = words
+        .iter()
+        .find(|w| w.starts_with("prj-"))
+        .unwrap()
+        .to_string();
+    let server = words
+        .iter()
+        .find(|w| w.starts_with("srv-"))
+        .unwrap()
+        .to_string();
+    let target = |service: &str| {
+        let file = state.path().join(format!("run/{service}.json"));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        v["grpc"].as_str().unwrap().to_owned()
+    };
+    let pki = state.path().join("pki");
+    let json = |args: Vec<String>| {
+        let pki = pki.clone();
+        async move {
+            let out = Command::new(bin("orchctl"))
+                .args(&args)
+                .arg("--pki")
+                .arg(&pki)
+                .args(["--output", "json"])
+                .output()
+                .await
+                .unwrap();
+            assert!(out.status.success(), "{args:?}: {}", printed(&out));
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", printed(&out)))
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    let scaffolder = target("scaffolder");
+    let got = json(s(&["project", "get", &project, "--target", &scaffolder])).await;
+    assert_eq!(got["id"], project.as_str());
+    assert_eq!(got["state"], "ready");
+    assert_eq!(got["secret_presence"]["bot_token"], "present", "{got}");
+    let listed = json(s(&[
+        "project",
+        "list",
+        "--user",
+        "u-demo",
+        "--target",
+        &scaffolder,
+    ]))
+    .await;
+    assert!(
+        listed["projects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == project.as_str())
+    );
+    let broker = target("secret-broker");
+    let secrets = json(s(&["secrets", "list", &project, "--target", &broker])).await;
+    let bot = secrets["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "BOT_TOKEN")
+        .unwrap()
+        .clone();
+    assert_eq!(bot["presence"], "present");
+    assert!(
+        bot["github_update_time"].as_str().unwrap().ends_with('Z'),
+        "{bot}"
+    );
+    let infra = target("infra");
+    let got = json(s(&["infra", "get", &server, "--target", &infra])).await;
+    assert_eq!(got["project_id"], project.as_str());
+    assert_eq!(got["state"], "ready", "{got}");
+    let vault = target("vault");
+    let keys = json(s(&[
+        "vault", "list", "--user", "u-demo", "--target", &vault,
+    ]))
+    .await;
+    assert_eq!(keys["secrets"][0]["key"], "digitalocean/token", "{keys}");
+    assert!(!keys.to_string().contains("dop_v1_demo"));
+
     let _ = Command::new("kill")
         .args(["-TERM", &up.id().unwrap().to_string()])
         .status()

@@ -248,7 +248,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "Done in {:.0?}. Look around: orchctl project get {} / orchctl secrets list --project {} / orchctl infra get {}",
+        "Done in {:.0?}. Look around: orchctl project get {} / orchctl secrets list {} / orchctl infra get {}",
         started.elapsed(),
         project.id,
         project.id,

@@ -10,6 +10,7 @@ mod conn;
 mod demo;
 mod health;
 mod infra;
+mod output;
 mod project;
 mod secrets;
 mod up;
