@@ -34,7 +34,10 @@ fi
 buf="$ts/node_modules/.bin/buf"
 [ -x "$buf" ] || buf="$(command -v buf)" || { echo "error: buf not found" >&2; exit 1; }
 echo "buf generate ($("$buf" --version), $buf)"
-(cd "$root" && "$buf" generate)
+(cd "$root" && "$buf" generate && "$buf" generate --template sdk/typescript/buf.gen.rpc.yaml)
+# PEP 561 for a namespace package: a py.typed marker in every folder of the generated tree, so
+# mypy uses the .pyi stubs of an installed wheel (sdk/python/pyproject.toml force-includes gen/).
+find "$root/sdk/python/gen/orchestrator" -type d -exec touch {}/py.typed \;
 
 # (d) Cheap checks: every generated Python module imports; the TypeScript output type-checks.
 "$py" - "$root/sdk/python/gen" <<'PY'
@@ -47,7 +50,7 @@ for m in mods:
 print(f"python: {len(mods)} generated modules import fine")
 PY
 (cd "$ts" && ./node_modules/.bin/tsc --noEmit -p .)
-echo "typescript: gen/ type-checks (tsc $("$ts/node_modules/.bin/tsc" --version | awk '{print $2}'))"
+echo "typescript: gen/ and src/ type-check (tsc $("$ts/node_modules/.bin/tsc" --version | awk '{print $2}'))"
 
 cat <<MSG
 outputs:

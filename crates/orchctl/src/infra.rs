@@ -22,7 +22,7 @@ pub(crate) enum InfraCommand {
     /// Replace a server's deploy key (new key authorized, handed to GitHub, old one revoked).
     RotateDeployKey(ServerArgs),
     /// A server's state, address and key fingerprints.
-    Get(ServerArgs),
+    Get(GetArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,6 +67,14 @@ pub(crate) struct ProvisionArgs {
     /// Idempotency key: the same id returns the same operation.
     #[arg(long, value_name = "ID")]
     request_id: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct GetArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    out: crate::output::OutputArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -176,7 +184,7 @@ const RECONNECT_FOR: Duration = Duration::from_secs(600);
 /// The operation runs in infra, not here: when infra restarts (the stream is cut, or infra is
 /// unavailable for a moment), the watch reconnects and goes on where the operation is.
 #[allow(clippy::print_stdout)]
-async fn follow(
+pub(crate) async fn follow(
     client: &mut InfraServiceClient<Channel>,
     operation: &str,
     server: &str,
@@ -264,7 +272,7 @@ async fn watch_once(
 }
 
 #[allow(clippy::print_stdout)]
-async fn get(args: ServerArgs) -> anyhow::Result<()> {
+async fn get(GetArgs { server: args, out }: GetArgs) -> anyhow::Result<()> {
     let mut client = args.conn.client().await?;
     let server = client
         .get_server(pb::GetServerRequest {
@@ -275,6 +283,27 @@ async fn get(args: ServerArgs) -> anyhow::Result<()> {
         .into_inner()
         .server
         .ok_or_else(|| anyhow::anyhow!("no server in the answer"))?;
+    if out.json() {
+        use crate::output::{name, time};
+        return crate::output::print_json(&serde_json::json!({
+            "id": server.id,
+            "project_id": server.project_id,
+            "provider": name(pb::Provider::try_from(server.provider)),
+            "provider_server_id": server.provider_server_id,
+            "state": name(pb::ServerState::try_from(server.state)),
+            "hostname": server.hostname,
+            "ipv4_address": server.ipv4_address,
+            "ipv6_address": server.ipv6_address,
+            "region": server.region,
+            "size": server.size,
+            "image": server.image,
+            "deploy_user": server.deploy_user,
+            "deploy_key_fingerprint": server.deploy_key_fingerprint,
+            "host_key_fingerprint": server.host_key_fingerprint,
+            "operation_id": server.operation_id,
+            "create_time": time(server.create_time),
+        }));
+    }
     let state = pb::ServerState::try_from(server.state)
         .map_or("?".to_owned(), |s| format!("{s:?}").to_lowercase());
     let provider = match pb::Provider::try_from(server.provider) {

@@ -3,13 +3,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 mod audit;
 mod conn;
+mod demo;
 mod deploy;
 mod health;
 mod infra;
+mod output;
 mod project;
 mod secrets;
 mod up;
@@ -70,6 +72,16 @@ enum Command {
         #[command(subcommand)]
         command: vault::VaultCommand,
     },
+    /// The seed's four flows narrated against the mesh `orchctl up` runs: a project, a bot token,
+    /// a server with its progress, and what each service holds and does not. Under a minute.
+    Demo(demo::DemoArgs),
+    /// Print a shell completion script: `source <(orchctl completions bash)`, or save it where
+    /// your shell loads completions (zsh: a file `_orchctl` on $fpath; fish:
+    /// ~/.config/fish/completions/orchctl.fish).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +126,8 @@ fn main() -> ExitCode {
         Command::Project { command } => project::run(command),
         Command::Infra { command } => infra::run(command),
         Command::Deploy { command } => deploy::run(command),
+        Command::Demo(args) => demo::run(args),
+        Command::Completions { shell } => completions(shell),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -151,4 +165,15 @@ fn pki_init(
         println!("kept    {}/{name}.crt", dir.display());
     }
     Ok(())
+}
+
+/// The completion script, written whole (a closed pipe, as with `| head`, is not an error).
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "orchctl", &mut script);
+    match std::io::stdout().lock().write_all(&script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }

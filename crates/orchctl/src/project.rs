@@ -67,6 +67,8 @@ pub(crate) struct CreateArgs {
 pub(crate) struct GetArgs {
     #[command(flatten)]
     conn: ScaffolderConn,
+    #[command(flatten)]
+    out: crate::output::OutputArgs,
     /// The project id.
     project: String,
 }
@@ -75,6 +77,8 @@ pub(crate) struct GetArgs {
 pub(crate) struct ListArgs {
     #[command(flatten)]
     conn: ScaffolderConn,
+    #[command(flatten)]
+    out: crate::output::OutputArgs,
     /// Only this user's projects.
     #[arg(long)]
     user: Option<String>,
@@ -210,6 +214,29 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A project as JSON: its state, repository and each secret's presence (never a value).
+fn project_json(p: &pb::Project) -> serde_json::Value {
+    use crate::output::{name, time};
+    let presence: serde_json::Map<String, serde_json::Value> = p
+        .secret_presence
+        .iter()
+        .map(|(k, v)| (k.clone(), name(common::SecretPresence::try_from(*v))))
+        .collect();
+    serde_json::json!({
+        "id": p.id,
+        "name": p.name,
+        "user_id": p.user_id,
+        "state": name(pb::ProjectState::try_from(p.state)),
+        "creation_step": name(pb::ProjectCreationStep::try_from(p.creation_step)),
+        "repository": p.repository.as_ref().map(|r| format!("{}/{}", r.owner, r.name)),
+        "secret_presence": presence,
+        "failure": p.failure.as_ref().map(|f| serde_json::json!({"reason": f.reason, "message": f.message})),
+        "create_time": time(p.create_time),
+        "update_time": time(p.update_time),
+        "ready_time": time(p.ready_time),
+    })
+}
+
 #[allow(clippy::print_stdout)]
 fn print_project(p: &pb::Project) {
     let state = pb::ProjectState::try_from(p.state)
@@ -245,6 +272,9 @@ async fn get(args: GetArgs) -> anyhow::Result<()> {
         .into_inner()
         .project
         .context("no project in the answer")?;
+    if args.out.json() {
+        return crate::output::print_json(&project_json(&project));
+    }
     print_project(&project);
     Ok(())
 }
@@ -252,6 +282,7 @@ async fn get(args: GetArgs) -> anyhow::Result<()> {
 async fn list(args: ListArgs) -> anyhow::Result<()> {
     let mut client = args.conn.client().await?;
     let mut token = String::new();
+    let mut all = Vec::new();
     loop {
         let page = client
             .list_projects(pb::ListProjectsRequest {
@@ -264,9 +295,16 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
             .map_err(|s| status_error("ListProjects", &s))?
             .into_inner();
         for p in &page.projects {
-            print_project(p);
+            if args.out.json() {
+                all.push(project_json(p));
+            } else {
+                print_project(p);
+            }
         }
         if page.next_page_token.is_empty() {
+            if args.out.json() {
+                crate::output::print_json(&serde_json::json!({ "projects": all }))?;
+            }
             return Ok(());
         }
         token = page.next_page_token;

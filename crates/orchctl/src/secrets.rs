@@ -23,7 +23,7 @@ pub(crate) enum SecretsCommand {
     /// in double or single quotes are supported.
     Set(SetArgs),
     /// The project's secret references: names and presence, never values.
-    List(ProjectArgs),
+    List(ListArgs),
     /// Compare the references with the repository's secrets at GitHub and repair interrupted writes.
     Reconcile(ReconcileArgs),
 }
@@ -57,6 +57,14 @@ pub(crate) struct ProjectArgs {
     conn: BrokerConn,
     /// The project id.
     project: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    project: ProjectArgs,
+    #[command(flatten)]
+    out: crate::output::OutputArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -186,13 +194,16 @@ async fn set(args: SetArgs) -> anyhow::Result<()> {
 }
 
 #[allow(clippy::print_stdout)]
-async fn list(args: ProjectArgs) -> anyhow::Result<()> {
+async fn list(ListArgs { project: args, out }: ListArgs) -> anyhow::Result<()> {
     let mut client = args.conn.client().await?;
     let mut token = String::new();
-    println!(
-        "{:<32} {:<9} {:<22} WRITTEN BY",
-        "NAME", "PRESENCE", "GITHUB UPDATED"
-    );
+    let mut all = Vec::new();
+    if !out.json() {
+        println!(
+            "{:<32} {:<9} {:<22} WRITTEN BY",
+            "NAME", "PRESENCE", "GITHUB UPDATED"
+        );
+    }
     loop {
         let page = client
             .list_project_secrets(pb::ListProjectSecretsRequest {
@@ -203,7 +214,20 @@ async fn list(args: ProjectArgs) -> anyhow::Result<()> {
             .await
             .map_err(|s| status_error("ListProjectSecrets", &s))?
             .into_inner();
-        for s in &page.secrets {
+        if out.json() {
+            use crate::output::{name, time};
+            all.extend(page.secrets.iter().map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "presence": name(common::SecretPresence::try_from(s.presence)),
+                    "github_update_time": time(s.github_update_time),
+                    "record_time": time(s.record_time),
+                    "written_by": s.written_by,
+                    "deploy_credential": s.deploy_credential,
+                })
+            }));
+        }
+        for s in page.secrets.iter().filter(|_| !out.json()) {
             let presence = common::SecretPresence::try_from(s.presence)
                 .map_or("?".to_owned(), |p| format!("{p:?}").to_lowercase());
             let updated = when(s.github_update_time);
@@ -213,6 +237,11 @@ async fn list(args: ProjectArgs) -> anyhow::Result<()> {
             );
         }
         if page.next_page_token.is_empty() {
+            if out.json() {
+                crate::output::print_json(
+                    &serde_json::json!({ "project_id": args.project, "secrets": all }),
+                )?;
+            }
             return Ok(());
         }
         token = page.next_page_token;

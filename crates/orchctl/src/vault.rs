@@ -71,6 +71,8 @@ pub(crate) struct PutArgs {
 pub(crate) struct ListArgs {
     #[command(flatten)]
     conn: VaultConn,
+    #[command(flatten)]
+    out: crate::output::OutputArgs,
     /// The owning user.
     #[arg(long)]
     user: String,
@@ -196,6 +198,12 @@ async fn list(args: &ListArgs) -> anyhow::Result<()> {
         );
         page_token = response.next_page_token;
     }
+    if args.out.json() {
+        return crate::output::print_json(&serde_json::json!({
+            "user_id": args.user,
+            "secrets": secrets.iter().map(json_row).collect::<Vec<_>>(),
+        }));
+    }
     if secrets.is_empty() {
         println!("no vault secrets for user {}", args.user);
         return Ok(());
@@ -226,6 +234,23 @@ async fn list(args: &ListArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// One secret's names, versions and times as JSON. No value exists here.
+fn json_row(secret: &pb::UserSecretMetadata) -> serde_json::Value {
+    use crate::output::time;
+    serde_json::json!({
+        "key": secret.key,
+        "current_version": secret.current_version,
+        "versions": secret.versions.iter().map(|v| serde_json::json!({
+            "version": v.version,
+            "create_time": time(v.create_time),
+            "delete_time": time(v.delete_time),
+            "destroyed": v.destroyed,
+        })).collect::<Vec<_>>(),
+        "create_time": time(secret.create_time),
+        "update_time": time(secret.update_time),
+    })
 }
 
 /// One table row: key, current version, version counts, update time. No value exists here.
