@@ -31,11 +31,13 @@ macro_rules! attested_columns {
 mod chain;
 mod checkpoint;
 mod ledger;
+mod retry;
 mod verify;
 
 pub use chain::{AuditKey, AuditKeyError, Entry, Record};
 pub use checkpoint::{Checkpoint, CheckpointError, check as check_checkpoint};
-pub use ledger::{AuditError, Ledger, Retryable, WRITE_ATTEMPTS, Work};
+pub use ledger::{AuditError, Ledger, Work};
+pub use retry::{Retryable, WRITE_ATTEMPTS};
 pub use verify::{Broken, VerifyReport, verify};
 
 use orchestrator_store::Dialect;

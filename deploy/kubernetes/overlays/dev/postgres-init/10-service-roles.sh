@@ -3,14 +3,16 @@
 # runs it once, when the data volume is empty, as the postgres OS user against a server that
 # listens on its Unix socket only).
 #
-# One database ($POSTGRES_DB, "orchestrator") with, per service, one LOGIN role and one schema
-# owned by that role:
+# One database ($POSTGRES_DB, "orchestrator") with, per service, one schema and two LOGIN
+# roles: the schema's owner (`<role>_owner`, DATABASE_MIGRATION_URL), which runs the migrations
+# at start, and the runtime role (`<role>`, DATABASE_URL), which owns nothing: the service grants
+# it row access after migrating, so it cannot drop the audit log's triggers or alter a table.
 #
-#   service        role / schema    password taken from
-#   scaffolder     scaffolder       /run/secrets/scaffolder_database_url
-#   secret-broker  secret_broker    /run/secrets/secret_broker_database_url
-#   vault          vault            /run/secrets/vault_database_url
-#   infra          infra            /run/secrets/infra_database_url
+#   service        runtime role / schema   owner role            passwords taken from
+#   scaffolder     scaffolder              scaffolder_owner      /run/secrets/scaffolder{,_owner}_database_url
+#   secret-broker  secret_broker           secret_broker_owner   /run/secrets/secret_broker{,_owner}_database_url
+#   vault          vault                   vault_owner           /run/secrets/vault{,_owner}_database_url
+#   infra          infra                   infra_owner           /run/secrets/infra{,_owner}_database_url
 #
 # Each role's search_path is its own schema, it may connect to this database only, and it has no
 # privilege on the other schemas (they belong to other roles and nothing is granted), so one
@@ -78,6 +80,10 @@ orch_pw_scaffolder=$(orch_role_password scaffolder) || exit 1
 orch_pw_secret_broker=$(orch_role_password secret_broker) || exit 1
 orch_pw_vault=$(orch_role_password vault) || exit 1
 orch_pw_infra=$(orch_role_password infra) || exit 1
+orch_pw_scaffolder_owner=$(orch_role_password scaffolder_owner) || exit 1
+orch_pw_secret_broker_owner=$(orch_role_password secret_broker_owner) || exit 1
+orch_pw_vault_owner=$(orch_role_password vault_owner) || exit 1
+orch_pw_infra_owner=$(orch_role_password infra_owner) || exit 1
 
 # The SQL goes through stdin (a here-document), never through argv. The passwords were checked
 # above to hold no quote, so they are safe inside '...'.
@@ -89,33 +95,47 @@ REVOKE ALL ON DATABASE "$orch_db" FROM PUBLIC;
 REVOKE ALL ON DATABASE postgres FROM PUBLIC;
 REVOKE ALL ON SCHEMA public FROM PUBLIC;
 
+CREATE ROLE scaffolder_owner LOGIN PASSWORD '$orch_pw_scaffolder_owner'
+    NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT;
 CREATE ROLE scaffolder LOGIN PASSWORD '$orch_pw_scaffolder'
     NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT;
-GRANT CONNECT ON DATABASE "$orch_db" TO scaffolder;
-CREATE SCHEMA scaffolder AUTHORIZATION scaffolder;
+GRANT CONNECT ON DATABASE "$orch_db" TO scaffolder_owner, scaffolder;
+CREATE SCHEMA scaffolder AUTHORIZATION scaffolder_owner;
+ALTER ROLE scaffolder_owner IN DATABASE "$orch_db" SET search_path = scaffolder;
 ALTER ROLE scaffolder IN DATABASE "$orch_db" SET search_path = scaffolder;
 
+CREATE ROLE secret_broker_owner LOGIN PASSWORD '$orch_pw_secret_broker_owner'
+    NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT;
 CREATE ROLE secret_broker LOGIN PASSWORD '$orch_pw_secret_broker'
     NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT;
-GRANT CONNECT ON DATABASE "$orch_db" TO secret_broker;
-CREATE SCHEMA secret_broker AUTHORIZATION secret_broker;
+GRANT CONNECT ON DATABASE "$orch_db" TO secret_broker_owner, secret_broker;
+CREATE SCHEMA secret_broker AUTHORIZATION secret_broker_owner;
+ALTER ROLE secret_broker_owner IN DATABASE "$orch_db" SET search_path = secret_broker;
 ALTER ROLE secret_broker IN DATABASE "$orch_db" SET search_path = secret_broker;
 
+CREATE ROLE vault_owner LOGIN PASSWORD '$orch_pw_vault_owner'
+    NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT;
 CREATE ROLE vault LOGIN PASSWORD '$orch_pw_vault'
     NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT;
-GRANT CONNECT ON DATABASE "$orch_db" TO vault;
-CREATE SCHEMA vault AUTHORIZATION vault;
+GRANT CONNECT ON DATABASE "$orch_db" TO vault_owner, vault;
+CREATE SCHEMA vault AUTHORIZATION vault_owner;
+ALTER ROLE vault_owner IN DATABASE "$orch_db" SET search_path = vault;
 ALTER ROLE vault IN DATABASE "$orch_db" SET search_path = vault;
 
+CREATE ROLE infra_owner LOGIN PASSWORD '$orch_pw_infra_owner'
+    NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT;
 CREATE ROLE infra LOGIN PASSWORD '$orch_pw_infra'
     NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT;
-GRANT CONNECT ON DATABASE "$orch_db" TO infra;
-CREATE SCHEMA infra AUTHORIZATION infra;
+GRANT CONNECT ON DATABASE "$orch_db" TO infra_owner, infra;
+CREATE SCHEMA infra AUTHORIZATION infra_owner;
+ALTER ROLE infra_owner IN DATABASE "$orch_db" SET search_path = infra;
 ALTER ROLE infra IN DATABASE "$orch_db" SET search_path = infra;
 
 COMMIT;
 SQL
 
-unset orch_pw_scaffolder orch_pw_secret_broker orch_pw_vault orch_pw_infra orch_pass orch_url \
+unset orch_pw_scaffolder orch_pw_secret_broker orch_pw_vault orch_pw_infra \
+    orch_pw_scaffolder_owner orch_pw_secret_broker_owner orch_pw_vault_owner orch_pw_infra_owner \
+    orch_pass orch_url \
     orch_userinfo orch_rest
-echo "postgres-init: roles and schemas scaffolder, secret_broker, vault, infra created in $orch_db"
+echo "postgres-init: schemas scaffolder, secret_broker, vault, infra with their owner and runtime roles created in $orch_db"
