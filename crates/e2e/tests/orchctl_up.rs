@@ -66,6 +66,27 @@ async fn up_starts_the_four_services_and_stops_them() {
         );
     }
     assert!(output.contains("buf curl --protocol grpc"), "{output}");
+    // `orchctl health` finds the services where `up` put them (free ports here), as JSON.
+    let health = Command::new(bin("orchctl"))
+        .args(["health", "--output", "json", "--state-dir"])
+        .arg(state.path())
+        .arg("--pki")
+        .arg(state.path().join("pki"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&health.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    for row in rows {
+        assert_eq!(row["status"], "Serving", "{row}");
+        assert!(row["error"].is_null(), "{row}");
+    }
     // Four distinct processes, none of them orchctl itself.
     pids.sort_unstable();
     pids.dedup();

@@ -280,7 +280,7 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Where a client connects for a listener bound to `addr` (a wildcard means loopback).
-fn connect_target(addr: SocketAddr) -> String {
+pub(crate) fn connect_target(addr: SocketAddr) -> String {
     match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => format!("127.0.0.1:{}", addr.port()),
         IpAddr::V6(ip) if ip.is_unspecified() => format!("[::1]:{}", addr.port()),
