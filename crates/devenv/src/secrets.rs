@@ -68,9 +68,12 @@ impl Secret {
                 .private_openssh
                 .expose_secret()
                 .to_owned(),
-            Secret::DigitalOceanToken | Secret::CloudflareToken | Secret::Time4VpsPassword => {
+            Secret::DigitalOceanToken | Secret::Time4VpsPassword => {
                 format!("dev-{}", random_key())
             }
+            // Shaped as Cloudflare's are (40 of [A-Za-z0-9_-]): its API, and the emulator,
+            // refuse another shape as a malformed header (6003).
+            Secret::CloudflareToken => cloudflare_token(),
             Secret::GitHubAppKey => {
                 anyhow::bail!("the GitHub App key is made with its public half: put it first")
             }
@@ -105,7 +108,7 @@ impl DevSecrets {
     pub fn ensure(&self, secret: Secret) -> anyhow::Result<PathBuf> {
         self.create_folder(secret)?;
         let path = self.path(secret);
-        if path.exists() {
+        if path.exists() && !stale(secret, &path) {
             return Ok(path);
         }
         self.put(secret, &secret.generate()?)
@@ -154,6 +157,29 @@ pub fn random_key() -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// A value an earlier version made in a shape the emulators now refuse (a dev Cloudflare token
+/// with `+`, `/` or `=`): made again.
+fn stale(secret: Secret, path: &std::path::Path) -> bool {
+    secret == Secret::CloudflareToken
+        && std::fs::read_to_string(path).is_ok_and(|token| {
+            !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// A random token of Cloudflare's shape: 40 characters of `[A-Za-z0-9_-]`.
+fn cloudflare_token() -> String {
+    use base64::Engine as _;
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 30];
+    #[allow(clippy::expect_used)] // As in random_key.
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system RNG");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -183,5 +209,16 @@ mod tests {
             assert_eq!(mode(&path), 0o600);
             assert_eq!(mode(secrets.root()), 0o700);
         }
+    }
+
+    #[test]
+    fn a_dev_cloudflare_token_has_cloudflares_shape() {
+        let token = super::cloudflare_token();
+        assert_eq!(token.len(), 40);
+        assert!(
+            token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
     }
 }
