@@ -70,6 +70,10 @@ pub struct Config {
     /// Status of a primary-limit rejection: 403 or 429 (GitHub sends either, with
     /// `x-ratelimit-remaining: 0` and no `retry-after`).
     pub primary_status: u16,
+    /// How long after `POST /repos/{template_owner}/{template_repo}/generate` answered the
+    /// template's files land in the new repository (GitHub copies them asynchronously; until
+    /// then the repository is empty).
+    pub template_copy_delay: Duration,
 }
 
 impl Default for Config {
@@ -82,6 +86,7 @@ impl Default for Config {
             min_write_interval: Duration::ZERO,
             secondary_status: 403,
             primary_status: 403,
+            template_copy_delay: Duration::from_millis(500),
         }
     }
 }
@@ -292,6 +297,7 @@ impl Emulator {
             .repo_mut(owner, repo)
             .unwrap_or_else(|| panic!("no repository {owner}/{repo}"));
         repo.files.insert(path.to_owned(), content.to_vec());
+        repo.commit(&format!("Update {path}"));
     }
 
     /// The decrypted value of an Actions secret (names are case-insensitive).
