@@ -276,6 +276,14 @@ async fn create_repository(
         }
     };
     let message = match created {
+        // GitHub answers with the name it gave (it normalizes some): validation took only
+        // names it keeps, so another one means the project would not find its repository.
+        Ok(repo) if !repo.name.eq_ignore_ascii_case(&project.spec.name) => {
+            return Err(Status::internal(format!(
+                "GitHub created {org}/{} when asked for {org}/{}",
+                repo.name, project.spec.name
+            )));
+        }
         Ok(repo) => return Ok(repo.id),
         Err(GitHubError::Status {
             status: 422,
