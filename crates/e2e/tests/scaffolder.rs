@@ -341,6 +341,14 @@ async fn projects_are_generated_from_a_template_repository_when_one_is_configure
         .create_template_repository(ORG, "service-template");
     mesh.github()
         .put_file_directly(ORG, "service-template", "Dockerfile", b"FROM scratch\n");
+    // The template carries a workflow of its own: ours must replace it, with its `sha`.
+    let template_workflow = b"# the template's placeholder workflow\n";
+    mesh.github().put_file_directly(
+        ORG,
+        "service-template",
+        ".github/workflows/deploy.yml",
+        template_workflow,
+    );
     let launch = mesh.launch(SCAFFOLDER).env(
         "SCAFFOLDER_TEMPLATE_REPOSITORY",
         format!("{ORG}/service-template"),
@@ -349,16 +357,34 @@ async fn projects_are_generated_from_a_template_repository_when_one_is_configure
     let mut api = mesh.scaffolder_as("api").await;
     let project = created(&mut api, create("req-gen", "from-template", &[])).await;
     assert_eq!(project.state, pb::ProjectState::Ready as i32);
+    // Whatever the scaffolder did, the template's copy (500 ms after the generate call) has
+    // landed by now: what the repository holds is final.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     assert_eq!(
         mesh.github()
             .file(ORG, "from-template", "Dockerfile")
             .unwrap(),
         b"FROM scratch\n"
     );
+    // GitHub copies the template after answering (the emulator 500 ms later): the scaffolder
+    // waited for the copy's commit, then updated the template's workflow. Written before the
+    // copy landed, ours would have been replaced by the template's.
+    let workflow = mesh
+        .github()
+        .file(ORG, "from-template", ".github/workflows/deploy.yml")
+        .expect("a workflow is committed");
+    assert_ne!(
+        workflow, template_workflow,
+        "the template's workflow is left"
+    );
+    let workflow = String::from_utf8(workflow).unwrap();
+    assert!(workflow.contains("# Deploys from-template"), "{workflow}");
     assert!(
         mesh.github()
-            .file(ORG, "from-template", ".github/workflows/deploy.yml")
-            .is_some()
+            .stats()
+            .requests
+            .contains_key("GET /repos/{owner}/{repo}/commits"),
+        "waits for the generated repository's first commit"
     );
     assert_eq!(
         mesh.github().stats().requests.get(CREATE_REPO),

@@ -1,18 +1,42 @@
 //! A local stand-in for GitHub's REST API, faithful where the broker and the scaffolder depend on
 //! GitHub's behaviour, so their tests exercise the real rules instead of a mock's guesses.
 //!
+//! What it models, each after the GitHub REST API docs (<https://docs.github.com/en/rest>) page
+//! named:
 //! - **App auth as GitHub does it.** App endpoints take an RS256 JWT checked against the App's
-//!   public key and GitHub's `iss`/`iat`/`exp` rules; installation tokens are random, expire
-//!   after an hour, can only narrow the installation's repositories (all of the account's, or
-//!   the ones an installation on selected repositories was given) and permissions, and every
-//!   call is checked against them ("Resource not accessible by integration"). A token revokes
-//!   itself with `DELETE /installation/token` (204); a revoked or expired token is 401 "Bad
-//!   credentials". Tokens are long (`ghs_`, the App id and 240 more characters), as GitHub's
-//!   are becoming. (GitHub docs: "Create an installation access token for an app", "Revoke an
+//!   public key and GitHub's `iss`/`iat`/`exp` rules ("Generating a JSON Web Token (JWT) for a
+//!   GitHub App"); installations are found per repository or organization ("Get a repository
+//!   installation for the authenticated app", "Get an organization installation for the
+//!   authenticated app"); installation tokens are random, expire after an hour, can only
+//!   narrow the installation's repositories (all of the account's, or the ones an installation
+//!   on selected repositories was given: another is refused with 422) and permissions, and
+//!   every call is checked against them ("Resource not accessible by integration"). A token
+//!   revokes itself with `DELETE /installation/token` (204); a revoked or expired token is 401
+//!   "Bad credentials". Tokens are long (`ghs_`, the App id and 240 more characters), as
+//!   GitHub's are becoming. ("Create an installation access token for an app", "Revoke an
 //!   installation access token".)
-//! - **Sealed secrets are really decrypted.** Each repository holds a real X25519 key pair; a
-//!   `PUT` of an Actions secret is unsealed with it, so a test proves GitHub could read the value.
-//!   Plaintexts live only in this process's memory, in zeroizing buffers, for assertions.
+//! - **Repositories.** "Create an organization repository" (`administration: write`, from a
+//!   token not narrowed to selected repositories) and "Get a repository". A requested name is
+//!   normalized as GitHub does: a character other than ASCII letters, digits, `.`, `-`, `_`
+//!   becomes `-` and a `.git` suffix is dropped; the answer carries the name it got.
+//! - **Generation from a template is asynchronous** ("Create a repository using a template"):
+//!   the call answers 201 with the new, still empty repository, and the template's files land
+//!   `Config::template_copy_delay` later (500 ms by default) as the branch's first commit,
+//!   replacing whatever was written meanwhile; until then "List commits" answers 409 "Git
+//!   Repository is empty." and contents are 404. A repository that is not a template, or an
+//!   empty template, is refused with 422.
+//! - **Contents on the default branch** (`main`; "Get repository content", "Create or update
+//!   file contents"): an update must name the file's current blob `sha` (422 without one, 409
+//!   with another), and writing under `.github/workflows/` needs `workflows: write` ("Permissions
+//!   required for GitHub Apps"). "List commits" lists the branch's commits, newest first.
+//! - **Sealed secrets are really decrypted** ("Get a repository public key", "Create or update
+//!   a repository secret", "List repository secrets", "Get a repository secret", "Delete a
+//!   repository secret"). Each repository holds a real X25519 key pair; a `PUT` of an Actions
+//!   secret is unsealed with it, so a test proves GitHub could read the value. Names follow
+//!   GitHub's rules; a repository holds at most 100 secrets; a value is at most 48 KB ("Secrets
+//!   reference", "Limits for secrets"), measured on the decrypted value (49,152 bytes): GitHub
+//!   does not say which size it measures, see `routes::secrets`. Plaintexts live only in this
+//!   process's memory, in zeroizing buffers, for assertions.
 //! - **Limits and faults.** Every response carries GitHub's rate-limit headers; primary and
 //!   secondary limits (concurrency, minimum spacing of writes) are enforced per installation,
 //!   and faults (5xx, 429, secondary 403, dropped connections, latency) are injected with a
@@ -20,10 +44,15 @@
 //!   limits for the REST API", "Best practices for using the REST API"): the primary limit is
 //!   403 or 429 (`Config::primary_status`) with `x-ratelimit-remaining: 0` and the reset time
 //!   and no `retry-after`; a secondary limit is 403 or 429 with `retry-after`, or without it
-//!   (`Faults::retry_after_secs = 0`), when a client must wait at least a minute. Not modelled:
-//!   the search and GraphQL limits, points per request, and the abuse-detection bans.
+//!   (`Faults::retry_after_secs = 0`), when a client must wait at least a minute.
 //! - **No values in logs.** One `tracing` line per request: method, route, path, status; never a
 //!   header, a token or a body.
+//!
+//! What it does not model: branches other than `main` and the Git data API (refs, trees,
+//! blobs, commit contents), user-owned repositories (every account is an organization),
+//! organization and environment secrets, webhooks, pull requests, the search and GraphQL
+//! limits, points per request, the abuse-detection bans, and GitHub's exact wording of some
+//! refusals (the empty-template 422's message is ours).
 //!
 //! Architecture: an axum router behind one middleware (`limits::gate`) that authenticates,
 //! counts, limits and injects faults; handlers take the identity it resolved. The accept loop
@@ -70,6 +99,10 @@ pub struct Config {
     /// Status of a primary-limit rejection: 403 or 429 (GitHub sends either, with
     /// `x-ratelimit-remaining: 0` and no `retry-after`).
     pub primary_status: u16,
+    /// How long after `POST /repos/{template_owner}/{template_repo}/generate` answered the
+    /// template's files land in the new repository (GitHub copies them asynchronously; until
+    /// then the repository is empty).
+    pub template_copy_delay: Duration,
 }
 
 impl Default for Config {
@@ -82,6 +115,7 @@ impl Default for Config {
             min_write_interval: Duration::ZERO,
             secondary_status: 403,
             primary_status: 403,
+            template_copy_delay: Duration::from_millis(500),
         }
     }
 }
@@ -292,6 +326,7 @@ impl Emulator {
             .repo_mut(owner, repo)
             .unwrap_or_else(|| panic!("no repository {owner}/{repo}"));
         repo.files.insert(path.to_owned(), content.to_vec());
+        repo.commit(&format!("Update {path}"));
     }
 
     /// The decrypted value of an Actions secret (names are case-insensitive).

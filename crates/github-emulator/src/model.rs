@@ -174,6 +174,9 @@ pub(crate) struct Repo {
     pub(crate) created_at: OffsetDateTime,
     /// Files on the default branch (`main`), by path.
     pub(crate) files: BTreeMap<String, Vec<u8>>,
+    /// Commits on the default branch, oldest first: (sha, message). Empty = an empty
+    /// repository (no branch yet), as a generated one is until its template copy lands.
+    pub(crate) commits: Vec<(String, String)>,
     /// Actions secrets by upper-cased name.
     pub(crate) secrets: BTreeMap<String, Secret>,
     pub(crate) key: RepoKey,
@@ -182,6 +185,13 @@ pub(crate) struct Repo {
 impl Repo {
     pub(crate) fn full_name(&self) -> String {
         format!("{}/{}", self.owner, self.name)
+    }
+
+    /// Records a commit on the default branch; returns its sha.
+    pub(crate) fn commit(&mut self, message: &str) -> String {
+        let sha = orchestrator_emulator_kit::hex(&random_bytes::<20>());
+        self.commits.push((sha.clone(), message.to_owned()));
+        sha
     }
 
     /// Creates or updates a secret; `updated_at` moves forward on every write even within one
@@ -323,6 +333,7 @@ impl World {
                 template: None,
                 created_at: now_s(),
                 files: BTreeMap::new(),
+                commits: Vec::new(),
                 secrets: BTreeMap::new(),
                 key: RepoKey::generate(),
             },

@@ -6,7 +6,10 @@ mod common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use std::time::Duration;
+
 use common::{Gh, ORG, message};
+use orchestrator_github_emulator::Config;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -95,8 +98,12 @@ async fn create_and_get_repositories() {
 }
 
 #[tokio::test]
-async fn generate_from_template_copies_files() {
-    let gh = Gh::start().await;
+async fn generate_from_template_copies_files_after_answering() {
+    let gh = Gh::with(Config {
+        template_copy_delay: Duration::from_millis(300),
+        ..common::config()
+    })
+    .await;
     let inst = gh.emu.install(ORG);
     gh.emu.create_template_repository(ORG, "template");
     gh.emu
@@ -123,6 +130,27 @@ async fn generate_from_template_copies_files() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["full_name"], "acme/bot");
     assert_eq!(v["template_repository"]["full_name"], "acme/template");
+    // GitHub copies the files after answering: until then the repository is empty.
+    assert_eq!(gh.emu.file(ORG, "bot", "README.md"), None);
+    let commits = "/repos/acme/bot/commits?per_page=1";
+    let resp = gh.tok(Method::GET, commits, &token, None).await;
+    assert_eq!(resp.status(), 409);
+    assert_eq!(message(resp).await, "Git Repository is empty.");
+    let resp = gh
+        .tok(
+            Method::GET,
+            "/repos/acme/bot/contents/README.md",
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), 404);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resp = gh.tok(Method::GET, commits, &token, None).await;
+    assert_eq!(resp.status(), 200);
+    let list: Value = resp.json().await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["sha"].as_str().unwrap().len(), 40);
     assert_eq!(
         gh.emu.file(ORG, "bot", "README.md").unwrap(),
         b"# template\n"
@@ -161,6 +189,93 @@ async fn generate_from_template_copies_files() {
         )
         .await;
     assert_eq!(resp.status(), 404);
+
+    // An empty template is refused: there is nothing to generate from.
+    gh.emu.create_template_repository(ORG, "empty-template");
+    let resp = gh
+        .tok(
+            Method::POST,
+            "/repos/acme/empty-template/generate",
+            &token,
+            Some(json!({"owner": "acme", "name": "b3"})),
+        )
+        .await;
+    assert_eq!(resp.status(), 422);
+    assert!(message(resp).await.contains("empty"));
+}
+
+/// The template's copy is the branch's first commit and replaces what was written before it
+/// landed: a client that writes into a generated repository at once loses its files.
+#[tokio::test]
+async fn a_file_written_before_the_template_copy_lands_is_replaced() {
+    let gh = Gh::with(Config {
+        template_copy_delay: Duration::from_millis(300),
+        ..common::config()
+    })
+    .await;
+    let inst = gh.emu.install(ORG);
+    gh.emu.create_template_repository(ORG, "template");
+    gh.emu
+        .put_file_directly(ORG, "template", "deploy.yml", b"template\n");
+    let token = gh
+        .mint(
+            inst,
+            json!({"permissions": {"administration": "write", "contents": "write"}}),
+        )
+        .await;
+    let resp = gh
+        .tok(
+            Method::POST,
+            "/repos/acme/template/generate",
+            &token,
+            Some(json!({"owner": "acme", "name": "early"})),
+        )
+        .await;
+    assert_eq!(resp.status(), 201);
+    let resp = gh
+        .tok(
+            Method::PUT,
+            "/repos/acme/early/contents/deploy.yml",
+            &token,
+            Some(json!({"message": "ours", "content": STANDARD.encode(b"ours\n")})),
+        )
+        .await;
+    assert_eq!(resp.status(), 201);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        gh.emu.file(ORG, "early", "deploy.yml").unwrap(),
+        b"template\n"
+    );
+}
+
+/// GitHub normalizes a requested name: characters outside letters, digits, `.`, `-`, `_`
+/// become `-`, a `.git` suffix is dropped; the answer carries the name it got.
+#[tokio::test]
+async fn repository_names_are_normalized_as_github_does() {
+    let gh = Gh::start().await;
+    let inst = gh.emu.install(ORG);
+    let token = gh
+        .mint(inst, json!({"permissions": {"administration": "write"}}))
+        .await;
+    for (asked, got) in [
+        ("my bot", "my-bot"),
+        ("bot@home!", "bot-home-"),
+        ("tool.git", "tool"),
+        ("ok_name.v2", "ok_name.v2"),
+    ] {
+        let resp = gh
+            .tok(
+                Method::POST,
+                "/orgs/acme/repos",
+                &token,
+                Some(json!({"name": asked})),
+            )
+            .await;
+        assert_eq!(resp.status(), 201, "{asked}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["name"], got, "{asked}");
+        assert_eq!(v["full_name"], format!("acme/{got}"));
+    }
 }
 
 #[tokio::test]

@@ -5,11 +5,13 @@
 //!   permissions (cached until five minutes before expiry, replaced once when GitHub refuses a
 //!   cached one with a 401, revoked by their holder with [`GitHub::revoke_token`]), Actions
 //!   secrets (public key, list with `per_page=100`, get, put, delete), repositories and
-//!   contents, retried as GitHub asks.
+//!   contents (a generated repository's first commit awaited: [`GitHub::wait_for_first_commit`]),
+//!   retried as GitHub asks.
 //! - [`seal`]: libsodium sealed boxes (crypto_box), so GitHub, and only GitHub, can read a value.
 
 mod app;
 mod client;
+mod commits;
 mod names;
 mod tokens;
 

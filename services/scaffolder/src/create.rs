@@ -276,6 +276,14 @@ async fn create_repository(
         }
     };
     let message = match created {
+        // GitHub answers with the name it gave (it normalizes some): validation took only
+        // names it keeps, so another one means the project would not find its repository.
+        Ok(repo) if !repo.name.eq_ignore_ascii_case(&project.spec.name) => {
+            return Err(Status::internal(format!(
+                "GitHub created {org}/{} when asked for {org}/{}",
+                repo.name, project.spec.name
+            )));
+        }
         Ok(repo) => return Ok(repo.id),
         Err(GitHubError::Status {
             status: 422,
@@ -312,8 +320,14 @@ async fn create_repository(
     }
 }
 
+/// How long a repository generated from the template may stay empty (GitHub copies the
+/// template's files after answering) before the step fails as unavailable (a retry resumes).
+const TEMPLATE_COPY_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Commits the rendered deploy template (files whose content is already there are skipped by
-/// the GitHub client).
+/// the GitHub client). A repository generated from a template is written only once the
+/// template's copy landed (its first commit): written before, our files would be replaced by
+/// the copy; after, each update names the file's current `sha`.
 async fn commit_template(
     s: &Scaffolder,
     project: &Project,
@@ -327,6 +341,12 @@ async fn commit_template(
     .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let repo = RepoRef::new(&project.owner, &project.spec.name)
         .map_err(|e| Status::internal(e.to_string()))?;
+    if s.settings.template_repository.is_some() {
+        s.github
+            .wait_for_first_commit(token, &repo, TEMPLATE_COPY_LIMIT)
+            .await
+            .map_err(|e| e.to_grpc())?;
+    }
     for file in files {
         s.github
             .put_file(

@@ -58,11 +58,17 @@ pub(crate) fn create_project(
     Ok((spec, InitialSecrets(req.initial_secrets)))
 }
 
-/// A name GitHub takes for a repository in `org`.
+/// A name GitHub takes for a repository in `org` as it is: GitHub would change any other
+/// (characters outside letters, digits, `.`, `-`, `_` become `-`, a `.git` suffix is dropped;
+/// the GitHub emulator does the same), and the project would not find its repository.
 fn repository_name(org: &str, name: &str) -> Result<(), Invalid> {
     RepoRef::new(org, name).map(drop).map_err(|_| {
         Invalid("a GitHub repository name: 1-100 characters of letters, digits, `.`, `-`, `_`")
-    })
+    })?;
+    rule(
+        !name.to_ascii_lowercase().ends_with(".git"),
+        "no `.git` suffix (GitHub would drop it)",
+    )
 }
 
 /// `Ok` when `ok`, else the rule broken.

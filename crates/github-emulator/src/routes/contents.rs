@@ -229,7 +229,7 @@ pub(super) async fn put(
     };
     let meta = file_meta(&state.base_url, repo, &path, &content);
     repo.files.insert(path, content);
-    let commit_sha = orchestrator_emulator_kit::hex(&model::random_bytes::<20>());
+    let commit_sha = repo.commit(&message);
     let full = repo.full_name();
     let body = json!({
         "content": meta,

@@ -37,6 +37,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/orgs/{org}/repos", post(repos::create))
         .route("/repos/{owner}/{repo}/generate", post(repos::generate))
         .route("/repos/{owner}/{repo}", get(repos::get))
+        .route("/repos/{owner}/{repo}/commits", get(repos::commits))
         .route("/repos/{owner}/{repo}/contents", get(contents::get_root))
         .route(
             "/repos/{owner}/{repo}/contents/{*path}",

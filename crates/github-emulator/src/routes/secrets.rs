@@ -21,7 +21,10 @@ use crate::auth::{Identity, authorize_repo};
 use crate::error::{ApiError, parse_body};
 use crate::model::{self, Level};
 
-/// GitHub's limits.
+/// GitHub's limits. "Secrets are limited to 48 KB in size" (GitHub Docs, "Secrets reference",
+/// "Limits for secrets") does not say which size: we measure the value itself (the decrypted
+/// plaintext), 48 KiB = 49,152 bytes, not the sealed box nor its base64 (48 bytes and a third
+/// more). Not confirmed against GitHub; the broker and the scaffolder check the same measure.
 const MAX_VALUE_BYTES: usize = 48 * 1024;
 const MAX_SECRETS: usize = 100;
 const DEFAULT_PER_PAGE: usize = 30;

@@ -1,18 +1,30 @@
 //! Cloudflare API v4: zones and DNS records, with the v4 envelope, Cloudflare's error codes and
 //! its rate limit.
 //!
-//! - Names are stored as lower-case FQDNs; a relative name (`www`, `@`) is expanded with the
-//!   zone, as Cloudflare does.
+//! What it models, each after Cloudflare's API docs (<https://developers.cloudflare.com/api/>
+//! and <https://developers.cloudflare.com/fundamentals/api/>):
+//! - The v4 envelope (`success`, `errors`, `messages`, `result`, `result_info`) on every answer.
+//! - Zones ("List Zones", "Zone Details") and DNS records ("List DNS Records", "DNS Record
+//!   Details", "Create DNS Record", "Update DNS Record" (PATCH), "Overwrite DNS Record" (PUT),
+//!   "Delete DNS Record"). Names are stored as lower-case FQDNs; a relative name (`www`, `@`)
+//!   is expanded with the zone, as Cloudflare does. A record's fields are checked as Cloudflare
+//!   does (`validate`): `ttl` 1 (automatic) or 60-86400, content per type (an IPv4 for A, an
+//!   IPv6 for AAAA, a host name for CNAME), `proxied` only on proxiable types.
 //! - "Already exists" (HTTP 400): a CNAME beside an A/AAAA/CNAME of the same name, or an A/AAAA
 //!   beside a CNAME, is 81053; an identical record is 81058. Several A (or AAAA) records of one
 //!   name with other contents are accepted, as Cloudflare does (round-robin: the hazard a blind
-//!   POST creates; "Create DNS record", "Round-robin DNS").
-//! - Bad or missing token: 400 (missing or not `Bearer`) or 403 (unknown), code 10000.
-//! - `rate_limit` requests per `rate_window` per token; over it, 429 with `Retry-After` until
-//!   the window ends.
+//!   POST creates; "Create DNS record", DNS docs "Round-robin DNS").
+//! - Record attributes ("Record attributes"): a `comment` and `tags` with the plan's limits and
+//!   the list filters on them (`attributes`).
+//! - Tokens ("Verify Token", `GET /user/tokens/verify`): a missing or malformed header or
+//!   token is 400 with code 6003 and 6111 in its chain; an unknown token is 403, code 10000.
+//! - Rate limits ("Rate limits": 1,200 requests per 5 minutes per token): `rate_limit` per
+//!   `rate_window`, reported on every answer in `Ratelimit` and `Ratelimit-Policy`; over it,
+//!   429 with `Retry-After` until the window ends.
 //!
-//! - Records carry a `comment` and `tags` (see `attributes`: the plan's limits, the
-//!   `name:value` form, the list filters on them).
+//! What it does not model: what proxying does (answers, the enterprise TTL floor), content
+//! rules of the other record types, zone creation and settings, token permissions and
+//! account-level tokens (every token may use every zone), batch and import/export endpoints.
 //!
 //! Modules: `state` (zones, records), `gate` (tokens, the window, `tokens/verify`),
 //! `envelope` (the v4 envelope, refusals, page parameters), `validate` (record bodies and

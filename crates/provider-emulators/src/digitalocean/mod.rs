@@ -1,15 +1,33 @@
 //! DigitalOcean API v2: droplets, actions and account SSH keys, with DigitalOcean's shapes,
 //! status codes, rate-limit headers and timing hazards.
 //!
-//! - A droplet is `new` until `active_after`, then `active` with only a private address; its
-//!   public IPv4 appears `address_after` later. The first `transient_404_polls` GETs of a fresh
-//!   droplet answer 404 (capacity placement), though listing shows it.
+//! What it models, each after the API reference at <https://docs.digitalocean.com/reference/api/>:
+//! - Droplets ("Create a New Droplet", "Retrieve an Existing Droplet", "List All Droplets",
+//!   "Delete an Existing Droplet", "Deleting Droplets by Tag"): a droplet is `new` until
+//!   `active_after`, then `active` with only a private address; its public IPv4 appears
+//!   `address_after` later. The first `transient_404_polls` GETs of a fresh droplet answer 404
+//!   (capacity placement), though listing shows it. The create body is checked as DigitalOcean
+//!   does (`validate`: its 422 messages), and a create beyond `droplet_limit` is its 422.
 //! - `DELETE /v2/droplets/{id}` while its create action runs (before `active_after`) is 422
-//!   "Droplet already has a pending event." (as DigitalOcean answers; a later retry works), then
-//!   204, then 404.
+//!   "Droplet already has a pending event." (what DigitalOcean answers; the reference lists 422
+//!   without this case; a later retry works), then 204, then 404.
+//! - Actions ("Retrieve an Existing Action"): each create's action, `in-progress` then
+//!   `completed`.
+//! - SSH keys ("SSH Keys": create, list, retrieve and delete by id or fingerprint): 422 for a
+//!   key the account already has.
+//! - Pagination ("Links & Pagination"): `page`, `per_page` (20 by default, at most 200), `links`
+//!   and `meta.total`.
+//! - Rate limits ("Rate Limits"): per token, `rate_limit_per_hour` (5,000, reported in
+//!   `ratelimit-limit`, `ratelimit-remaining`, `ratelimit-reset`), `rate_limit_per_minute` (250)
+//!   and `key_list_limit_per_minute` for `GET /v2/account/keys`; over any, 429 with
+//!   `retry-after`. An unknown token is 401 `unauthorized`.
 //! - Each token is its own account (droplets, keys, actions).
-//! - Limits per token: `rate_limit_per_hour` (the headers), `rate_limit_per_minute`, and
-//!   `key_list_limit_per_minute` for `GET /v2/account/keys`; over any, 429 with `retry-after`.
+//! - With `hosts`, droplets boot for real: each gets a loopback address where an SSH daemon
+//!   serves what its cloud-init (`user_data`) says.
+//!
+//! What it does not model: droplet actions other than create (power, resize, snapshots),
+//! volumes, firewalls, VPCs, projects, tags as resources, regions' and sizes' availability, and
+//! billing.
 //!
 //! Modules: `state` (the accounts, the droplets' timeline), `gate` (tokens, limits, headers),
 //! `error`, `paging`, `validate` (the create body) and one per resource: `droplets`,

@@ -183,14 +183,19 @@ fn a_github_secret_targeted_twice_in_any_case_is_refused() {
 }
 
 #[test]
-fn the_template_must_render_for_the_request() {
-    // A valid repository name that the deploy template refuses.
+fn a_name_github_would_change_is_refused_at_name() {
+    // GitHub would create `bot` (it drops a `.git` suffix) or `my-bot` (a space becomes `-`):
+    // the project would not find its repository. Refused before anything is created.
+    for name in ["bot.git", "Bot.GIT", "my bot"] {
+        let mut req = request(&[("bot_token", github("TELEGRAM_TOKEN"))]);
+        req.name = name.into();
+        let found = violations(&create_project(req, "acme").unwrap_err());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "name", "{name}");
+    }
     let mut req = request(&[("bot_token", github("TELEGRAM_TOKEN"))]);
-    req.name = "bot.git".into();
-    let found = violations(&create_project(req, "acme").unwrap_err());
-    assert_eq!(found.len(), 1, "{found:?}");
-    assert_eq!(found[0].0, "secrets_ref");
-    assert!(found[0].1.contains(".git"), "{found:?}");
+    req.name = "bot.gitx".into();
+    assert!(create_project(req, "acme").is_ok());
 }
 
 #[test]
@@ -214,6 +219,11 @@ fn initial_secrets_must_be_github_targets_given_once_with_a_value_github_takes()
             "initial_secrets[2].name: must be a GitHub secret named in secrets_ref",
         ]
     );
+    // GitHub's 48 KB is 49,152 bytes of the value itself (see the emulator's secrets route):
+    // the largest is taken.
+    let mut req = request(&[("bot_token", github("TELEGRAM_TOKEN"))]);
+    req.initial_secrets = vec![secret("TELEGRAM_TOKEN", &vec![b'x'; MAX_SECRET_VALUE])];
+    assert!(create_project(req, "acme").is_ok());
 }
 
 #[test]
