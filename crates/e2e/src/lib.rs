@@ -20,12 +20,14 @@ use orchestrator_mesh::Identity;
 mod dba;
 mod launch;
 mod mesh;
+mod operations;
 mod pki;
 mod providers;
 pub mod raw;
 
 pub use launch::{Launch, Proc};
 pub use mesh::{MeshBuilder, TestMesh};
+pub use operations::{droplet_provision, watch_operation};
 pub use orchestrator_devenv::{Secret, StateDir, VAULT_KEY_ID, random_key};
 pub use orchestrator_github_emulator::testing::{APP_ID, ORG, app_key};
 pub use pki::{Pki, channel, channel_with};

@@ -37,20 +37,11 @@ async fn a_caller_holds_a_bounded_number_of_watch_streams() {
     mesh.register_repository("p1", "app1").await;
     let mut api = mesh.infra_as("api").await;
     let op = api
-        .provision_server(pb::ProvisionServerRequest {
-            request_id: "watched".into(),
-            project_id: "p1".into(),
-            provider: pb::Provider::Digitalocean as i32,
-            spec: Some(pb::provision_server_request::Spec::Digitalocean(
-                pb::DigitalOceanServerSpec {
-                    region: "fra1".into(),
-                    size: "s-1vcpu-1gb".into(),
-                    image: "ubuntu-24-04-x64".into(),
-                },
-            )),
-            hostname: "app1.orchestrator.test".into(),
-            ..Default::default()
-        })
+        .provision_server(orchestrator_e2e::droplet_provision(
+            "watched",
+            "p1",
+            "app1.orchestrator.test",
+        ))
         .await
         .unwrap()
         .into_inner()

@@ -118,20 +118,11 @@ async fn round(mesh_broker: &BrokerApi, mesh_infra: &InfraApi, n: u64, r: u64) -
     .into_inner()
     .results;
     assert_eq!(results.len(), 4);
-    let provision = pb::ProvisionServerRequest {
-        request_id: format!("chaos-provision-{n}-{r}"),
-        project_id: project.clone(),
-        provider: pb::Provider::Digitalocean as i32,
-        spec: Some(pb::provision_server_request::Spec::Digitalocean(
-            pb::DigitalOceanServerSpec {
-                region: "fra1".into(),
-                size: "s-1vcpu-1gb".into(),
-                image: "ubuntu-24-04-x64".into(),
-            },
-        )),
-        hostname: format!("app{n}r{r}.orchestrator.test"),
-        ..Default::default()
-    };
+    let provision = orchestrator_e2e::droplet_provision(
+        &format!("chaos-provision-{n}-{r}"),
+        &project,
+        &format!("app{n}r{r}.orchestrator.test"),
+    );
     let op = retried("ProvisionServer", || {
         let (mut api, request) = (mesh_infra.clone(), provision.clone());
         async move { api.provision_server(request).await }

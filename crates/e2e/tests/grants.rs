@@ -98,38 +98,16 @@ fn provision(
     dns_user: Option<&str>,
 ) -> pb::ProvisionServerRequest {
     pb::ProvisionServerRequest {
-        request_id: request_id.into(),
-        project_id: project_id.into(),
-        provider: pb::Provider::Digitalocean as i32,
-        spec: Some(pb::provision_server_request::Spec::Digitalocean(
-            pb::DigitalOceanServerSpec {
-                region: "fra1".into(),
-                size: "s-1vcpu-1gb".into(),
-                image: "ubuntu-24-04-x64".into(),
-            },
-        )),
-        hostname: hostname.into(),
         provider_credentials: provider_user.and_then(|u| user_vault(u, "digitalocean")),
         dns_credentials: dns_user.and_then(|u| user_vault(u, "cloudflare")),
-        ..Default::default()
+        ..orchestrator_e2e::droplet_provision(request_id, project_id, hostname)
     }
 }
 
 /// Watches an operation to its end; the last snapshot.
 async fn finished(api: &mut InfraServiceClient<Channel>, id: &str) -> pb::Operation {
-    let mut stream = api
-        .watch_operation(pb::WatchOperationRequest {
-            operation_id: id.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while let Ok(Ok(Some(item))) = tokio::time::timeout_at(deadline, stream.message()).await {
-        last = item.operation;
-    }
-    last.expect("the operation was watched")
+    let seen = orchestrator_e2e::watch_operation(api, id, Duration::from_secs(90)).await;
+    seen.into_iter().last().expect("the operation was watched")
 }
 
 fn reason(status: &tonic::Status) -> String {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use orchestrator_e2e::{
     CF_TOKEN, DO_TOKEN, ORG, ProviderSetup, T4_PASSWORD, T4_SERVER, TestMesh, USERS_OWN_CF_TOKEN,
-    USERS_OWN_DO_TOKEN, printed, raw, wait_until,
+    USERS_OWN_DO_TOKEN, droplet_provision, printed, raw, wait_until, watch_operation,
 };
 use orchestrator_github_emulator::Config as GhConfig;
 use orchestrator_mesh::Service;
@@ -52,20 +52,7 @@ async fn start_mesh(setup: ProviderSetup, services: &[Service]) -> TestMesh {
 }
 
 fn provision(request_id: &str) -> pb::ProvisionServerRequest {
-    pb::ProvisionServerRequest {
-        request_id: request_id.into(),
-        project_id: "p1".into(),
-        provider: pb::Provider::Digitalocean as i32,
-        spec: Some(pb::provision_server_request::Spec::Digitalocean(
-            pb::DigitalOceanServerSpec {
-                region: "fra1".into(),
-                size: "s-1vcpu-1gb".into(),
-                image: "ubuntu-24-04-x64".into(),
-            },
-        )),
-        hostname: "app1.orchestrator.test".into(),
-        ..Default::default()
-    }
+    droplet_provision(request_id, "p1", "app1.orchestrator.test")
 }
 
 /// Sends a provision; the operation as accepted.
@@ -114,19 +101,7 @@ fn takeover(request: &mut pb::ProvisionServerRequest, server_id: u64, os: impl I
 
 /// Watches an operation to its end, returning every snapshot seen.
 async fn watch(api: &mut InfraServiceClient<Channel>, id: &str) -> Vec<pb::Operation> {
-    let mut stream = api
-        .watch_operation(pb::WatchOperationRequest {
-            operation_id: id.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while let Ok(Ok(Some(item))) = tokio::time::timeout_at(deadline, stream.message()).await {
-        seen.push(item.operation.unwrap());
-    }
-    seen
+    watch_operation(api, id, Duration::from_secs(60)).await
 }
 
 fn assert_deploy_credentials(mesh: &TestMesh) {

@@ -37,20 +37,7 @@ async fn start(setup: ProviderSetup) -> TestMesh {
 }
 
 fn provision(request_id: &str, hostname: &str) -> pb::ProvisionServerRequest {
-    pb::ProvisionServerRequest {
-        request_id: request_id.into(),
-        project_id: "p1".into(),
-        provider: pb::Provider::Digitalocean as i32,
-        spec: Some(pb::provision_server_request::Spec::Digitalocean(
-            pb::DigitalOceanServerSpec {
-                region: "fra1".into(),
-                size: "s-1vcpu-1gb".into(),
-                image: "ubuntu-24-04-x64".into(),
-            },
-        )),
-        hostname: hostname.into(),
-        ..Default::default()
-    }
+    orchestrator_e2e::droplet_provision(request_id, "p1", hostname)
 }
 
 /// A record made at Cloudflare by someone else (the zone's owner, with the same account's
@@ -79,19 +66,8 @@ fn record(mesh: &TestMesh, id: &str) -> Option<DnsRecordView> {
 
 /// Watches an operation to its end; the last snapshot.
 async fn finished(api: &mut InfraServiceClient<Channel>, id: &str) -> pb::Operation {
-    let mut stream = api
-        .watch_operation(pb::WatchOperationRequest {
-            operation_id: id.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while let Ok(Ok(Some(item))) = tokio::time::timeout_at(deadline, stream.message()).await {
-        last = item.operation;
-    }
-    last.unwrap()
+    let seen = orchestrator_e2e::watch_operation(api, id, Duration::from_secs(60)).await;
+    seen.into_iter().last().unwrap()
 }
 
 async fn servers(api: &mut InfraServiceClient<Channel>) -> Vec<pb::Server> {

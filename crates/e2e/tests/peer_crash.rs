@@ -39,20 +39,7 @@ async fn start_with(setup: ProviderSetup) -> TestMesh {
 }
 
 fn provision(request_id: &str) -> pb::ProvisionServerRequest {
-    pb::ProvisionServerRequest {
-        request_id: request_id.into(),
-        project_id: "p1".into(),
-        provider: pb::Provider::Digitalocean as i32,
-        spec: Some(pb::provision_server_request::Spec::Digitalocean(
-            pb::DigitalOceanServerSpec {
-                region: "fra1".into(),
-                size: "s-1vcpu-1gb".into(),
-                image: "ubuntu-24-04-x64".into(),
-            },
-        )),
-        hostname: "app1.orchestrator.test".into(),
-        ..Default::default()
-    }
+    orchestrator_e2e::droplet_provision(request_id, "p1", "app1.orchestrator.test")
 }
 
 /// Polls the operation until it ends (infra's stream is not what is under test here).

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use orchestrator_e2e::{ProviderSetup, TestMesh, wait_until};
+use orchestrator_e2e::{ProviderSetup, TestMesh, droplet_provision, wait_until, watch_operation};
 use orchestrator_github_emulator::Config as GhConfig;
 use orchestrator_mesh::Service;
 use orchestrator_proto::infra::v1 as pb;
@@ -13,23 +13,6 @@ use orchestrator_proto::infra::v1::infra_service_client::InfraServiceClient;
 use orchestrator_provider_emulators as emu;
 
 const INFRA: Service = Service::Infra;
-
-fn provision() -> pb::ProvisionServerRequest {
-    pb::ProvisionServerRequest {
-        request_id: "replicated".into(),
-        project_id: "p1".into(),
-        provider: pb::Provider::Digitalocean as i32,
-        spec: Some(pb::provision_server_request::Spec::Digitalocean(
-            pb::DigitalOceanServerSpec {
-                region: "fra1".into(),
-                size: "s-1vcpu-1gb".into(),
-                image: "ubuntu-24-04-x64".into(),
-            },
-        )),
-        hostname: "app1.orchestrator.test".into(),
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_replicas_operation_is_taken_over_once_and_makes_one_server() {
@@ -55,7 +38,11 @@ async fn a_dead_replicas_operation_is_taken_over_once_and_makes_one_server() {
     let b = mesh.launch(INFRA).spawn().await.unwrap();
     let mut on_a = mesh.infra_as("api").await;
     let op = on_a
-        .provision_server(provision())
+        .provision_server(droplet_provision(
+            "replicated",
+            "p1",
+            "app1.orchestrator.test",
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -71,19 +58,8 @@ async fn a_dead_replicas_operation_is_taken_over_once_and_makes_one_server() {
     // a dies holding the operation; b finds the lease run out and finishes it.
     mesh.kill(INFRA).await;
     let mut on_b = InfraServiceClient::new(mesh.channel_to(&b, "api").await);
-    let mut stream = on_b
-        .watch_operation(pb::WatchOperationRequest {
-            operation_id: op.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while let Ok(Ok(Some(item))) = tokio::time::timeout_at(deadline, stream.message()).await {
-        last = item.operation;
-    }
-    let last = last.unwrap();
+    let seen = watch_operation(&mut on_b, &op.id, Duration::from_secs(60)).await;
+    let last = seen.last().unwrap();
     assert_eq!(
         last.state,
         pb::OperationState::Succeeded as i32,
