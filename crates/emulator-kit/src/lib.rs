@@ -10,10 +10,14 @@
 //!   per-route overrides, each drawing from its own generator.
 //! - [`process`]: what a binary does around its server (the address file, waiting for
 //!   SIGTERM).
-//! - `testing` (feature `testing`): helpers the emulators' test suites share.
+//! - `testing` (feature `testing`): helpers the emulators' test suites share; `scripted`: a
+//!   loopback server answering every request with one scripted answer, for the clients'
+//!   property tests.
 
 pub mod faults;
 pub mod process;
+#[cfg(feature = "testing")]
+pub mod scripted;
 #[cfg(feature = "testing")]
 pub mod testing;
 

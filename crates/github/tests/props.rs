@@ -32,9 +32,7 @@ fn config() -> ProptestConfig {
     }
 }
 
-#[path = "support/scripted.rs"]
-mod scripted;
-use scripted::{Answer, Scripted};
+use orchestrator_emulator_kit::scripted::{Answer, Scripted};
 
 /// Arbitrary JSON, with the keys the decoders look for among random ones.
 fn json_value() -> impl Strategy<Value = Value> {

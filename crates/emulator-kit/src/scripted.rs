@@ -1,5 +1,7 @@
 //! A loopback HTTP/1.1 server that answers every request with one scripted answer, for the
-//! property tests of the client's decoders.
+//! property tests of the HTTP clients' decoders (feature `testing`).
+
+#![allow(clippy::unwrap_used)] // Test helpers: a failed step is a failed test.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,23 +10,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One answer the server gives to every request.
 #[derive(Debug, Clone)]
-pub(crate) struct Answer {
-    pub(crate) status: u16,
-    pub(crate) headers: Vec<(&'static str, String)>,
-    pub(crate) body: Vec<u8>,
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
     /// How long the server waits before answering.
-    pub(crate) delay: Duration,
+    pub delay: Duration,
 }
 
 /// A loopback HTTP/1.1 server answering every request with the current [`Answer`].
-pub(crate) struct Scripted {
-    pub(crate) rt: tokio::runtime::Runtime,
-    pub(crate) base: String,
+#[derive(Debug)]
+pub struct Scripted {
+    pub rt: tokio::runtime::Runtime,
+    pub base: String,
     answer: Arc<Mutex<Answer>>,
 }
 
 impl Scripted {
-    pub(crate) fn start() -> Self {
+    pub fn start() -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -52,12 +55,12 @@ impl Scripted {
         Self { rt, base, answer }
     }
 
-    pub(crate) fn set(&self, answer: Answer) {
+    pub fn set(&self, answer: Answer) {
         *self.answer.lock().unwrap() = answer;
     }
 
     /// Runs a client call; `None` when it did not end within 10 s.
-    pub(crate) fn call<T>(&self, f: impl std::future::Future<Output = T>) -> Option<T> {
+    pub fn call<T>(&self, f: impl std::future::Future<Output = T>) -> Option<T> {
         self.rt
             .block_on(async { tokio::time::timeout(Duration::from_secs(10), f).await })
             .ok()
