@@ -485,7 +485,7 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
         .mint_repository_token(pb::MintRepositoryTokenRequest {
             scope: pb::RepositoryTokenScope::Clone as i32,
             project_id: "p1".into(),
-            from_template: false,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -514,7 +514,7 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
         .mint_repository_token(pb::MintRepositoryTokenRequest {
             scope: pb::RepositoryTokenScope::RepositoryCreation as i32,
             project_id: String::new(),
-            from_template: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -527,7 +527,7 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
         .mint_repository_token(pb::MintRepositoryTokenRequest {
             scope: pb::RepositoryTokenScope::RepositoryCreation as i32,
             project_id: String::new(),
-            from_template: false,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -152,7 +152,7 @@ async fn register_repository_takes_the_organizations_repositories_in_any_letter_
     let clone = |project_id: &str| broker::MintRepositoryTokenRequest {
         scope: broker::RepositoryTokenScope::Clone as i32,
         project_id: project_id.into(),
-        from_template: false,
+        ..Default::default()
     };
     let mut infra = mesh.broker_as("infra").await;
     let none = infra.mint_repository_token(clone("p0")).await.unwrap_err();
@@ -188,4 +188,83 @@ async fn register_repository_takes_the_organizations_repositories_in_any_letter_
     assert_eq!(minted.repositories.len(), 1);
     assert!(minted.repositories[0].name.eq_ignore_ascii_case("app1"));
     infra.mint_repository_token(clone("p2")).await.unwrap_err();
+}
+
+/// A mint retried under the same request id (the first answer lost in flight) leaves one live
+/// token: the broker revokes what the first attempt minted before answering the retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_mint_revokes_the_token_of_the_earlier_attempt() {
+    let mesh = TestMesh::builder()
+        .postgres()
+        .github(Config::default())
+        .service(BROKER)
+        .start()
+        .await;
+    for (request_id, project_id, name) in [("r-1", "p1", "app1"), ("r-2", "p2", "app2")] {
+        mesh.github().create_repository(ORG, name);
+        mesh.broker_as("scaffolder")
+            .await
+            .register_repository(broker::RegisterRepositoryRequest {
+                request_id: request_id.into(),
+                project_id: project_id.into(),
+                repository: Some(common::RepositoryRef {
+                    owner: ORG.into(),
+                    name: name.into(),
+                    id: 0,
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    let clone = |project_id: &str, request_id: &str| broker::MintRepositoryTokenRequest {
+        scope: broker::RepositoryTokenScope::Clone as i32,
+        project_id: project_id.into(),
+        request_id: request_id.into(),
+        ..Default::default()
+    };
+    let mut infra = mesh.broker_as("infra").await;
+    let mut mint = async |project_id: &str, request_id: &str| {
+        infra
+            .mint_repository_token(clone(project_id, request_id))
+            .await
+            .map(|r| r.into_inner().token)
+    };
+    let first = mint("p1", "op-1/clone").await.unwrap();
+    let retried = mint("p1", "op-1/clone").await.unwrap();
+    assert_ne!(first, retried);
+    let other = mint("p1", "op-2/clone").await.unwrap();
+
+    let mints = mesh.github().stats().token_mints;
+    assert_eq!(mints.len(), 3, "{mints:?}");
+    assert_eq!(
+        mints.iter().map(|m| m.revoked).collect::<Vec<_>>(),
+        [true, false, false],
+        "only the superseded attempt is revoked: {mints:?}"
+    );
+    assert_eq!(mints[0].token, first);
+    assert_refused_now(&mesh, &mints[..1], "app1").await;
+    let url = mesh.github().url();
+    for live in [&retried, &other] {
+        assert_eq!(
+            raw::status_with_token(&url, "GET", &format!("/repos/{ORG}/app1"), live, "").await,
+            200
+        );
+    }
+
+    // An id is one request: the same id for another project is refused before any mint.
+    let reused = mint("p2", "op-1/clone").await.unwrap_err();
+    assert_eq!(reused.code(), Code::InvalidArgument, "{reused:?}");
+    let fields: Vec<String> = reused
+        .get_error_details()
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect();
+    assert_eq!(fields, ["request_id"]);
+    assert_eq!(mesh.github().stats().token_mints.len(), 3);
+    for token in [&first, &retried, &other] {
+        assert!(!mesh.logs(BROKER).contains(token.as_str()));
+    }
 }

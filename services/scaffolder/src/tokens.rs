@@ -25,6 +25,14 @@ pub(crate) enum Job {
 }
 
 impl Job {
+    /// The job in a token's request id.
+    fn key(self) -> &'static str {
+        match self {
+            Job::CreateRepository => "create-repository",
+            Job::CommitTemplate => "commit-template",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Job::CreateRepository => "repository creation",
@@ -45,6 +53,9 @@ pub(crate) async fn mint(s: &Scaffolder, id: &ProjectId, job: Job) -> Result<Sec
             scope: scope as i32,
             project_id: id.to_string(),
             from_template: job == Job::CreateRepository && s.settings.template_repository.is_some(),
+            // One id per project and job: a retry, or a resumed creation after a crash, revokes
+            // the token the earlier attempt minted (the broker's `minted`).
+            request_id: format!("{id}/{}", job.key()),
         })
         .await
         .map_err(from_peer("secret broker"))?

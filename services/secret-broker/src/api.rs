@@ -96,7 +96,7 @@ impl SecretBrokerService for Broker {
         request: Request<pb::MintRepositoryTokenRequest>,
     ) -> Result<Response<pb::MintRepositoryTokenResponse>, Status> {
         let caller = caller(&request)?.clone();
-        let scope = validate::mint_repository_token(request.get_ref())?;
-        Ok(Response::new(self.mint_token(&caller, scope).await?))
+        let mint = validate::mint_repository_token(request.get_ref())?;
+        Ok(Response::new(self.mint_token(&caller, mint).await?))
     }
 }

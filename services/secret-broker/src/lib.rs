@@ -29,6 +29,7 @@ mod config;
 mod db;
 mod delete;
 mod messages;
+mod minted;
 mod pacing;
 mod push;
 mod reconcile;
@@ -62,6 +63,7 @@ pub async fn routes(startup: Startup) -> anyhow::Result<Routes> {
         github,
         pacer,
         org: settings.github_org,
+        minted: Arc::default(),
     };
     // Pending references a crash left are settled in the background (see `settle`).
     let settler = state::Broker {
@@ -70,6 +72,7 @@ pub async fn routes(startup: Startup) -> anyhow::Result<Routes> {
         github: broker.github.clone(),
         pacer: broker.pacer.clone(),
         org: broker.org.clone(),
+        minted: broker.minted.clone(),
     };
     tokio::spawn(settle::run(
         settler,

@@ -7,6 +7,7 @@ use orchestrator_github::GitHub;
 use orchestrator_store::Database;
 use tonic::Status;
 
+use crate::minted::MintedTokens;
 use crate::pacing::Pacer;
 
 #[derive(Debug)]
@@ -17,4 +18,6 @@ pub(crate) struct Broker {
     pub pacer: Arc<Pacer>,
     /// The organization where the scaffolder creates repositories (`GITHUB_ORG`).
     pub org: Option<String>,
+    /// The tokens minted per request id, so a retried mint revokes the earlier token.
+    pub minted: Arc<MintedTokens>,
 }

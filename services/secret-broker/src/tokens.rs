@@ -1,14 +1,24 @@
-//! MintRepositoryToken: installation tokens narrowed per caller, each mint audited.
+//! MintRepositoryToken: installation tokens narrowed per caller, each mint audited; a retry
+//! under the same request id revokes what the earlier attempt minted (see `minted`).
 
+use orchestrator_fields::RequestId;
 use orchestrator_mesh::Identity;
-use orchestrator_mesh::status::with_reason;
+use orchestrator_mesh::status::{Violations, checked, with_reason};
 use orchestrator_proto::secretbroker::v1 as pb;
+use secrecy::SecretString;
 use tonic::{Code, Status};
 
 use crate::audit::Action;
 use crate::messages;
+use crate::minted::Reused;
 use crate::state::Broker;
-use crate::validate::TokenScope;
+use crate::validate::{MintRequest, TokenScope};
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
 
 /// What a token is minted for: an installation, the repositories (of `owner`) and the
 /// permissions.
@@ -50,8 +60,9 @@ impl Broker {
     pub(crate) async fn mint_token(
         &self,
         caller: &Identity,
-        scope: TokenScope,
+        mint: MintRequest,
     ) -> Result<pb::MintRepositoryTokenResponse, Status> {
+        let MintRequest { scope, request_id } = mint;
         let proto_scope = scope.proto();
         if !allowed(caller, proto_scope) {
             return Err(with_reason(
@@ -65,24 +76,65 @@ impl Broker {
             ));
         }
         let grant = self.grant(&scope).await?;
+        let caller_id = caller.to_string();
+        // A retry of a request whose answer was lost: the token it minted is revoked first.
+        if let Some(request_id) = &request_id {
+            match self.minted.take(&caller_id, request_id, &scope) {
+                Ok(None) => {}
+                Ok(Some(earlier)) => self.revoke_superseded(&earlier, request_id).await,
+                Err(Reused) => Violations::new().collect(checked(
+                    (),
+                    false,
+                    "request_id",
+                    "already used for a different scope or project",
+                ))?,
+            }
+        }
         let repositories: Vec<&str> = grant.repositories.iter().map(String::as_str).collect();
         let token = self
             .github
             .mint_uncached(grant.installation, &repositories, grant.permissions)
             .await
             .map_err(|e| e.to_grpc())?;
-        // Audited: who, what for, until when. Never the token.
-        let entry = Action::MintRepositoryToken
-            .on_tokens(&caller.to_string(), scope.project_id())
-            .detail(format!(
-                "scope={proto_scope:?} expires_at={} repositories={}",
+        if let Some(request_id) = &request_id {
+            let replaced = self.minted.remember(
+                &caller_id,
+                request_id,
+                scope.clone(),
+                token.token.clone(),
                 token.expires_at,
-                token.repositories.join(",")
+                unix_now(),
+            );
+            if let Some(replaced) = replaced {
+                self.revoke_superseded(&replaced, request_id).await;
+            }
+        }
+        // Audited: who, what for, until when, under which request id. Never the token.
+        let entry = Action::MintRepositoryToken
+            .on_tokens(&caller_id, scope.project_id())
+            .detail(format!(
+                "scope={proto_scope:?} expires_at={} repositories={} request_id={}",
+                token.expires_at,
+                token.repositories.join(","),
+                request_id.as_ref().map_or("", |r| r.as_str())
             ));
         self.ledger
             .write(move |_conn| Box::pin(async move { Ok(((), vec![entry])) }))
             .await?;
         Ok(messages::minted(&token, proto_scope, &grant.owner))
+    }
+
+    /// Revokes a token an earlier attempt of `request_id` minted, whose answer was lost. Not
+    /// fatal when GitHub cannot be told now: the token reached nobody and expires within the
+    /// hour.
+    async fn revoke_superseded(&self, token: &SecretString, request_id: &RequestId) {
+        if let Err(e) = self.github.revoke_token(token).await {
+            tracing::warn!(
+                request_id = %request_id.as_str(),
+                error = %e,
+                "could not revoke the token a retried mint superseded (it expires within the hour)"
+            );
+        }
     }
 
     /// The installation, repositories and permissions of a token of `scope`; the owner comes

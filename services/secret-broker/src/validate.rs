@@ -213,11 +213,19 @@ pub(crate) fn reconcile_project_secrets(
     Violations::new().collect(ProjectId::parse(&req.project_id).at("project_id"))
 }
 
+/// A MintRepositoryToken request, validated.
+#[derive(Debug)]
+pub(crate) struct MintRequest {
+    pub scope: TokenScope,
+    /// Names the call, so that a retry leaves one live token (see `minted`).
+    pub request_id: Option<RequestId>,
+}
+
 /// The scope a MintRepositoryToken request asks for (whether its caller may have it is
-/// decided by `tokens`, after validation).
+/// decided by `tokens`, after validation), and its request id.
 pub(crate) fn mint_repository_token(
     req: &pb::MintRepositoryTokenRequest,
-) -> Result<TokenScope, Status> {
+) -> Result<MintRequest, Status> {
     let scope = pb::RepositoryTokenScope::try_from(req.scope)
         .unwrap_or(pb::RepositoryTokenScope::Unspecified);
     let mut v = Violations::new();
@@ -247,7 +255,11 @@ pub(crate) fn mint_repository_token(
             from_template: req.from_template,
         }),
     };
-    v.collect(wanted.at("project_id"))
+    let (scope, request_id) = v.collect((
+        wanted.at("project_id"),
+        RequestId::optional(&req.request_id).at("request_id"),
+    ))?;
+    Ok(MintRequest { scope, request_id })
 }
 
 /// `request_id` and `project_id`, checked ahead of the rest of a write so that their violations

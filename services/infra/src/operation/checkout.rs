@@ -28,6 +28,9 @@ pub(super) async fn check_out(run: Run<'_>, server: &Server) -> Result<(), StepE
             scope: broker::RepositoryTokenScope::Clone as i32,
             project_id: server.project_id.clone(),
             from_template: false,
+            // One id per operation: a retried checkout revokes the token the earlier attempt
+            // minted (its answer may have been lost in flight).
+            request_id: format!("{}/clone", run.id),
         })
         .await
         .map_err(StepError::peer("secret broker"))?

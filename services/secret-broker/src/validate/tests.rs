@@ -286,15 +286,21 @@ fn deletes_and_reconciles_name_their_project_and_secret() {
     );
 }
 
+/// The scope of a MintRepositoryToken request, or its violations.
+fn mint_scope(req: &pb::MintRepositoryTokenRequest) -> Result<TokenScope, Status> {
+    mint_repository_token(req).map(|m| m.scope)
+}
+
 #[test]
 fn token_scopes_are_required_and_clone_needs_a_project() {
     let mint = |scope: pb::RepositoryTokenScope, project_id: &str| pb::MintRepositoryTokenRequest {
         scope: scope as i32,
         project_id: project_id.into(),
         from_template: false,
+        request_id: String::new(),
     };
     use pb::RepositoryTokenScope as S;
-    let clone = mint_repository_token(&mint(S::Clone, "prj-1")).unwrap();
+    let clone = mint_scope(&mint(S::Clone, "prj-1")).unwrap();
     assert_eq!(
         clone,
         TokenScope::Clone {
@@ -303,7 +309,7 @@ fn token_scopes_are_required_and_clone_needs_a_project() {
     );
     assert_eq!(clone.proto(), S::Clone);
     assert_eq!(clone.project_id(), "prj-1");
-    let create = mint_repository_token(&mint(S::RepositoryCreation, "")).unwrap();
+    let create = mint_scope(&mint(S::RepositoryCreation, "")).unwrap();
     assert_eq!(
         create,
         TokenScope::RepositoryCreation {
@@ -312,9 +318,9 @@ fn token_scopes_are_required_and_clone_needs_a_project() {
         }
     );
     assert_eq!(create.project_id(), "");
-    let named = mint_repository_token(&mint(S::RepositoryCreation, "prj-2")).unwrap();
+    let named = mint_scope(&mint(S::RepositoryCreation, "prj-2")).unwrap();
     assert_eq!(named.project_id(), "prj-2");
-    let generated = mint_repository_token(&pb::MintRepositoryTokenRequest {
+    let generated = mint_scope(&pb::MintRepositoryTokenRequest {
         from_template: true,
         ..mint(S::RepositoryCreation, "")
     })
@@ -326,30 +332,53 @@ fn token_scopes_are_required_and_clone_needs_a_project() {
             ..
         }
     ));
-    let commit = mint_repository_token(&mint(S::InitialCommit, "prj-3")).unwrap();
+    let commit = mint_scope(&mint(S::InitialCommit, "prj-3")).unwrap();
     assert_eq!(commit.proto(), S::InitialCommit);
     assert_eq!(commit.project_id(), "prj-3");
-    let err = mint_repository_token(&mint(S::InitialCommit, "")).unwrap_err();
+    let err = mint_scope(&mint(S::InitialCommit, "")).unwrap_err();
     assert!(err.message().contains("required for INITIAL_COMMIT"));
 
-    let err = mint_repository_token(&mint(S::Clone, "")).unwrap_err();
+    let err = mint_scope(&mint(S::Clone, "")).unwrap_err();
     assert_eq!(fields(&err), ["project_id"]);
     assert!(err.message().contains("required for CLONE"));
     assert_eq!(
-        fields(&mint_repository_token(&mint(S::Clone, "a/b")).unwrap_err()),
+        fields(&mint_scope(&mint(S::Clone, "a/b")).unwrap_err()),
         ["project_id"]
     );
     assert_eq!(
-        fields(&mint_repository_token(&mint(S::Unspecified, "a/b")).unwrap_err()),
+        fields(&mint_scope(&mint(S::Unspecified, "a/b")).unwrap_err()),
         ["scope", "project_id"]
     );
     let unknown = pb::MintRepositoryTokenRequest {
         scope: 99,
         project_id: String::new(),
         from_template: false,
+        request_id: String::new(),
     };
+    assert_eq!(fields(&mint_scope(&unknown).unwrap_err()), ["scope"]);
+}
+
+#[test]
+fn a_token_request_id_is_optional_and_checked_when_given() {
+    let mint = |request_id: &str| pb::MintRepositoryTokenRequest {
+        scope: pb::RepositoryTokenScope::Clone as i32,
+        project_id: "prj-1".into(),
+        from_template: false,
+        request_id: request_id.into(),
+    };
+    assert_eq!(mint_repository_token(&mint("")).unwrap().request_id, None);
     assert_eq!(
-        fields(&mint_repository_token(&unknown).unwrap_err()),
-        ["scope"]
+        mint_repository_token(&mint("op-1/clone"))
+            .unwrap()
+            .request_id
+            .unwrap()
+            .as_str(),
+        "op-1/clone"
     );
+    for bad in ["x".repeat(129), "tab\there".to_owned()] {
+        assert_eq!(
+            fields(&mint_repository_token(&mint(&bad)).unwrap_err()),
+            ["request_id"]
+        );
+    }
 }
