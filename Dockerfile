@@ -44,7 +44,8 @@ FROM ${RUNTIME_IMAGE} AS runtime
 # the healthchecks run `orchctl ready` (GET /readyz on the admin port), not curl.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 # Fixed uid/gid 10001: the compose pki job chowns each service's key to this user
 # (deploy/compose/pki-init.sh looks the uid up by the name `orchestrator`).
 RUN groupadd --system --gid 10001 orchestrator \

@@ -104,7 +104,7 @@ ensure_base_images() {
       rm -rf "$root"
       return 1
     }
-    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin "$root"/var/lib/apt/lists/*
     tar -C "$root" -c . | docker import -c 'CMD ["/bin/bash"]' - "$ORCH_BASE_IMAGE" >/dev/null
     rm -rf "$root"
   fi
