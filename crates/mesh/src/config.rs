@@ -451,7 +451,9 @@ mod tests {
     #[test]
     fn a_missing_setting_names_the_settings_file() {
         let env = Env::from_pairs([("ORCH_SETTINGS_FILE", "deploy/compose/secret-broker.env")]);
-        let e = env.required("GITHUB_APP_ID", "the GitHub App's id").unwrap_err();
+        let e = env
+            .required("GITHUB_APP_ID", "the GitHub App's id")
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "GITHUB_APP_ID is required: the GitHub App's id \

@@ -68,7 +68,10 @@ mod tests {
     #[test]
     fn reads_the_status_line() {
         assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n\r\nready"), Some(200));
-        assert_eq!(parse_status(b"HTTP/1.0 503 Service Unavailable\r\n"), Some(503));
+        assert_eq!(
+            parse_status(b"HTTP/1.0 503 Service Unavailable\r\n"),
+            Some(503)
+        );
         assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
         assert_eq!(parse_status(b""), None);
     }
