@@ -123,6 +123,6 @@ docker_build() {
   if docker buildx version >/dev/null 2>&1; then
     docker build "$@"
   else
-    DOCKER_BUILDKIT=0 docker build "$@" 2> >(grep -v -i 'deprecated\|buildx\|legacy builder' >&2)
+    DOCKER_BUILDKIT=0 docker build "$@" 2> >(grep -v -i 'deprecated\|buildx\|legacy builder\|BuildKit is currently disabled\|environment-variable\.$' >&2)
   fi
 }
