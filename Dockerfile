@@ -21,6 +21,9 @@ ARG BUILDER_IMAGE=rust:1.95-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${BUILDER_IMAGE} AS builder
+# The classic builder keeps this stage as an untagged image (sources and binaries);
+# scripts/compose-test removes it by this label.
+LABEL orchestrator.stage=builder
 # build: cargo build --release here. host: take the binaries from target/docker-bin/ in the build
 # context (.dockerignore lets that folder through), built on the host beforehand.
 ARG BINARIES=build
