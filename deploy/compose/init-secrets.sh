@@ -63,11 +63,20 @@ if [ ! -e "$dir/github_app_private_key" ]; then
 else
     put github_app_private_key < /dev/null
 fi
+# Its public half, for the GitHub emulator of docker-compose.dev.yml (not a secret). Made again
+# whenever the private key is newer, so a replaced key and its emulator stay a pair.
+if [ ! -e "$dir/github_app_public_key" ] || [ "$dir/github_app_private_key" -nt "$dir/github_app_public_key" ]; then
+    rm -f "$dir/github_app_public_key"
+    openssl rsa -in "$dir/github_app_private_key" -pubout 2>/dev/null | put github_app_public_key
+fi
 
-# Provider tokens: stand-ins; replace them with real tokens (or the emulators' tokens).
-for name in digitalocean_token time4vps_password cloudflare_api_token; do
-    printf 'dev-placeholder-%s\n' "$(openssl rand -hex 8)" | put "$name"
+# Provider tokens: stand-ins (the emulators of docker-compose.dev.yml accept them); replace them
+# with real tokens. The Cloudflare one is shaped as Cloudflare's are (40 of [A-Za-z0-9_-]): its
+# API, and the emulator, refuse another shape.
+for name in digitalocean_token time4vps_password; do
+    printf 'dev-placeholder-%s\n' "$(openssl rand -hex 16)" | put "$name"
 done
+openssl rand -hex 20 | put cloudflare_api_token
 
 # The orchestrator's own SSH key (OpenSSH format, Ed25519).
 if [ ! -e "$dir/orchestrator_ssh_private_key" ]; then

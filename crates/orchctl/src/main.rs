@@ -13,6 +13,7 @@ mod health;
 mod infra;
 mod output;
 mod project;
+mod ready;
 mod secrets;
 mod up;
 mod vault;
@@ -40,6 +41,9 @@ enum Command {
     Up(up::UpArgs),
     /// Check the gRPC health of the four services over mTLS.
     Health(health::HealthArgs),
+    /// Exit 0 when a service's admin port answers `GET /readyz` with 200 (container
+    /// healthchecks: no shell or curl needed).
+    Ready(ready::ReadyArgs),
     /// The services' audit logs.
     Audit {
         #[command(subcommand)]
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
         } => pki_init(&dir, &trust_domain, days, &identities),
         Command::Up(args) => up::run(args),
         Command::Health(args) => health::run(args),
+        Command::Ready(args) => ready::run(args),
         // Its own exit codes: 1 for a broken chain, 2 when it could not be checked.
         Command::Audit { command } => return audit::run(command),
         Command::Vault { command } => vault::run(command),

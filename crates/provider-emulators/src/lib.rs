@@ -140,10 +140,21 @@ pub struct ProviderEmulators {
 impl ProviderEmulators {
     /// Starts the three on `127.0.0.1:0`.
     pub async fn start(config: ProvidersConfig) -> anyhow::Result<Self> {
+        let free = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_on(config, free, free, free).await
+    }
+
+    /// Starts the three on the given addresses (fixed ports, for a container).
+    pub async fn start_on(
+        config: ProvidersConfig,
+        digitalocean: std::net::SocketAddr,
+        cloudflare: std::net::SocketAddr,
+        time4vps: std::net::SocketAddr,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
-            digitalocean: DigitalOcean::start(config.digitalocean).await?,
-            cloudflare: Cloudflare::start(config.cloudflare).await?,
-            time4vps: Time4Vps::start(config.time4vps).await?,
+            digitalocean: DigitalOcean::start_on(digitalocean, config.digitalocean).await?,
+            cloudflare: Cloudflare::start_on(cloudflare, config.cloudflare).await?,
+            time4vps: Time4Vps::start_on(time4vps, config.time4vps).await?,
         })
     }
 

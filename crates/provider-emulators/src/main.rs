@@ -2,6 +2,9 @@
 //! `orchctl up` and end-to-end tests.
 //!
 //! Environment (all optional; an emulator without credentials refuses every request):
+//! - `DIGITALOCEAN_EMULATOR_ADDR`, `CLOUDFLARE_EMULATOR_ADDR`, `TIME4VPS_EMULATOR_ADDR`: where
+//!   each listens (default `127.0.0.1:0`, a free port).
+//! - Every credential below may instead be given as a file, `<NAME>_FILE` (a container's secret).
 //! - `PROVIDER_EMULATORS_ADDR_FILE`: receives `{"digitalocean": url, "cloudflare": url,
 //!   "time4vps": url}` once all three listen (written then renamed).
 //! - `DIGITALOCEAN_EMULATOR_TOKEN` (comma-separated for several accounts),
@@ -23,13 +26,15 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use orchestrator_emulator_kit::process::{self, env};
+use std::net::SocketAddr;
+
+use orchestrator_emulator_kit::process::{self, env, env_or_file};
 use orchestrator_provider_emulators::{
     CfConfig, DoConfig, Faults, HostsConfig, ProviderEmulators, ProvidersConfig, T4Config,
 };
 
-fn list(name: &str) -> Vec<String> {
-    env(name)
+fn list(name: &str) -> anyhow::Result<Vec<String>> {
+    Ok(env_or_file(name)?
         .map(|v| {
             v.split(',')
                 .map(str::trim)
@@ -37,7 +42,16 @@ fn list(name: &str) -> Vec<String> {
                 .map(str::to_owned)
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default())
+}
+
+/// Where one emulator listens: `name`, default a free port on loopback.
+fn listen_addr(name: &str) -> anyhow::Result<SocketAddr> {
+    env(name)
+        .as_deref()
+        .unwrap_or("127.0.0.1:0")
+        .parse()
+        .with_context(|| format!("{name}: not an address (host:port)"))
 }
 
 fn number<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>> {
@@ -115,7 +129,7 @@ fn faults(spec: &str) -> anyhow::Result<Faults> {
 
 fn config() -> anyhow::Result<ProvidersConfig> {
     let mut digitalocean = DoConfig {
-        tokens: list("DIGITALOCEAN_EMULATOR_TOKEN"),
+        tokens: list("DIGITALOCEAN_EMULATOR_TOKEN")?,
         ..DoConfig::default()
     };
     if let Some(d) = millis("DIGITALOCEAN_EMULATOR_ACTIVE_AFTER_MS")? {
@@ -130,18 +144,18 @@ fn config() -> anyhow::Result<ProvidersConfig> {
     if let Some(n) = number("DIGITALOCEAN_EMULATOR_RATE_LIMIT_PER_MINUTE")? {
         digitalocean.rate_limit_per_minute = n;
     }
-    let mut zones = list("CLOUDFLARE_EMULATOR_ZONE");
+    let mut zones = list("CLOUDFLARE_EMULATOR_ZONE")?;
     if zones.is_empty() {
         zones.push("orchestrator.test".to_owned());
     }
     let cloudflare = CfConfig {
-        tokens: list("CLOUDFLARE_EMULATOR_TOKEN"),
+        tokens: list("CLOUDFLARE_EMULATOR_TOKEN")?,
         zones,
         ..CfConfig::default()
     };
     let mut time4vps = T4Config {
         user: env("TIME4VPS_EMULATOR_USER").unwrap_or_default(),
-        password: env("TIME4VPS_EMULATOR_PASSWORD").unwrap_or_default(),
+        password: env_or_file("TIME4VPS_EMULATOR_PASSWORD")?.unwrap_or_default(),
         servers: servers(&env("TIME4VPS_EMULATOR_SERVERS").unwrap_or_default())?,
         ..T4Config::default()
     };
@@ -184,7 +198,13 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let emulators = ProviderEmulators::start(config).await?;
+    let emulators = ProviderEmulators::start_on(
+        config,
+        listen_addr("DIGITALOCEAN_EMULATOR_ADDR")?,
+        listen_addr("CLOUDFLARE_EMULATOR_ADDR")?,
+        listen_addr("TIME4VPS_EMULATOR_ADDR")?,
+    )
+    .await?;
     if let Some(f) = fault_spec {
         emulators.set_faults(f);
     }

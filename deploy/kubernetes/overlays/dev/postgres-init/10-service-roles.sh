@@ -28,7 +28,7 @@
 # Every secret is checked before anything is changed, and all SQL runs in one transaction: the
 # image does not re-run this script once the data directory exists, so a half-done init would
 # stay half done. If it fails, fix the secret and remove the volume
-# (docker compose down; docker volume rm orchestrator-mesh_pgdata).
+# (`docker compose down -v` drops it, and the other volumes).
 #
 # POSIX sh, no `set -u`: if this file loses its executable bit the entrypoint sources it into
 # its own bash, and must not inherit stricter options from here.
