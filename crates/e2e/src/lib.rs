@@ -30,9 +30,9 @@ pub mod raw;
 pub use launch::{Launch, Proc};
 pub use mesh::{MeshBuilder, TestMesh};
 pub use operations::{droplet_provision, watch_operation};
-pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use orchestrator_devenv::{Secret, StateDir, VAULT_KEY_ID, random_key};
 pub use orchestrator_github_emulator::testing::{APP_ID, ORG, app_key};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use pki::{Pki, channel, channel_with};
 pub use providers::{
     CF_TOKEN, DNS_ZONE, DO_TOKEN, ProviderEmulators, ProviderSetup, T4_PASSWORD, T4_SERVER,

@@ -83,7 +83,9 @@ fn github_call_under_create_project(spans: &[ReceivedSpan]) -> Option<Vec<&Recei
         .map(|s| ancestry(spans, s))
         .find(|chain| {
             chain.last().is_some_and(|root| {
-                root.service == "scaffolder" && root.name == CREATE_PROJECT && root.kind == ReceivedSpan::SERVER
+                root.service == "scaffolder"
+                    && root.name == CREATE_PROJECT
+                    && root.kind == ReceivedSpan::SERVER
             })
         })
 }
@@ -101,7 +103,10 @@ async fn one_trace_spans_the_scaffolder_the_broker_and_the_github_call() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(answer.project.unwrap().state, pb::ProjectState::Ready as i32);
+    assert_eq!(
+        answer.project.unwrap().state,
+        pb::ProjectState::Ready as i32
+    );
 
     wait_until(
         "the broker's GitHub call is exported under the scaffolder's CreateProject",
@@ -109,12 +114,16 @@ async fn one_trace_spans_the_scaffolder_the_broker_and_the_github_call() {
         || github_call_under_create_project(&receiver.spans()).is_some(),
     )
     .await;
+    assert_eq!(traces_setting(&mesh, Service::Scaffolder), "\"otlp\"");
     let spans = receiver.spans();
     let chain = github_call_under_create_project(&spans).unwrap();
     let (http, root) = (chain[0], *chain.last().unwrap());
 
     // Every span of the chain is in the root's trace.
-    assert!(chain.iter().all(|s| s.trace_id == root.trace_id), "{chain:#?}");
+    assert!(
+        chain.iter().all(|s| s.trace_id == root.trace_id),
+        "{chain:#?}"
+    );
     assert_eq!(root.parent_span_id, "", "the caller sent no trace context");
     assert_eq!(root.attribute("rpc.system"), Some("grpc"));
     assert_eq!(
@@ -139,7 +148,9 @@ async fn one_trace_spans_the_scaffolder_the_broker_and_the_github_call() {
     assert_eq!(scaffolder_client.kind, ReceivedSpan::CLIENT);
     assert_eq!(scaffolder_client.name, chain[broker_server].name);
     assert!(
-        chain[broker_server].name.starts_with("orchestrator.secretbroker.v1.SecretBrokerService/"),
+        chain[broker_server]
+            .name
+            .starts_with("orchestrator.secretbroker.v1.SecretBrokerService/"),
         "{chain:#?}"
     );
     assert_eq!(
@@ -151,7 +162,10 @@ async fn one_trace_spans_the_scaffolder_the_broker_and_the_github_call() {
     assert_eq!(http.attribute("server.address"), Some("127.0.0.1"));
     let path = http.attribute("url.path").unwrap();
     assert!(path.starts_with('/') && !path.contains('?'), "{path}");
-    assert!(http.attribute("http.response.status_code").is_some(), "{http:#?}");
+    assert!(
+        http.attribute("http.response.status_code").is_some(),
+        "{http:#?}"
+    );
 
     // The vault took part too (the scaffolder records grants there): same trace, or none.
     // No span anywhere carries the secret value the request brought.
@@ -182,6 +196,19 @@ async fn the_sdk_switch_turns_export_off_and_says_so() {
         .env(Service::Vault, "OTEL_SDK_DISABLED", "true")
         .start()
         .await;
-    let logs = mesh.logs(Service::Vault);
-    assert!(logs.contains("traces=\"off\"") || logs.contains("traces=off"), "{logs}");
+    assert_eq!(traces_setting(&mesh, Service::Vault), "\"off\"");
+}
+
+/// The `traces` field of `service`'s start-up line (the log may colour the field's name).
+fn traces_setting(mesh: &TestMesh, service: Service) -> String {
+    let logs = mesh.logs(service);
+    let line = logs
+        .lines()
+        .find(|l| l.contains(&format!("{service} serving")))
+        .unwrap_or_else(|| panic!("no start-up line: {logs}"));
+    let (_, value) = line.rsplit_once("traces").unwrap();
+    value
+        .trim_start_matches(|c: char| c != '"')
+        .trim()
+        .to_owned()
 }

@@ -32,7 +32,9 @@ pub enum TraceSettings {
     Off,
     /// OTLP over gRPC to the endpoint the SDK reads from `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`
     /// (default `http://localhost:4317`), as `service_name`.
-    Otlp { service_name: String },
+    Otlp {
+        service_name: String,
+    },
 }
 
 impl TraceSettings {

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
-use tracing::Instrument as _;
 use secrecy::{ExposeSecret, SecretString};
+use tracing::Instrument as _;
 
 /// Why a provider call failed. Never carries a token.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -184,14 +184,12 @@ impl Http {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .map(Duration::from_secs);
-                    let bytes = response
-                        .bytes()
-                        .instrument(span)
-                        .await
-                        .map_err(|e| ProviderError::Unavailable {
+                    let bytes = response.bytes().instrument(span).await.map_err(|e| {
+                        ProviderError::Unavailable {
                             provider: self.provider,
                             reason: e.to_string(),
-                        })?;
+                        }
+                    })?;
                     let body = if bytes.is_empty() {
                         serde_json::Value::Null
                     } else {

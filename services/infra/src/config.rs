@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use orchestrator_mesh::client::PeerChannel;
 use orchestrator_mesh::{Env, Service, Startup};
 use orchestrator_ssh::AdminKey;
 use secrecy::SecretString;
-use orchestrator_mesh::client::PeerChannel;
 
 /// Infra's configuration. The provider and DNS tokens are each optional: a user's own key from
 /// the vault can stand in for any of them.

@@ -1,10 +1,10 @@
 //! What the handlers and the background operations share.
 
 use orchestrator_audit::Ledger;
+use orchestrator_mesh::client::PeerChannel;
 use orchestrator_proto::secretbroker::v1::secret_broker_service_client::SecretBrokerServiceClient;
 use orchestrator_store::Database;
 use tonic::Status;
-use orchestrator_mesh::client::PeerChannel;
 
 use crate::config::{Peers, Settings};
 use crate::db;

@@ -6,12 +6,12 @@ use std::time::Duration;
 use orchestrator_audit::{Entry, Ledger};
 use orchestrator_fields::ProjectId;
 use orchestrator_github::{GitHub, RetryPolicy};
+use orchestrator_mesh::client::PeerChannel;
 use orchestrator_mesh::{Service, Startup};
 use orchestrator_proto::secretbroker::v1::secret_broker_service_client::SecretBrokerServiceClient;
 use orchestrator_proto::vault::v1::vault_service_client::VaultServiceClient;
 use orchestrator_store::Database;
 use tonic::Status;
-use orchestrator_mesh::client::PeerChannel;
 
 use crate::config::{self, Settings};
 use crate::db;
