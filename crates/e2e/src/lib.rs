@@ -10,6 +10,7 @@
 //! - `pki`: a throwaway [`Pki`] and channels presenting any of its certificates.
 //! - `providers`: the provider emulators of a mesh and the credentials they accept.
 //! - `raw`: any RPC as bytes, a bare TLS handshake, a minimal HTTP client.
+//! - `otlp`: an in-process OTLP trace receiver, [`OtlpReceiver`], for the services' exported spans.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -21,6 +22,7 @@ mod dba;
 mod launch;
 mod mesh;
 mod operations;
+mod otlp;
 mod pki;
 mod providers;
 pub mod raw;
@@ -30,6 +32,7 @@ pub use mesh::{MeshBuilder, TestMesh};
 pub use operations::{droplet_provision, watch_operation};
 pub use orchestrator_devenv::{Secret, StateDir, VAULT_KEY_ID, random_key};
 pub use orchestrator_github_emulator::testing::{APP_ID, ORG, app_key};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use pki::{Pki, channel, channel_with};
 pub use providers::{
     CF_TOKEN, DNS_ZONE, DO_TOKEN, ProviderEmulators, ProviderSetup, T4_PASSWORD, T4_SERVER,

@@ -13,6 +13,7 @@ use http_body_util::BodyExt as _;
 use ring::rand::SecureRandom as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use tracing::Instrument as _;
 
 use crate::app::AppAuth;
 use crate::names::{RepoRef, SecretName};
@@ -166,6 +167,8 @@ pub(crate) type TokenKey = (u64, Vec<String>, BTreeMap<String, String>);
 /// The GitHub client of the secret broker (the only holder of the App key).
 pub struct GitHub {
     http: octocrab::Octocrab,
+    /// The API's host, for the spans of outbound calls (`server.address`).
+    host: String,
     /// The App key: only the broker's client has one; others work with tokens it minted.
     app: Option<AppAuth>,
     retry: RetryPolicy,
@@ -258,6 +261,11 @@ impl GitHub {
         app: Option<AppAuth>,
         retry: RetryPolicy,
     ) -> Result<Self, GitHubError> {
+        let host = base_url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|uri| uri.host().map(str::to_owned))
+            .unwrap_or_default();
         let http = octocrab::Octocrab::builder()
             .base_uri(base_url)
             .map_err(|e| GitHubError::Decode(format!("GITHUB_API_URL: {e}")))?
@@ -267,6 +275,7 @@ impl GitHub {
             .map_err(|e| GitHubError::Unavailable(e.to_string()))?;
         Ok(Self {
             http,
+            host,
             app,
             retry,
             tokens: Mutex::new(HashMap::new()),
@@ -652,17 +661,47 @@ impl GitHub {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(payload)
             .map_err(|e| GitHubError::Decode(e.to_string()))?;
-        let response = tokio::time::timeout(self.retry.attempt_timeout, self.http.execute(request))
-            .await
-            .map_err(|_| GitHubError::Unavailable("timed out".into()))?
-            .map_err(|e| GitHubError::Unavailable(e.to_string()))?;
-        let (parts, body) = response.into_parts();
-        let bytes = tokio::time::timeout(self.retry.attempt_timeout, body.collect())
-            .await
-            .map_err(|_| GitHubError::Unavailable("timed out reading the answer".into()))?
-            .map_err(|e| GitHubError::Unavailable(e.to_string()))?
-            .to_bytes();
-        Ok((parts.status, parts.headers, bytes))
+        let span = self.span(method, path);
+        let exchange = async {
+            let response =
+                tokio::time::timeout(self.retry.attempt_timeout, self.http.execute(request))
+                    .await
+                    .map_err(|_| GitHubError::Unavailable("timed out".into()))?
+                    .map_err(|e| GitHubError::Unavailable(e.to_string()))?;
+            let (parts, body) = response.into_parts();
+            span.record("http.response.status_code", parts.status.as_u16());
+            let bytes = tokio::time::timeout(self.retry.attempt_timeout, body.collect())
+                .await
+                .map_err(|_| GitHubError::Unavailable("timed out reading the answer".into()))?
+                .map_err(|e| GitHubError::Unavailable(e.to_string()))?
+                .to_bytes();
+            Ok((parts.status, parts.headers, bytes))
+        };
+        let outcome = exchange.instrument(span.clone()).await;
+        if outcome.as_ref().map_or(true, |(status, _, _)| {
+            status.is_server_error() || status.is_client_error()
+        }) {
+            span.record("otel.status_code", "error");
+        }
+        outcome
+    }
+
+    /// The exported span of one HTTP request (target `otel`: see `orchestrator_mesh::telemetry`):
+    /// method, host and path without its query, and later the status; never a header or a body.
+    /// No trace context is sent to GitHub: a third party has no use for our trace IDs.
+    fn span(&self, method: &Method, path: &str) -> tracing::Span {
+        let path = path.split('?').next().unwrap_or(path);
+        tracing::info_span!(
+            target: "otel",
+            "http.client",
+            otel.name = %format_args!("{method} {}", path_template(path)),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %method,
+            server.address = %self.host,
+            url.path = path,
+            http.response.status_code = tracing::field::Empty,
+        )
     }
 
     /// How long to wait before retrying this answer, and whether it is a rate limit; `None`

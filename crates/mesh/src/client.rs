@@ -1,7 +1,9 @@
-//! gRPC channels to mesh services over mTLS, verifying the server's SPIFFE ID.
+//! gRPC channels to mesh services over mTLS, verifying the server's SPIFFE ID, and the tracing
+//! wrapper a service's channels to its peers carry ([`PeerChannel`]).
 
 use std::io;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -10,8 +12,10 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
+use tracing::Instrument as _;
 
 use crate::identity::Identity;
+use crate::telemetry;
 use crate::tls::{MeshTls, TlsError};
 
 /// Connects to `target` (`host:port`) as the identity in `tls`, accepting only a server that
@@ -80,4 +84,51 @@ where
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
     Ok((endpoint, tower::util::BoxCloneSyncService::new(connector)))
+}
+
+/// A service's channel to one of its peers: every call is an exported client span (when traces
+/// are on) and carries its W3C trace context (`traceparent`) in the gRPC metadata, so that the
+/// peer's server span joins the caller's trace.
+pub type PeerChannel = Traced<Channel>;
+
+/// Wraps a gRPC client service (a [`Channel`]) with a client span per call.
+#[derive(Debug, Clone)]
+pub struct Traced<S> {
+    inner: S,
+}
+
+impl<S> Traced<S> {
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S, B, ResBody> tower::Service<http::Request<B>> for Traced<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tracing::instrument::Instrumented<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // The path is one of our own generated clients' methods, never a caller's input.
+        let name = req.uri().path().trim_start_matches('/');
+        let (service, method) = name.split_once('/').unwrap_or((name, ""));
+        let span = tracing::info_span!(
+            target: telemetry::TARGET,
+            "rpc.client",
+            otel.name = name,
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+        );
+        telemetry::inject(&span, req.headers_mut());
+        self.inner.call(req).instrument(span)
+    }
 }

@@ -1,4 +1,6 @@
-//! One tracing span and one set of metrics per RPC: caller, method, gRPC status and latency.
+//! One tracing span and one set of metrics per RPC: caller, method, gRPC status and latency;
+//! and, when traces are exported, one OpenTelemetry server span per RPC, child of the caller's
+//! span when the request carries a W3C `traceparent` ([`crate::telemetry`]).
 //!
 //! The status of a gRPC call is only known when its trailers are sent (or at once, for a
 //! trailers-only error), so the measurement finishes inside the response body. A call whose
@@ -22,6 +24,7 @@ use tracing::{Instrument, Span};
 
 use crate::peer::Peer;
 use crate::policy::Policy;
+use crate::telemetry;
 
 /// Counter of finished RPCs by `grpc_service`, `grpc_method`, `grpc_code`.
 pub const HANDLED_TOTAL: &str = "grpc_server_handled_total";
@@ -66,7 +69,9 @@ where
 {
     type Response = http::Response<ObservedBody<ResBody>>;
     type Error = S::Error;
-    type Future = ObserveFuture<tracing::instrument::Instrumented<S::Future>>;
+    type Future = ObserveFuture<
+        tracing::instrument::Instrumented<tracing::instrument::Instrumented<S::Future>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -85,23 +90,56 @@ where
             .extensions()
             .get::<Peer>()
             .map_or_else(|| "-".to_owned(), |p| p.identity.to_string());
+        let trace = server_span(&path, &caller, req.headers());
         let span = tracing::info_span!("rpc", method = %span_path, caller = %caller);
-        let inner = self.inner.call(req).instrument(span.clone());
+        // Both spans are entered while the handler runs: the log span for its log lines, the
+        // exported one so that the handler's outbound calls become its children.
+        let inner = self
+            .inner
+            .call(req)
+            .instrument(span.clone())
+            .instrument(trace.clone());
         ObserveFuture {
             inner,
             record: Some(Record {
                 path,
                 span,
+                trace,
                 start: Instant::now(),
             }),
         }
     }
 }
 
+/// The exported span of one RPC (disabled, so nearly free, when traces are off): named
+/// `package.Service/Method` (or `unknown/unknown` for a path the policy does not know, so that a
+/// caller cannot invent span names), with the caller's SPIFFE ID. Nothing of the request's body.
+fn server_span(path: &str, caller: &str, headers: &http::HeaderMap) -> Span {
+    let name = &path[1..];
+    let (service, method) = name.split_once('/').unwrap_or((name, ""));
+    let span = tracing::info_span!(
+        target: telemetry::TARGET,
+        "rpc.server",
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        orchestrator.caller = caller,
+    );
+    if !span.is_disabled() {
+        telemetry::set_parent(&span, telemetry::extract(headers));
+    }
+    span
+}
+
 /// What is needed to report one RPC once it ends.
 struct Record {
     path: String,
     span: Span,
+    trace: Span,
     start: Instant,
 }
 
@@ -116,6 +154,10 @@ impl Record {
         ];
         metrics::counter!(HANDLED_TOTAL, &labels).increment(1);
         metrics::histogram!(HANDLING_SECONDS, &labels).record(latency.as_secs_f64());
+        self.trace.record("rpc.grpc.status_code", code as i32);
+        if telemetry::server_error(code) {
+            self.trace.record("otel.status_code", "error");
+        }
         let latency_ms = latency.as_secs_f64() * 1e3;
         let _entered = self.span.enter();
         match code {

@@ -15,11 +15,11 @@ use sqlx::migrate::Migrator;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::Routes;
-use tonic::transport::Channel;
 use tonic_health::ServingStatus;
 
 use crate::admin::{self, Readiness};
 use crate::authz::AuthzLayer;
+use crate::client::PeerChannel;
 use crate::config::{Env, MeshConfig};
 use crate::identity::{Identity, TrustDomain};
 use crate::observe::ObserveLayer;
@@ -148,11 +148,13 @@ impl Startup {
 
     /// One long-lived channel to `peer` at the address in `var` (default: the peer's default
     /// port on 127.0.0.1), connected on first use; the peer must prove its own identity.
-    pub fn peer(&self, peer: Service, var: &str) -> anyhow::Result<Channel> {
+    /// Every call on it carries the caller's trace context ([`crate::client::PeerChannel`]).
+    pub fn peer(&self, peer: Service, var: &str) -> anyhow::Result<PeerChannel> {
         let default = format!("127.0.0.1:{}", peer.default_port());
         let addr = self.env.get(var).unwrap_or(&default);
         let identity = Identity::new(self.config.trust_domain.clone(), peer.identity_name());
         crate::client::connect_lazy(self.tls.clone(), addr, identity)
+            .map(PeerChannel::new)
             .with_context(|| format!("{var}={addr}"))
     }
 
@@ -249,7 +251,25 @@ where
     let _ = rustls::crypto::ring::default_provider().install_default();
     let env = Env::from_process();
     let config = MeshConfig::from_env(service, &env)?;
-    telemetry::init_tracing(config.log_format);
+    let traces = telemetry::TraceSettings::from_env(&env, service.name())?;
+    let telemetry = telemetry::init(config.log_format, &traces)?;
+    let served = serve(service, routes, env, config, telemetry.exporting()).await;
+    // Exports the spans still buffered, whether serving ended cleanly or not.
+    telemetry.shutdown().await;
+    served
+}
+
+async fn serve<F, Fut>(
+    service: Service,
+    routes: F,
+    env: Env,
+    config: MeshConfig,
+    exporting_traces: bool,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(Startup) -> Fut,
+    Fut: Future<Output = anyhow::Result<Routes>>,
+{
     let metrics = telemetry::init_metrics()?;
 
     let tls = MeshTls::load(config.tls.clone(), Some(config.identity()))?;
@@ -324,6 +344,7 @@ where
         identity = %tls.identity(),
         grpc = %grpc_addr,
         admin = %admin_addr,
+        traces = if exporting_traces { "otlp" } else { "off" },
         "{service} serving"
     );
 

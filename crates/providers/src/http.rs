@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
+use tracing::Instrument as _;
 
 /// Why a provider call failed. Never carries a token.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -169,22 +170,26 @@ impl Http {
             if let Some(body) = body {
                 request = request.json(body);
             }
-            let (wait, failure) = match request.send().await {
+            let span = self.span(&method, path);
+            let (wait, failure) = match request.send().instrument(span.clone()).await {
                 Ok(response) => {
                     let status = response.status();
+                    span.record("http.response.status_code", status.as_u16());
+                    if status.is_client_error() || status.is_server_error() {
+                        span.record("otel.status_code", "error");
+                    }
                     let retry_after = response
                         .headers()
                         .get("retry-after")
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .map(Duration::from_secs);
-                    let bytes = response
-                        .bytes()
-                        .await
-                        .map_err(|e| ProviderError::Unavailable {
+                    let bytes = response.bytes().instrument(span).await.map_err(|e| {
+                        ProviderError::Unavailable {
                             provider: self.provider,
                             reason: e.to_string(),
-                        })?;
+                        }
+                    })?;
                     let body = if bytes.is_empty() {
                         serde_json::Value::Null
                     } else {
@@ -211,7 +216,10 @@ impl Http {
                     }
                 }
                 Err(e) => (
-                    self.backoff(attempt),
+                    {
+                        span.record("otel.status_code", "error");
+                        self.backoff(attempt)
+                    },
                     ProviderError::Unavailable {
                         provider: self.provider,
                         reason: e.to_string(),
@@ -226,6 +234,29 @@ impl Http {
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
+    }
+
+    /// The exported span of one HTTP request (target `otel`: see `orchestrator_mesh::telemetry`):
+    /// method, host and path without its query, and later the status; never a header or a body.
+    /// No trace context is sent to the provider: a third party has no use for our trace IDs.
+    fn span(&self, method: &Method, path: &str) -> tracing::Span {
+        let path = path.split('?').next().unwrap_or(path);
+        let host = reqwest::Url::parse(&self.base)
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        tracing::info_span!(
+            target: "otel",
+            "http.client",
+            otel.name = %format_args!("{method} {}", self.provider),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %method,
+            server.address = host,
+            url.path = path,
+            http.response.status_code = tracing::field::Empty,
+            orchestrator.provider = self.provider,
+        )
     }
 
     fn backoff(&self, attempt: u32) -> Duration {

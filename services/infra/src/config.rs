@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use orchestrator_mesh::client::PeerChannel;
 use orchestrator_mesh::{Env, Service, Startup};
 use orchestrator_ssh::AdminKey;
 use secrecy::SecretString;
-use tonic::transport::Channel;
 
 /// Infra's configuration. The provider and DNS tokens are each optional: a user's own key from
 /// the vault can stand in for any of them.
@@ -160,11 +160,11 @@ impl Settings {
 #[derive(Debug, Clone)]
 pub(crate) struct Peers {
     /// Deploy credentials and clone tokens (`INFRA_BROKER_ADDR`).
-    pub broker: Channel,
+    pub broker: PeerChannel,
     /// Users' own provider and DNS keys (`INFRA_VAULT_ADDR`).
-    pub vault: Channel,
+    pub vault: PeerChannel,
     /// Projects' owners, before a user's own key is used (`INFRA_SCAFFOLDER_ADDR`).
-    pub scaffolder: Channel,
+    pub scaffolder: PeerChannel,
 }
 
 impl Peers {

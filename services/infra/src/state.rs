@@ -1,10 +1,10 @@
 //! What the handlers and the background operations share.
 
 use orchestrator_audit::Ledger;
+use orchestrator_mesh::client::PeerChannel;
 use orchestrator_proto::secretbroker::v1::secret_broker_service_client::SecretBrokerServiceClient;
 use orchestrator_store::Database;
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::config::{Peers, Settings};
 use crate::db;
@@ -45,7 +45,7 @@ impl Infra {
     }
 
     /// A client on the one (lazily connecting) channel to the broker.
-    pub(crate) fn broker(&self) -> SecretBrokerServiceClient<Channel> {
+    pub(crate) fn broker(&self) -> SecretBrokerServiceClient<PeerChannel> {
         SecretBrokerServiceClient::new(self.peers.broker.clone())
     }
 }

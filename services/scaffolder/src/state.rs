@@ -6,12 +6,12 @@ use std::time::Duration;
 use orchestrator_audit::{Entry, Ledger};
 use orchestrator_fields::ProjectId;
 use orchestrator_github::{GitHub, RetryPolicy};
+use orchestrator_mesh::client::PeerChannel;
 use orchestrator_mesh::{Service, Startup};
 use orchestrator_proto::secretbroker::v1::secret_broker_service_client::SecretBrokerServiceClient;
 use orchestrator_proto::vault::v1::vault_service_client::VaultServiceClient;
 use orchestrator_store::Database;
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::config::{self, Settings};
 use crate::db;
@@ -23,9 +23,9 @@ pub(crate) struct Scaffolder {
     pub(crate) github: GitHub,
     pub(crate) settings: Settings,
     /// The secret broker: one channel, connected on first use and reconnected as needed.
-    broker: Channel,
+    broker: PeerChannel,
     /// The vault (grants only): one channel, connected on first use.
-    vault: Channel,
+    vault: PeerChannel,
 }
 
 impl Scaffolder {
@@ -52,12 +52,12 @@ impl Scaffolder {
     }
 
     /// A client on the one (lazily connecting) channel to the broker.
-    pub(crate) fn broker(&self) -> SecretBrokerServiceClient<Channel> {
+    pub(crate) fn broker(&self) -> SecretBrokerServiceClient<PeerChannel> {
         SecretBrokerServiceClient::new(self.broker.clone())
     }
 
     /// A client on the one (lazily connecting) channel to the vault.
-    pub(crate) fn vault(&self) -> VaultServiceClient<Channel> {
+    pub(crate) fn vault(&self) -> VaultServiceClient<PeerChannel> {
         VaultServiceClient::new(self.vault.clone())
     }
 }
