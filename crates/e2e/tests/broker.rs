@@ -563,7 +563,7 @@ async fn fault_round(
     config: Config,
     faults: Faults,
     settings: &[(&str, &str)],
-) -> Result<(), String> {
+) -> Result<String, String> {
     let mesh = start(config, settings).await;
     let mut api = mesh.broker_as("api").await;
     mesh.github().reset_stats();
@@ -572,11 +572,7 @@ async fn fault_round(
     let pairs: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), n.as_bytes())).collect();
     let started = std::time::Instant::now();
     let response = api.set_project_secrets(secrets("f1", &pairs)).await;
-    println!(
-        "{kind}: {:?} in {:?}",
-        response.as_ref().map(|_| "ok").map_err(|s| s.code()),
-        started.elapsed()
-    );
+    let took = started.elapsed();
     let stats = mesh.github().stats();
     mesh.github().set_faults(Faults::default());
     let injected = stats.faults_injected.values().sum::<usize>() + stats.rate_limited;
@@ -616,8 +612,10 @@ async fn fault_round(
         problems.extend(waits.early.into_iter().take(3));
     }
     if problems.is_empty() {
-        println!("{kind}: {} waits honoured", waits.followed);
-        Ok(())
+        Ok(format!(
+            "{kind}: all pushed in {took:?}, {} waits honoured",
+            waits.followed
+        ))
     } else {
         Err(format!("{kind}: {problems:#?}"))
     }
@@ -706,8 +704,9 @@ async fn faults_end_with_every_secret_pushed_and_retries_wait_as_asked() {
             seed: 7 + round as u64,
             ..faults
         };
-        if let Err(problems) = fault_round(kind, config, faults, &settings).await {
-            panic!("{problems}");
+        match fault_round(kind, config, faults, &settings).await {
+            Ok(summary) => println!("{summary}"),
+            Err(problems) => panic!("{problems}"),
         }
     }
 

@@ -294,13 +294,8 @@ impl Runner {
             }
             ran.push(step.name.clone());
             if !out.status.success() {
-                println!(
-                    "step {:?} failed ({}):\n{}\n{}",
-                    step.name,
-                    out.status,
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                self.printed
+                    .push(format!("{}: failed ({})", step.name, out.status));
                 failed = true;
             }
         }
@@ -367,10 +362,7 @@ async fn the_seeds_flow_deploys_the_bot_token_to_the_container_and_nowhere_else(
     // 1. The project: its bot token straight to GitHub, its DigitalOcean key from the vault.
     let github_target = |name: &str| common::SecretTarget {
         target: Some(common::secret_target::Target::GithubSecret(
-            common::GitHubSecretTarget {
-                name: name.into(),
-                ..Default::default()
-            },
+            common::GitHubSecretTarget { name: name.into() },
         )),
     };
     let vault_target = common::SecretTarget {
@@ -476,7 +468,10 @@ async fn the_seeds_flow_deploys_the_bot_token_to_the_container_and_nowhere_else(
     let bin = runner_dir.path().join("bin");
     let runner_docker_log = runner_dir.path().join("runner-docker.log");
     write_script(&bin.join("docker"), &runner_docker(&runner_docker_log));
-    write_script(&bin.join("ssh"), &runner_ssh(mesh.ssh_port(), HOSTNAME, &ip));
+    write_script(
+        &bin.join("ssh"),
+        &runner_ssh(mesh.ssh_port(), HOSTNAME, &ip),
+    );
     let work = runner_dir.path().join("work");
     fs::create_dir_all(work.join("temp")).unwrap();
     let wf = parse_workflow(&workflow, runner_dir.path());

@@ -283,13 +283,13 @@ impl Stats {
                         asked.request
                     ));
                 }
-            } else if let Some(reset) = asked.wait_until_reset {
-                if next.arrived_unix_ms < reset.saturating_mul(1000) {
-                    waits.early.push(format!(
-                        "{}: x-ratelimit-reset {reset}, next attempt at {} ms",
-                        asked.request, next.arrived_unix_ms
-                    ));
-                }
+            } else if let Some(reset) = asked.wait_until_reset
+                && next.arrived_unix_ms < reset.saturating_mul(1000)
+            {
+                waits.early.push(format!(
+                    "{}: x-ratelimit-reset {reset}, next attempt at {} ms",
+                    asked.request, next.arrived_unix_ms
+                ));
             }
         }
         waits

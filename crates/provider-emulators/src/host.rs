@@ -409,11 +409,7 @@ impl server::Handler for Connection {
                 } else {
                     (0, b"status: done\n".to_vec())
                 }
-            } else if let Some(run) = shared
-                .run
-                .as_ref()
-                .filter(|r| r.users.iter().any(|u| *u == user))
-            {
+            } else if let Some(run) = shared.run.as_ref().filter(|r| r.users.contains(&user)) {
                 let home = run.home(&shared.ip, &user);
                 let (status, out, stderr) = run_command(run, &home, &user, &command, &stdin).await;
                 lock(&shared.log).push(Exec {
