@@ -18,9 +18,12 @@ if (files.length === 0) {
   process.exit(2);
 }
 
-const lint = await createLinter();
 let findings = 0;
 for (const file of files) {
+  // A fresh linter per file: one instance reused across files corrupts its input after a few
+  // hundred lines in all (2.0.6: a clean file then reports a missing "on" section, or the
+  // WebAssembly traps with "unreachable").
+  const lint = await createLinter();
   let text;
   try {
     text = await readFile(file, "utf8");

@@ -234,6 +234,11 @@ impl Proc {
         logs(self.dir.path())
     }
 
+    /// Its folder: logs, address file (and its keys, when it has none from a mesh).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// `GET path` on the admin port: (status code, body).
     pub async fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         raw::http_get(self.admin, path).await

@@ -121,7 +121,7 @@ impl MeshBuilder {
             settings: self.settings,
             db,
             secrets,
-            _secrets_dir: secrets_dir,
+            secrets_dir,
             pki,
         };
         for service in START_ORDER {
@@ -142,7 +142,7 @@ pub struct TestMesh {
     settings: HashMap<Service, Vec<(String, String)>>,
     db: TestDatabase,
     secrets: DevSecrets,
-    _secrets_dir: tempfile::TempDir,
+    secrets_dir: tempfile::TempDir,
     pki: Pki,
 }
 
@@ -181,6 +181,17 @@ impl TestMesh {
         self.secrets
             .value(secret)
             .unwrap_or_else(|e| panic!("{secret:?}: {e:#}"))
+    }
+
+    /// Every folder the mesh wrote to: the PKI, the services' keys, and each process's folder
+    /// (its logs); for tests that search everything on disk for a value.
+    pub fn dirs(&self) -> Vec<std::path::PathBuf> {
+        let mut dirs = vec![
+            self.pki.dir().to_path_buf(),
+            self.secrets_dir.path().to_path_buf(),
+        ];
+        dirs.extend(self.procs.values().map(|p| p.dir().to_path_buf()));
+        dirs
     }
 
     pub fn github(&self) -> &Emulator {

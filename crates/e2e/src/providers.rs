@@ -90,6 +90,9 @@ impl ProviderEmulators {
         let cloudflare = emu::Cloudflare::start(emu::CfConfig {
             tokens: vec![CF_TOKEN.into(), USERS_OWN_CF_TOKEN.into()],
             zones: vec![DNS_ZONE.into()],
+            // A record infra does not mark `proxied: false` would go through the HTTP proxy,
+            // which SSH does not pass.
+            proxied_by_default: true,
             ..emu::CfConfig::default()
         })
         .await?;

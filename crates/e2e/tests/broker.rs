@@ -339,6 +339,7 @@ async fn deletes_never_touch_foreign_secrets_and_reconcile_reports_drift() {
     };
     tokio::time::sleep(Duration::from_millis(1100)).await; // updated_at has second resolution
     token_free_edit("KEPT");
+    assert!(mesh.github().delete_secret_directly(ORG, "app1", "GONE"));
     let reconcile = reconciled(&mut api, "p1", true).await;
     let kinds: Vec<_> = reconcile
         .findings
@@ -356,7 +357,12 @@ async fn deletes_never_touch_foreign_secrets_and_reconcile_reports_drift() {
         )),
         "{kinds:?}"
     );
-    assert_eq!(reconcile.in_sync_count, 1, "{kinds:?}");
+    assert!(
+        kinds.contains(&("GONE".into(), pb::ReconcileFindingKind::Missing as i32)),
+        "a secret deleted at GitHub is not reported missing: {kinds:?}"
+    );
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    assert_eq!(reconcile.in_sync_count, 0, "{kinds:?}");
     assert!(
         mesh.github().secret(ORG, "app1", "FOREIGN").is_some(),
         "reconcile touched a foreign secret"
@@ -547,13 +553,93 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
     assert!(!mesh.logs(BROKER).contains(&created.token));
 }
 
-/// 20 % of calls failing in each way GitHub fails, one way at a time: every secret ends
-/// pushed or with a precise error, and none is `present` without being at GitHub.
+/// One fault round: a broker on `config` (with `settings`), GitHub failing as `faults` says
+/// while ten secrets are pushed in one request. `Err` says what went wrong: a secret not pushed
+/// (with its error), a value not exact at GitHub, a reference not `present`, or a retry that
+/// came before GitHub's `retry-after` or `x-ratelimit-reset` allowed (as the emulator measured
+/// the arrivals).
+async fn fault_round(
+    kind: &str,
+    config: Config,
+    faults: Faults,
+    settings: &[(&str, &str)],
+) -> Result<String, String> {
+    let mesh = start(config, settings).await;
+    let mut api = mesh.broker_as("api").await;
+    mesh.github().reset_stats();
+    mesh.github().set_faults(faults);
+    let names: Vec<String> = (0..10).map(|i| format!("S{i}")).collect();
+    let pairs: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), n.as_bytes())).collect();
+    let started = std::time::Instant::now();
+    let response = api.set_project_secrets(secrets("f1", &pairs)).await;
+    let took = started.elapsed();
+    let stats = mesh.github().stats();
+    mesh.github().set_faults(Faults::default());
+    let injected = stats.faults_injected.values().sum::<usize>() + stats.rate_limited;
+    assert!(injected > 0, "{kind}: no fault injected");
+    let results = response
+        .map_err(|status| format!("{kind}: the request failed: {status:?}"))?
+        .into_inner()
+        .results;
+    let list = listed(&mut api, "p1").await;
+    let mut problems = Vec::new();
+    if results.len() != names.len() {
+        problems.push(format!(
+            "{} results for {} secrets",
+            results.len(),
+            names.len()
+        ));
+    }
+    for r in &results {
+        if r.outcome != CREATED && r.outcome != UPDATED {
+            problems.push(format!("{} not pushed: {:?}", r.name, r.error));
+        }
+        if mesh.github().secret(ORG, "app1", &r.name).as_deref() != Some(r.name.as_bytes()) {
+            problems.push(format!("{} not exact at GitHub", r.name));
+        }
+        let presence = list
+            .secrets
+            .iter()
+            .find(|s| s.name == r.name)
+            .map(|s| s.presence);
+        if presence != Some(common::SecretPresence::Present as i32) {
+            problems.push(format!("{} is {presence:?}, not present", r.name));
+        }
+    }
+    let waits = stats.waits();
+    if !waits.early.is_empty() {
+        problems.push(format!("{} retries came early", waits.early.len()));
+        problems.extend(waits.early.into_iter().take(3));
+    }
+    if problems.is_empty() {
+        Ok(format!(
+            "{kind}: all pushed in {took:?}, {} waits honoured",
+            waits.followed
+        ))
+    } else {
+        Err(format!("{kind}: {problems:#?}"))
+    }
+}
+
+/// 20 % of calls failing in each way GitHub fails, one way at a time, then all together, and
+/// an exhausted primary limit: every secret ends pushed, exact at GitHub and `present`, and
+/// every retry comes no earlier than GitHub's `retry-after` (sent non-zero) or the primary
+/// limit's reset (a two-second window here) allowed. A client that does not retry fails this:
+/// the last round runs the same faults with retries off (`BROKER_GITHUB_DEADLINE=0s`) and must
+/// end with secrets not pushed.
 #[tokio::test]
-async fn faults_end_with_every_secret_pushed_or_a_precise_error() {
-    let kinds: [(&str, Faults); 5] = [
+async fn faults_end_with_every_secret_pushed_and_retries_wait_as_asked() {
+    // A secondary limit without `retry-after` is waited for BROKER_SECONDARY_WAIT (GitHub: a
+    // minute, here a second), doubling each time it repeats.
+    let settings = [("BROKER_SECONDARY_WAIT", "1s")];
+    let retry_after = |f: Faults| Faults {
+        retry_after_secs: 1,
+        ..f
+    };
+    let rounds: [(&str, Config, Faults); 7] = [
         (
             "server errors",
+            Config::default(),
             Faults {
                 server_error: 0.2,
                 ..Faults::default()
@@ -561,14 +647,23 @@ async fn faults_end_with_every_secret_pushed_or_a_precise_error() {
         ),
         (
             "429 with retry-after",
-            Faults {
+            Config::default(),
+            retry_after(Faults {
                 rate_limited_429: 0.2,
-                retry_after_secs: 0,
                 ..Faults::default()
-            },
+            }),
         ),
         (
-            "secondary 403",
+            "secondary 403 with retry-after",
+            Config::default(),
+            retry_after(Faults {
+                secondary_403: 0.2,
+                ..Faults::default()
+            }),
+        ),
+        (
+            "secondary 403 without retry-after",
+            Config::default(),
             Faults {
                 secondary_403: 0.2,
                 retry_after_secs: 0,
@@ -577,6 +672,7 @@ async fn faults_end_with_every_secret_pushed_or_a_precise_error() {
         ),
         (
             "dropped connections",
+            Config::default(),
             Faults {
                 dropped_connection: 0.2,
                 ..Faults::default()
@@ -584,79 +680,59 @@ async fn faults_end_with_every_secret_pushed_or_a_precise_error() {
         ),
         (
             "all kinds together",
-            Faults {
+            Config::default(),
+            retry_after(Faults {
                 server_error: 0.1,
                 rate_limited_429: 0.1,
                 secondary_403: 0.1,
                 dropped_connection: 0.1,
-                retry_after_secs: 0,
                 ..Faults::default()
+            }),
+        ),
+        (
+            "primary limit, 4 requests per 2 s",
+            Config {
+                primary_limit_per_hour: 4,
+                primary_window: Duration::from_secs(2),
+                ..Config::default()
             },
+            Faults::default(),
         ),
     ];
-    for (round, (kind, faults)) in kinds.into_iter().enumerate() {
-        let mesh = start(Config::default(), &[]).await;
-        let mut api = mesh.broker_as("api").await;
-        mesh.github().set_faults(Faults {
+    for (round, (kind, config, faults)) in rounds.into_iter().enumerate() {
+        let faults = Faults {
             seed: 7 + round as u64,
             ..faults
-        });
-        let names: Vec<String> = (0..10).map(|i| format!("S{i}")).collect();
-        let pairs: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), n.as_bytes())).collect();
-        let started = std::time::Instant::now();
-        let response = api.set_project_secrets(secrets("f1", &pairs)).await;
-        println!(
-            "{kind}: {:?} in {:?}",
-            response.as_ref().map(|_| "ok").map_err(|s| s.code()),
-            started.elapsed()
-        );
-        assert!(
-            mesh.github()
-                .stats()
-                .faults_injected
-                .values()
-                .sum::<usize>()
-                > 0,
-            "{kind}: no fault injected"
-        );
-        mesh.github().set_faults(Faults::default());
-        let results = match response {
-            Ok(r) => r.into_inner().results,
-            Err(status) => {
-                // The batch can fail as a whole before any write (token, key, list): precisely.
-                assert!(
-                    matches!(status.code(), Code::Unavailable | Code::ResourceExhausted),
-                    "{kind}: {status:?}"
-                );
-                continue;
-            }
         };
-        let list = listed(&mut api, "p1").await;
-        for r in &results {
-            if r.outcome == CREATED || r.outcome == UPDATED {
-                assert_eq!(
-                    mesh.github().secret(ORG, "app1", &r.name).unwrap(),
-                    r.name.as_bytes(),
-                    "{kind}"
-                );
-            } else {
-                assert!(
-                    r.error
-                        .as_ref()
-                        .is_some_and(|e| e.code != 0 && !e.message.is_empty()),
-                    "{kind}: {r:?}"
-                );
-            }
-            let reference = list.secrets.iter().find(|s| s.name == r.name);
-            if reference.is_some_and(|s| s.presence == common::SecretPresence::Present as i32) {
-                assert!(
-                    mesh.github().secret(ORG, "app1", &r.name).is_some(),
-                    "{kind}: {} present but not at GitHub",
-                    r.name
-                );
-            }
+        match fault_round(kind, config, faults, &settings).await {
+            Ok(summary) => println!("{summary}"),
+            Err(problems) => panic!("{problems}"),
         }
     }
+
+    // The control: the same faults for a broker that never retries fail the round.
+    let no_retries = [
+        ("BROKER_SECONDARY_WAIT", "1s"),
+        ("BROKER_GITHUB_DEADLINE", "0s"),
+    ];
+    let control = fault_round(
+        "all kinds together, no retries",
+        Config::default(),
+        retry_after(Faults {
+            seed: 7 + 5,
+            server_error: 0.1,
+            rate_limited_429: 0.1,
+            secondary_403: 0.1,
+            dropped_connection: 0.1,
+            ..Faults::default()
+        }),
+        &no_retries,
+    )
+    .await;
+    assert!(
+        control.is_err(),
+        "a client without retries passed the fault round"
+    );
 }
 
 /// The broker is killed after GitHub accepted a PUT and before it recorded it; a new process
@@ -754,4 +830,146 @@ async fn writes_are_paced_across_two_replicas() {
             pair[1] - pair[0]
         );
     }
+}
+
+/// The broker's `secrets: write` tokens minted so far.
+fn secrets_token_mints(mesh: &TestMesh) -> usize {
+    mesh.github()
+        .stats()
+        .token_mints
+        .iter()
+        .filter(|m| m.permissions.get("secrets").map(String::as_str) == Some("write"))
+        .count()
+}
+
+/// The broker caches its installation token for the token's lifetime: a second push within it
+/// mints none (fails against a broker that mints per push). A token GitHub grants for five
+/// minutes is already inside the five minutes before expiry in which the broker replaces it,
+/// so the second push mints a fresh one (fails against a cache that keeps tokens until their
+/// very expiry).
+#[tokio::test]
+async fn a_second_push_within_the_tokens_lifetime_mints_no_token() {
+    for (lifetime, new_mints) in [(3600, 0), (300, 1)] {
+        let mesh = start(
+            Config {
+                token_lifetime: Duration::from_secs(lifetime),
+                ..Config::default()
+            },
+            &[],
+        )
+        .await;
+        let mut api = mesh.broker_as("api").await;
+        api.set_project_secrets(secrets("t1", &[("FIRST", b"1")]))
+            .await
+            .unwrap();
+        let before = secrets_token_mints(&mesh);
+        assert!(before >= 1, "{lifetime} s: no secrets token minted");
+        api.set_project_secrets(secrets("t2", &[("SECOND", b"2")]))
+            .await
+            .unwrap();
+        assert_eq!(
+            secrets_token_mints(&mesh) - before,
+            new_mints,
+            "tokens living {lifetime} s"
+        );
+        assert_eq!(mesh.github().secret(ORG, "app1", "SECOND").unwrap(), b"2");
+    }
+}
+
+/// GitHub holds at most 100 secrets per repository, counting the ones already there (someone
+/// else's included), and a request carries at most 100: a push that would make the 101st is
+/// refused whole with FAILED_PRECONDITION `TOO_MANY_SECRETS` before any PUT (not 99 written and
+/// the rest failed at GitHub), one that fills the repository to exactly 100 goes through, an
+/// update of a secret already there (in any letter case) takes no room, and 101 secrets in one
+/// request are INVALID_ARGUMENT before any GitHub call.
+#[tokio::test]
+async fn the_hundred_secret_limit_counts_what_github_holds_and_bounds_a_request() {
+    let mesh = start(Config::default(), &[("BROKER_MIN_WRITE_INTERVAL", "0s")]).await;
+    let mut api = mesh.broker_as("api").await;
+    const PUT: &str = "PUT /repos/{owner}/{repo}/actions/secrets/{secret_name}";
+    let puts = |mesh: &TestMesh| {
+        mesh.github()
+            .stats()
+            .requests
+            .get(PUT)
+            .copied()
+            .unwrap_or(0)
+    };
+
+    // 101 in one request: refused on the count, GitHub never called.
+    let names: Vec<String> = (0..101).map(|i| format!("MANY_{i}")).collect();
+    let pairs: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), b"v" as &[u8])).collect();
+    let before = mesh.github().stats().requests.values().sum::<usize>();
+    let err = api
+        .set_project_secrets(secrets("many", &pairs))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(violated_fields(&err), ["secrets"]);
+    assert_eq!(
+        mesh.github().stats().requests.values().sum::<usize>(),
+        before
+    );
+
+    // 95 already there: 90 someone else's, 5 ours.
+    for i in 0..90 {
+        mesh.github()
+            .put_secret_directly(ORG, "app1", &format!("FOREIGN_{i}"), b"theirs");
+    }
+    let ours: Vec<String> = (0..5).map(|i| format!("OURS_{i}")).collect();
+    let pairs: Vec<(&str, &[u8])> = ours.iter().map(|n| (n.as_str(), b"v" as &[u8])).collect();
+    api.set_project_secrets(secrets("ours", &pairs))
+        .await
+        .unwrap();
+    assert_eq!(mesh.github().secret_names(ORG, "app1").len(), 95);
+
+    // Six new ones would be 101: refused whole, nothing written.
+    let six: Vec<String> = (0..6).map(|i| format!("NEW_{i}")).collect();
+    let pairs: Vec<(&str, &[u8])> = six.iter().map(|n| (n.as_str(), b"v" as &[u8])).collect();
+    let puts_before = puts(&mesh);
+    let err = api
+        .set_project_secrets(secrets("six", &pairs))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(
+        err.get_error_details().error_info().unwrap().reason,
+        "TOO_MANY_SECRETS"
+    );
+    assert_eq!(puts(&mesh), puts_before, "a PUT was sent");
+    assert_eq!(mesh.github().secret_names(ORG, "app1").len(), 95);
+
+    // Updates of secrets already there (one named in another letter case) and four new ones:
+    // 99, fine; then one more new one: exactly 100, fine.
+    let mixed: [(&str, &[u8]); 6] = [
+        ("ours_0", b"v2"),
+        ("OURS_1", b"v2"),
+        ("NEW_0", b"v"),
+        ("NEW_1", b"v"),
+        ("NEW_2", b"v"),
+        ("NEW_3", b"v"),
+    ];
+    let results = api
+        .set_project_secrets(secrets("mixed", &mixed))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(
+        results
+            .iter()
+            .all(|r| r.outcome == CREATED || r.outcome == UPDATED),
+        "{results:?}"
+    );
+    assert_eq!(mesh.github().secret_names(ORG, "app1").len(), 99);
+    api.set_project_secrets(secrets("last", &[("NEW_4", b"v")]))
+        .await
+        .unwrap();
+    assert_eq!(mesh.github().secret_names(ORG, "app1").len(), 100);
+    let err = api
+        .set_project_secrets(secrets("over", &[("NEW_5", b"v")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(mesh.github().secret_names(ORG, "app1").len(), 100);
 }

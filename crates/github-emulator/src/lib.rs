@@ -107,6 +107,12 @@ pub struct Config {
     /// address it bound. Set it when it listens on a wildcard address, as in a container
     /// (`http://github-emulator:8080`).
     pub public_url: Option<String>,
+    /// How long an installation token lives (GitHub: one hour). Shorter in tests of a client's
+    /// token cache, which must replace a token before it expires.
+    pub token_lifetime: Duration,
+    /// Length of a primary rate-limit window (GitHub: one hour), whose end each answer names in
+    /// `x-ratelimit-reset`. Shorter in tests that a client waits for the reset.
+    pub primary_window: Duration,
 }
 
 impl Default for Config {
@@ -121,6 +127,8 @@ impl Default for Config {
             primary_status: 403,
             template_copy_delay: Duration::from_millis(500),
             public_url: None,
+            token_lifetime: Duration::from_secs(3600),
+            primary_window: Duration::from_secs(3600),
         }
     }
 }
@@ -216,6 +224,81 @@ pub struct Stats {
     /// Injected faults by kind: `server_error`, `rate_limited_429`, `secondary_403`,
     /// `dropped_connection`, `slow_response`.
     pub faults_injected: BTreeMap<String, usize>,
+    /// Every request in arrival order, with what it was told about waiting: so a test can check
+    /// that a client's next attempt came no earlier than it was asked to.
+    pub attempts: Vec<Attempt>,
+}
+
+/// One request as the emulator saw it: when it arrived, how it was answered, and the waits the
+/// answer asked for.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// `METHOD /path` as sent, query included (one secret's PUT is told from another's).
+    pub request: String,
+    pub arrived: Instant,
+    /// When the answer was handed to the connection (or the connection dropped).
+    pub answered: Instant,
+    /// 0 for a dropped connection.
+    pub status: u16,
+    /// `retry-after`, in seconds, when the answer carried one.
+    pub retry_after: Option<u64>,
+    /// `x-ratelimit-reset` (Unix seconds) when the answer said the primary limit is used up
+    /// (`x-ratelimit-remaining: 0` on a refusal).
+    pub wait_until_reset: Option<i64>,
+    /// Wall-clock arrival, Unix milliseconds (to compare with `wait_until_reset`).
+    pub arrived_unix_ms: i64,
+}
+
+/// The most requests [`Stats::attempts`] keeps (later ones are counted but not kept).
+pub const MAX_ATTEMPTS_KEPT: usize = 100_000;
+
+/// How the clients honoured the waits they were asked for (see [`Stats::waits`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Waits {
+    /// Answers that asked for a wait (`retry-after`, or the primary limit's reset) and were
+    /// followed by another attempt of the same request.
+    pub followed: usize,
+    /// Of those, the ones whose next attempt came too early: `request: what was asked, when
+    /// the next attempt came`.
+    pub early: Vec<String>,
+}
+
+impl Stats {
+    /// For every answer that asked the client to wait, whether the next attempt of the same
+    /// request (method, path and query) came no earlier than asked: `retry-after` seconds after
+    /// the answer, or at the primary limit's `x-ratelimit-reset` (Unix seconds) at the earliest.
+    pub fn waits(&self) -> Waits {
+        let mut waits = Waits::default();
+        for (i, asked) in self.attempts.iter().enumerate() {
+            if asked.retry_after.is_none() && asked.wait_until_reset.is_none() {
+                continue;
+            }
+            let Some(next) = self.attempts[i + 1..]
+                .iter()
+                .find(|a| a.request == asked.request)
+            else {
+                continue;
+            };
+            waits.followed += 1;
+            if let Some(secs) = asked.retry_after {
+                let waited = next.arrived.saturating_duration_since(asked.answered);
+                if waited < Duration::from_secs(secs) {
+                    waits.early.push(format!(
+                        "{}: retry-after {secs} s, next attempt after {waited:?}",
+                        asked.request
+                    ));
+                }
+            } else if let Some(reset) = asked.wait_until_reset
+                && next.arrived_unix_ms < reset.saturating_mul(1000)
+            {
+                waits.early.push(format!(
+                    "{}: x-ratelimit-reset {reset}, next attempt at {} ms",
+                    asked.request, next.arrived_unix_ms
+                ));
+            }
+        }
+        waits
+    }
 }
 
 /// A running emulator. Clones share it; the server stops when the last handle drops or on
@@ -376,6 +459,19 @@ impl Emulator {
             .repo_mut(owner, repo)
             .unwrap_or_else(|| panic!("no repository {owner}/{repo}"));
         repo.store_secret(name, zeroize::Zeroizing::new(value.to_vec()));
+    }
+
+    /// Deletes a secret as if someone else had (no API call, no counters); `false` if there
+    /// was none.
+    ///
+    /// # Panics
+    /// If the repository does not exist (a test's mistake).
+    pub fn delete_secret_directly(&self, owner: &str, repo: &str, name: &str) -> bool {
+        let mut world = self.inner.state.world();
+        let repo = world
+            .repo_mut(owner, repo)
+            .unwrap_or_else(|| panic!("no repository {owner}/{repo}"));
+        repo.secrets.remove(&name.to_ascii_uppercase()).is_some()
     }
 
     /// A file's content on the default branch.

@@ -40,9 +40,11 @@ struct BucketState {
 }
 
 /// The rate-limit windows and in-flight counts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Limits {
     buckets: BTreeMap<Bucket, BucketState>,
+    /// A window's length in seconds (`Config::primary_window`, at least one).
+    window: i64,
 }
 
 /// What the headers say about a bucket after counting a request.
@@ -54,15 +56,23 @@ struct Snapshot {
 }
 
 impl Limits {
+    pub(crate) fn new(window: Duration) -> Self {
+        Self {
+            buckets: BTreeMap::new(),
+            window: i64::try_from(window.as_secs()).unwrap_or(i64::MAX).max(1),
+        }
+    }
+
     fn bucket(&mut self, bucket: Bucket, now: i64) -> &mut BucketState {
+        let window = self.window;
         let state = self.buckets.entry(bucket).or_insert(BucketState {
-            reset: now + 3600,
+            reset: now.saturating_add(window),
             used: 0,
             in_flight: 0,
             last_write: None,
         });
         if now >= state.reset {
-            state.reset = now + 3600;
+            state.reset = now.saturating_add(window);
             state.used = 0;
         }
         state
@@ -221,8 +231,17 @@ pub(crate) async fn gate(
     next: Next,
 ) -> Response {
     let arrived = Instant::now();
+    let arrived_unix_ms =
+        i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+            .unwrap_or(i64::MAX);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let request = format!(
+        "{method} {}",
+        req.uri()
+            .path_and_query()
+            .map_or(path.as_str(), |p| p.as_str())
+    );
     let template = req
         .extensions()
         .get::<MatchedPath>()
@@ -237,6 +256,14 @@ pub(crate) async fn gate(
     }
     let status = response.status().as_u16();
     let dropped = response.extensions().get::<DropConnection>().is_some();
+    record_attempt(
+        &state,
+        request,
+        arrived,
+        arrived_unix_ms,
+        &response,
+        dropped,
+    );
     tracing::info!(
         %method,
         route = template_of(&route),
@@ -247,6 +274,45 @@ pub(crate) async fn gate(
         "github-emulator request"
     );
     response
+}
+
+/// Keeps the request and the waits its answer asked for (see `Stats::attempts`).
+fn record_attempt(
+    state: &model::State,
+    request: String,
+    arrived: Instant,
+    arrived_unix_ms: i64,
+    response: &Response,
+    dropped: bool,
+) {
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    let refused = matches!(response.status().as_u16(), 403 | 429);
+    let attempt = crate::Attempt {
+        request,
+        arrived,
+        answered: Instant::now(),
+        status: if dropped {
+            0
+        } else {
+            response.status().as_u16()
+        },
+        retry_after: header("retry-after").and_then(|s| u64::try_from(s).ok()),
+        wait_until_reset: (refused && header("x-ratelimit-remaining") == Some(0))
+            .then(|| header("x-ratelimit-reset"))
+            .flatten(),
+        arrived_unix_ms,
+    };
+    let mut stats = state.stats();
+    // Bounded, for a long-running `orchctl up`: tests make far fewer requests.
+    if stats.attempts.len() < crate::MAX_ATTEMPTS_KEPT {
+        stats.attempts.push(attempt);
+    }
 }
 
 fn template_of(route: &str) -> &str {

@@ -32,12 +32,13 @@ use orchestrator_emulator_kit::{hex, lock};
 
 impl State {
     pub(crate) fn new(config: Config, app_key: AppKey, base_url: String) -> Self {
+        let window = config.primary_window;
         Self {
             config,
             app_key,
             base_url,
             world: Mutex::new(World::default()),
-            limits: Mutex::new(Limits::default()),
+            limits: Mutex::new(Limits::new(window)),
             faults: Mutex::new(FaultState::default()),
             stats: Mutex::new(Stats::default()),
         }

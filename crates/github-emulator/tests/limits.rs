@@ -323,3 +323,115 @@ async fn shutdown_stops_the_server() {
             .is_err()
     );
 }
+
+/// `Stats::waits` tells a client that retried before `retry-after` or before the primary
+/// limit's reset from one that waited: the check the broker's fault test relies on.
+#[tokio::test]
+async fn waits_report_a_retry_that_came_before_it_was_allowed() {
+    // retry-after: one retry at once (early), then one after the wait (in time).
+    let (gh, _, token) = setup(config()).await;
+    gh.emu.set_faults_for(
+        "GET /repos/{owner}/{repo}/actions/secrets/public-key",
+        Faults {
+            rate_limited_429: 1.0,
+            retry_after_secs: 1,
+            ..Faults::default()
+        },
+    );
+    let first = gh.tok(Method::GET, PUBLIC_KEY, &token, None).await;
+    assert_eq!(first.status(), 429);
+    assert_eq!(header(&first, "retry-after"), Some("1"));
+    let eager = gh.tok(Method::GET, PUBLIC_KEY, &token, None).await;
+    assert_eq!(eager.status(), 429);
+    let waits = gh.emu.stats().waits();
+    assert_eq!(waits.followed, 1);
+    assert_eq!(waits.early.len(), 1, "{waits:?}");
+    assert!(
+        waits.early[0]
+            .starts_with("GET /repos/acme/app/actions/secrets/public-key: retry-after 1 s")
+    );
+    gh.emu.set_faults(Faults::default());
+    gh.emu.set_faults_for(
+        "GET /repos/{owner}/{repo}/actions/secrets/public-key",
+        Faults::default(),
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        gh.tok(Method::GET, PUBLIC_KEY, &token, None).await.status(),
+        200
+    );
+    let waits = gh.emu.stats().waits();
+    assert_eq!((waits.followed, waits.early.len()), (2, 1), "{waits:?}");
+
+    // The primary limit with a two-second window: the answer names the reset, a retry before
+    // it is early, one after it is not (and is served: a new window).
+    let (gh, _, token) = setup(Config {
+        primary_limit_per_hour: 1,
+        primary_window: Duration::from_secs(2),
+        ..config()
+    })
+    .await;
+    assert_eq!(
+        gh.tok(Method::GET, PUBLIC_KEY, &token, None).await.status(),
+        200
+    );
+    let refused = gh.tok(Method::GET, PUBLIC_KEY, &token, None).await;
+    assert_eq!(refused.status(), 403);
+    let reset: i64 = header(&refused, "x-ratelimit-reset")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(reset > now && reset <= now + 2, "{reset} vs {now}");
+    let waits = gh.emu.stats().waits();
+    assert_eq!(waits.followed, 0, "{waits:?}");
+    // Retried at once: early.
+    assert_eq!(
+        gh.tok(Method::GET, PUBLIC_KEY, &token, None).await.status(),
+        403
+    );
+    assert_eq!(gh.emu.stats().waits().early.len(), 1);
+    // Until the reset: served, and not early.
+    let until = (reset * 1000
+        - time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000)
+        .max(0);
+    tokio::time::sleep(Duration::from_millis(until as u64 + 50)).await;
+    assert_eq!(
+        gh.tok(Method::GET, PUBLIC_KEY, &token, None).await.status(),
+        200
+    );
+    let waits = gh.emu.stats().waits();
+    assert_eq!((waits.followed, waits.early.len()), (2, 1), "{waits:?}");
+}
+
+/// Installation tokens live `Config::token_lifetime` (an hour unless a test shortens it).
+#[tokio::test]
+async fn tokens_live_the_configured_lifetime() {
+    for (lifetime, expected) in [(None, 3600), (Some(300), 300)] {
+        let mut config = config();
+        if let Some(secs) = lifetime {
+            config.token_lifetime = Duration::from_secs(secs);
+        }
+        let gh = Gh::with(config).await;
+        let inst = gh.emu.install(ORG);
+        let resp = gh
+            .call(
+                Method::POST,
+                &format!("/app/installations/{inst}/access_tokens"),
+                Some(&format!("Bearer {}", gh.jwt())),
+                Some(json!({})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        let expires = time::OffsetDateTime::parse(
+            body["expires_at"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+        .unix_timestamp();
+        let left = expires - time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!((expected - 2..=expected).contains(&left), "{left}");
+    }
+}

@@ -137,3 +137,55 @@ async fn retry_after_is_honoured_for_403_and_429() {
         assert!(started.elapsed() >= Duration::from_secs(2));
     }
 }
+
+/// The client's next attempt comes no earlier than GitHub asked, as GitHub would measure it
+/// (the emulator's own record of arrivals, `Stats::waits`): `retry-after` seconds after the
+/// answer, or at the primary limit's `x-ratelimit-reset`. Both sent non-zero.
+#[tokio::test]
+async fn the_next_attempt_comes_no_earlier_than_retry_after_or_the_reset() {
+    // retry-after: 1 s on 429 and on 403; the limit lifts at once, so a client that did not
+    // wait would retry (and succeed) early.
+    for faults in [
+        Faults {
+            rate_limited_429: 1.0,
+            retry_after_secs: 1,
+            ..Faults::default()
+        },
+        Faults {
+            secondary_403: 1.0,
+            retry_after_secs: 1,
+            ..Faults::default()
+        },
+    ] {
+        let (emu, github, token) = setup(Config::default()).await;
+        emu.set_faults_for(LIST, faults);
+        let lifted = emu.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            lifted.set_faults_for(LIST, Faults::default());
+        });
+        github.list_secrets(&token, &repo()).await.unwrap();
+        let waits = emu.stats().waits();
+        assert!(waits.followed >= 1, "{waits:?}");
+        assert!(waits.early.is_empty(), "{waits:?}");
+    }
+
+    // The primary limit, two requests in a two-second window: the third waits for the reset.
+    let (emu, github, token) = setup(Config {
+        primary_limit_per_hour: 2,
+        primary_window: Duration::from_secs(2),
+        ..Config::default()
+    })
+    .await;
+    for _ in 0..3 {
+        github.list_secrets(&token, &repo()).await.unwrap();
+    }
+    let stats = emu.stats();
+    assert!(
+        stats.attempts.iter().any(|a| a.wait_until_reset.is_some()),
+        "the limit was never hit"
+    );
+    let waits = stats.waits();
+    assert!(waits.followed >= 1, "{waits:?}");
+    assert!(waits.early.is_empty(), "{waits:?}");
+}

@@ -10,9 +10,11 @@ use orchestrator_github_emulator::{Config, Emulator};
 use secrecy::SecretString;
 
 async fn setup() -> (Emulator, GitHub, u64) {
-    let emu = Emulator::start(trusting_test_app(Config::default()))
-        .await
-        .unwrap();
+    setup_with(Config::default()).await
+}
+
+async fn setup_with(config: Config) -> (Emulator, GitHub, u64) {
+    let emu = Emulator::start(trusting_test_app(config)).await.unwrap();
     let installation = emu.install(ORG);
     emu.create_repository(ORG, "app");
     let app = AppAuth::from_pem(APP_ID, &SecretString::from(app_key().0.clone())).unwrap();
@@ -113,4 +115,61 @@ async fn handed_over_tokens_are_never_shared_nor_the_cached_one() {
         .await
         .unwrap();
     assert!(!minted && again.token.expose_secret() == values[0]);
+}
+
+/// The broker's token is cached for its lifetime: a second use within it mints nothing. A
+/// token that expires within five minutes is not served from the cache but replaced, so no
+/// request starts with a token about to expire. (Fails against a client without a cache, and
+/// against one that keeps a token until its very expiry.)
+#[tokio::test]
+async fn a_cached_token_is_reused_until_five_minutes_before_it_expires() {
+    let repo = RepoRef::new(ORG, "app").unwrap();
+    // An hour's token: minted once for two pushes' worth of calls.
+    let (emu, github, installation) = setup().await;
+    for _ in 0..2 {
+        let (token, _) = github
+            .token(installation, &["app"], &[("secrets", "write")])
+            .await
+            .unwrap();
+        github.list_secrets(&token.token, &repo).await.unwrap();
+    }
+    assert_eq!(emu.stats().token_mints.len(), 1);
+
+    // Tokens GitHub gives for five minutes only: each is already "five minutes from expiry",
+    // so each request gets a new one, and each works.
+    let (emu, github, installation) = setup_with(Config {
+        token_lifetime: std::time::Duration::from_secs(300),
+        ..Config::default()
+    })
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let (token, minted) = github
+            .token(installation, &["app"], &[("secrets", "write")])
+            .await
+            .unwrap();
+        assert!(
+            minted,
+            "a token five minutes from expiry was served from the cache"
+        );
+        github.list_secrets(&token.token, &repo).await.unwrap();
+        use secrecy::ExposeSecret as _;
+        seen.push(token.token.expose_secret().to_owned());
+    }
+    assert_ne!(seen[0], seen[1]);
+    assert_eq!(emu.stats().token_mints.len(), 2);
+
+    // Six minutes: cached again.
+    let (emu, github, installation) = setup_with(Config {
+        token_lifetime: std::time::Duration::from_secs(360),
+        ..Config::default()
+    })
+    .await;
+    for _ in 0..2 {
+        github
+            .token(installation, &["app"], &[("secrets", "write")])
+            .await
+            .unwrap();
+    }
+    assert_eq!(emu.stats().token_mints.len(), 1);
 }

@@ -4,7 +4,11 @@
 //! reinstall's `ssh_key`), and answers `cloud-init status --wait` once boot is over.
 //!
 //! Every other command is recorded (user, command line, stdin) and answers exit 0 without
-//! running anything: a test machine must not become the server. Tests read the record.
+//! running anything: a test machine must not become the server. Tests read the record. Only
+//! when a test asks for it ([`HostsConfig::run_commands`]) are the commands of the named login
+//! users really run, in a folder of the test's that plays their home, with the test's
+//! stand-ins (say, a `docker` script) first on PATH: what a deploy over SSH needs to be run
+//! end to end.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -30,6 +34,27 @@ pub struct HostsConfig {
     pub impostor: bool,
     /// cloud-init fails on every droplet (`status: error`).
     pub cloud_init_fails: bool,
+    /// Run these users' commands for real (see [`RunCommands`]); `None`: record them only.
+    pub run_commands: Option<RunCommands>,
+}
+
+/// Whose commands a server really runs, and where: `sh -c <command>` with the command's stdin,
+/// in `<root>/<server address>/<user>` (created; it is `HOME`), PATH `<root>/bin` first then
+/// `/usr/bin:/bin`, an otherwise empty environment; stdout, stderr and the exit status go back
+/// over the channel. For tests only: it runs whatever the login user sends, on this machine.
+#[derive(Debug, Clone)]
+pub struct RunCommands {
+    /// Login users whose commands run (e.g. `deploy`); everyone else's are recorded only.
+    pub users: Vec<String>,
+    /// The folder under which each server's users get their homes; `bin` holds stand-ins.
+    pub root: std::path::PathBuf,
+}
+
+impl RunCommands {
+    /// `user`'s home on the server at `ip`.
+    pub fn home(&self, ip: &str, user: &str) -> std::path::PathBuf {
+        self.root.join(ip).join(user)
+    }
 }
 
 /// One command a server was asked to run.
@@ -99,6 +124,9 @@ struct Shared {
     cloud_init: bool,
     failed: bool,
     log: Arc<Mutex<Vec<Exec>>>,
+    run: Option<RunCommands>,
+    /// The server's address (its users' homes are under it, with `run`).
+    ip: String,
 }
 
 /// What a droplet boots with, read from its user data the way cloud-init would: `users` (name
@@ -179,8 +207,9 @@ pub(crate) fn from_cloud_init(
     boot
 }
 
-/// Starts `boot`'s SSH daemon on `boot.ip:port` (at `boot.up_at`).
-pub(crate) fn start(boot: Boot, port: u16) -> anyhow::Result<Host> {
+/// Starts `boot`'s SSH daemon on `boot.ip:port` (at `boot.up_at`), running the commands
+/// `run` names.
+pub(crate) fn start(boot: Boot, port: u16, run: Option<RunCommands>) -> anyhow::Result<Host> {
     let key = match &boot.host_key {
         Some(text) => PrivateKey::from_openssh(text)?,
         None => PrivateKey::new(Ed25519Keypair::from_seed(&random_bytes()).into(), "")?,
@@ -207,6 +236,8 @@ pub(crate) fn start(boot: Boot, port: u16) -> anyhow::Result<Host> {
         cloud_init: boot.cloud_init,
         failed: boot.failed,
         log: log.clone(),
+        run,
+        ip: boot.ip.to_string(),
     });
     let config = Arc::new(server::Config {
         keys: vec![key],
@@ -366,32 +397,102 @@ impl server::Handler for Connection {
         let handle = session.handle();
         // Answered from a task: `cloud-init status --wait` blocks until boot is over.
         tokio::spawn(async move {
-            let (status, out) =
-                if command.split_whitespace().next() == Some("cloud-init") && !shared.cloud_init {
-                    (127, "")
-                } else if command.trim() == "cloud-init status --wait" {
-                    tokio::time::sleep_until(shared.ready_at.into()).await;
-                    if shared.failed {
-                        (1, "status: error\n")
-                    } else {
-                        (0, "status: done\n")
-                    }
+            let mut err = Vec::new();
+            let (status, out) = if command.split_whitespace().next() == Some("cloud-init")
+                && !shared.cloud_init
+            {
+                (127, Vec::new())
+            } else if command.trim() == "cloud-init status --wait" {
+                tokio::time::sleep_until(shared.ready_at.into()).await;
+                if shared.failed {
+                    (1, b"status: error\n".to_vec())
                 } else {
-                    let status = shared.authorized_keys(&user, &command, &stdin);
-                    lock(&shared.log).push(Exec {
-                        user,
-                        command,
-                        stdin,
-                    });
-                    (status, "")
-                };
+                    (0, b"status: done\n".to_vec())
+                }
+            } else if let Some(run) = shared.run.as_ref().filter(|r| r.users.contains(&user)) {
+                let home = run.home(&shared.ip, &user);
+                let (status, out, stderr) = run_command(run, &home, &user, &command, &stdin).await;
+                lock(&shared.log).push(Exec {
+                    user,
+                    command,
+                    stdin,
+                });
+                err = stderr;
+                (status, out)
+            } else {
+                let status = shared.authorized_keys(&user, &command, &stdin);
+                lock(&shared.log).push(Exec {
+                    user,
+                    command,
+                    stdin,
+                });
+                (status, Vec::new())
+            };
             if !out.is_empty() {
-                let _ = handle.data(channel, out.as_bytes().to_vec()).await;
+                let _ = handle.data(channel, out).await;
+            }
+            if !err.is_empty() {
+                let _ = handle.extended_data(channel, 1, err).await;
             }
             let _ = handle.exit_status_request(channel, status).await;
             let _ = handle.eof(channel).await;
             let _ = handle.close(channel).await;
         });
         Ok(())
+    }
+}
+
+/// Runs `command` as [`RunCommands`] says: `sh -c` in `home`, stdin written while the output is
+/// read. Returns the exit status (255 when it could not start), stdout and stderr.
+async fn run_command(
+    run: &RunCommands,
+    home: &std::path::Path,
+    user: &str,
+    command: &str,
+    stdin: &[u8],
+) -> (u32, Vec<u8>, Vec<u8>) {
+    use tokio::io::AsyncWriteExt as _;
+    if let Err(e) = std::fs::create_dir_all(home) {
+        return (
+            255,
+            Vec::new(),
+            format!("no home {}: {e}\n", home.display()).into_bytes(),
+        );
+    }
+    let path = format!("{}:/usr/bin:/bin", run.root.join("bin").display());
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(home)
+        .env_clear()
+        .env("HOME", home)
+        .env("PATH", path)
+        .env("USER", user)
+        .env("LOGNAME", user)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return (255, Vec::new(), format!("sh: {e}\n").into_bytes()),
+    };
+    if let Some(mut input) = child.stdin.take() {
+        let stdin = stdin.to_vec();
+        // A command that never reads its stdin closes it: the write fails, which is fine.
+        tokio::spawn(async move {
+            let _ = input.write_all(&stdin).await;
+        });
+    }
+    match child.wait_with_output().await {
+        Ok(out) => (
+            out.status
+                .code()
+                .map_or(255, |c| u32::try_from(c).unwrap_or(255)),
+            out.stdout,
+            out.stderr,
+        ),
+        Err(e) => (255, Vec::new(), format!("sh: {e}\n").into_bytes()),
     }
 }

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 pub use cloudflare::{CfConfig, CfPlan, Cloudflare, DnsRecordView};
 pub use digitalocean::{DigitalOcean, DoConfig, DropletRecord, SshKeyRecord};
-pub use host::{Exec, HostsConfig};
+pub use host::{Exec, HostsConfig, RunCommands};
 pub use time4vps::{ReinstallRecord, ServerView, T4Config, Time4Vps};
 
 /// Faults injected into requests that passed authentication and the rate limits. Probabilities

@@ -466,3 +466,37 @@ async fn rate_limit_answers_429_with_retry_after() {
     error_code(resp, 429, 971).await;
     assert_eq!(cf.emu.stats().rate_limited, 1);
 }
+
+/// With `proxied_by_default` (a zone whose new records go through the proxy unless the writer
+/// says otherwise), a proxiable record created without `proxied` is proxied, one created with
+/// `proxied: false` is not, and a TXT record never is: so a client's own `proxied: false` is
+/// what a test sees.
+#[tokio::test]
+async fn records_without_proxied_follow_the_zones_default() {
+    let cf = Cf::start(CfConfig {
+        proxied_by_default: true,
+        ..config()
+    })
+    .await;
+    let bare = json!({"type": "A", "name": "bare", "content": "198.51.100.1"});
+    assert_eq!(cf.create(bare).await.status(), 200);
+    assert_eq!(cf.create(a("said", "198.51.100.2")).await.status(), 200);
+    let txt = json!({"type": "TXT", "name": "t", "content": "hello"});
+    assert_eq!(cf.create(txt).await.status(), 200);
+    let proxied = |name: &str| {
+        cf.emu
+            .records()
+            .into_iter()
+            .find(|r| r.name == format!("{name}.{ZONE}"))
+            .map(|r| r.proxied)
+    };
+    assert_eq!(proxied("bare"), Some(true));
+    assert_eq!(proxied("said"), Some(false));
+    assert_eq!(proxied("t"), Some(false));
+
+    // The API's own default (the emulator's unless told): not proxied.
+    let cf = Cf::start(config()).await;
+    let bare = json!({"type": "A", "name": "bare", "content": "198.51.100.1"});
+    assert_eq!(cf.create(bare).await.status(), 200);
+    assert!(!cf.emu.records()[0].proxied);
+}

@@ -155,6 +155,9 @@ async fn dns_records_are_marked_claimed_by_id_and_foreign_ones_never_touched() {
     let config = emu::CfConfig {
         tokens: vec!["cf-token".into(), "someone-else".into()],
         zones: vec!["orchestrator.test".into()],
+        // The zone proxies a new record unless told otherwise: the record is unproxied only
+        // because the client says `proxied: false`.
+        proxied_by_default: true,
         ..emu::CfConfig::default()
     };
     let server = emu::Cloudflare::start(config).await.unwrap();

@@ -93,8 +93,18 @@ pub struct ProjectVars<'a> {
     pub name: &'a str,
     /// The app's secrets. Names must match `[A-Z_][A-Z0-9_]*`, each secret and each env name at
     /// most once, and no secret may be called `DEPLOY_*` (the template's own) or `GITHUB_*`.
+    /// Each is also offered to the image build as a BuildKit secret (never a build argument).
     pub secrets: &'a [SecretVar],
+    /// The GitHub environment the deploy job runs in ([`DEFAULT_ENVIRONMENT`] unless the project
+    /// asks for another): its protection rules (required reviewers, deployment branches) gate
+    /// the deploy, and its environment secrets override repository secrets of the same name.
+    /// Repository secrets stay visible inside an environment job, so a project whose secrets
+    /// are all repository secrets deploys the same. 1 to 255 of `A-Z a-z 0-9 . _ -`.
+    pub environment: &'a str,
 }
+
+/// The environment the deploy job runs in unless a project names another.
+pub const DEFAULT_ENVIRONMENT: &str = "production";
 
 /// One rendered file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +137,8 @@ impl fmt::Display for SecretField {
 pub enum RenderError {
     #[error("name: {0}")]
     InvalidProjectName(&'static str),
+    #[error("environment: {0}")]
+    InvalidEnvironment(&'static str),
     #[error(
         "secrets[{index}].{field}: must match [A-Z_][A-Z0-9_]* (upper-case letters, digits and \
          underscores, not starting with a digit)"
@@ -158,6 +170,7 @@ impl RenderError {
     pub fn field(&self) -> Option<String> {
         match self {
             RenderError::InvalidProjectName(_) => Some("name".to_owned()),
+            RenderError::InvalidEnvironment(_) => Some("environment".to_owned()),
             RenderError::InvalidName { index, field }
             | RenderError::Duplicate { index, field, .. } => {
                 Some(format!("secrets[{index}].{field}"))
@@ -193,6 +206,10 @@ const SOURCES: &[(&str, &str)] = &[
     (
         "common/ssh-setup.yml",
         include_str!("../templates/common/ssh-setup.yml"),
+    ),
+    (
+        "common/build.yml",
+        include_str!("../templates/common/build.yml"),
     ),
     (
         "common/cleanup.yml",
@@ -288,6 +305,7 @@ fn context(template: Template, vars: &ProjectVars<'_>) -> Value {
     Value::from(BTreeMap::from([
         ("template", Value::from(template.as_str())),
         ("project", Value::from(vars.name)),
+        ("environment", Value::from(vars.environment)),
         ("app", Value::from(validate::app_slug(vars.name))),
         ("secrets", Value::from(secrets)),
         ("ansible_core_version", Value::from(ANSIBLE_CORE_VERSION)),

@@ -25,6 +25,7 @@ fn render_ok(template: Template, secrets: &[SecretVar]) -> Vec<File> {
         &ProjectVars {
             name: "Telegram.Bot_2",
             secrets,
+            environment: DEFAULT_ENVIRONMENT,
         },
     )
     .expect("renders")
@@ -133,9 +134,11 @@ fn the_api_takes_no_secret_values() {
     let ProjectVars {
         name: _,
         secrets: _,
+        environment: _,
     } = ProjectVars {
         name: "x",
         secrets: &[],
+        environment: DEFAULT_ENVIRONMENT,
     };
 
     // A value pasted into a name field is refused, and the error does not repeat it.
@@ -149,6 +152,7 @@ fn the_api_takes_no_secret_values() {
             &ProjectVars {
                 name: "bot",
                 secrets: &secrets,
+                environment: DEFAULT_ENVIRONMENT,
             },
         )
         .expect_err("a value is not a name");
@@ -159,6 +163,7 @@ fn the_api_takes_no_secret_values() {
         &ProjectVars {
             name: canary,
             secrets: &[],
+            environment: DEFAULT_ENVIRONMENT,
         },
     )
     .expect_err("not a repository name");
@@ -360,6 +365,7 @@ fn invalid_names_are_refused() {
                 &ProjectVars {
                     name: "bot",
                     secrets,
+                    environment: DEFAULT_ENVIRONMENT,
                 },
             )
             .expect_err("invalid name accepted");
@@ -378,8 +384,15 @@ fn invalid_names_are_refused() {
         "ünï",
         &"x".repeat(101),
     ] {
-        let err = render(Template::DockerSsh, &ProjectVars { name, secrets: &[] })
-            .expect_err("invalid project name accepted");
+        let err = render(
+            Template::DockerSsh,
+            &ProjectVars {
+                name,
+                secrets: &[],
+                environment: DEFAULT_ENVIRONMENT,
+            },
+        )
+        .expect_err("invalid project name accepted");
         assert!(matches!(err, RenderError::InvalidProjectName(_)), "{err:?}");
         assert_eq!(err.field().as_deref(), Some("name"));
     }
@@ -400,6 +413,7 @@ fn reserved_and_duplicate_names_are_refused() {
                 &ProjectVars {
                     name: "bot",
                     secrets: &secrets,
+                    environment: DEFAULT_ENVIRONMENT,
                 },
             )
             .expect_err("reserved name accepted");
@@ -418,6 +432,7 @@ fn reserved_and_duplicate_names_are_refused() {
         &ProjectVars {
             name: "bot",
             secrets: &[var("A", "X"), var("A", "Y")],
+            environment: DEFAULT_ENVIRONMENT,
         },
     )
     .expect_err("duplicate secret");
@@ -434,6 +449,7 @@ fn reserved_and_duplicate_names_are_refused() {
         &ProjectVars {
             name: "bot",
             secrets: &[var("A", "X"), var("B", "X")],
+            environment: DEFAULT_ENVIRONMENT,
         },
     )
     .expect_err("duplicate env");
@@ -456,4 +472,81 @@ fn template_names_round_trip() {
     }
     assert_eq!("kubernetes".parse::<Template>(), Err(UnknownTemplate));
     assert_eq!("Ansible".parse::<Template>(), Err(UnknownTemplate));
+}
+
+#[test]
+fn the_deploy_job_runs_in_the_named_environment() {
+    for template in Template::ALL {
+        let files = render_ok(template, &sample());
+        let workflow = text(&files, WORKFLOW);
+        assert!(
+            workflow.contains("    timeout-minutes: 30\n")
+                && workflow.contains("\n    environment: \"production\"\n"),
+            "{template}"
+        );
+        let staging = render(
+            template,
+            &ProjectVars {
+                name: "bot",
+                secrets: &sample(),
+                environment: "staging-eu",
+            },
+        )
+        .expect("renders");
+        assert!(text(&staging, WORKFLOW).contains("\n    environment: \"staging-eu\"\n"));
+        assert!(text(&staging, "DEPLOY.md").contains("environment `staging-eu`"));
+        for bad in ["", "prod\n  runs-on: evil", "\"x\"", "-x"] {
+            let err = render(
+                template,
+                &ProjectVars {
+                    name: "bot",
+                    secrets: &[],
+                    environment: bad,
+                },
+            )
+            .expect_err("a bad environment name");
+            assert!(matches!(err, RenderError::InvalidEnvironment(_)), "{err:?}");
+            assert_eq!(err.field().as_deref(), Some("environment"));
+        }
+    }
+}
+
+#[test]
+fn the_image_is_built_with_buildkit_secrets_never_build_arguments() {
+    for template in Template::ALL {
+        for secrets in [sample(), Vec::new()] {
+            let files = render_ok(template, &secrets);
+            // DEPLOY.md warns against them; no file that runs uses one.
+            for f in files.iter().filter(|f| !f.path.ends_with(".md")) {
+                let content = String::from_utf8_lossy(&f.content);
+                assert!(!content.contains("--build-arg"), "{template} {}", f.path);
+            }
+            let workflow = text(&files, WORKFLOW);
+            let build = workflow
+                .split("\n\n")
+                .find(|s| s.contains("- name: Build the image"))
+                .expect("a build step");
+            assert!(build.contains("DOCKER_BUILDKIT: \"1\""), "{build}");
+            for s in &secrets {
+                assert!(
+                    build.contains(&format!(
+                        "APP_SECRET_{}: ${{{{ secrets.{} }}}}",
+                        s.env, s.secret
+                    )),
+                    "{build}"
+                );
+            }
+            if secrets.is_empty() {
+                assert!(!build.contains("build_secrets"), "{build}");
+            } else {
+                assert!(
+                    build.contains("for name in BOT_TOKEN SSH_PRIVATE_KEY STRIPE_API_KEY; do"),
+                    "{build}"
+                );
+                assert!(build.contains("--secret \"id=$name,env=$var\""), "{build}");
+            }
+        }
+        let md = text(&render_ok(template, &sample()), "DEPLOY.md").to_owned();
+        assert!(md.contains("RUN --mount=type=secret,id="), "{md}");
+    }
 }

@@ -17,6 +17,7 @@ const GITHUB_PREFIX: &str = "GITHUB_";
 
 pub(crate) fn check(vars: &ProjectVars<'_>) -> Result<(), RenderError> {
     check_project_name(vars.name)?;
+    check_environment(vars.environment)?;
     let mut secrets = HashSet::new();
     let mut envs = HashSet::new();
     for (index, var) in vars.secrets.iter().enumerate() {
@@ -95,6 +96,26 @@ fn check_project_name(name: &str) -> Result<(), RenderError> {
     Err(RenderError::InvalidProjectName(reason))
 }
 
+/// GitHub's environment names are up to 255 characters; the name lands unquoted in the job's
+/// `environment:`, so only a plain YAML word is taken: `A-Z a-z 0-9 . _ -`, not starting with
+/// `-` or `.` (a YAML sequence marker, or a name GitHub may treat as hidden).
+fn check_environment(name: &str) -> Result<(), RenderError> {
+    let reason = if name.is_empty() {
+        "must not be empty"
+    } else if name.len() > 255 {
+        "must be at most 255 characters"
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        || name.starts_with(['-', '.'])
+    {
+        "may contain only letters, digits, '.', '_' and '-', and must start with a letter, digit or '_'"
+    } else {
+        return Ok(());
+    };
+    Err(RenderError::InvalidEnvironment(reason))
+}
+
 /// The name used for the Docker image, the container and the server directory: lower case
 /// (Docker image names are), each run of `.`, `_` and `-` turned into one `-`, so the result
 /// matches `[a-z0-9]+(-[a-z0-9]+)*` (also a plain shell word). Only applied to checked names.
@@ -151,6 +172,32 @@ mod tests {
         assert_eq!(app_slug("-x-"), "x");
         assert_eq!(app_slug("_-_"), "app");
         assert_eq!(app_slug("telegram-bot"), "telegram-bot");
+    }
+
+    #[test]
+    fn environment_names() {
+        for ok in [
+            "production",
+            "staging-eu",
+            "Prod_2",
+            "v1.2",
+            &"e".repeat(255),
+        ] {
+            assert!(check_environment(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-x",
+            ".hidden",
+            "prod uction",
+            "prod\n",
+            "a: b",
+            "${{ secrets.X }}",
+            "é",
+            &"e".repeat(256),
+        ] {
+            assert!(check_environment(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

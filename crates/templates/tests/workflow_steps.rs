@@ -72,10 +72,12 @@ impl Workflow {
             .unwrap_or_else(|| panic!("step {step:?} has no run"))
     }
 
-    /// The step's `env:` keys, each mapped to the secret named in its `${{ secrets.X }}`.
+    /// The step's `env:` keys that hold a secret, each mapped to the secret named in its
+    /// `${{ secrets.X }}` (the only expression a step's env may hold).
     fn secret_env(&self, step: &str) -> BTreeMap<String, String> {
         let (_, env) = &self.steps[step];
         env.iter()
+            .filter(|(_, v)| v.contains("${{"))
             .map(|(k, v)| {
                 let secret = v
                     .strip_prefix("${{ secrets.")
@@ -83,6 +85,15 @@ impl Workflow {
                     .unwrap_or_else(|| panic!("{step}: {k}: {v}"));
                 (k.clone(), secret.to_owned())
             })
+            .collect()
+    }
+
+    /// The step's plain `env:` values (no expression).
+    fn plain_env(&self, step: &str) -> BTreeMap<String, String> {
+        let (_, env) = &self.steps[step];
+        env.iter()
+            .filter(|(_, v)| !v.contains("${{"))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
 }
@@ -198,6 +209,9 @@ impl Runner {
         for line in self.file("github-env").lines() {
             let (k, v) = line.split_once('=').expect("KEY=VALUE in GITHUB_ENV");
             cmd.env(k, v);
+        }
+        for (key, value) in wf.plain_env(step) {
+            cmd.env(key, value);
         }
         for (key, secret) in wf.secret_env(step) {
             let value = secrets
@@ -730,5 +744,36 @@ fn ansible_playbook_deploys_to_localhost_with_a_fake_docker() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     for (_, value) in APP_SECRETS {
         assert_absent(&[&stdout, &stderr, &docker_log], value);
+    }
+}
+
+#[test]
+fn the_build_gets_set_secrets_as_buildkit_secrets_by_name_only() {
+    for template in Template::ALL {
+        let (_dir, wf) = rendered(template);
+        let runner = Runner::with_fakes();
+        // One app secret left unset: it is not offered (docker would refuse an unset one).
+        let set: Vec<_> = APP_SECRETS
+            .iter()
+            .filter(|(s, _)| *s != "DATABASE_URL")
+            .copied()
+            .collect();
+        let out = runner.step(&wf, "Build the image", &set);
+        assert!(out.status.success(), "{template}: {}", describe(&out));
+        let docker_log = runner.log("docker.log");
+        assert_eq!(
+            docker_log.trim_end(),
+            format!(
+                "build --pull --file Dockerfile --secret id=BOT_TOKEN,env=APP_SECRET_BOT_TOKEN \
+                 --secret id=SSH_PRIVATE_KEY,env=APP_SECRET_SSH_PRIVATE_KEY \
+                 --secret id=X,env=APP_SECRET_X --tag {IMAGE} ."
+            ),
+            "{template}"
+        );
+        for (_, value) in APP_SECRETS {
+            assert_absent(&[&docker_log], value);
+            assert_not_printed(&String::from_utf8_lossy(&out.stdout), value);
+            assert_not_printed(&String::from_utf8_lossy(&out.stderr), value);
+        }
     }
 }

@@ -213,6 +213,7 @@ pub(crate) fn deploy_files(
         &ProjectVars {
             name,
             secrets: &secrets,
+            environment: orchestrator_templates::DEFAULT_ENVIRONMENT,
         },
     )
 }

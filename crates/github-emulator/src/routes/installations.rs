@@ -17,8 +17,6 @@ use crate::auth::{Identity, credential, require_app, require_installation};
 use crate::error::{ApiError, parse_body};
 use crate::model::{self, Grant, Installation, Level, World};
 
-/// Token lifetime, as on GitHub.
-const TOKEN_TTL: time::Duration = time::Duration::hours(1);
 const MAX_REPOSITORIES: usize = 500;
 
 fn installation_json(base: &str, world: &World, app_id: u64, inst: &Installation) -> Value {
@@ -168,7 +166,9 @@ pub(super) async fn access_token(
     };
 
     let token = model::new_token(state.config.app_id);
-    let expires_at = model::now_s() + TOKEN_TTL;
+    // `Config::token_lifetime` (an hour, as on GitHub, unless a test shortens it).
+    let expires_at = model::now_s()
+        + time::Duration::try_from(state.config.token_lifetime).unwrap_or(time::Duration::HOUR);
     // Not narrowed: every repository of the installation (all of the account's, or its
     // selection).
     let repositories = if selected.is_empty() {

@@ -65,6 +65,11 @@ pub struct CfConfig {
     pub rate_window: Duration,
     /// The zones' plan: how long a comment may be, whether tags are allowed.
     pub plan: CfPlan,
+    /// Whether a proxiable record (A, AAAA, CNAME) created or replaced without `proxied` goes
+    /// through Cloudflare's proxy, as the dashboard's default does for a new record. Off by
+    /// default (the API's documented default); on in tests that a client says `proxied: false`
+    /// itself (SSH and a server's own TLS do not pass the HTTP proxy).
+    pub proxied_by_default: bool,
 }
 
 impl Default for CfConfig {
@@ -75,6 +80,7 @@ impl Default for CfConfig {
             rate_limit: 1200,
             rate_window: Duration::from_secs(300),
             plan: CfPlan::Free,
+            proxied_by_default: false,
         }
     }
 }

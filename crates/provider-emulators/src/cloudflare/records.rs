@@ -109,7 +109,7 @@ pub(super) async fn create(
         modified_on: now,
         token_used: token,
     };
-    fields.apply(&mut record, true)?;
+    fields.apply(&mut record, true, s.config.proxied_by_default)?;
     check_record(&record)?;
     let mut world = lock(&s.world);
     check_conflicts(&world.records, &record, None)?;
@@ -134,7 +134,7 @@ pub(super) async fn update<const REPLACE: bool>(
         .position(zone, &record_id)
         .ok_or_else(CfError::no_record)?;
     let mut record = world.records[index].clone();
-    fields.apply(&mut record, REPLACE)?;
+    fields.apply(&mut record, REPLACE, s.config.proxied_by_default)?;
     record.modified_on = OffsetDateTime::now_utc();
     record.token_used = token;
     check_record(&record)?;

@@ -35,8 +35,14 @@ pub(super) struct Fields {
 impl Fields {
     /// Writes these fields into `record`: all of them (`replace`, a PUT or a create: type,
     /// name and content required, ttl and proxied back to their defaults) or only those given
-    /// (a PATCH).
-    pub(super) fn apply(self, record: &mut Record, replace: bool) -> Result<(), CfError> {
+    /// (a PATCH). `proxied_default` is the zone's proxy status for a proxiable record (A, AAAA,
+    /// CNAME) whose writer does not say (`CfConfig::proxied_by_default`).
+    pub(super) fn apply(
+        self,
+        record: &mut Record,
+        replace: bool,
+        proxied_default: bool,
+    ) -> Result<(), CfError> {
         if replace {
             record.type_ = self
                 .type_
@@ -48,7 +54,8 @@ impl Fields {
                 .content
                 .ok_or_else(|| CfError::validation("content is required."))?;
             record.ttl = self.ttl.unwrap_or(1);
-            record.proxied = self.proxied.unwrap_or(false);
+            let proxiable = matches!(record.type_.as_str(), "A" | "AAAA" | "CNAME");
+            record.proxied = self.proxied.unwrap_or(proxied_default && proxiable);
             record.comment = self.comment.flatten();
             record.tags = self.tags.unwrap_or_default();
             return Ok(());

@@ -165,7 +165,7 @@ impl DoState {
             boot.host_key = None;
         }
         boot.failed |= hosts.cloud_init_fails;
-        match host::start(boot, hosts.ssh_port) {
+        match host::start(boot, hosts.ssh_port, hosts.run_commands.clone()) {
             Ok(h) => Some(h),
             Err(e) => {
                 tracing::warn!(error = %e, "droplet could not boot");

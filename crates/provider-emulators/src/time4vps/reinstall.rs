@@ -79,7 +79,7 @@ pub(super) async fn reinstall(
             failed: false,
             boot_log: Vec::new(),
         };
-        srv.host = host::start(boot, hosts.ssh_port)
+        srv.host = host::start(boot, hosts.ssh_port, hosts.run_commands.clone())
             .inspect_err(|e| tracing::warn!(error = %e, "server could not boot"))
             .ok();
     }

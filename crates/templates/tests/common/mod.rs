@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use orchestrator_templates::{ProjectVars, SecretVar, Template, render};
+use orchestrator_templates::{DEFAULT_ENVIRONMENT, ProjectVars, SecretVar, Template, render};
 
 pub fn var(secret: &str, env: &str) -> SecretVar {
     SecretVar {
@@ -113,7 +113,15 @@ pub fn render_into(
     name: &str,
     secrets: &[SecretVar],
 ) -> Vec<String> {
-    let files = render(template, &ProjectVars { name, secrets }).expect("renders");
+    let files = render(
+        template,
+        &ProjectVars {
+            name,
+            secrets,
+            environment: DEFAULT_ENVIRONMENT,
+        },
+    )
+    .expect("renders");
     files
         .into_iter()
         .map(|f| {
