@@ -32,8 +32,8 @@ pub(crate) struct Args {
     /// Rows written before a rotation, for the rewrap rate.
     #[arg(long, default_value_t = 50_000)]
     rewrap_rows: usize,
-    /// Rows the vault rewraps per transaction.
-    #[arg(long, default_value_t = 200)]
+    /// Rows the vault rewraps per transaction (`VAULT_REWRAP_BATCH`).
+    #[arg(long, default_value_t = 1_000)]
     rewrap_batch: usize,
     /// Seconds each pgbench script runs (the PostgreSQL ceiling).
     #[arg(long, default_value_t = 10)]
