@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use orchestrator_store::{Database, StoreError, now_us};
+use orchestrator_store::{Database, Dialect, StoreError, now_us};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot};
@@ -85,7 +85,8 @@ enum Job {
 
 /// Most requests one transaction carries; more wait for the next one.
 const MAX_BATCH: usize = 256;
-/// Records per INSERT statement (10 parameters each, far below either database's limit).
+/// Records per INSERT statement on SQLite (10 parameters each, far below its limit).
+/// PostgreSQL takes a whole batch in one statement (2,564 parameters at most, of 65,535).
 const INSERT_CHUNK: usize = 100;
 
 /// Appends audit records, and runs the changes they describe, in shared transactions. `E` is
@@ -128,6 +129,7 @@ impl<E: From<AuditError> + Send + 'static> Ledger<E> {
             key: key.clone(),
             high_water: AtomicI64::new(0),
             latest: latest.clone(),
+            committed: Mutex::new(None),
         };
         tokio::spawn(writer.run(rx));
         Self {
@@ -193,24 +195,31 @@ impl<E> Ledger<E> {
     /// `a` for the record, `p` for its predecessor), after checking its MAC; `None` when the
     /// row has no record (`a_seq` is NULL).
     pub fn attested(&self, row: &AnyRow) -> Result<Option<Vec<u8>>, AuditError> {
-        let Some(seq) = row.try_get::<Option<i64>, _>("a_seq")? else {
+        self.attested_as(row, "a")
+    }
+
+    /// [`Ledger::attested`] for a record selected with `attested_columns!(r, p)` under the
+    /// aliases prefixed `{prefix}_` (`prefix` is `r`'s name).
+    pub fn attested_as(&self, row: &AnyRow, prefix: &str) -> Result<Option<Vec<u8>>, AuditError> {
+        let col = |name: &str| format!("{prefix}_{name}");
+        let Some(seq) = row.try_get::<Option<i64>, _>(col("seq").as_str())? else {
             return Ok(None);
         };
         let record = Record {
             seq,
-            at_us: row.try_get("a_at_us")?,
+            at_us: row.try_get(col("at_us").as_str())?,
             entry: Entry {
-                caller: row.try_get("a_caller")?,
-                method: row.try_get("a_method")?,
-                target: row.try_get("a_target")?,
-                outcome: row.try_get("a_outcome")?,
-                request_id: row.try_get("a_request_id")?,
-                detail: row.try_get("a_detail")?,
-                digest: row.try_get("a_digest")?,
+                caller: row.try_get(col("caller").as_str())?,
+                method: row.try_get(col("method").as_str())?,
+                target: row.try_get(col("target").as_str())?,
+                outcome: row.try_get(col("outcome").as_str())?,
+                request_id: row.try_get(col("request_id").as_str())?,
+                detail: row.try_get(col("detail").as_str())?,
+                digest: row.try_get(col("digest").as_str())?,
             },
         };
-        let mac: Vec<u8> = row.try_get("a_mac")?;
-        let prev: Option<Vec<u8>> = row.try_get("a_prev_mac")?;
+        let mac: Vec<u8> = row.try_get(col("mac").as_str())?;
+        let prev: Option<Vec<u8>> = row.try_get(col("prev_mac").as_str())?;
         let prev = match (record.seq, prev) {
             (1, _) => crate::chain::GENESIS.to_vec(),
             (_, Some(prev)) => prev,
@@ -239,6 +248,10 @@ struct Writer {
     high_water: AtomicI64,
     /// The newest (seq, MAC) committed or seen, for checkpoints.
     latest: Head,
+    /// The head this writer's last batch committed, while nothing says it moved since (cleared
+    /// on any failure). A batch of records alone appends from it in one statement that moves
+    /// the head only if it is still exactly there (PostgreSQL), instead of locking it first.
+    committed: Mutex<Option<(i64, Vec<u8>)>>,
 }
 
 enum Outcome {
@@ -297,6 +310,106 @@ impl Writer {
     /// One transaction for the whole batch. On failure every request gets the error (fail
     /// closed), with the reply channels handed back so none is left hanging.
     async fn commit(&self, batch: Vec<Job>) -> Result<Vec<Outcome>, (AuditError, Vec<Outcome>)> {
+        let result = self.commit_batch(batch).await;
+        if result.is_err() {
+            *self
+                .committed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
+        }
+        result
+    }
+
+    /// Records alone (reads of secrets), on PostgreSQL, while this writer knows the head: one
+    /// statement in its own implicit transaction appends the records chained from that head and
+    /// moves the head, only if the head is still exactly there (`Ok(Some)`: committed, one
+    /// round trip and one fsync). `Ok(None)`: the head moved (another replica) or is not
+    /// known; nothing was written and the batch takes the locking path, which also checks the
+    /// head against the high-water mark.
+    async fn append_known_head(
+        &self,
+        entries: &[Entry],
+    ) -> Result<Option<(i64, Vec<u8>)>, AuditError> {
+        if self.db.dialect() != Dialect::Postgres || entries.is_empty() {
+            return Ok(None);
+        }
+        let Some(head) = self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        else {
+            return Ok(None);
+        };
+        let (records, new_head) = self.chain(&head, entries.to_vec());
+        let sql = append_statement(records.len(), true);
+        let query = bind_records(
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(new_head.0)
+                .bind(new_head.1.clone())
+                .bind(head.0)
+                .bind(head.1),
+            &records,
+        );
+        let appended = query.execute(self.db.pool()).await?.rows_affected();
+        if appended == records.len() as u64 {
+            Ok(Some(new_head))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The batch's records chained from `head`, and the new head.
+    fn chain(&self, head: &(i64, Vec<u8>), entries: Vec<Entry>) -> (Vec<Chained>, (i64, Vec<u8>)) {
+        let (mut seq, mut prev) = head.clone();
+        let at_us = now_us();
+        let mut records = Vec::with_capacity(entries.len());
+        for entry in entries {
+            seq += 1;
+            let record = Record { seq, at_us, entry };
+            let mac = self.key.mac(&prev, &record).to_vec();
+            prev.clone_from(&mac);
+            records.push((record, mac));
+        }
+        (records, (seq, prev))
+    }
+
+    /// Notes a committed head: the high-water mark, the newest for checkpoints, and the head
+    /// the next batch of records appends from.
+    fn committed_head(&self, new_head: (i64, Vec<u8>)) {
+        self.high_water.fetch_max(new_head.0, Ordering::SeqCst);
+        let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        if new_head.0 > latest.0 {
+            *latest = new_head.clone();
+        }
+        drop(latest);
+        *self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(new_head);
+    }
+
+    async fn commit_batch(
+        &self,
+        batch: Vec<Job>,
+    ) -> Result<Vec<Outcome>, (AuditError, Vec<Outcome>)> {
+        if batch.iter().all(|job| matches!(job, Job::Record(..))) {
+            let entries: Vec<Entry> = batch
+                .iter()
+                .filter_map(|job| match job {
+                    Job::Record(entry, _) => Some(entry.clone()),
+                    Job::Work(..) => None,
+                })
+                .collect();
+            match self.append_known_head(&entries).await {
+                Ok(Some(new_head)) => {
+                    self.committed_head(new_head);
+                    return Ok(batch.into_iter().map(pending).collect());
+                }
+                Ok(None) => {}
+                Err(error) => return Err((error, batch.into_iter().map(pending).collect())),
+            }
+        }
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut entries = Vec::with_capacity(batch.len());
         let mut tx = match self.db.begin_write().await {
@@ -334,14 +447,9 @@ impl Writer {
             }
         }
         match self.append(&mut tx, head, entries).await {
-            Ok((new_head, mac)) => match tx.commit().await {
+            Ok(new_head) => match tx.commit().await {
                 Ok(()) => {
-                    self.high_water.fetch_max(new_head, Ordering::SeqCst);
-                    let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
-                    if new_head > latest.0 {
-                        *latest = (new_head, mac);
-                    }
-                    drop(latest);
+                    self.committed_head(new_head);
                     Ok(outcomes)
                 }
                 Err(e) => Err((e.into(), outcomes)),
@@ -375,73 +483,118 @@ impl Writer {
         Ok((seq, mac))
     }
 
+    /// Appends `entries` after the locked `head` and moves the head, inside the batch's
+    /// transaction: one statement on PostgreSQL, a multi-row INSERT per chunk and an UPDATE on
+    /// SQLite.
     async fn append(
         &self,
         conn: &mut AnyConnection,
         head: (i64, Vec<u8>),
         entries: Vec<Entry>,
     ) -> Result<(i64, Vec<u8>), AuditError> {
-        let (mut seq, mut prev) = head;
         if entries.is_empty() {
-            return Ok((seq, prev));
+            return Ok(head);
         }
-        let at_us = now_us();
-        let mut records = Vec::with_capacity(entries.len());
-        for entry in entries {
-            seq += 1;
-            let record = Record { seq, at_us, entry };
-            let mac = self.key.mac(&prev, &record);
-            prev = mac.to_vec();
-            records.push((record, mac));
+        let (records, new_head) = self.chain(&head, entries);
+        if self.db.dialect() == Dialect::Postgres {
+            let sql = append_statement(records.len(), false);
+            let query = bind_records(
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(new_head.0)
+                    .bind(new_head.1.clone()),
+                &records,
+            );
+            query.execute(&mut *conn).await?;
+            return Ok(new_head);
         }
-        // One multi-row INSERT per chunk: a round trip per batch, not per record.
         for chunk in records.chunks(INSERT_CHUNK) {
             let mut sql = String::from(
                 "INSERT INTO audit_log (seq, at_us, caller, method, target, outcome, request_id, detail, digest, mac) VALUES ",
             );
-            for i in 0..chunk.len() {
-                let p = i * 10;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5,
-                    p + 6,
-                    p + 7,
-                    p + 8,
-                    p + 9,
-                    p + 10
-                ));
-            }
-            // Only placeholders are generated; every value is bound.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (record, mac) in chunk {
-                query = query
-                    .bind(record.seq)
-                    .bind(record.at_us)
-                    .bind(record.entry.caller.clone())
-                    .bind(record.entry.method.clone())
-                    .bind(record.entry.target.clone())
-                    .bind(record.entry.outcome.clone())
-                    .bind(record.entry.request_id.clone())
-                    .bind(record.entry.detail.clone())
-                    .bind(record.entry.digest.clone())
-                    .bind(mac.to_vec());
-            }
-            query.execute(&mut *conn).await?;
+            push_values(&mut sql, chunk.len(), 0);
+            bind_records(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk)
+                .execute(&mut *conn)
+                .await?;
         }
         sqlx::query("UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1")
-            .bind(seq)
-            .bind(&prev[..])
+            .bind(new_head.0)
+            .bind(&new_head.1[..])
             .execute(&mut *conn)
             .await?;
-        Ok((seq, prev))
+        Ok(new_head)
     }
+}
+
+/// A record and its chain MAC.
+type Chained = (Record, Vec<u8>);
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// `(${p+1}, ..., ${p+10}), ...` for `rows` records, their parameters numbered after `p`.
+fn push_values(sql: &mut String, rows: usize, p: usize) {
+    use std::fmt::Write as _;
+    for i in 0..rows {
+        let p = p + i * 10;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(
+            sql,
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6,
+            p + 7,
+            p + 8,
+            p + 9,
+            p + 10
+        );
+    }
+}
+
+/// PostgreSQL: one statement that moves the head to `($1, $2)` and appends `rows` records
+/// (parameters from `$3`, or from `$5` when `cas`). With `cas` the head moves only if it is
+/// still `($3, $4)`, and the records are inserted only if it moved: all or nothing, and the
+/// affected-row count says which.
+fn append_statement(rows: usize, cas: bool) -> String {
+    let mut sql = String::from(if cas {
+        "WITH head AS (UPDATE audit_head SET seq = $1, mac = $2 \
+         WHERE id = 1 AND seq = $3 AND mac = $4 RETURNING seq) "
+    } else {
+        "WITH head AS (UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1 RETURNING seq) "
+    });
+    sql.push_str(
+        "INSERT INTO audit_log (seq, at_us, caller, method, target, outcome, request_id, detail, digest, mac) \
+         SELECT r.* FROM (VALUES ",
+    );
+    push_values(&mut sql, rows, if cas { 4 } else { 2 });
+    sql.push_str(
+        ") AS r (seq, at_us, caller, method, target, outcome, request_id, detail, digest, mac) \
+         WHERE EXISTS (SELECT 1 FROM head)",
+    );
+    sql
+}
+
+/// Binds each record's ten columns, in [`push_values`]' order. Only placeholders are
+/// generated into the SQL; every value is bound.
+fn bind_records<'q>(mut query: AnyQuery<'q>, records: &[Chained]) -> AnyQuery<'q> {
+    for (record, mac) in records {
+        query = query
+            .bind(record.seq)
+            .bind(record.at_us)
+            .bind(record.entry.caller.clone())
+            .bind(record.entry.method.clone())
+            .bind(record.entry.target.clone())
+            .bind(record.entry.outcome.clone())
+            .bind(record.entry.request_id.clone())
+            .bind(record.entry.detail.clone())
+            .bind(record.entry.digest.clone())
+            .bind(mac.clone());
+    }
+    query
 }
 
 /// Runs one work item behind a savepoint. The outer `Err` is a database failure that poisons the
@@ -463,6 +616,8 @@ async fn run_isolated(
     Ok(result)
 }
 
+/// A job's reply channel, its work not run: the record's (sent `Ok` once its batch committed),
+/// or a work's, answered `Stopped` if the batch fails before the work ran.
 fn pending(job: Job) -> Outcome {
     match job {
         Job::Record(_, tx) => Outcome::Recorded(tx),

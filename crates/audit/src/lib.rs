@@ -18,13 +18,61 @@
 
 /// The select list for [`Ledger::attested`]: an audit record joined as `a` and the record
 /// before it as `p`, under `a_`-prefixed aliases. A macro so it can be `concat!`ed into static
-/// SQL next to a service's own columns.
+/// SQL next to a service's own columns. `attested_columns!(k, kp)` selects a record joined as
+/// `k` and its predecessor as `kp` under `k_`-prefixed aliases, for [`Ledger::attested_as`]
+/// with prefix `"k"`: two records checked from one row.
 #[macro_export]
 macro_rules! attested_columns {
     () => {
-        "a.seq AS a_seq, a.at_us AS a_at_us, a.caller AS a_caller, a.method AS a_method, \
-         a.target AS a_target, a.outcome AS a_outcome, a.request_id AS a_request_id, \
-         a.detail AS a_detail, a.digest AS a_digest, a.mac AS a_mac, p.mac AS a_prev_mac"
+        $crate::attested_columns!(a, p)
+    };
+    ($r:ident, $p:ident) => {
+        concat!(
+            stringify!($r),
+            ".seq AS ",
+            stringify!($r),
+            "_seq, ",
+            stringify!($r),
+            ".at_us AS ",
+            stringify!($r),
+            "_at_us, ",
+            stringify!($r),
+            ".caller AS ",
+            stringify!($r),
+            "_caller, ",
+            stringify!($r),
+            ".method AS ",
+            stringify!($r),
+            "_method, ",
+            stringify!($r),
+            ".target AS ",
+            stringify!($r),
+            "_target, ",
+            stringify!($r),
+            ".outcome AS ",
+            stringify!($r),
+            "_outcome, ",
+            stringify!($r),
+            ".request_id AS ",
+            stringify!($r),
+            "_request_id, ",
+            stringify!($r),
+            ".detail AS ",
+            stringify!($r),
+            "_detail, ",
+            stringify!($r),
+            ".digest AS ",
+            stringify!($r),
+            "_digest, ",
+            stringify!($r),
+            ".mac AS ",
+            stringify!($r),
+            "_mac, ",
+            stringify!($p),
+            ".mac AS ",
+            stringify!($r),
+            "_prev_mac"
+        )
     };
 }
 

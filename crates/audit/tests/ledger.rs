@@ -246,3 +246,67 @@ fn unique_violations_and_lost_races_are_told_apart() {
     assert!(!duplicate.is_retryable());
     assert!(!tonic::Status::from(duplicate).is_retryable());
 }
+
+/// Two writers (two replicas) on one PostgreSQL database: each appends reads' records from the
+/// head it last committed, by a compare-and-set on it. When the other moved the head, that
+/// statement writes nothing and the batch takes the locking path: one linear chain, every
+/// record in it. A head set back under a running writer is refused, not appended to.
+#[tokio::test]
+async fn replicas_append_to_one_chain_and_a_head_set_back_is_refused() {
+    let test = TestDatabase::postgres(&["audit"]).await;
+    let db = Database::connect(&test.migration_url("audit"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    db.migrate([orchestrator_audit::migrations(db.dialect())])
+        .await
+        .unwrap();
+    let key = || AuditKey::from_bytes(&[9; 32]);
+    let a: Ledger<tonic::Status> = Ledger::start(db.clone(), key());
+    let b: Ledger<tonic::Status> = Ledger::start(db.clone(), key());
+    let read = |n: usize| {
+        Entry::new(
+            "spiffe://o/infra",
+            "/x.V/Get",
+            format!("users/u/secrets/k{n}/versions/1"),
+        )
+    };
+    // Turns (each writer's known head is stale every time), then both at once.
+    for n in 0..10 {
+        let ledger = if n % 2 == 0 { &a } else { &b };
+        ledger.record(read(n)).await.unwrap();
+    }
+    let both = (0..200).map(|n| {
+        let ledger = if n % 2 == 0 { a.clone() } else { b.clone() };
+        async move { ledger.record(read(n)).await }
+    });
+    for result in futures::future::join_all(both).await {
+        result.unwrap();
+    }
+    let report = verify(db.pool(), &key()).await.unwrap();
+    assert_eq!((report.records, report.broken), (210, None));
+
+    // `a` writes the newest record; the database's owner then removes it (behind the
+    // triggers) and sets the head back by one: `a` must not chain from there.
+    a.record(read(500)).await.unwrap();
+    let admin = Database::connect(&test.admin_url("audit"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    for sql in [
+        "ALTER TABLE audit.audit_log DISABLE TRIGGER audit_log_append_only",
+        "DELETE FROM audit.audit_log WHERE seq = 211",
+        "UPDATE audit.audit_head SET seq = 210, \
+         mac = (SELECT mac FROM audit.audit_log WHERE seq = 210) WHERE id = 1",
+    ] {
+        sqlx::query(sql).execute(admin.pool()).await.unwrap();
+    }
+    let err = a.record(read(999)).await.unwrap_err();
+    assert!(
+        matches!(err, orchestrator_audit::AuditError::Tampered(_)),
+        "{err:?}"
+    );
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 210, "nothing appended after the head was set back");
+}

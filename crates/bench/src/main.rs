@@ -24,14 +24,16 @@ struct Cli {
     bench: Bench,
 }
 
+mod baseline;
 mod secrets;
 mod vault;
 
 #[derive(Debug, Subcommand)]
 enum Bench {
     /// The vault over mTLS against PostgreSQL (1 KiB values): Get and Put with their durable
-    /// audit records against a bare tonic mTLS echo of the same size (the ceiling); rewrap
-    /// rate while reads go on; idle memory.
+    /// audit records against OpenBao's KV v2 (raft, TLS with a client certificate, file
+    /// audit device) and pgbench (PostgreSQL alone) in the same run, and a bare tonic mTLS
+    /// echo of the same size; rewrap rate while reads go on; idle memory.
     Vault(vault::Args),
     /// 100 secrets pushed through the broker to the GitHub emulator (paced, with latency),
     /// against the floor the pacing allows and an unpaced parallel push.
@@ -73,9 +75,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 pub(crate) struct Figures {
-    ops_per_sec: f64,
-    p50: Duration,
-    p99: Duration,
+    pub(crate) ops_per_sec: f64,
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
 }
 
 pub(crate) fn figures(mut latencies: Vec<Duration>, elapsed: Duration) -> Figures {

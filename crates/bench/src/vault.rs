@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Server};
 
-use crate::{measure, row};
+use crate::{Figures, baseline, measure, row};
 
 /// The project every read of the benchmark is for (its keys are granted to it).
 const BENCH_PROJECT: &str = "prj-bench";
@@ -32,12 +32,90 @@ pub(crate) struct Args {
     /// Rows written before a rotation, for the rewrap rate.
     #[arg(long, default_value_t = 50_000)]
     rewrap_rows: usize,
-    /// Rows the vault rewraps per transaction.
-    #[arg(long, default_value_t = 200)]
+    /// Rows the vault rewraps per transaction (`VAULT_REWRAP_BATCH`).
+    #[arg(long, default_value_t = 1_000)]
     rewrap_batch: usize,
+    /// Seconds each pgbench script runs (the PostgreSQL ceiling).
+    #[arg(long, default_value_t = 10)]
+    pgbench_seconds: u64,
+    /// Skip the baselines (OpenBao and pgbench).
+    #[arg(long)]
+    no_baselines: bool,
 }
 
 const VALUE: [u8; 1024] = [0x5a; 1024];
+/// The same 1 KiB value as a JSON string for OpenBao (0x5a is `Z`).
+const VALUE_TEXT: &str = {
+    match std::str::from_utf8(&VALUE) {
+        Ok(s) => s,
+        Err(_) => panic!("VALUE is ASCII"),
+    }
+};
+
+/// The baselines' figures, measured before the vault starts so they do not share the CPU.
+#[derive(Default)]
+struct Baselines {
+    bao_read: Option<Figures>,
+    bao_write: Option<Figures>,
+    pg_select: Option<f64>,
+}
+
+#[allow(clippy::print_stdout)]
+async fn baselines(args: &Args) -> anyhow::Result<Baselines> {
+    let mut out = Baselines::default();
+    if args.no_baselines {
+        return Ok(out);
+    }
+    println!(
+        "baselines: pgbench ({} clients, {} s per script), then OpenBao KV v2 ({} calls, {} callers)",
+        args.concurrency, args.pgbench_seconds, args.calls, args.concurrency
+    );
+    if let Some(figures) = baseline::pgbench(args.concurrency, args.pgbench_seconds).await? {
+        for (name, f) in &figures {
+            println!(
+                "  {name:<34} {:>10.0} tps     mean {:>7.3} ms",
+                f.tps, f.latency_ms
+            );
+        }
+        out.pg_select = Some(figures[0].1.tps);
+    }
+    if let Some(bao) = baseline::find_bao() {
+        let server = baseline::OpenBao::start(&bao, args.concurrency).await?;
+        let keys = args.keys;
+        // Load the keys the reads read, and warm up, as for the vault.
+        server
+            .write(args.keys, args.concurrency, VALUE_TEXT, |i| i)
+            .await?;
+        server
+            .read(args.calls / 10, args.concurrency, keys, VALUE_TEXT)
+            .await?;
+        let read = server
+            .read(args.calls, args.concurrency, keys, VALUE_TEXT)
+            .await?;
+        // Writes over 5,000 keys, as the vault's Put scenario: first writes and new versions.
+        let write = server
+            .write(args.calls, args.concurrency, VALUE_TEXT, |i| i % 5_000)
+            .await?;
+        row("OpenBao KV v2 read (raft, mTLS, audit)", &read, None);
+        row("OpenBao KV v2 write", &write, None);
+        out.bao_read = Some(read);
+        out.bao_write = Some(write);
+    }
+    Ok(out)
+}
+
+/// `name: a / b = ratio (target)`, or why it cannot be said.
+#[allow(clippy::print_stdout)]
+fn ratio(name: &str, a: f64, b: Option<f64>, target: f64) {
+    match b {
+        Some(b) if b > 0.0 => {
+            let r = a / b;
+            let met = if r >= target { "met" } else { "NOT met" };
+            println!("  {name:<34} {r:>6.2}   (target >= {target}: {met})");
+        }
+        _ => println!("  {name:<34}    n/a   (baseline skipped)"),
+    }
+}
 
 fn put(user: &str, key: String) -> pb::PutUserSecretRequest {
     pb::PutUserSecretRequest {
@@ -61,6 +139,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 #[allow(clippy::print_stdout)]
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let base = baselines(&args).await?;
     let pki = Pki::new()?;
     let db = TestDatabase::postgres(&["vault"]).await;
     let vault = Launch::new(Service::Vault, &pki)?
@@ -248,17 +327,43 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     for r in readers {
         r.await?;
     }
-    println!(
-        "  rewrap of {total} rows: {:.1} s, {:.0} rows/s; reads meanwhile: {} ok, {} failed",
-        elapsed.as_secs_f64(),
-        total as f64 / elapsed.as_secs_f64(),
+    let rate = total as f64 / elapsed.as_secs_f64();
+    let (ok, failed) = (
         reads.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed)
+        failed.load(Ordering::Relaxed),
+    );
+    let met = |yes: bool| if yes { "met" } else { "NOT met" };
+    println!(
+        "  rewrap of {total} rows: {:.1} s, {rate:.0} rows/s; reads meanwhile: {ok} ok, {failed} failed \
+         (target >= 20000 rows/s, 0 failed: {})",
+        elapsed.as_secs_f64(),
+        met(rate >= 20_000.0 && failed == 0 && ok > 0),
     );
     println!(
-        "  vault RSS: idle after start {} MiB; after the run {} MiB",
+        "  vault RSS: idle after start {} MiB (target <= 30 MiB: {}); after the run {} MiB",
         idle_rss.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+        met(idle_rss.is_some_and(|k| k <= 30 * 1024)),
         rss_kib(pid).map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+    );
+    println!("ratios (same run):");
+    ratio(
+        "Get / OpenBao KV read",
+        get.ops_per_sec,
+        base.bao_read.as_ref().map(|f| f.ops_per_sec),
+        2.0,
+    );
+    ratio("Get / pgbench -S", get.ops_per_sec, base.pg_select, 0.5);
+    ratio(
+        "Put / OpenBao KV write",
+        put_figures.ops_per_sec,
+        base.bao_write.as_ref().map(|f| f.ops_per_sec),
+        4.0,
+    );
+    println!(
+        "  {:<34} {:>6.2} ms (target <= 10 ms: {})",
+        "Get p99",
+        get.p99.as_secs_f64() * 1e3,
+        met(get.p99 <= Duration::from_millis(10))
     );
     drop(vault);
     drop(db);

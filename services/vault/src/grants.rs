@@ -92,28 +92,21 @@ pub(crate) async fn revoke(
     Ok(row.into_pb())
 }
 
-/// Refuses a read that names no project, or a project the user has not granted the key to
-/// (PERMISSION_DENIED `GRANT_MISSING`), before the row is even looked at: a refused read says
+/// The refusal of a read that names no project, or a project the user has not granted the
+/// key to (PERMISSION_DENIED `GRANT_MISSING`), decided before the row is even looked at
+/// ([`crate::db::read_granted`] reads the row only for a live grant): a refused read says
 /// nothing about whether the key exists.
-// Architecture Invariant: the vault serves a user's key only for a project the user granted
-// it to.
-pub(crate) async fn check(vault: &Vault, wanted: &SecretVersion) -> Result<(), Status> {
-    let (user_id, key) = (wanted.name.user_id.as_str(), wanted.name.key.as_str());
+pub(crate) fn refusal(wanted: &SecretVersion) -> Status {
+    let key = wanted.name.key.as_str();
+    let user_id = wanted.name.user_id.as_str();
     let project_id = wanted.project.as_ref().map(|p| p.as_str());
-    let granted = match project_id {
-        Some(project_id) => db::is_granted(vault.db.pool(), user_id, key, project_id).await?,
-        None => false,
-    };
-    if granted {
-        return Ok(());
-    }
     let message = match project_id {
         Some(project_id) => format!(
             "user `{user_id}` has not granted key `{key}` to project `{project_id}` (or revoked it)"
         ),
         None => format!("a read of key `{key}` must name the project it is for (project_id)"),
     };
-    Err(with_reason(
+    with_reason(
         Code::PermissionDenied,
         "GRANT_MISSING",
         message,
@@ -121,7 +114,7 @@ pub(crate) async fn check(vault: &Vault, wanted: &SecretVersion) -> Result<(), S
             ("key", key.to_owned()),
             ("project_id", project_id.unwrap_or_default().to_owned()),
         ],
-    ))
+    )
 }
 
 fn parts(wanted: &GrantName) -> (&str, &str, &str) {

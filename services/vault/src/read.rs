@@ -55,26 +55,44 @@ async fn checked_read(
     wanted: &SecretVersion,
 ) -> Result<(pb::UserSecret, Entry), Status> {
     let (user_id, key) = (wanted.name.user_id.as_str(), wanted.name.key.as_str());
-    crate::grants::check(vault, wanted).await?;
+    // Architecture Invariant: the vault serves a user's key only for a project the user granted
+    // it to. A read that names no project is refused before any query.
+    let Some(project_id) = wanted.project.as_ref().map(|p| p.as_str()) else {
+        return Err(crate::grants::refusal(wanted));
+    };
     let prefix = target_prefix(user_id, key);
     let whole_key = key_target(user_id, key);
+    let asked = RowRef {
+        user_id,
+        key,
+        version: wanted.version,
+    };
     // Rollback detection, per version: the row must be what its newest (authentic) audit record
     // says. Per key, for a read of the newest version: the version served must be the one the
     // key's newest record names, so a newer version deleted, removed or marked deleted behind
-    // the vault's back does not make an older value "the newest". A write (or rewrap) committed
-    // between the reads looks like a mismatch once, so a mismatch is read again before it is
-    // reported.
+    // the vault's back does not make an older value "the newest". The grant, the row and both
+    // records come from one statement (one snapshot); a write (or rewrap) committed between
+    // the row's read and its record's (another replica) looks like a mismatch once, so a
+    // mismatch is read again before it is reported.
     // Architecture Invariant: a rolled-back or replaced row is never served.
     let mut attempt = 0;
     let (version, created_us, ciphertext, target) = loop {
-        let newest = match wanted.version {
-            0 => match db::key_attestation(vault.db.pool(), &whole_key).await? {
-                Some(record) => record.verify(&vault.ledger)?,
-                None => None, // Not written since such records exist: the per-version check only.
-            },
-            _ => None,
+        let (row, newest) = match db::read_granted(
+            vault.db.pool(),
+            asked,
+            project_id,
+            &prefix,
+            &whole_key,
+        )
+        .await?
+        {
+            db::GrantedRead::NotGranted => return Err(crate::grants::refusal(wanted)),
+            db::GrantedRead::Granted { row, newest } => (row, newest),
         };
-        let row = db::live_version(vault.db.pool(), user_id, key, wanted.version, &prefix).await?;
+        let newest = match newest {
+            Some(record) => record.verify(&vault.ledger)?,
+            None => None, // Not written since such records exist: the per-version check only.
+        };
         let Some(row) = row else {
             match newest {
                 Some(d) if d != current_version_digest(0) && attempt == 0 => {

@@ -1,7 +1,9 @@
-//! Background rewrap: moves ciphertexts from demoted data keys to the primary one, in small
-//! batches through the audit ledger (each batch one transaction, each row audited with its new
-//! digest), so it survives a crash (the next run picks up what is left), runs safely on several
-//! replicas (rows are claimed with `SKIP LOCKED` on PostgreSQL) and never blocks reads for long.
+//! Background rewrap: moves ciphertexts from demoted data keys to the primary one, in batches:
+//! read, checked against their audit records and re-encrypted outside the audit writer, then
+//! stored through the ledger (each batch one transaction, each row stored only if unchanged
+//! since it was read and audited with its new digest). So it survives a crash (the next run
+//! picks up what is left), runs safely on several replicas (a row another replica rewrapped
+//! first is left alone) and holds the writer, which reads' records wait for, only to store.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -13,7 +15,7 @@ use tonic::Status;
 use crate::audit::{Action, target};
 use crate::config::RewrapPace;
 use crate::crypto::{RowRef, ciphertext_key_id, digest};
-use crate::db::{self, StoredValue};
+use crate::db::{self, Rewrapped, StoredValue};
 use crate::state::{Progress, Vault};
 
 /// Runs for the life of the process: a pass whenever woken (a rotation here) or every
@@ -65,73 +67,110 @@ pub(crate) async fn run(vault: Vault, pace: RewrapPace) {
     }
 }
 
-/// Re-encrypts up to `limit` rows under the primary data key; returns how many.
+/// Re-encrypts up to `limit` rows under the primary data key; returns how many it stored.
+///
+/// The reads, the checks and the crypto run outside the audit writer, so the writer (which
+/// every Put and every read's record waits for) holds only the storing: one transaction that
+/// counts the encryptions on the primary key (locking it, so a rotation cannot slip in), stores
+/// each new ciphertext where the row still holds the one read, and records exactly those rows.
 async fn rewrap_batch(vault: &Vault, limit: i64) -> Result<i64, Status> {
+    let (stale, primary_id) = {
+        let mut conn = vault.db.pool().acquire().await.map_err(db_error)?;
+        let stale = db::stale_values(&mut conn, limit).await?;
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        (stale, db::primary_data_key_id(&mut conn).await?)
+    };
+    let new_key = vault
+        .keys
+        .get_or_load_from(&vault.db, primary_id)
+        .await?
+        .ok_or_else(|| Status::internal("primary data key missing"))?;
+    let targets: Vec<String> = stale
+        .iter()
+        .map(|row| target(&row.user_id, &row.key, row.version))
+        .collect();
+    let attested = attested_digests(vault, &targets).await?;
+    let mut rewrapped = Vec::with_capacity(stale.len());
+    for (row, target) in stale.into_iter().zip(targets) {
+        let StoredValue {
+            user_id,
+            key,
+            version,
+            ciphertext: old,
+        } = row;
+        // Architecture Invariant: a rolled-back or replaced row is never served, nor laundered
+        // into a fresh ciphertext.
+        if attested.get(&target) != Some(&digest(&old)) {
+            tracing::error!(%target, "not rewrapped: the row does not match its audit record");
+            continue;
+        }
+        let row_ref = RowRef {
+            user_id: &user_id,
+            key: &key,
+            version,
+        };
+        let old_key = match ciphertext_key_id(&old) {
+            Some(id) => vault.keys.get_or_load_from(&vault.db, id).await?,
+            None => None,
+        };
+        let Some(plaintext) = old_key.and_then(|k| k.decrypt(row_ref, &old)) else {
+            tracing::error!(%target, "not rewrapped: the ciphertext does not decrypt for its row");
+            continue;
+        };
+        let new = new_key.encrypt(vault.keys.rng(), row_ref, &plaintext);
+        drop(plaintext);
+        rewrapped.push(Rewrapped {
+            user_id,
+            key,
+            version,
+            old,
+            new,
+        });
+    }
+    if rewrapped.is_empty() {
+        return Ok(0);
+    }
     let v = vault.clone();
     vault
-        .ledger.write(move |conn| {
+        .ledger
+        .write(move |conn| {
             Box::pin(async move {
-                let stale = db::claim_stale(conn, v.db.dialect(), limit).await?;
-                if stale.is_empty() {
+                let primary = db::count_encryptions(conn, rewrapped.len() as i64).await?;
+                if primary.id != primary_id {
+                    // Rotated again since: the next pass re-encrypts under the new primary.
                     return Ok((0, Vec::new()));
                 }
-                let primary = db::count_encryptions(conn, stale.len() as i64).await?;
-                let new_key = v
-                    .keys
-                    .get_or_load(&mut *conn, primary.id)
-                    .await?
-                    .ok_or_else(|| Status::internal("primary data key missing"))?;
-                let targets: Vec<String> = stale
+                let stored =
+                    db::store_rewrapped(conn, v.db.dialect(), primary.id, &rewrapped).await?;
+                let by_row: HashMap<(&str, &str, i64), &Rewrapped> = rewrapped
                     .iter()
-                    .map(|row| target(&row.user_id, &row.key, row.version))
+                    .map(|r| ((r.user_id.as_str(), r.key.as_str(), r.version), r))
                     .collect();
-                let attested = attested_digests(&v, &targets).await?;
-                let mut rewrapped = Vec::with_capacity(stale.len());
-                let mut entries = Vec::with_capacity(stale.len());
-                for (row, target) in stale.into_iter().zip(targets) {
-                    let StoredValue {
-                        user_id,
-                        key,
-                        version,
-                        ciphertext: old,
-                    } = row;
-                    // Architecture Invariant: a rolled-back or replaced row is never served,
-                    // nor laundered into a fresh ciphertext.
-                    if attested.get(&target) != Some(&digest(&old)) {
-                        tracing::error!(%target, "not rewrapped: the row does not match its audit record");
-                        continue;
-                    }
-                    let row_ref = RowRef {
-                        user_id: &user_id,
-                        key: &key,
-                        version,
+                let mut entries = Vec::with_capacity(stored.len());
+                for (user_id, key, version) in &stored {
+                    let Some(row) = by_row.get(&(user_id.as_str(), key.as_str(), *version)) else {
+                        return Err(Status::internal("the rewrap stored a row it did not send"));
                     };
-                    let plaintext = ciphertext_key_id(&old)
-                        .and_then(|id| v.keys.get(id))
-                        .and_then(|old_key| old_key.decrypt(row_ref, &old));
-                    let Some(plaintext) = plaintext else {
-                        tracing::error!(%target, "not rewrapped: the ciphertext does not decrypt for its row");
-                        continue;
-                    };
-                    let ciphertext = new_key.encrypt(v.keys.rng(), row_ref, &plaintext);
-                    drop(plaintext);
                     entries.push(
-                        Entry::new(&v.self_id, Action::Rewrap.as_str(), target)
-                            .detail(format!("data_key={}", primary.id))
-                            .digest(digest(&ciphertext)),
+                        Entry::new(
+                            &v.self_id,
+                            Action::Rewrap.as_str(),
+                            target(user_id, key, *version),
+                        )
+                        .detail(format!("data_key={}", primary.id))
+                        .digest(digest(&row.new)),
                     );
-                    rewrapped.push(StoredValue {
-                        user_id,
-                        key,
-                        version,
-                        ciphertext,
-                    });
                 }
-                db::store_rewrapped(conn, v.db.dialect(), primary.id, &rewrapped).await?;
                 Ok((entries.len() as i64, entries))
             })
         })
         .await
+}
+
+fn db_error(e: sqlx::Error) -> Status {
+    Status::from(&orchestrator_store::StoreError::from(e))
 }
 
 /// The newest authentic digest the audit log holds for each of `targets`.

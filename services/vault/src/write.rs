@@ -86,7 +86,19 @@ async fn put_in_tx(
     // (zeroized) once it is sealed for its row.
     let ciphertext = data_key.encrypt(vault.keys.rng(), row, &value);
     drop(value);
-    db::insert_version(conn, row, primary.id, &ciphertext, now).await?;
+    // The row, the pruning of versions beyond the newest N, and the version list for the
+    // response: one statement on PostgreSQL.
+    let keep = vault.limits.keep_versions;
+    let stored = db::store_version(
+        conn,
+        vault.db.dialect(),
+        row,
+        primary.id,
+        &ciphertext,
+        now,
+        (version - keep).max(0),
+    )
+    .await?;
     if let Some(request_id) = &request_id {
         db::insert_put_request(conn, request_id, row, now).await?;
     }
@@ -96,14 +108,9 @@ async fn put_in_tx(
             .detail(format!("data_key={}", primary.id))
             .digest(digest(&ciphertext)),
     ];
-
-    // Keep the newest N versions.
-    let keep = vault.limits.keep_versions;
-    if version > keep {
-        for pruned in db::prune_versions(conn, user_id, key, version - keep).await? {
-            let pruned = target(user_id, key, pruned);
-            entries.push(gone(&caller, Action::Put, pruned, Gone::Pruned));
-        }
+    for pruned in stored.pruned {
+        let pruned = target(user_id, key, pruned);
+        entries.push(gone(&caller, Action::Put, pruned, Gone::Pruned));
     }
     entries.push(current(&caller, Action::Put, user_id, key, version));
 
@@ -122,9 +129,9 @@ async fn put_in_tx(
         vault.rewrap.wake();
         entries.push(entry);
     }
-    // The response from what this transaction knows, plus the version list.
+    // The response from what this transaction knows.
     let meta = SecretMeta {
-        versions: db::versions(conn, user_id, key).await?,
+        versions: stored.versions,
         user_id: user_id.to_owned(),
         key: key.to_owned(),
         head: KeyHead {

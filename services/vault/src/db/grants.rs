@@ -4,7 +4,7 @@
 use orchestrator_proto::timestamp as ts;
 use orchestrator_proto::vault::v1 as pb;
 use orchestrator_store::StoreError;
-use sqlx::{AnyConnection, AnyPool};
+use sqlx::AnyConnection;
 
 /// One grant row.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -48,25 +48,6 @@ pub(crate) async fn grant(
     .bind(project_id)
     .fetch_optional(&mut *conn)
     .await?)
-}
-
-/// Whether a live grant of `key` of `user_id` to `project_id` exists (a read's check).
-pub(crate) async fn is_granted(
-    pool: &AnyPool,
-    user_id: &str,
-    key: &str,
-    project_id: &str,
-) -> Result<bool, StoreError> {
-    let live: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM user_secret_grants \
-         WHERE user_id = $1 AND key = $2 AND project_id = $3 AND revoked_us IS NULL",
-    )
-    .bind(user_id)
-    .bind(key)
-    .bind(project_id)
-    .fetch_optional(pool)
-    .await?;
-    Ok(live.is_some())
 }
 
 /// Records a live grant: a new row, or a revoked one made live again (granted `now`); a live

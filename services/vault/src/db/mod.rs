@@ -22,12 +22,12 @@ pub(crate) use data_keys::{
     demote_primary, insert_first_data_key, insert_primary_data_key, next_data_key_id,
     primary_data_key_id, retire_empty_keys, rewrap_data_key, stored_data_keys,
 };
-pub(crate) use grants::{GrantRow, grant, insert_grant, is_granted, revoke_grant};
-pub(crate) use rewrap::{StoredValue, attestations, claim_stale, store_rewrapped};
+pub(crate) use grants::{GrantRow, grant, insert_grant, revoke_grant};
+pub(crate) use rewrap::{Rewrapped, StoredValue, attestations, stale_values, store_rewrapped};
 pub(crate) use secrets::{
-    KeyHead, NextVersion, SecretMeta, destroy_version, find_put_request, insert_put_request,
-    insert_version, key_attestation, list_secrets, live_version, metadata, next_version,
-    prune_versions, soft_delete_version, touch_key, versions,
+    GrantedRead, KeyHead, NextVersion, SecretMeta, destroy_version, find_put_request,
+    insert_put_request, list_secrets, metadata, next_version, read_granted, soft_delete_version,
+    store_version, touch_key,
 };
 
 /// The vault's own tables (versions from 100; the audit tables' come first).
@@ -39,8 +39,8 @@ pub(crate) fn migrations(dialect: Dialect) -> Migrator {
 }
 
 /// The newest audit record with a digest for a row, selected with
-/// [`orchestrator_audit::attested_columns!`], not yet checked.
-pub(crate) struct Attestation(AnyRow);
+/// [`orchestrator_audit::attested_columns!`] under the aliases prefixed `{.1}_`, not yet checked.
+pub(crate) struct Attestation(AnyRow, &'static str);
 
 impl std::fmt::Debug for Attestation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,6 +51,6 @@ impl std::fmt::Debug for Attestation {
 impl Attestation {
     /// The record's digest once its MAC checks out; `None` when the row has no record.
     pub(crate) fn verify<E>(&self, ledger: &Ledger<E>) -> Result<Option<Vec<u8>>, AuditError> {
-        ledger.attested(&self.0)
+        ledger.attested_as(&self.0, self.1)
     }
 }

@@ -1,12 +1,12 @@
-//! The rewrap's queries: claiming values still on a demoted data key, storing them re-encrypted,
-//! and looking up the audit records that vouch for them.
+//! The rewrap's queries: finding values still on a demoted data key, storing them re-encrypted
+//! where unchanged since, and looking up the audit records that vouch for them.
 
 use orchestrator_store::{Dialect, StoreError};
 use sqlx::{AnyConnection, AnyPool, Row};
 
 use super::Attestation;
 
-/// Rows per UPDATE statement (4 parameters each).
+/// Rows per UPDATE statement (5 parameters each).
 const UPDATE_CHUNK: usize = 250;
 /// Targets per audit lookup.
 const LOOKUP_CHUNK: usize = 500;
@@ -21,64 +21,78 @@ pub(crate) struct StoredValue {
     pub(crate) ciphertext: Vec<u8>,
 }
 
-/// Claims up to `limit` values that are not encrypted under the primary data key. On PostgreSQL the rows
-/// stay locked until the transaction ends and other replicas skip them.
-pub(crate) async fn claim_stale(
+/// Up to `limit` values not encrypted under the primary data key, read without a lock: the
+/// rewrap re-encrypts them outside the writer and [`store_rewrapped`] stores each only if the
+/// row still holds what was read.
+pub(crate) async fn stale_values(
     conn: &mut AnyConnection,
-    dialect: Dialect,
     limit: i64,
 ) -> Result<Vec<StoredValue>, StoreError> {
-    let sql = format!(
+    Ok(sqlx::query_as(
         "SELECT user_id, key, version, encrypted_value FROM user_vault \
          WHERE encrypted_value IS NOT NULL AND data_key_id <> (SELECT id FROM data_keys WHERE state = 'primary') \
-         LIMIT $1{}",
-        dialect.skip_locked()
-    );
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(limit)
-        .fetch_all(&mut *conn)
-        .await?)
+         LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?)
 }
 
-/// Stores `rows` as encrypted under data key `data_key_id`: one UPDATE per chunk of rows, not
-/// one per row.
+/// A value re-encrypted: the row, the ciphertext it held when read, and its new one.
+#[derive(Debug)]
+pub(crate) struct Rewrapped {
+    pub(crate) user_id: String,
+    pub(crate) key: String,
+    pub(crate) version: i64,
+    pub(crate) old: Vec<u8>,
+    pub(crate) new: Vec<u8>,
+}
+
+/// Stores each of `rows` as encrypted under data key `data_key_id`, only where the row still
+/// holds the ciphertext the rewrap read (a Put, a delete or another replica's rewrap since
+/// then wins): one UPDATE per chunk of rows. Returns the rows it changed.
 pub(crate) async fn store_rewrapped(
     conn: &mut AnyConnection,
     dialect: Dialect,
     data_key_id: i64,
-    rows: &[StoredValue],
-) -> Result<(), StoreError> {
+    rows: &[Rewrapped],
+) -> Result<Vec<(String, String, i64)>, StoreError> {
+    let mut stored = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(UPDATE_CHUNK) {
         let values = (0..chunk.len())
             .map(|i| {
-                let p = 2 + i * 4;
+                let p = 2 + i * 5;
                 format!(
-                    "(CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS {}))",
+                    "(CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS {blob}), CAST(${} AS {blob}))",
                     p,
                     p + 1,
                     p + 2,
                     p + 3,
-                    dialect.blob()
+                    p + 4,
+                    blob = dialect.blob()
                 )
             })
             .collect::<Vec<_>>()
             .join(", ");
         // Only placeholders are generated; every value is bound.
         let sql = format!(
-            "UPDATE user_vault SET encrypted_value = v.column4, data_key_id = $1 FROM (VALUES {values}) AS v \
-             WHERE user_vault.user_id = v.column1 AND user_vault.key = v.column2 AND user_vault.version = v.column3"
+            "UPDATE user_vault SET encrypted_value = v.column5, data_key_id = $1 FROM (VALUES {values}) AS v \
+             WHERE user_vault.user_id = v.column1 AND user_vault.key = v.column2 AND user_vault.version = v.column3 \
+             AND user_vault.encrypted_value = v.column4 \
+             RETURNING user_vault.user_id, user_vault.key, user_vault.version"
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(data_key_id);
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(data_key_id);
         for row in chunk {
             query = query
                 .bind(row.user_id.clone())
                 .bind(row.key.clone())
                 .bind(row.version)
-                .bind(row.ciphertext.clone());
+                .bind(row.old.clone())
+                .bind(row.new.clone());
         }
-        query.execute(&mut *conn).await?;
+        stored.extend(query.fetch_all(&mut *conn).await?);
     }
-    Ok(())
+    Ok(stored)
 }
 
 /// The newest audit record with a digest for each of `targets` that has one, with its target:
@@ -104,7 +118,7 @@ pub(crate) async fn attestations(
             query = query.bind(target.as_str());
         }
         for row in query.fetch_all(pool).await? {
-            found.push((row.try_get("a_target")?, Attestation(row)));
+            found.push((row.try_get("a_target")?, Attestation(row, "a")));
         }
     }
     Ok(found)

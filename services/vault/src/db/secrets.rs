@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use orchestrator_fields::Page;
 use orchestrator_proto::timestamp as ts;
 use orchestrator_proto::vault::v1 as pb;
-use orchestrator_store::StoreError;
+use orchestrator_store::{Dialect, StoreError};
 use sqlx::{AnyConnection, AnyPool, Row};
 
 use super::Attestation;
@@ -193,7 +193,8 @@ struct Bumped {
 
 /// Takes the next version number of a key, applying check-and-set (`expected`: `None` =
 /// unconditional, `Some(0)` = create only, `Some(n)` = only if the current version is n): one
-/// `UPDATE` for an existing key, one `INSERT` for a new one.
+/// statement, an upsert for an unconditional write, an `UPDATE` or an `INSERT` otherwise
+/// (plus a `SELECT` of the current version when the check fails).
 pub(crate) async fn next_version(
     conn: &mut AnyConnection,
     user_id: &str,
@@ -201,40 +202,31 @@ pub(crate) async fn next_version(
     expected: Option<i64>,
     now: i64,
 ) -> Result<NextVersion, StoreError> {
-    if expected != Some(0) {
-        let bumped: Option<Bumped> = sqlx::query_as(
-            "UPDATE user_vault_keys SET current_version = current_version + 1, updated_us = $3 \
-             WHERE user_id = $1 AND key = $2 AND ($4 < 0 OR current_version = $4) RETURNING current_version, created_us",
-        )
+    const UPSERT: &str = "INSERT INTO user_vault_keys (user_id, key, current_version, created_us, updated_us) \
+         VALUES ($1, $2, 1, $3, $3) ON CONFLICT (user_id, key) DO UPDATE SET \
+         current_version = user_vault_keys.current_version + 1, updated_us = $3 \
+         RETURNING current_version, created_us";
+    const UPDATE: &str = "UPDATE user_vault_keys SET current_version = current_version + 1, updated_us = $3 \
+         WHERE user_id = $1 AND key = $2 AND current_version = $4 RETURNING current_version, created_us";
+    const INSERT: &str = "INSERT INTO user_vault_keys (user_id, key, current_version, created_us, updated_us) \
+         VALUES ($1, $2, 1, $3, $3) ON CONFLICT DO NOTHING RETURNING current_version, created_us";
+    let sql = match expected {
+        None => UPSERT,
+        Some(0) => INSERT,
+        Some(_) => UPDATE,
+    };
+    let taken: Option<Bumped> = sqlx::query_as(sql)
         .bind(user_id)
         .bind(key)
         .bind(now)
         .bind(expected.unwrap_or(-1))
         .fetch_optional(&mut *conn)
         .await?;
-        if let Some(row) = bumped {
-            return Ok(NextVersion::Taken {
-                version: row.current_version,
-                created_us: row.created_us,
-            });
-        }
-    }
-    if expected.is_none_or(|n| n == 0) {
-        let created = sqlx::query(
-            "INSERT INTO user_vault_keys (user_id, key, current_version, created_us, updated_us) \
-             VALUES ($1, $2, 1, $3, $3) ON CONFLICT DO NOTHING RETURNING created_us",
-        )
-        .bind(user_id)
-        .bind(key)
-        .bind(now)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if created.is_some() {
-            return Ok(NextVersion::Taken {
-                version: 1,
-                created_us: now,
-            });
-        }
+    if let Some(row) = taken {
+        return Ok(NextVersion::Taken {
+            version: row.current_version,
+            created_us: row.created_us,
+        });
     }
     let current: Option<(i64,)> = sqlx::query_as(
         "SELECT current_version FROM user_vault_keys WHERE user_id = $1 AND key = $2",
@@ -246,6 +238,79 @@ pub(crate) async fn next_version(
     Ok(NextVersion::Mismatch {
         current: current.map_or(0, |(n,)| n),
     })
+}
+
+/// What [`store_version`] did: the key's kept versions after it, newest first, and the
+/// versions it pruned.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    pub(crate) versions: Vec<VersionRow>,
+    pub(crate) pruned: Vec<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct StoredRow {
+    #[sqlx(flatten)]
+    version: VersionRow,
+    pruned: i64,
+}
+
+/// Stores a new version's ciphertext, encrypted under data key `data_key_id`, deletes the
+/// versions up to `prune_up_to` (0: none), and lists the versions kept: one statement on
+/// PostgreSQL, three on SQLite.
+pub(crate) async fn store_version(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    row: RowRef<'_>,
+    data_key_id: i64,
+    ciphertext: &[u8],
+    now: i64,
+    prune_up_to: i64,
+) -> Result<Stored, StoreError> {
+    if dialect == Dialect::Sqlite {
+        insert_version(conn, row, data_key_id, ciphertext, now).await?;
+        let pruned = if prune_up_to > 0 {
+            prune_versions(conn, row.user_id, row.key, prune_up_to).await?
+        } else {
+            Vec::new()
+        };
+        let versions = versions(conn, row.user_id, row.key).await?;
+        return Ok(Stored { versions, pruned });
+    }
+    // The outer SELECT sees the table as it was before the statement: the inserted and the
+    // pruned rows come from the CTEs' RETURNING.
+    const STORE: &str = "WITH ins AS (INSERT INTO user_vault \
+           (user_id, key, version, data_key_id, encrypted_value, created_us, destroyed) \
+           VALUES ($1, $2, $3, $4, $5, $6, 0) RETURNING version, created_us, deleted_us, destroyed), \
+         gone AS (DELETE FROM user_vault WHERE user_id = $1 AND key = $2 AND version <= $7 RETURNING version) \
+         SELECT version, created_us, deleted_us, destroyed, CAST(0 AS BIGINT) AS pruned FROM ins \
+         UNION ALL SELECT version, created_us, deleted_us, destroyed, CAST(0 AS BIGINT) FROM user_vault \
+           WHERE user_id = $1 AND key = $2 AND version > $7 AND version <> $3 \
+         UNION ALL SELECT version, CAST(0 AS BIGINT), CAST(NULL AS BIGINT), CAST(0 AS BIGINT), CAST(1 AS BIGINT) FROM gone \
+         ORDER BY pruned, version DESC";
+    let rows: Vec<StoredRow> = sqlx::query_as(STORE)
+        .bind(row.user_id)
+        .bind(row.key)
+        .bind(row.version)
+        .bind(data_key_id)
+        .bind(ciphertext)
+        .bind(now)
+        .bind(prune_up_to)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut stored = Stored {
+        versions: Vec::with_capacity(rows.len()),
+        pruned: Vec::new(),
+    };
+    for r in rows {
+        if r.pruned != 0 {
+            stored.pruned.push(r.version.version);
+        } else {
+            stored.versions.push(r.version);
+        }
+    }
+    stored.pruned.sort_unstable();
+    Ok(stored)
 }
 
 /// A version's ciphertext, encrypted under data key `data_key_id`.
@@ -403,60 +468,76 @@ pub(crate) struct LiveVersion {
     pub(crate) attestation: Attestation,
 }
 
-/// The newest live version of a key (`wanted` 0) or version `wanted` if it is live, and the
-/// newest audit record with a digest for it (`target_prefix`: the audit target of the key's
-/// versions without the number), in one round trip.
-pub(crate) async fn live_version(
-    pool: &AnyPool,
-    user_id: &str,
-    key: &str,
-    wanted: i64,
-    target_prefix: &str,
-) -> Result<Option<LiveVersion>, StoreError> {
-    const READ: &str = concat!(
-        "SELECT v.version, v.encrypted_value, v.created_us, ",
-        orchestrator_audit::attested_columns!(),
-        " FROM (SELECT version, encrypted_value, created_us FROM user_vault \
-           WHERE user_id = $1 AND key = $2 AND deleted_us IS NULL AND destroyed = 0 AND ($3 = 0 OR version = $3) \
-           ORDER BY version DESC LIMIT 1) v \
-         LEFT JOIN audit_log a ON a.seq = \
-           (SELECT MAX(seq) FROM audit_log WHERE target = $4 || CAST(v.version AS TEXT) AND digest IS NOT NULL) \
-         LEFT JOIN audit_log p ON p.seq = a.seq - 1"
-    );
-    let Some(row) = sqlx::query(READ)
-        .bind(user_id)
-        .bind(key)
-        .bind(wanted)
-        .bind(target_prefix)
-        .fetch_optional(pool)
-        .await?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(LiveVersion {
-        version: row.try_get("version")?,
-        ciphertext: row.try_get("encrypted_value")?,
-        created_us: row.try_get("created_us")?,
-        attestation: Attestation(row),
-    }))
+/// What [`read_granted`] found.
+#[derive(Debug)]
+pub(crate) enum GrantedRead {
+    /// No live grant of the key to the project: nothing else was looked at.
+    NotGranted,
+    Granted {
+        /// The live version asked for, with its newest attested audit record.
+        row: Option<LiveVersion>,
+        /// For a read of the newest version: the key's newest attested record.
+        newest: Option<Attestation>,
+    },
 }
 
-/// The newest audit record with a digest for a key as a whole (`key_target`: what
-/// [`crate::audit::key_target`] names it), which says its newest live version; `None` for a key
-/// written before such records existed, or never written.
-pub(crate) async fn key_attestation(
+/// A read's whole lookup in one statement (one round trip, one snapshot): whether `key` of
+/// `user_id` is granted to `project_id`; if so, the newest live version of the key (`row.version`
+/// 0) or version `row.version` if it is live, with the newest audit record with a digest for it
+/// (`target_prefix`: the audit target of the key's versions without the number); and, for a
+/// read of the newest version, the newest audit record with a digest for the key as a whole
+/// (`key_target`: what [`crate::audit::key_target`] names it), which says its newest live
+/// version (none for a key written before such records existed).
+pub(crate) async fn read_granted(
     pool: &AnyPool,
+    row: RowRef<'_>,
+    project_id: &str,
+    target_prefix: &str,
     key_target: &str,
-) -> Result<Option<Attestation>, StoreError> {
+) -> Result<GrantedRead, StoreError> {
+    // The grant subquery yields exactly one row, so the statement always returns one; the
+    // version and the records are joined only when the grant is live, so a refused read
+    // says nothing about the key.
     const READ: &str = concat!(
-        "SELECT ",
-        orchestrator_audit::attested_columns!(),
-        " FROM audit_log a LEFT JOIN audit_log p ON p.seq = a.seq - 1 \
-         WHERE a.seq = (SELECT MAX(seq) FROM audit_log WHERE target = $1 AND digest IS NOT NULL)"
+        "SELECT g.granted, v.version, v.encrypted_value, v.created_us, ",
+        orchestrator_audit::attested_columns!(a, p),
+        ", ",
+        orchestrator_audit::attested_columns!(k, kp),
+        " FROM (SELECT COUNT(*) AS granted FROM user_secret_grants \
+           WHERE user_id = $1 AND key = $2 AND project_id = $5 AND revoked_us IS NULL) g \
+         LEFT JOIN (SELECT version, encrypted_value, created_us FROM user_vault \
+           WHERE user_id = $1 AND key = $2 AND deleted_us IS NULL AND destroyed = 0 AND ($3 = 0 OR version = $3) \
+           ORDER BY version DESC LIMIT 1) v ON g.granted > 0 \
+         LEFT JOIN audit_log a ON a.seq = \
+           (SELECT MAX(seq) FROM audit_log WHERE target = $4 || CAST(v.version AS TEXT) AND digest IS NOT NULL) \
+         LEFT JOIN audit_log p ON p.seq = a.seq - 1 \
+         LEFT JOIN audit_log k ON g.granted > 0 AND $3 = 0 AND k.seq = \
+           (SELECT MAX(seq) FROM audit_log WHERE target = $6 AND digest IS NOT NULL) \
+         LEFT JOIN audit_log kp ON kp.seq = k.seq - 1"
     );
-    Ok(sqlx::query(READ)
+    let found = sqlx::query(READ)
+        .bind(row.user_id)
+        .bind(row.key)
+        .bind(row.version)
+        .bind(target_prefix)
+        .bind(project_id)
         .bind(key_target)
-        .fetch_optional(pool)
-        .await?
-        .map(Attestation))
+        .fetch_one(pool)
+        .await?;
+    if found.try_get::<i64, _>("granted")? == 0 {
+        return Ok(GrantedRead::NotGranted);
+    }
+    let newest = found
+        .try_get::<Option<i64>, _>("k_seq")?
+        .map(|_| Attestation(found.clone(), "k"));
+    let row = match found.try_get::<Option<i64>, _>("version")? {
+        Some(version) => Some(LiveVersion {
+            version,
+            ciphertext: found.try_get("encrypted_value")?,
+            created_us: found.try_get("created_us")?,
+            attestation: Attestation(found, "a"),
+        }),
+        None => None,
+    };
+    Ok(GrantedRead::Granted { row, newest })
 }

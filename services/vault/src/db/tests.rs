@@ -4,10 +4,11 @@
 use orchestrator_audit::{AuditKey, Entry, Ledger};
 use orchestrator_fields::Page;
 use orchestrator_store::testing::TestDatabase;
-use orchestrator_store::{Database, Dialect};
+use orchestrator_store::{Database, Dialect, StoreError};
 use sqlx::AnyConnection;
 
 use super::data_keys::PrimaryUse;
+use super::secrets::{VersionRow, insert_version, prune_versions, versions};
 use super::*;
 use crate::crypto::{RowRef, digest};
 
@@ -97,6 +98,56 @@ async fn versions_take_turns_by_check_and_set(test_db: TestDatabase) {
         (3, 5, 8)
     );
     assert!(metadata(conn, "u", "none").await.unwrap().is_none());
+}
+
+async fn a_stored_version_prunes_and_lists_as_the_table_says(test_db: TestDatabase) {
+    let (db, _) = open(&test_db).await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    let conn = &mut *conn;
+    seed(conn, "u", "k", 3).await;
+    let next = next_version(conn, "u", "k", None, 40).await.unwrap();
+    assert_eq!(
+        next,
+        NextVersion::Taken {
+            version: 4,
+            created_us: 10
+        }
+    );
+    // Version 4, keeping the newest 2: versions 1 and 2 pruned.
+    let stored = store_version(conn, db.dialect(), row("u", "k", 4), 1, b"ct-4", 40, 2)
+        .await
+        .unwrap();
+    assert_eq!(stored.pruned, [1, 2]);
+    let listed = |v: &[VersionRow]| {
+        v.iter()
+            .map(|v| (v.version, v.created_us))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed(&stored.versions), [(4, 40), (3, 30)]);
+    assert!(stored.versions.iter().all(VersionRow::is_live));
+    // What it says is what the table holds.
+    assert_eq!(
+        listed(&versions(conn, "u", "k").await.unwrap()),
+        [(4, 40), (3, 30)]
+    );
+    // Nothing to prune (0), another key untouched.
+    let next = next_version(conn, "u", "other", None, 50).await.unwrap();
+    assert_eq!(
+        next,
+        NextVersion::Taken {
+            version: 1,
+            created_us: 50
+        }
+    );
+    let stored = store_version(conn, db.dialect(), row("u", "other", 1), 1, b"ct", 50, 0)
+        .await
+        .unwrap();
+    assert!(stored.pruned.is_empty());
+    assert_eq!(listed(&stored.versions), [(1, 50)]);
+    assert_eq!(
+        listed(&versions(conn, "u", "k").await.unwrap()),
+        [(4, 40), (3, 30)]
+    );
 }
 
 async fn deletes_change_the_rows_as_the_returned_metadata_says(test_db: TestDatabase) {
@@ -203,13 +254,52 @@ async fn reads_bring_the_newest_audit_record_of_their_row(test_db: TestDatabase)
         seed(&mut conn, "u", "k", 2).await;
     }
     let prefix = "users/u/secrets/k/versions/";
+    let whole = "users/u/secrets/k";
     let stored = |version: i64| format!("ct-u-k-{version}").into_bytes();
-    let live = |wanted| live_version(db.pool(), "u", "k", wanted, prefix);
-    // Version 2 is vouched for; version 1 never was.
+    let read =
+        |wanted, project| read_granted(db.pool(), row("u", "k", wanted), project, prefix, whole);
+    let live = |wanted| async move {
+        match read(wanted, "p").await? {
+            GrantedRead::Granted { row, .. } => Ok::<_, StoreError>(row),
+            GrantedRead::NotGranted => panic!("the key is granted to p"),
+        }
+    };
+    // Not granted: nothing is read, whatever exists.
+    assert!(matches!(
+        read(0, "p").await.unwrap(),
+        GrantedRead::NotGranted
+    ));
+    {
+        let mut conn = db.pool().acquire().await.unwrap();
+        insert_grant(&mut conn, "u", "k", "p", 5).await.unwrap();
+    }
+    assert!(matches!(
+        read(0, "other").await.unwrap(),
+        GrantedRead::NotGranted
+    ));
+    // Version 2 is vouched for; version 1 never was; the key's record names version 2.
     ledger
         .record(Entry::new("test", "put", format!("{prefix}2")).digest(digest(&stored(2))))
         .await
         .unwrap();
+    ledger
+        .record(Entry::new("test", "put", whole).digest(b"key says 2".to_vec()))
+        .await
+        .unwrap();
+    let GrantedRead::Granted { newest, .. } = read(0, "p").await.unwrap() else {
+        panic!("granted")
+    };
+    assert_eq!(
+        newest.unwrap().verify(&ledger).unwrap(),
+        Some(b"key says 2".to_vec())
+    );
+    let GrantedRead::Granted { newest, .. } = read(1, "p").await.unwrap() else {
+        panic!("granted")
+    };
+    assert!(
+        newest.is_none(),
+        "only a read of the newest version checks the key's record"
+    );
     let newest = live(0).await.unwrap().unwrap();
     assert_eq!((newest.version, newest.created_us), (2, 20));
     assert_eq!(newest.ciphertext.as_deref(), Some(&stored(2)[..]));
@@ -272,31 +362,48 @@ async fn data_keys_rotate_rewrap_and_retire(test_db: TestDatabase) {
         .unwrap();
     assert_eq!(primary_data_key_id(conn).await.unwrap(), 2);
 
-    let stale = claim_stale(conn, db.dialect(), 2).await.unwrap();
+    let stale = stale_values(conn, 2).await.unwrap();
     assert_eq!(stale.len(), 2, "the limit holds");
-    let stale = claim_stale(conn, db.dialect(), 10).await.unwrap();
+    let stale = stale_values(conn, 10).await.unwrap();
     assert_eq!(stale.len(), 3);
     assert!(stale.iter().all(|r| r.ciphertext.starts_with(b"ct-u-k-")));
-    let rewrapped: Vec<StoredValue> = stale
+    let mut rewrapped: Vec<Rewrapped> = stale
         .into_iter()
-        .map(|r| StoredValue {
-            ciphertext: format!("new-{}", r.version).into_bytes(),
-            ..r
+        .map(|r| Rewrapped {
+            new: format!("new-{}", r.version).into_bytes(),
+            user_id: r.user_id,
+            key: r.key,
+            version: r.version,
+            old: r.ciphertext,
         })
         .collect();
-    store_rewrapped(conn, db.dialect(), 2, &rewrapped[..2])
+    let stored = store_rewrapped(conn, db.dialect(), 2, &rewrapped[..2])
         .await
         .unwrap();
-    assert_eq!(claim_stale(conn, db.dialect(), 10).await.unwrap().len(), 1);
-    store_rewrapped(conn, db.dialect(), 2, &rewrapped[2..])
-        .await
-        .unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stale_values(conn, 10).await.unwrap().len(), 1);
+    // A row changed since it was read (a Put, a delete, another replica) is left as it is.
+    let read = std::mem::replace(&mut rewrapped[2].old, b"changed since".to_vec());
     assert!(
-        claim_stale(conn, db.dialect(), 10)
+        store_rewrapped(conn, db.dialect(), 2, &rewrapped[2..])
             .await
             .unwrap()
             .is_empty()
     );
+    assert_eq!(stale_values(conn, 10).await.unwrap().len(), 1);
+    rewrapped[2].old = read;
+    let stored = store_rewrapped(conn, db.dialect(), 2, &rewrapped[2..])
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        [(
+            rewrapped[2].user_id.clone(),
+            rewrapped[2].key.clone(),
+            rewrapped[2].version
+        )]
+    );
+    assert!(stale_values(conn, 10).await.unwrap().is_empty());
 
     // The master key changes only if it is still the one the caller saw.
     rewrap_data_key(conn, 1, "m9", wrapping("m2", b"x"))
@@ -356,7 +463,11 @@ async fn grants_are_per_user_key_and_project_and_revocable(test_db: TestDatabase
     let (db, _) = open(&test_db).await;
     let mut conn = db.pool().acquire().await.unwrap();
     let conn = &mut *conn;
-    let live = |user, key, project| is_granted(db.pool(), user, key, project);
+    let pool = db.pool();
+    let live = |user, key, project| async move {
+        let read = read_granted(pool, row(user, key, 0), project, "v/", "k").await?;
+        Ok::<_, StoreError>(matches!(read, GrantedRead::Granted { .. }))
+    };
     assert!(grant(conn, "u1", "do", "p1").await.unwrap().is_none());
     assert!(!live("u1", "do", "p1").await.unwrap());
     insert_grant(conn, "u1", "do", "p1", 10).await.unwrap();
@@ -395,6 +506,7 @@ fn the_migrations_exist_for_both_dialects() {
 orchestrator_store::on_both_dialects!(
     "vault";
     versions_take_turns_by_check_and_set,
+    a_stored_version_prunes_and_lists_as_the_table_says,
     deletes_change_the_rows_as_the_returned_metadata_says,
     put_requests_remember_what_they_wrote,
     lists_page_by_key_with_each_keys_versions,
