@@ -88,7 +88,9 @@ impl Broker {
         };
         // The key first: an environment that does not exist yet is created on the way, and
         // only then can its secrets be listed.
-        let mut key = self.location_key(&target, &req.location).await?;
+        let mut key = self
+            .location_key(&target, &req.location, &writer.caller)
+            .await?;
         self.check_room(&target, &writer, &req.location, &req.secrets)
             .await?;
         let mut results = Vec::with_capacity(req.secrets.len());
@@ -140,6 +142,7 @@ impl Broker {
         &self,
         target: &Target<'_>,
         location: &Location,
+        caller: &str,
     ) -> Result<PublicKey, Status> {
         let first = self
             .github
@@ -160,12 +163,13 @@ impl Broker {
             })
             .await?
             .map_err(|e| e.to_grpc())?;
-        let (project_id, env_name) = (reg.project_id.clone(), env.to_string());
+        let (project_id, env_name, caller) =
+            (reg.project_id.clone(), env.to_string(), caller.to_owned());
         self.ledger
             .write(move |_conn| {
                 Box::pin(async move {
                     let entry = Entry::new(
-                        "secret-broker",
+                        caller,
                         Action::SetProjectSecrets.as_str(),
                         format!("projects/{project_id}/environments/{env_name}"),
                     )
