@@ -80,6 +80,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             request_id: "push".into(),
             project_id: "bench".into(),
             secrets,
+            location: None,
         })
         .await?
         .into_inner()

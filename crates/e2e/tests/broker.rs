@@ -56,6 +56,7 @@ async fn reconciled(
     api.reconcile_project_secrets(pb::ReconcileProjectSecretsRequest {
         project_id: project_id.into(),
         dry_run,
+        location: None,
     })
     .await
     .unwrap()
@@ -73,6 +74,7 @@ fn secrets(request_id: &str, pairs: &[(&str, &[u8])]) -> pb::SetProjectSecretsRe
                 value: v.to_vec(),
             })
             .collect(),
+        location: None,
     }
 }
 
@@ -317,6 +319,7 @@ async fn deletes_never_touch_foreign_secrets_and_reconcile_reports_drift() {
         .delete_project_secret(pb::DeleteProjectSecretRequest {
             project_id: "p1".into(),
             name: "FOREIGN".into(),
+            location: None,
         })
         .await
         .unwrap_err();
@@ -326,6 +329,7 @@ async fn deletes_never_touch_foreign_secrets_and_reconcile_reports_drift() {
         .delete_project_secret(pb::DeleteProjectSecretRequest {
             project_id: "p1".into(),
             name: "ours".into(),
+            location: None,
         })
         .await
         .unwrap();
@@ -481,6 +485,7 @@ async fn infra_writes_deploy_credentials_only_and_gets_clone_tokens_that_cannot_
         .delete_project_secret(pb::DeleteProjectSecretRequest {
             project_id: "p1".into(),
             name: "DEPLOY_HOST".into(),
+            location: None,
         })
         .await
         .unwrap_err();

@@ -26,6 +26,7 @@ fn secret(request_id: &str, name: &str) -> pb::SetProjectSecretsRequest {
             name: name.into(),
             value: b"value".to_vec(),
         }],
+        location: None,
     }
 }
 

@@ -108,6 +108,7 @@ async fn round(mesh_broker: &BrokerApi, mesh_infra: &InfraApi, n: u64, r: u64) -
                 value: format!("value-{n}-{i}-{r}").into_bytes(),
             })
             .collect(),
+        location: None,
     };
     let results = retried("SetProjectSecrets", || {
         let (mut api, request) = (mesh_broker.clone(), request.clone());

@@ -55,6 +55,7 @@ fn create(request_id: &str, name: &str, initial: &[(&str, &[u8])]) -> pb::Create
             target: Some(common::secret_target::Target::GithubSecret(
                 common::GitHubSecretTarget {
                     name: "TELEGRAM_TOKEN".into(),
+                    location: None,
                 },
             )),
         },

@@ -362,7 +362,10 @@ async fn the_seeds_flow_deploys_the_bot_token_to_the_container_and_nowhere_else(
     // 1. The project: its bot token straight to GitHub, its DigitalOcean key from the vault.
     let github_target = |name: &str| common::SecretTarget {
         target: Some(common::secret_target::Target::GithubSecret(
-            common::GitHubSecretTarget { name: name.into() },
+            common::GitHubSecretTarget {
+                name: name.into(),
+                location: None,
+            },
         )),
     };
     let vault_target = common::SecretTarget {

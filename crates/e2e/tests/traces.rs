@@ -37,6 +37,7 @@ fn create(request_id: &str, name: &str, token: &str) -> pb::CreateProjectRequest
             target: Some(common::secret_target::Target::GithubSecret(
                 common::GitHubSecretTarget {
                     name: "TELEGRAM_TOKEN".into(),
+                    location: None,
                 },
             )),
         },

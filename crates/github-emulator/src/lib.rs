@@ -35,7 +35,9 @@
 //!   secret is unsealed with it, so a test proves GitHub could read the value. Names follow
 //!   GitHub's rules; a repository holds at most 100 secrets; a value is at most 48 KB ("Secrets
 //!   reference", "Limits for secrets"), measured on the decrypted value (49,152 bytes): GitHub
-//!   does not say which size it measures, see `routes::secrets`. Plaintexts live only in this
+//!   does not say which size it measures, see `routes::secrets`. Environment, Dependabot and
+//!   organization secrets the same way, each set with its own key pair and permission
+//!   (`routes::places`), environments created by `PUT .../environments/{name}`. Plaintexts live only in this
 //!   process's memory, in zeroizing buffers, for assertions.
 //! - **Limits and faults.** Every response carries GitHub's rate-limit headers; primary and
 //!   secondary limits (concurrency, minimum spacing of writes) are enforced per installation,
@@ -50,7 +52,8 @@
 //!
 //! What it does not model: branches other than `main` and the Git data API (refs, trees,
 //! blobs, commit contents), user-owned repositories (every account is an organization),
-//! organization and environment secrets, webhooks, pull requests, the search and GraphQL
+//! environments' protection rules (reviewers, wait timers, branch policies), Codespaces secrets,
+//! variables, webhooks, pull requests, the search and GraphQL
 //! limits, points per request, the abuse-detection bans, and GitHub's exact wording of some
 //! refusals (the empty-template 422's message is ours).
 //!
@@ -472,6 +475,100 @@ impl Emulator {
             .repo_mut(owner, repo)
             .unwrap_or_else(|| panic!("no repository {owner}/{repo}"));
         repo.secrets.remove(&name.to_ascii_uppercase()).is_some()
+    }
+
+    /// The decrypted value of a deployment environment's secret (environment and secret names
+    /// are case-insensitive).
+    pub fn environment_secret(
+        &self,
+        owner: &str,
+        repo: &str,
+        env: &str,
+        name: &str,
+    ) -> Option<Vec<u8>> {
+        let world = self.inner.state.world();
+        let repo = world.repo(owner, repo)?;
+        let env = repo.environments.get(&env.to_ascii_lowercase())?;
+        env.store
+            .secrets
+            .get(&name.to_ascii_uppercase())
+            .map(|s| s.value.to_vec())
+    }
+
+    /// The repository's deployment environments, as created (sorted by lower-cased name).
+    pub fn environments(&self, owner: &str, repo: &str) -> Vec<String> {
+        let world = self.inner.state.world();
+        world
+            .repo(owner, repo)
+            .map(|r| r.environments.values().map(|e| e.name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Creates the deployment environment as if someone else had (no API call).
+    ///
+    /// # Panics
+    /// If the repository does not exist (a test's mistake).
+    pub fn create_environment_directly(&self, owner: &str, repo: &str, env: &str) {
+        let mut world = self.inner.state.world();
+        let id = world.new_id();
+        let repo = world
+            .repo_mut(owner, repo)
+            .unwrap_or_else(|| panic!("no repository {owner}/{repo}"));
+        repo.environments
+            .entry(env.to_ascii_lowercase())
+            .or_insert_with(|| model::Environment {
+                name: env.to_owned(),
+                id,
+                created_at: model::now_s(),
+                store: model::SecretStore::new(),
+            });
+    }
+
+    /// The decrypted value of a Dependabot secret.
+    pub fn dependabot_secret(&self, owner: &str, repo: &str, name: &str) -> Option<Vec<u8>> {
+        let world = self.inner.state.world();
+        let repo = world.repo(owner, repo)?;
+        repo.dependabot
+            .secrets
+            .get(&name.to_ascii_uppercase())
+            .map(|s| s.value.to_vec())
+    }
+
+    /// The decrypted value of an organization's Actions secret, with its visibility and
+    /// selected repository ids.
+    pub fn org_secret(&self, org: &str, name: &str) -> Option<(Vec<u8>, String, Vec<u64>)> {
+        let world = self.inner.state.world();
+        let org = world.org_secrets.get(&org.to_ascii_lowercase())?;
+        let upper = name.to_ascii_uppercase();
+        let value = org.store.secrets.get(&upper)?.value.to_vec();
+        let access = org.access.get(&upper)?;
+        Some((
+            value,
+            access.visibility.clone(),
+            access.selected.iter().copied().collect(),
+        ))
+    }
+
+    /// Creates or updates an organization secret (visibility `all`) as if someone else had.
+    pub fn put_org_secret_directly(&self, org: &str, name: &str, value: &[u8]) {
+        let mut world = self.inner.state.world();
+        let secrets = world.org_secrets(org);
+        let upper = name.to_ascii_uppercase();
+        secrets
+            .store
+            .store_secret(&upper, zeroize::Zeroizing::new(value.to_vec()));
+        secrets.access.insert(
+            upper,
+            model::OrgAccess {
+                visibility: "all".into(),
+                selected: Default::default(),
+            },
+        );
+    }
+
+    /// A repository's numeric id.
+    pub fn repository_id(&self, owner: &str, repo: &str) -> Option<u64> {
+        self.inner.state.world().repo(owner, repo).map(|r| r.id)
     }
 
     /// A file's content on the default branch.

@@ -102,8 +102,10 @@ fn default_permissions() -> Permissions {
         ("actions", Level::Write),
         ("administration", Level::Write),
         ("contents", Level::Write),
+        ("dependabot_secrets", Level::Write),
         ("environments", Level::Write),
         ("metadata", Level::Read),
+        ("organization_secrets", Level::Write),
         ("secrets", Level::Write),
         ("workflows", Level::Write),
     ]
@@ -163,6 +165,72 @@ pub(crate) struct Secret {
     pub(crate) updated_at: OffsetDateTime,
 }
 
+/// One set of secrets with its own key pair: a repository's Actions or Dependabot secrets, an
+/// environment's, an organization's.
+pub(crate) struct SecretStore {
+    /// Secrets by upper-cased name.
+    pub(crate) secrets: BTreeMap<String, Secret>,
+    pub(crate) key: RepoKey,
+}
+
+impl SecretStore {
+    pub(crate) fn new() -> Self {
+        Self {
+            secrets: BTreeMap::new(),
+            key: RepoKey::generate(),
+        }
+    }
+
+    /// Creates or updates a secret; `updated_at` moves forward on every write even within one
+    /// second (the API shows whole seconds and clients detect drift by it). True if created.
+    pub(crate) fn store_secret(&mut self, name: &str, value: Zeroizing<Vec<u8>>) -> bool {
+        let now = now_s();
+        let name = name.to_ascii_uppercase();
+        match self.secrets.get_mut(&name) {
+            Some(secret) => {
+                secret.value = value;
+                secret.updated_at = now.max(secret.updated_at + time::Duration::SECOND);
+                false
+            }
+            None => {
+                self.secrets.insert(
+                    name,
+                    Secret {
+                        value,
+                        created_at: now,
+                        updated_at: now,
+                    },
+                );
+                true
+            }
+        }
+    }
+}
+
+/// A deployment environment of a repository.
+pub(crate) struct Environment {
+    /// The name as it was created (GitHub compares names ignoring case).
+    pub(crate) name: String,
+    pub(crate) id: u64,
+    pub(crate) created_at: OffsetDateTime,
+    pub(crate) store: SecretStore,
+}
+
+/// Who may use an organization secret: GitHub's `visibility`, and for `selected` the
+/// repository ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OrgAccess {
+    pub(crate) visibility: String,
+    pub(crate) selected: BTreeSet<u64>,
+}
+
+/// An organization's Actions secrets.
+pub(crate) struct OrgSecrets {
+    pub(crate) store: SecretStore,
+    /// By upper-cased secret name.
+    pub(crate) access: BTreeMap<String, OrgAccess>,
+}
+
 pub(crate) struct Repo {
     pub(crate) id: u64,
     pub(crate) owner: String,
@@ -181,6 +249,10 @@ pub(crate) struct Repo {
     /// Actions secrets by upper-cased name.
     pub(crate) secrets: BTreeMap<String, Secret>,
     pub(crate) key: RepoKey,
+    /// Dependabot secrets, with their own key.
+    pub(crate) dependabot: SecretStore,
+    /// Deployment environments by lower-cased name, each with its secrets and key.
+    pub(crate) environments: BTreeMap<String, Environment>,
 }
 
 impl Repo {
@@ -230,6 +302,8 @@ pub(crate) struct World {
     pub(crate) tokens: HashMap<String, Grant>,
     /// Tokens revoked through `DELETE /installation/token`: refused like unknown ones.
     pub(crate) revoked: BTreeSet<String>,
+    /// Organizations' Actions secrets, by lower-cased login.
+    pub(crate) org_secrets: BTreeMap<String, OrgSecrets>,
 }
 
 impl World {
@@ -337,6 +411,8 @@ impl World {
                 commits: Vec::new(),
                 secrets: BTreeMap::new(),
                 key: RepoKey::generate(),
+                dependabot: SecretStore::new(),
+                environments: BTreeMap::new(),
             },
         );
         (key, true)
@@ -352,6 +428,21 @@ impl World {
 
     pub(crate) fn repo_by_key_mut(&mut self, key: &(String, String)) -> Option<&mut Repo> {
         self.repos.get_mut(key)
+    }
+
+    /// The organization's secrets (created empty, with a fresh key, on first use).
+    pub(crate) fn org_secrets(&mut self, org: &str) -> &mut OrgSecrets {
+        self.org_secrets
+            .entry(org.to_ascii_lowercase())
+            .or_insert_with(|| OrgSecrets {
+                store: SecretStore::new(),
+                access: BTreeMap::new(),
+            })
+    }
+
+    /// A fresh id for an environment.
+    pub(crate) fn new_id(&mut self) -> u64 {
+        self.next_id()
     }
 
     pub(crate) fn repo_by_id(&self, id: u64) -> Option<&Repo> {

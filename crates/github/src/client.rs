@@ -16,6 +16,7 @@ use serde::Deserialize;
 use tracing::Instrument as _;
 
 use crate::app::AppAuth;
+use crate::locations::{EnvironmentName, OrgVisibility, SecretsAt};
 use crate::names::{RepoRef, SecretName};
 
 /// Why a GitHub call failed. Never carries a token or a secret value.
@@ -306,16 +307,23 @@ impl GitHub {
             .id)
     }
 
+    /// The repository's Actions secrets public key.
     pub async fn public_key(
         &self,
         token: &SecretString,
         repo: &RepoRef,
     ) -> Result<PublicKey, GitHubError> {
-        let path = format!(
-            "/repos/{}/{}/actions/secrets/public-key",
-            repo.owner(),
-            repo.name()
-        );
+        self.public_key_at(token, &SecretsAt::Repository(repo.clone()))
+            .await
+    }
+
+    /// The public key of the secrets at `at` (each location has its own).
+    pub async fn public_key_at(
+        &self,
+        token: &SecretString,
+        at: &SecretsAt,
+    ) -> Result<PublicKey, GitHubError> {
+        let path = format!("{}/public-key", at.base());
         let body: KeyBody = self
             .json(Method::GET, &path, Auth::Token(token), None)
             .await?;
@@ -331,7 +339,7 @@ impl GitHub {
         })
     }
 
-    /// PUTs an already sealed value (see [`crate::seal`]).
+    /// PUTs an already sealed value (see [`crate::seal`]) as a repository Actions secret.
     pub async fn put_secret(
         &self,
         token: &SecretString,
@@ -340,13 +348,32 @@ impl GitHub {
         sealed_base64: &str,
         key_id: &str,
     ) -> Result<PutOutcome, GitHubError> {
-        let path = format!(
-            "/repos/{}/{}/actions/secrets/{}",
-            repo.owner(),
-            repo.name(),
-            name
-        );
-        let body = serde_json::json!({ "encrypted_value": sealed_base64, "key_id": key_id });
+        self.put_secret_at(
+            token,
+            &SecretsAt::Repository(repo.clone()),
+            name,
+            sealed_base64,
+            key_id,
+            None,
+        )
+        .await
+    }
+
+    /// PUTs an already sealed value at `at`; an organization secret also carries its
+    /// visibility (GitHub requires it there, and only there).
+    pub async fn put_secret_at(
+        &self,
+        token: &SecretString,
+        at: &SecretsAt,
+        name: &SecretName,
+        sealed_base64: &str,
+        key_id: &str,
+        visibility: Option<&OrgVisibility>,
+    ) -> Result<PutOutcome, GitHubError> {
+        let path = format!("{}/{}", at.base(), name);
+        let mut body = visibility.map_or_else(|| serde_json::json!({}), OrgVisibility::body);
+        body["encrypted_value"] = serde_json::json!(sealed_base64);
+        body["key_id"] = serde_json::json!(key_id);
         let (status, _, _) = self
             .send_ok(Method::PUT, &path, Auth::Token(token), Some(body))
             .await?;
@@ -357,19 +384,25 @@ impl GitHub {
         })
     }
 
-    /// One secret's metadata, or `None` if it does not exist.
+    /// One repository secret's metadata, or `None` if it does not exist.
     pub async fn get_secret(
         &self,
         token: &SecretString,
         repo: &RepoRef,
         name: &SecretName,
     ) -> Result<Option<SecretMeta>, GitHubError> {
-        let path = format!(
-            "/repos/{}/{}/actions/secrets/{}",
-            repo.owner(),
-            repo.name(),
-            name
-        );
+        self.get_secret_at(token, &SecretsAt::Repository(repo.clone()), name)
+            .await
+    }
+
+    /// One secret's metadata at `at`, or `None` if it does not exist.
+    pub async fn get_secret_at(
+        &self,
+        token: &SecretString,
+        at: &SecretsAt,
+        name: &SecretName,
+    ) -> Result<Option<SecretMeta>, GitHubError> {
+        let path = format!("{}/{}", at.base(), name);
         match self
             .json(Method::GET, &path, Auth::Token(token), None)
             .await
@@ -380,20 +413,27 @@ impl GitHub {
         }
     }
 
-    /// Every secret of the repository, 100 per page, at most `MAX_PAGES` pages (an answer
-    /// that always names a next page must not keep the broker paging forever).
+    /// Every secret of the repository (see [`GitHub::list_secrets_at`]).
     pub async fn list_secrets(
         &self,
         token: &SecretString,
         repo: &RepoRef,
     ) -> Result<Vec<SecretMeta>, GitHubError> {
+        self.list_secrets_at(token, &SecretsAt::Repository(repo.clone()))
+            .await
+    }
+
+    /// Every secret at `at`, 100 per page, at most `MAX_PAGES` pages (an answer that always
+    /// names a next page must not keep the broker paging forever).
+    pub async fn list_secrets_at(
+        &self,
+        token: &SecretString,
+        at: &SecretsAt,
+    ) -> Result<Vec<SecretMeta>, GitHubError> {
         let mut all = Vec::new();
+        let base = at.base();
         for page in 1..=MAX_PAGES {
-            let path = format!(
-                "/repos/{}/{}/actions/secrets?per_page=100&page={page}",
-                repo.owner(),
-                repo.name()
-            );
+            let path = format!("{base}?per_page=100&page={page}");
             let (_, headers, body) = self
                 .send_ok(Method::GET, &path, Auth::Token(token), None)
                 .await?;
@@ -414,19 +454,25 @@ impl GitHub {
         )))
     }
 
-    /// Deletes a secret; `false` if it did not exist.
+    /// Deletes a repository secret; `false` if it did not exist.
     pub async fn delete_secret(
         &self,
         token: &SecretString,
         repo: &RepoRef,
         name: &SecretName,
     ) -> Result<bool, GitHubError> {
-        let path = format!(
-            "/repos/{}/{}/actions/secrets/{}",
-            repo.owner(),
-            repo.name(),
-            name
-        );
+        self.delete_secret_at(token, &SecretsAt::Repository(repo.clone()), name)
+            .await
+    }
+
+    /// Deletes a secret at `at`; `false` if it (or its environment) did not exist.
+    pub async fn delete_secret_at(
+        &self,
+        token: &SecretString,
+        at: &SecretsAt,
+        name: &SecretName,
+    ) -> Result<bool, GitHubError> {
+        let path = format!("{}/{}", at.base(), name);
         match self
             .send_ok(Method::DELETE, &path, Auth::Token(token), None)
             .await
@@ -435,6 +481,26 @@ impl GitHub {
             Err(GitHubError::Status { status: 404, .. }) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Creates the deployment environment `env` without protection rules (needs
+    /// `administration: write`); an existing one is left as it is (GitHub's PUT with an empty
+    /// body changes nothing it was not sent).
+    pub async fn create_environment(
+        &self,
+        token: &SecretString,
+        repo: &RepoRef,
+        env: &EnvironmentName,
+    ) -> Result<(), GitHubError> {
+        let path = format!("/repos/{}/{}/environments/{env}", repo.owner(), repo.name());
+        self.send_ok(
+            Method::PUT,
+            &path,
+            Auth::Token(token),
+            Some(serde_json::json!({})),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Creates a repository in organization `org` (needs `administration: write`).

@@ -12,6 +12,7 @@
 mod app;
 mod client;
 mod commits;
+mod locations;
 mod names;
 mod tokens;
 
@@ -20,6 +21,7 @@ pub use client::{
     GitHub, GitHubError, InstallationToken, PublicKey, PutOutcome, Repository, RetryPolicy,
     SecretMeta,
 };
+pub use locations::{ENVIRONMENT_NAME_RULE, EnvironmentName, OrgVisibility, SecretsAt};
 pub use names::{NameError, RepoRef, SecretName};
 
 use base64::Engine as _;

@@ -94,6 +94,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         target: Some(common::secret_target::Target::GithubSecret(
             common::GitHubSecretTarget {
                 name: "BOT_TOKEN".into(),
+                location: None,
             },
         )),
     };
@@ -137,6 +138,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 name: "BOT_TOKEN".into(),
                 value: format!("bot-token-{}", random_id()).into_bytes(),
             }],
+            location: None,
         })
         .await
         .map_err(|s| status_error("SetProjectSecrets", &s))?
@@ -195,6 +197,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             project_id: project.id.clone(),
             page_size: 100,
             page_token: String::new(),
+            location: None,
         })
         .await
         .map_err(|s| status_error("ListProjectSecrets", &s))?

@@ -112,6 +112,7 @@ fn target(spec: &str) -> anyhow::Result<(String, common::SecretTarget)> {
         .with_context(|| format!("`{spec}`: expected key=NAME"))?;
     let target = common::secret_target::Target::GithubSecret(common::GitHubSecretTarget {
         name: name.to_owned(),
+        location: None,
     });
     Ok((
         key.to_owned(),

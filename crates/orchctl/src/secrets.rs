@@ -1,4 +1,7 @@
-//! `orchctl secrets set|list|reconcile`: a project's GitHub Actions secrets through the broker.
+//! `orchctl secrets set|list|delete|reconcile`: a project's GitHub secrets through the broker,
+//! in the repository's Actions secrets (the default), a deployment environment's
+//! (`--environment NAME`), the repository's Dependabot secrets (`--dependabot`) or the
+//! organization's (`--organization`, with `--visibility` on `set`).
 //!
 //! Values come from a dotenv file or stdin, never from argv; they are held in zeroizing buffers
 //! and never printed. The broker keeps references only.
@@ -24,6 +27,8 @@ pub(crate) enum SecretsCommand {
     Set(SetArgs),
     /// The project's secret references: names and presence, never values.
     List(ListArgs),
+    /// Delete a secret the broker wrote for the project (never anyone else's).
+    Delete(DeleteArgs),
     /// Compare the references with the repository's secrets at GitHub and repair interrupted writes.
     Reconcile(ReconcileArgs),
 }
@@ -37,12 +42,91 @@ pub(crate) struct BrokerConn {
     target: String,
 }
 
+/// Where the secrets are kept; none of these = the repository's Actions secrets.
+#[derive(Debug, Default, clap::Args)]
+pub(crate) struct LocationArgs {
+    /// A deployment environment of the project's repository, e.g. `production` (created
+    /// when missing).
+    #[arg(long, value_name = "NAME", group = "location")]
+    environment: Option<String>,
+    /// The repository's Dependabot secrets.
+    #[arg(long, group = "location")]
+    dependabot: bool,
+    /// The organization's Actions secrets (the broker's organization; `api` only).
+    #[arg(long, group = "location")]
+    organization: bool,
+}
+
+/// Who may use an organization secret.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum VisibilityArg {
+    /// Every repository of the organization.
+    All,
+    /// The organization's private and internal repositories.
+    Private,
+    /// The repositories of the `--selected-project`s only.
+    Selected,
+}
+
+impl LocationArgs {
+    /// The location for a request; `visibility` and `selected` only for an organization write.
+    fn location(
+        &self,
+        visibility: Option<VisibilityArg>,
+        selected: &[String],
+    ) -> Option<common::GitHubSecretLocation> {
+        use common::git_hub_secret_location::Kind;
+        let kind = if let Some(name) = &self.environment {
+            Kind::Environment(common::EnvironmentSecretLocation { name: name.clone() })
+        } else if self.dependabot {
+            Kind::Dependabot(common::DependabotSecretLocation {})
+        } else if self.organization {
+            let visibility = match visibility {
+                None => common::OrganizationSecretVisibility::Unspecified,
+                Some(VisibilityArg::All) => common::OrganizationSecretVisibility::All,
+                Some(VisibilityArg::Private) => common::OrganizationSecretVisibility::Private,
+                Some(VisibilityArg::Selected) => common::OrganizationSecretVisibility::Selected,
+            };
+            Kind::Organization(common::OrganizationSecretLocation {
+                visibility: visibility as i32,
+                selected_project_ids: selected.to_vec(),
+            })
+        } else {
+            return None;
+        };
+        Some(common::GitHubSecretLocation { kind: Some(kind) })
+    }
+
+    /// The location in words, for progress lines.
+    fn describe(&self) -> String {
+        match (&self.environment, self.dependabot, self.organization) {
+            (Some(env), _, _) => format!("environment {env} of project"),
+            (None, true, _) => "Dependabot secrets of project".to_owned(),
+            (None, false, true) => "organization, owned by project".to_owned(),
+            _ => "project".to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct SetArgs {
     #[command(flatten)]
     conn: BrokerConn,
     /// The project id.
     project: String,
+    #[command(flatten)]
+    location: LocationArgs,
+    /// With `--organization`: who may use the secrets (required there).
+    #[arg(long, value_enum, requires = "organization")]
+    visibility: Option<VisibilityArg>,
+    /// With `--organization --visibility selected`: a project whose repository may use the
+    /// secrets (repeat for several; each must be registered at the broker).
+    #[arg(
+        long = "selected-project",
+        value_name = "PROJECT",
+        requires = "organization"
+    )]
+    selected_projects: Vec<String>,
     /// A dotenv file (`NAME=value` lines); without it, the same format is read from stdin.
     #[arg(long, value_name = "PATH")]
     from_env_file: Option<PathBuf>,
@@ -64,7 +148,21 @@ pub(crate) struct ListArgs {
     #[command(flatten)]
     project: ProjectArgs,
     #[command(flatten)]
+    location: LocationArgs,
+    #[command(flatten)]
     out: crate::output::OutputArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DeleteArgs {
+    #[command(flatten)]
+    conn: BrokerConn,
+    /// The project id.
+    project: String,
+    /// The secret's name (case-insensitive).
+    name: String,
+    #[command(flatten)]
+    location: LocationArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +174,8 @@ pub(crate) struct ReconcileArgs {
     /// Report only; repair nothing.
     #[arg(long)]
     dry_run: bool,
+    #[command(flatten)]
+    location: LocationArgs,
 }
 
 impl BrokerConn {
@@ -95,6 +195,7 @@ pub(crate) fn run(command: SecretsCommand) -> anyhow::Result<()> {
         match command {
             SecretsCommand::Set(args) => set(args).await,
             SecretsCommand::List(args) => list(args).await,
+            SecretsCommand::Delete(args) => delete(args).await,
             SecretsCommand::Reconcile(args) => reconcile(args).await,
         }
     })
@@ -135,13 +236,17 @@ async fn set(args: SetArgs) -> anyhow::Result<()> {
     let request_id = args.request_id.clone().unwrap_or_else(random_id);
     let mut client = args.conn.client().await?;
     eprintln!(
-        "pushing {n} secret(s) to project {} (GitHub asks for writes one at a time, paced)…",
+        "pushing {n} secret(s) to {} {} (GitHub asks for writes one at a time, paced)…",
+        args.location.describe(),
         args.project
     );
     let request = pb::SetProjectSecretsRequest {
         request_id: request_id.clone(),
         project_id: args.project.clone(),
         secrets,
+        location: args
+            .location
+            .location(args.visibility, &args.selected_projects),
     };
     let started = Instant::now();
     // Progress while the broker works: elapsed time, once a second.
@@ -194,7 +299,13 @@ async fn set(args: SetArgs) -> anyhow::Result<()> {
 }
 
 #[allow(clippy::print_stdout)]
-async fn list(ListArgs { project: args, out }: ListArgs) -> anyhow::Result<()> {
+async fn list(
+    ListArgs {
+        project: args,
+        location,
+        out,
+    }: ListArgs,
+) -> anyhow::Result<()> {
     let mut client = args.conn.client().await?;
     let mut token = String::new();
     let mut all = Vec::new();
@@ -210,6 +321,7 @@ async fn list(ListArgs { project: args, out }: ListArgs) -> anyhow::Result<()> {
                 project_id: args.project.clone(),
                 page_size: 100,
                 page_token: token,
+                location: location.location(None, &[]),
             })
             .await
             .map_err(|s| status_error("ListProjectSecrets", &s))?
@@ -255,6 +367,7 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
         .reconcile_project_secrets(pb::ReconcileProjectSecretsRequest {
             project_id: args.project.clone(),
             dry_run: args.dry_run,
+            location: args.location.location(None, &[]),
         })
         .await
         .map_err(|s| status_error("ReconcileProjectSecrets", &s))?
@@ -272,6 +385,31 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
         "{} in sync, {} finding(s)",
         report.in_sync_count,
         report.findings.len()
+    );
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
+    let mut client = args.conn.client().await?;
+    let deleted = client
+        .delete_project_secret(pb::DeleteProjectSecretRequest {
+            project_id: args.project.clone(),
+            name: args.name.clone(),
+            location: args.location.location(None, &[]),
+        })
+        .await
+        .map_err(|s| status_error("DeleteProjectSecret", &s))?
+        .into_inner()
+        .deleted_at_github;
+    println!(
+        "deleted {}{}",
+        args.name.to_ascii_uppercase(),
+        if deleted {
+            ""
+        } else {
+            " (it was already gone at GitHub)"
+        }
     );
     Ok(())
 }

@@ -139,6 +139,7 @@ async fn run_steps(
                 request_id: project.spec.request_id.to_string(),
                 project_id: project.id.to_string(),
                 secrets: initial.0,
+                location: None,
             })
             .await
             .map_err(from_peer("secret broker"))?

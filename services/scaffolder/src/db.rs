@@ -259,7 +259,9 @@ pub(crate) async fn record_failure(
     Ok(())
 }
 
-/// `secrets_ref` as stored: a JSON object, abstract key -> `{"github_secret": NAME}` or
+/// `secrets_ref` as stored: a JSON object, abstract key -> `{"github_secret": NAME}` (with
+/// `"location": KEY` for a secret kept elsewhere than the repository's Actions secrets, see
+/// `project::secret_location_key`) or
 /// `{"vault_entry": {"user_id", "key", "version"}}` (or `null` for an entry without a target).
 fn secrets_ref_to_json(secrets_ref: &common::SecretsRef) -> String {
     let map: BTreeMap<&String, serde_json::Value> = secrets_ref
@@ -268,7 +270,12 @@ fn secrets_ref_to_json(secrets_ref: &common::SecretsRef) -> String {
         .map(|(key, target)| {
             let value = match &target.target {
                 Some(common::secret_target::Target::GithubSecret(g)) => {
-                    serde_json::json!({ "github_secret": g.name })
+                    let place = crate::project::secret_location_key(g.location.as_ref());
+                    if place == crate::project::REPOSITORY {
+                        serde_json::json!({ "github_secret": g.name })
+                    } else {
+                        serde_json::json!({ "github_secret": g.name, "location": place })
+                    }
                 }
                 Some(common::secret_target::Target::VaultEntry(v)) => serde_json::json!({
                     "vault_entry": { "user_id": v.user_id, "key": v.key, "version": v.version }
@@ -291,6 +298,10 @@ fn secrets_ref_from_json(text: &str) -> Result<common::SecretsRef, StoreError> {
                 Some(common::secret_target::Target::GithubSecret(
                     common::GitHubSecretTarget {
                         name: name.to_owned(),
+                        location: value
+                            .get("location")
+                            .and_then(|l| l.as_str())
+                            .and_then(crate::project::secret_location),
                     },
                 ))
             } else {

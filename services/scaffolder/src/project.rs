@@ -125,6 +125,35 @@ pub(crate) struct Project {
 }
 
 /// The key project names are unique by (GitHub's names are case-insensitive).
+/// [`secret_location_key`] of the repository's Actions secrets (and of no location).
+pub(crate) const REPOSITORY: &str = "repository";
+
+/// A `secrets_ref` GitHub target's location as one string, the broker's spelling:
+/// `repository`, `environment:<name>` (lower-cased), `dependabot`, `organization`.
+pub(crate) fn secret_location_key(location: Option<&common::GitHubSecretLocation>) -> String {
+    use common::git_hub_secret_location::Kind;
+    match location.and_then(|l| l.kind.as_ref()) {
+        None | Some(Kind::Repository(_)) => REPOSITORY.to_owned(),
+        Some(Kind::Environment(e)) => format!("environment:{}", e.name.to_ascii_lowercase()),
+        Some(Kind::Dependabot(_)) => "dependabot".to_owned(),
+        Some(Kind::Organization(_)) => "organization".to_owned(),
+    }
+}
+
+/// The location of a [`secret_location_key`]; `None` for the repository (unset, as clients
+/// written before locations send it).
+pub(crate) fn secret_location(key: &str) -> Option<common::GitHubSecretLocation> {
+    use common::git_hub_secret_location::Kind;
+    let kind = match key {
+        "dependabot" => Kind::Dependabot(common::DependabotSecretLocation {}),
+        "organization" => Kind::Organization(common::OrganizationSecretLocation::default()),
+        _ => Kind::Environment(common::EnvironmentSecretLocation {
+            name: key.strip_prefix("environment:")?.to_owned(),
+        }),
+    };
+    Some(common::GitHubSecretLocation { kind: Some(kind) })
+}
+
 pub(crate) fn name_key(name: &str) -> String {
     name.to_ascii_lowercase()
 }

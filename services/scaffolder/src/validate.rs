@@ -131,13 +131,31 @@ fn check_secrets_ref(
         match &target.target {
             Some(common::secret_target::Target::GithubSecret(g)) => {
                 let name_field = format!("{field}.github_secret.name");
+                // The same name may live in several locations: unique per location.
+                let place = crate::project::secret_location_key(g.location.as_ref());
+                if let Some(common::git_hub_secret_location::Kind::Environment(e)) =
+                    g.location.as_ref().and_then(|l| l.kind.as_ref())
+                    && let Err(rule) = orchestrator_github::EnvironmentName::new(&e.name)
+                {
+                    v.add(
+                        format!("{field}.github_secret.location.environment.name"),
+                        rule,
+                    );
+                }
                 match SecretName::new(&g.name) {
                     Ok(name) if name.as_str().starts_with("DEPLOY_") => v.add(
                         name_field,
                         "DEPLOY_* names are reserved for the deploy credentials",
                     ),
                     Ok(name) => {
-                        if !github_names.insert(name.as_str().to_owned()) {
+                        // Initial secrets fill repository secrets only (the key is the bare
+                        // name, as `check_initial_secrets` looks it up).
+                        let key = if place == crate::project::REPOSITORY {
+                            name.as_str().to_owned()
+                        } else {
+                            format!("{place}/{}", name.as_str())
+                        };
+                        if !github_names.insert(key) {
                             v.add(
                                 name_field,
                                 format!(

@@ -8,8 +8,25 @@ use orchestrator_proto::secretbroker::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::audit::Action;
+use crate::location::Location;
 use crate::state::Broker;
 use crate::{db, messages, validate};
+
+/// Who may write or delete organization secrets: `api` only, the identity that speaks for
+/// platform teams. The scaffolder writes a new project's own secrets, never ones shared across
+/// the organization; infra writes deploy credentials to the repository only.
+fn may_touch_organization_secrets(caller: &orchestrator_mesh::Identity) -> bool {
+    caller.name().as_str() == "api"
+}
+
+fn organization_refused(caller: &orchestrator_mesh::Identity) -> Status {
+    orchestrator_mesh::status::with_reason(
+        tonic::Code::PermissionDenied,
+        "ORGANIZATION_SECRET_NOT_ALLOWED",
+        format!("{caller} may not write or delete organization secrets"),
+        &[("caller", caller.to_string())],
+    )
+}
 
 #[tonic::async_trait]
 impl SecretBrokerService for Broker {
@@ -29,9 +46,14 @@ impl SecretBrokerService for Broker {
         &self,
         request: Request<pb::SetProjectSecretsRequest>,
     ) -> Result<Response<pb::SetProjectSecretsResponse>, Status> {
-        let caller = caller(&request)?.to_string();
+        let caller = caller(&request)?.clone();
         let req = validate::set_project_secrets(request.into_inner())?;
-        let results = self.push(caller, Action::SetProjectSecrets, req).await?;
+        if req.location == Location::Organization && !may_touch_organization_secrets(&caller) {
+            return Err(organization_refused(&caller));
+        }
+        let results = self
+            .push(caller.to_string(), Action::SetProjectSecrets, req)
+            .await?;
         Ok(Response::new(pb::SetProjectSecretsResponse { results }))
     }
 
@@ -52,14 +74,20 @@ impl SecretBrokerService for Broker {
         &self,
         request: Request<pb::ListProjectSecretsRequest>,
     ) -> Result<Response<pb::ListProjectSecretsResponse>, Status> {
-        let (project_id, page) = validate::list_project_secrets(request.get_ref())?;
+        let (project_id, page, location) = validate::list_project_secrets(request.get_ref())?;
         self.registered(&project_id).await?;
         let after = page
             .after()
             .and_then(<[String]>::first)
             .map_or("", String::as_str);
-        let mut refs =
-            db::list_secret_refs(self.db.pool(), &project_id, after, page.limit()).await?;
+        let mut refs = db::list_secret_refs(
+            self.db.pool(),
+            &project_id,
+            &location.key(),
+            after,
+            page.limit(),
+        )
+        .await?;
         let next_page_token = page.finish(&mut refs, |r| vec![r.name.clone()]);
         Ok(Response::new(pb::ListProjectSecretsResponse {
             secrets: refs.into_iter().map(messages::secret_reference).collect(),
@@ -71,9 +99,14 @@ impl SecretBrokerService for Broker {
         &self,
         request: Request<pb::DeleteProjectSecretRequest>,
     ) -> Result<Response<pb::DeleteProjectSecretResponse>, Status> {
-        let caller = caller(&request)?.to_string();
-        let (project_id, name) = validate::delete_project_secret(request.get_ref())?;
-        let deleted = self.delete_secret(caller, project_id, name).await?;
+        let caller = caller(&request)?.clone();
+        let (project_id, name, location) = validate::delete_project_secret(request.get_ref())?;
+        if location == Location::Organization && !may_touch_organization_secrets(&caller) {
+            return Err(organization_refused(&caller));
+        }
+        let deleted = self
+            .delete_secret(caller.to_string(), project_id, name, location)
+            .await?;
         Ok(Response::new(pb::DeleteProjectSecretResponse {
             deleted_at_github: deleted,
         }))
@@ -84,10 +117,11 @@ impl SecretBrokerService for Broker {
         request: Request<pb::ReconcileProjectSecretsRequest>,
     ) -> Result<Response<pb::ReconcileProjectSecretsResponse>, Status> {
         let caller = caller(&request)?.to_string();
-        let project_id = validate::reconcile_project_secrets(request.get_ref())?;
+        let (project_id, location) = validate::reconcile_project_secrets(request.get_ref())?;
         let dry_run = request.get_ref().dry_run;
         Ok(Response::new(
-            self.reconcile(caller, project_id, dry_run).await?,
+            self.reconcile(caller, project_id, location, dry_run)
+                .await?,
         ))
     }
 

@@ -56,6 +56,8 @@ pub(crate) struct RepositoryRow {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct SecretRef {
     pub name: String,
+    /// Where the secret is kept ([`crate::location::Location::key`]).
+    pub location: String,
     #[sqlx(try_from = "String")]
     pub state: SecretState,
     /// GitHub's `updated_at` of the value we wrote, as GitHub spells it.
@@ -89,7 +91,7 @@ pub(crate) struct WriteRecord {
 /// The columns of a [`SecretRef`], for `concat!` into static SQL.
 macro_rules! secret_ref_columns {
     () => {
-        "name, state, github_updated_at, key_id, recorded_us, written_by, deploy, last_error"
+        "name, location, state, github_updated_at, key_id, recorded_us, written_by, deploy, last_error"
     };
 }
 
@@ -175,15 +177,16 @@ pub(crate) async fn insert_repository(
 pub(crate) async fn record_pending(
     conn: &mut AnyConnection,
     project_id: &ProjectId,
+    location: &str,
     name: &SecretName,
     written_by: &str,
     deploy: bool,
     now_us: i64,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO secret_refs (project_id, name, state, recorded_us, written_by, deploy) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (project_id, name) DO UPDATE SET written_by = $5",
+        "INSERT INTO secret_refs (project_id, name, state, recorded_us, written_by, deploy, location) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (project_id, location, name) DO UPDATE SET written_by = $5",
     )
     .bind(project_id.as_str())
     .bind(name.as_str())
@@ -191,6 +194,7 @@ pub(crate) async fn record_pending(
     .bind(now_us)
     .bind(written_by)
     .bind(i64::from(deploy))
+    .bind(location)
     .execute(conn)
     .await?;
     Ok(())
@@ -202,12 +206,13 @@ pub(crate) async fn record_present(
     conn: &mut AnyConnection,
     request_id: &RequestId,
     project_id: &ProjectId,
+    location: &str,
     name: &SecretName,
     write: &WriteRecord,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE secret_refs SET state = $3, github_updated_at = $4, key_id = $5, recorded_us = $6, \
-         last_error = NULL WHERE project_id = $1 AND name = $2",
+         last_error = NULL WHERE project_id = $1 AND name = $2 AND location = $7",
     )
     .bind(project_id.as_str())
     .bind(name.as_str())
@@ -215,12 +220,13 @@ pub(crate) async fn record_present(
     .bind(write.github_updated_at.as_deref())
     .bind(&write.key_id)
     .bind(write.recorded_us)
+    .bind(location)
     .execute(&mut *conn)
     .await?;
     sqlx::query(
         "INSERT INTO write_requests \
-         (request_id, project_id, name, outcome, key_id, github_updated_at, recorded_us) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+         (request_id, project_id, name, outcome, key_id, github_updated_at, recorded_us, location) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
     )
     .bind(request_id.as_str())
     .bind(project_id.as_str())
@@ -229,6 +235,7 @@ pub(crate) async fn record_present(
     .bind(&write.key_id)
     .bind(write.github_updated_at.as_deref())
     .bind(write.recorded_us)
+    .bind(location)
     .execute(conn)
     .await?;
     Ok(())
@@ -239,18 +246,20 @@ pub(crate) async fn record_present(
 pub(crate) async fn record_failed(
     conn: &mut AnyConnection,
     project_id: &ProjectId,
+    location: &str,
     name: &SecretName,
     last_error: &str,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE secret_refs SET state = CASE WHEN state = $3 THEN state ELSE $4 END, \
-         last_error = $5 WHERE project_id = $1 AND name = $2",
+         last_error = $5 WHERE project_id = $1 AND name = $2 AND location = $6",
     )
     .bind(project_id.as_str())
     .bind(name.as_str())
     .bind(SecretState::Present.as_str())
     .bind(SecretState::Failed.as_str())
     .bind(last_error)
+    .bind(location)
     .execute(conn)
     .await?;
     Ok(())
@@ -261,13 +270,14 @@ pub(crate) async fn record_failed(
 pub(crate) async fn recover_pending(
     conn: &mut AnyConnection,
     project_id: &ProjectId,
+    location: &str,
     name: &str,
     github_updated_at: &str,
     now_us: i64,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE secret_refs SET state = $3, github_updated_at = $4, recorded_us = $5, \
-         last_error = NULL WHERE project_id = $1 AND name = $2 AND state = $6",
+         last_error = NULL WHERE project_id = $1 AND name = $2 AND state = $6 AND location = $7",
     )
     .bind(project_id.as_str())
     .bind(name)
@@ -275,6 +285,7 @@ pub(crate) async fn recover_pending(
     .bind(github_updated_at)
     .bind(now_us)
     .bind(SecretState::Pending.as_str())
+    .bind(location)
     .execute(conn)
     .await?;
     Ok(())
@@ -285,25 +296,30 @@ pub(crate) async fn recover_pending(
 pub(crate) async fn find_deploy_flag(
     pool: &AnyPool,
     project_id: &ProjectId,
+    location: &str,
     name: &SecretName,
 ) -> Result<Option<bool>, StoreError> {
-    let deploy: Option<i64> =
-        sqlx::query_scalar("SELECT deploy FROM secret_refs WHERE project_id = $1 AND name = $2")
-            .bind(project_id.as_str())
-            .bind(name.as_str())
-            .fetch_optional(pool)
-            .await?;
+    let deploy: Option<i64> = sqlx::query_scalar(
+        "SELECT deploy FROM secret_refs WHERE project_id = $1 AND name = $2 AND location = $3",
+    )
+    .bind(project_id.as_str())
+    .bind(name.as_str())
+    .bind(location)
+    .fetch_optional(pool)
+    .await?;
     Ok(deploy.map(|d| d != 0))
 }
 
 pub(crate) async fn delete_secret_ref(
     conn: &mut AnyConnection,
     project_id: &ProjectId,
+    location: &str,
     name: &SecretName,
 ) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM secret_refs WHERE project_id = $1 AND name = $2")
+    sqlx::query("DELETE FROM secret_refs WHERE project_id = $1 AND name = $2 AND location = $3")
         .bind(project_id.as_str())
         .bind(name.as_str())
+        .bind(location)
         .execute(conn)
         .await?;
     Ok(())
@@ -314,17 +330,20 @@ pub(crate) async fn delete_secret_ref(
 pub(crate) async fn list_secret_refs(
     pool: &AnyPool,
     project_id: &ProjectId,
+    location: &str,
     after: &str,
     limit: i64,
 ) -> Result<Vec<SecretRef>, StoreError> {
     Ok(sqlx::query_as(concat!(
         "SELECT ",
         secret_ref_columns!(),
-        " FROM secret_refs WHERE project_id = $1 AND name > $2 ORDER BY name LIMIT $3"
+        " FROM secret_refs WHERE project_id = $1 AND name > $2 AND location = $4 \
+         ORDER BY name LIMIT $3"
     ))
     .bind(project_id.as_str())
     .bind(after)
     .bind(limit)
+    .bind(location)
     .fetch_all(pool)
     .await?)
 }
@@ -333,24 +352,27 @@ pub(crate) async fn list_secret_refs(
 pub(crate) async fn all_secret_refs(
     pool: &AnyPool,
     project_id: &ProjectId,
+    location: &str,
 ) -> Result<Vec<SecretRef>, StoreError> {
     Ok(sqlx::query_as(concat!(
         "SELECT ",
         secret_ref_columns!(),
-        " FROM secret_refs WHERE project_id = $1 ORDER BY name"
+        " FROM secret_refs WHERE project_id = $1 AND location = $2 ORDER BY name"
     ))
     .bind(project_id.as_str())
+    .bind(location)
     .fetch_all(pool)
     .await?)
 }
 
-/// `pending` references recorded before `cutoff_us` (a crash left them): (project, name).
+/// `pending` references recorded before `cutoff_us` (a crash left them): (project, location,
+/// name).
 pub(crate) async fn stale_pending(
     pool: &AnyPool,
     cutoff_us: i64,
-) -> Result<Vec<(String, String)>, StoreError> {
+) -> Result<Vec<(String, String, String)>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT project_id, name FROM secret_refs WHERE state = $1 AND recorded_us < $2 \
+        "SELECT project_id, location, name FROM secret_refs WHERE state = $1 AND recorded_us < $2 \
          ORDER BY recorded_us LIMIT 500",
     )
     .bind(SecretState::Pending.as_str())
@@ -366,14 +388,15 @@ pub(crate) async fn claim_pending(
     conn: &mut AnyConnection,
     dialect: Dialect,
     project_id: &ProjectId,
+    location: &str,
     name: &str,
 ) -> Result<bool, StoreError> {
-    const CLAIM: &str =
-        "SELECT name FROM secret_refs WHERE project_id = $1 AND name = $2 AND state = $3";
+    const CLAIM: &str = "SELECT name FROM secret_refs \
+         WHERE project_id = $1 AND name = $2 AND state = $3 AND location = $4";
     let sql = match dialect {
         Dialect::Postgres => concat!(
             "SELECT name FROM secret_refs WHERE project_id = $1 AND name = $2 AND state = $3",
-            " FOR UPDATE SKIP LOCKED"
+            " AND location = $4 FOR UPDATE SKIP LOCKED"
         ),
         Dialect::Sqlite => CLAIM,
     };
@@ -381,6 +404,7 @@ pub(crate) async fn claim_pending(
         .bind(project_id.as_str())
         .bind(name)
         .bind(SecretState::Pending.as_str())
+        .bind(location)
         .fetch_optional(conn)
         .await?;
     Ok(row.is_some())
@@ -390,21 +414,37 @@ pub(crate) async fn claim_pending(
 pub(crate) async fn lose_pending(
     conn: &mut AnyConnection,
     project_id: &ProjectId,
+    location: &str,
     name: &str,
     message: &str,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE secret_refs SET state = $3, last_error = $4 \
-         WHERE project_id = $1 AND name = $2 AND state = $5",
+         WHERE project_id = $1 AND name = $2 AND state = $5 AND location = $6",
     )
     .bind(project_id.as_str())
     .bind(name)
     .bind(SecretState::Failed.as_str())
     .bind(message)
     .bind(SecretState::Pending.as_str())
+    .bind(location)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The project that owns the organization secret `name` (the first to write it), if any.
+pub(crate) async fn organization_secret_owner(
+    pool: &AnyPool,
+    name: &SecretName,
+) -> Result<Option<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT project_id FROM secret_refs WHERE location = $1 AND name = $2")
+            .bind(crate::location::Location::Organization.key())
+            .bind(name.as_str())
+            .fetch_optional(pool)
+            .await?,
+    )
 }
 
 // ---- recorded writes ----
@@ -415,15 +455,17 @@ pub(crate) async fn find_write(
     pool: &AnyPool,
     request_id: &RequestId,
     project_id: &ProjectId,
+    location: &str,
     name: &SecretName,
 ) -> Result<Option<WriteRecord>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT outcome, key_id, github_updated_at, recorded_us FROM write_requests \
-         WHERE request_id = $1 AND project_id = $2 AND name = $3",
+         WHERE request_id = $1 AND project_id = $2 AND name = $3 AND location = $4",
     )
     .bind(request_id.as_str())
     .bind(project_id.as_str())
     .bind(name.as_str())
+    .bind(location)
     .fetch_optional(pool)
     .await?)
 }

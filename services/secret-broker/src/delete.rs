@@ -7,6 +7,7 @@ use tonic::{Code, Status};
 
 use crate::audit::Action;
 use crate::db;
+use crate::location::{Location, audited};
 use crate::state::Broker;
 
 impl Broker {
@@ -16,15 +17,18 @@ impl Broker {
         caller: String,
         project_id: ProjectId,
         name: SecretName,
+        location: Location,
     ) -> Result<bool, Status> {
         let reg = self.registered(&project_id).await?;
+        let key = location.key();
         // Architecture Invariant: secrets someone else created are never touched. A delete
         // needs the broker's own reference for this project.
-        let deploy = db::find_deploy_flag(self.db.pool(), &project_id, &name)
+        let deploy = db::find_deploy_flag(self.db.pool(), &project_id, &key, &name)
             .await?
             .ok_or_else(|| {
                 Status::not_found(format!(
-                    "the broker wrote no secret `{name}` for project `{project_id}`"
+                    "the broker wrote no secret `{name}` in {} for project `{project_id}`",
+                    location.describe()
                 ))
             })?;
         if deploy {
@@ -35,20 +39,21 @@ impl Broker {
                 &[],
             ));
         }
-        let token = self.secrets_token(&reg).await?;
+        let token = self.secrets_token(&reg, &location).await?;
+        let at = location.at(&reg.repo);
         let deleted = self
             .pacer
             .paced(reg.installation, || {
-                self.github.delete_secret(&token.token, &reg.repo, &name)
+                self.github.delete_secret_at(&token.token, &at, &name)
             })
             .await?
             .map_err(|e| e.to_grpc())?;
         self.ledger
             .write(move |conn| {
                 Box::pin(async move {
-                    db::delete_secret_ref(conn, &project_id, &name).await?;
+                    db::delete_secret_ref(conn, &project_id, &key, &name).await?;
                     let entry = Action::DeleteProjectSecret
-                        .on_secret(&caller, &project_id, &name)
+                        .on_secret(&caller, &project_id, audited(&key, &name))
                         .detail(if deleted {
                             "deleted at GitHub"
                         } else {

@@ -28,6 +28,7 @@ mod audit;
 mod config;
 mod db;
 mod delete;
+mod location;
 mod messages;
 mod minted;
 mod pacing;

@@ -82,6 +82,7 @@ pub(crate) fn secret_reference(r: SecretRef) -> pb::ProjectSecretReference {
             message,
             ..Default::default()
         }),
+        location: crate::location::Location::from_key(&r.location).map(|l| l.proto()),
         name: r.name,
     }
 }

@@ -1,7 +1,9 @@
 //! SetProjectSecrets and SetDeployCredentials: validated secrets, sealed for the repository,
 //! PUT one by one (paced), each recorded.
 //!
-//! A batch uses one token and one public key. Each secret is recorded `pending` before its
+//! A batch goes to one location (the repository's Actions secrets, an environment's, the
+//! repository's Dependabot secrets or the organization's) and uses one token, narrowed to what
+//! that location needs, and one public key, the location's own. Each secret is recorded `pending` before its
 //! PUT and `present` (with GitHub's `updated_at`) only after GitHub accepted it; a final error
 //! is recorded with its reason. A retry of a request (same request id, same project) answers
 //! what the first attempt recorded instead of writing again.
@@ -10,7 +12,9 @@ use std::collections::HashSet;
 
 use orchestrator_audit::Entry;
 use orchestrator_fields::{ProjectId, RequestId};
-use orchestrator_github::{GitHubError, InstallationToken, PublicKey, PutOutcome, SecretName};
+use orchestrator_github::{
+    GitHubError, InstallationToken, OrgVisibility, PublicKey, PutOutcome, SecretName, SecretsAt,
+};
 use orchestrator_mesh::status::with_reason;
 use orchestrator_proto::common::v1 as common;
 use orchestrator_store::now_us;
@@ -18,10 +22,11 @@ use tonic::{Code, Status};
 
 use crate::audit::Action;
 use crate::db::{self, WriteRecord};
+use crate::location::{Location, Visibility};
 use crate::messages;
 use crate::registry::Registered;
 use crate::state::Broker;
-use crate::validate::{MAX_SECRETS, Secret, SecretsRequest, is_deploy_credential};
+use crate::validate::{Secret, SecretsRequest, is_deploy_credential};
 
 /// Who writes into which project, under which request id: what the records of a push name.
 /// Small, so each record's closure takes its own copy.
@@ -31,12 +36,27 @@ struct Writer {
     action: Action,
     request_id: RequestId,
     project_id: ProjectId,
+    /// The stored key of the location written to.
+    location: String,
 }
 
 impl Writer {
     fn entry(&self, name: &SecretName) -> Entry {
-        self.action.on_secret(&self.caller, &self.project_id, name)
+        self.action.on_secret(
+            &self.caller,
+            &self.project_id,
+            crate::location::audited(&self.location, name),
+        )
     }
+}
+
+/// Where one batch goes: GitHub's path, the token for it, and an organization secret's
+/// visibility.
+struct Target<'a> {
+    reg: &'a Registered,
+    at: SecretsAt,
+    token: std::sync::Arc<InstallationToken>,
+    visibility: Option<OrgVisibility>,
 }
 
 impl Broker {
@@ -53,21 +73,33 @@ impl Broker {
             action,
             request_id: req.request_id,
             project_id: req.project_id,
+            location: req.location.key(),
         };
         let reg = self.registered(&writer.project_id).await?;
-        let token = self.secrets_token(&reg).await?;
-        self.check_room(&token, &reg, &req.secrets).await?;
+        let visibility = match &req.visibility {
+            Some(v) => Some(self.org_visibility(&reg, v).await?),
+            None => None,
+        };
+        let target = Target {
+            reg: &reg,
+            at: req.location.at(&reg.repo),
+            token: self.secrets_token(&reg, &req.location).await?,
+            visibility,
+        };
+        // The key first: an environment that does not exist yet is created on the way, and
+        // only then can its secrets be listed.
         let mut key = self
-            .github
-            .public_key(&token.token, &reg.repo)
-            .await
-            .map_err(|e| e.to_grpc())?;
+            .location_key(&target, &req.location, &writer.caller)
+            .await?;
+        self.check_room(&target, &writer, &req.location, &req.secrets)
+            .await?;
         let mut results = Vec::with_capacity(req.secrets.len());
         for Secret { name, value } in req.secrets {
             let recorded = db::find_write(
                 self.db.pool(),
                 &writer.request_id,
                 &writer.project_id,
+                &writer.location,
                 &name,
             )
             .await?;
@@ -76,14 +108,14 @@ impl Broker {
                 continue;
             }
             self.mark_pending(&writer, &name).await?;
-            let outcome = self.put(&token, &reg, &mut key, &name, &value).await?;
+            let outcome = self.put(&target, &mut key, &name, &value).await?;
             drop(value);
             let result = match outcome {
                 Ok(put) => {
                     // GitHub's time for the record; missing it does not undo the write.
                     let updated_at = self
                         .github
-                        .get_secret(&token.token, &reg.repo, &name)
+                        .get_secret_at(&target.token.token, &target.at, &name)
                         .await
                         .ok()
                         .flatten()
@@ -104,29 +136,166 @@ impl Broker {
         Ok(results)
     }
 
-    /// GitHub allows 100 secrets per repository, counting the ones already there.
+    /// The location's public key. A deployment environment GitHub does not have (404) is
+    /// created first, with a token that can do that and nothing else, and audited.
+    async fn location_key(
+        &self,
+        target: &Target<'_>,
+        location: &Location,
+        caller: &str,
+    ) -> Result<PublicKey, Status> {
+        let first = self
+            .github
+            .public_key_at(&target.token.token, &target.at)
+            .await;
+        let Location::Environment(env) = location else {
+            return first.map_err(|e| e.to_grpc());
+        };
+        match first {
+            Err(GitHubError::Status { status: 404, .. }) => {}
+            other => return other.map_err(|e| e.to_grpc()),
+        }
+        let reg = target.reg;
+        let admin = self.environment_token(reg).await?;
+        self.pacer
+            .paced(reg.installation, || {
+                self.github.create_environment(&admin.token, &reg.repo, env)
+            })
+            .await?
+            .map_err(|e| e.to_grpc())?;
+        let (project_id, env_name, caller) =
+            (reg.project_id.clone(), env.to_string(), caller.to_owned());
+        self.ledger
+            .write(move |_conn| {
+                Box::pin(async move {
+                    let entry = Entry::new(
+                        caller,
+                        Action::SetProjectSecrets.as_str(),
+                        format!("projects/{project_id}/environments/{env_name}"),
+                    )
+                    .detail("environment created at GitHub");
+                    Ok(((), vec![entry]))
+                })
+            })
+            .await?;
+        self.github
+            .public_key_at(&target.token.token, &target.at)
+            .await
+            .map_err(|e| e.to_grpc())
+    }
+
+    /// An organization secret's visibility for GitHub: `selected` names registered projects
+    /// only, mapped to their repositories' numeric ids.
+    async fn org_visibility(
+        &self,
+        reg: &Registered,
+        visibility: &Visibility,
+    ) -> Result<OrgVisibility, Status> {
+        let projects = match visibility {
+            Visibility::All => return Ok(OrgVisibility::All),
+            Visibility::Private => return Ok(OrgVisibility::Private),
+            Visibility::Selected(projects) => projects,
+        };
+        // Architecture Invariant: an organization secret is shared only with repositories
+        // registered at the broker (all of them of its organization).
+        let mut repos = Vec::with_capacity(projects.len());
+        for (i, project) in projects.iter().enumerate() {
+            let Some(selected) = self.registration(project).await? else {
+                return Err(with_reason(
+                    Code::FailedPrecondition,
+                    "PROJECT_NOT_REGISTERED",
+                    format!(
+                        "location.organization.selected_project_ids[{i}]: project `{project}` has no repository registered at the broker"
+                    ),
+                    &[
+                        (
+                            "field",
+                            format!("location.organization.selected_project_ids[{i}]"),
+                        ),
+                        ("project_id", project.to_string()),
+                    ],
+                ));
+            };
+            repos.push(selected.repo);
+        }
+        // One organization, one installation of the App: the project's covers them all.
+        let names: Vec<&str> = repos.iter().map(|r| r.name()).collect();
+        let (token, _) = self
+            .github
+            .token(reg.installation as u64, &names, &[("metadata", "read")])
+            .await
+            .map_err(|e| e.to_grpc())?;
+        let mut ids = Vec::with_capacity(repos.len());
+        for repo in &repos {
+            let found = self
+                .github
+                .repository(&token.token, repo)
+                .await
+                .map_err(|e| e.to_grpc())?
+                .ok_or_else(|| {
+                    with_reason(
+                        Code::FailedPrecondition,
+                        "REPOSITORY_NOT_FOUND",
+                        format!("GitHub has no repository {repo}"),
+                        &[("repository", repo.to_string())],
+                    )
+                })?;
+            ids.push(found.id);
+        }
+        Ok(OrgVisibility::Selected(ids))
+    }
+
+    /// GitHub's limit of secrets per location, counting the ones already there; and for the
+    /// organization, the ownership of each name: another project's, or one the broker did
+    /// not write, is refused before anything is written.
     async fn check_room(
         &self,
-        token: &InstallationToken,
-        reg: &Registered,
+        target: &Target<'_>,
+        writer: &Writer,
+        location: &Location,
         secrets: &[Secret],
     ) -> Result<(), Status> {
         let existing = self
             .github
-            .list_secrets(&token.token, &reg.repo)
+            .list_secrets_at(&target.token.token, &target.at)
             .await
             .map_err(|e| e.to_grpc())?;
         let mut names: HashSet<String> = existing
             .iter()
             .map(|s| s.name.to_ascii_uppercase())
             .collect();
+        if *location == Location::Organization {
+            for s in secrets {
+                let owner = db::organization_secret_owner(self.db.pool(), &s.name).await?;
+                let refused = match &owner {
+                    Some(owner) => owner != writer.project_id.as_str(),
+                    None => names.contains(s.name.as_str()),
+                };
+                if refused {
+                    return Err(with_reason(
+                        Code::FailedPrecondition,
+                        "ORGANIZATION_SECRET_OF_ANOTHER_PROJECT",
+                        format!(
+                            "the organization secret `{}` was not written by the broker for project `{}`",
+                            s.name, writer.project_id
+                        ),
+                        &[
+                            ("name", s.name.to_string()),
+                            ("project_id", writer.project_id.to_string()),
+                        ],
+                    ));
+                }
+            }
+        }
         names.extend(secrets.iter().map(|s| s.name.as_str().to_owned()));
-        if names.len() > MAX_SECRETS {
+        let max = location.max_secrets();
+        if names.len() > max {
             return Err(with_reason(
                 Code::FailedPrecondition,
                 "TOO_MANY_SECRETS",
                 format!(
-                    "the repository would hold {} secrets; GitHub allows {MAX_SECRETS}",
+                    "{} would hold {} secrets; GitHub allows {max}",
+                    location.describe(),
                     names.len()
                 ),
                 &[("existing", existing.len().to_string())],
@@ -139,8 +308,7 @@ impl Broker {
     /// start); the inner result is GitHub's answer, which is recorded either way.
     async fn put(
         &self,
-        token: &InstallationToken,
-        reg: &Registered,
+        target: &Target<'_>,
         key: &mut PublicKey,
         name: &SecretName,
         value: &[u8],
@@ -150,9 +318,15 @@ impl Broker {
             let sealed = orchestrator_github::seal(key, value);
             let put = self
                 .pacer
-                .paced(reg.installation, || {
-                    self.github
-                        .put_secret(&token.token, &reg.repo, name, &sealed, &key.key_id)
+                .paced(target.reg.installation, || {
+                    self.github.put_secret_at(
+                        &target.token.token,
+                        &target.at,
+                        name,
+                        &sealed,
+                        &key.key_id,
+                        target.visibility.as_ref(),
+                    )
                 })
                 .await?;
             match put {
@@ -162,7 +336,7 @@ impl Broker {
                     refetched = true;
                     *key = self
                         .github
-                        .public_key(&token.token, &reg.repo)
+                        .public_key_at(&target.token.token, &target.at)
                         .await
                         .map_err(|e| e.to_grpc())?;
                 }
@@ -182,6 +356,7 @@ impl Broker {
                     db::record_pending(
                         conn,
                         &writer.project_id,
+                        &writer.location,
                         &name,
                         &writer.caller,
                         deploy,
@@ -213,8 +388,15 @@ impl Broker {
                         github_updated_at,
                         recorded_us: now_us(),
                     };
-                    db::record_present(conn, &writer.request_id, &writer.project_id, &name, &write)
-                        .await?;
+                    db::record_present(
+                        conn,
+                        &writer.request_id,
+                        &writer.project_id,
+                        &writer.location,
+                        &name,
+                        &write,
+                    )
+                    .await?;
                     let entry = writer
                         .entry(&name)
                         .request_id(writer.request_id.as_str())
@@ -241,7 +423,8 @@ impl Broker {
         self.ledger
             .write(move |conn| {
                 Box::pin(async move {
-                    db::record_failed(conn, &writer.project_id, &name, &message).await?;
+                    db::record_failed(conn, &writer.project_id, &writer.location, &name, &message)
+                        .await?;
                     let mut entry = writer.entry(&name).detail("failed");
                     entry.outcome = code;
                     Ok(((), vec![entry]))

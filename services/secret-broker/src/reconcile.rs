@@ -14,6 +14,7 @@ use tonic::Status;
 
 use crate::audit::Action;
 use crate::db::{self, SecretRef, SecretState};
+use crate::location::{Location, audited};
 use crate::messages::github_time;
 use crate::state::Broker;
 
@@ -31,19 +32,27 @@ impl Broker {
         &self,
         caller: String,
         project_id: ProjectId,
+        location: Location,
         dry_run: bool,
     ) -> Result<pb::ReconcileProjectSecretsResponse, Status> {
         let reg = self.registered(&project_id).await?;
-        let token = self.secrets_token(&reg).await?;
-        let at_github: BTreeMap<String, String> = self
+        let token = self.secrets_token(&reg, &location).await?;
+        let key = location.key();
+        let listed = self
             .github
-            .list_secrets(&token.token, &reg.repo)
-            .await
+            .list_secrets_at(&token.token, &location.at(&reg.repo))
+            .await;
+        // An environment GitHub does not have holds no secrets: each reference is missing.
+        let listed = match (&location, listed) {
+            (Location::Environment(_), Err(e)) if e.status() == Some(404) => Ok(Vec::new()),
+            (_, listed) => listed,
+        };
+        let at_github: BTreeMap<String, String> = listed
             .map_err(|e| e.to_grpc())?
             .into_iter()
             .map(|s| (s.name.to_ascii_uppercase(), s.updated_at))
             .collect();
-        let refs = db::all_secret_refs(self.db.pool(), &project_id).await?;
+        let refs = db::all_secret_refs(self.db.pool(), &project_id, &key).await?;
         let found = compare(&refs, &at_github, dry_run);
         if !dry_run && !found.recovered.is_empty() {
             let recovered = found.recovered;
@@ -52,11 +61,11 @@ impl Broker {
                     Box::pin(async move {
                         let mut entries = Vec::new();
                         for (name, updated) in recovered {
-                            db::recover_pending(conn, &project_id, &name, &updated, now_us())
+                            db::recover_pending(conn, &project_id, &key, &name, &updated, now_us())
                                 .await?;
                             entries.push(
                                 Action::ReconcileProjectSecrets
-                                    .on_secret(&caller, &project_id, &name)
+                                    .on_secret(&caller, &project_id, audited(&key, &name))
                                     .detail("recovered: present at GitHub"),
                             );
                         }
@@ -136,6 +145,7 @@ mod tests {
     fn reference(name: &str, state: SecretState, github_updated_at: Option<&str>) -> SecretRef {
         SecretRef {
             name: name.to_owned(),
+            location: crate::location::REPOSITORY_KEY.to_owned(),
             state,
             github_updated_at: github_updated_at.map(str::to_owned),
             key_id: None,

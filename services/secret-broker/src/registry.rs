@@ -10,6 +10,7 @@ use tonic::{Code, Status};
 
 use crate::audit::Action;
 use crate::db;
+use crate::location::Location;
 use crate::state::Broker;
 use crate::validate::{RegisterRequest, ServerId};
 
@@ -195,14 +196,39 @@ impl Broker {
     pub(crate) async fn secrets_token(
         &self,
         reg: &Registered,
+        location: &Location,
     ) -> Result<Arc<InstallationToken>, Status> {
+        let repositories: &[&str] = if location.narrowed_to_repository() {
+            &[reg.repo.name()]
+        } else {
+            &[]
+        };
         // Whether the token was minted now does not matter here.
         let (token, _) = self
             .github
             .token(
                 reg.installation as u64,
+                repositories,
+                location.permissions(),
+            )
+            .await
+            .map_err(|e| e.to_grpc())?;
+        Ok(token)
+    }
+
+    /// A token that can create the project's deployment environments and nothing else:
+    /// `administration: write` on its one repository. Minted only when an environment is
+    /// missing.
+    pub(crate) async fn environment_token(
+        &self,
+        reg: &Registered,
+    ) -> Result<Arc<InstallationToken>, Status> {
+        let (token, _) = self
+            .github
+            .token(
+                reg.installation as u64,
                 &[reg.repo.name()],
-                &[("secrets", "write")],
+                &[("administration", "write")],
             )
             .await
             .map_err(|e| e.to_grpc())?;

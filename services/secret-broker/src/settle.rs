@@ -17,6 +17,7 @@ use tonic::Status;
 
 use crate::audit::Action;
 use crate::db;
+use crate::location::{Location, audited};
 use crate::state::Broker;
 
 /// The identity settle records are written by.
@@ -43,9 +44,9 @@ impl Broker {
         let cutoff = now_us().saturating_sub(age);
         let stale = db::stale_pending(self.db.pool(), cutoff).await?;
         let mut settled = 0;
-        for (project_id, name) in stale {
+        for (project_id, location, name) in stale {
             // A project whose repository or token is unavailable now waits for the next pass.
-            match self.settle_one(&project_id, &name).await {
+            match self.settle_one(&project_id, &location, &name).await {
                 Ok(true) => settled += 1,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(
@@ -57,41 +58,56 @@ impl Broker {
         Ok(settled)
     }
 
-    async fn settle_one(&self, project_id: &str, name: &str) -> Result<bool, Status> {
+    async fn settle_one(&self, project_id: &str, key: &str, name: &str) -> Result<bool, Status> {
         let project = ProjectId::parse(project_id)
             .map_err(|_| Status::internal("a stored project id does not parse"))?;
+        let location = Location::from_key(key)
+            .ok_or_else(|| Status::internal("a stored secret location does not parse"))?;
         let secret = SecretName::new(name)
             .map_err(|_| Status::internal("a stored secret name does not parse"))?;
         let reg = self.registered(&project).await?;
-        let token = self.secrets_token(&reg).await?;
-        let at_github = self
+        let token = self.secrets_token(&reg, &location).await?;
+        let at_github = match self
             .github
-            .get_secret(&token.token, &reg.repo, &secret)
+            .get_secret_at(&token.token, &location.at(&reg.repo), &secret)
             .await
-            .map_err(|e| e.to_grpc())?
-            .map(|meta| meta.updated_at);
+        {
+            Ok(meta) => meta.map(|meta| meta.updated_at),
+            // The environment itself is gone (or was never created): so is the secret.
+            Err(e) if e.status() == Some(404) => None,
+            Err(e) => return Err(e.to_grpc()),
+        };
+        let key = key.to_owned();
         let dialect = self.db.dialect();
         let name = name.to_owned();
         self.ledger
             .write(move |conn| {
                 Box::pin(async move {
-                    if !db::claim_pending(&mut *conn, dialect, &project, &name).await? {
+                    if !db::claim_pending(&mut *conn, dialect, &project, &key, &name).await? {
                         return Ok((false, vec![]));
                     }
                     let detail = match &at_github {
                         Some(updated) => {
-                            db::recover_pending(&mut *conn, &project, &name, updated, now_us())
-                                .await?;
+                            db::recover_pending(
+                                &mut *conn,
+                                &project,
+                                &key,
+                                &name,
+                                updated,
+                                now_us(),
+                            )
+                            .await?;
                             "settled: present at GitHub"
                         }
                         None => {
-                            db::lose_pending(&mut *conn, &project, &name, LOST_IN_CRASH).await?;
+                            db::lose_pending(&mut *conn, &project, &key, &name, LOST_IN_CRASH)
+                                .await?;
                             "settled: lost in a crash [LOST_IN_CRASH]"
                         }
                     };
                     // Recorded as the reconcile it is, done by the broker itself.
                     let entry = Action::ReconcileProjectSecrets
-                        .on_secret(SELF, &project, &name)
+                        .on_secret(SELF, &project, audited(&key, &name))
                         .detail(detail);
                     Ok((true, vec![entry]))
                 })

@@ -11,6 +11,8 @@ use orchestrator_proto::secretbroker::v1 as pb;
 use tonic::Status;
 use zeroize::Zeroizing;
 
+use crate::location::{self, Location, Visibility};
+
 /// GitHub's limit on secrets per repository (and so on one batch, and on a list page).
 pub(crate) const MAX_SECRETS: usize = 100;
 /// GitHub's limit on one secret value.
@@ -46,6 +48,10 @@ pub(crate) struct SecretsRequest {
     pub request_id: RequestId,
     pub project_id: ProjectId,
     pub secrets: Vec<Secret>,
+    /// Where the secrets go.
+    pub location: Location,
+    /// An organization secret's visibility (`None` for the other locations).
+    pub visibility: Option<Visibility>,
 }
 
 /// A validated RegisterRepository request.
@@ -117,8 +123,15 @@ pub(crate) fn set_project_secrets(
 ) -> Result<SecretsRequest, Status> {
     let mut v = Violations::new();
     let ids = ids(&mut v, &req.request_id, &req.project_id);
+    let place = location::parse(&mut v, "location", req.location.as_ref(), true);
     let secrets = batch(&mut v, req.secrets, BatchOf::ProjectSecrets);
-    secrets_request(v, ids, secrets)
+    let mut request = secrets_request(v, ids, secrets)?;
+    // Checked above: the violations would have refused the request.
+    let (location, visibility) =
+        place.ok_or_else(|| Status::internal("the location was not checked"))?;
+    request.location = location;
+    request.visibility = visibility;
+    Ok(request)
 }
 
 /// The infra server a SetDeployCredentials comes from: 1-128 characters of `[A-Za-z0-9_-]`
@@ -186,31 +199,47 @@ pub(crate) fn set_deploy_credentials(
 /// name.
 pub(crate) fn list_project_secrets(
     req: &pb::ListProjectSecretsRequest,
-) -> Result<(ProjectId, Page), Status> {
+) -> Result<(ProjectId, Page, Location), Status> {
     let max = MAX_SECRETS as i32;
     let size = match req.page_size {
         0 => max,
         n => n.min(max),
     };
-    Violations::new().collect((
+    let mut v = Violations::new();
+    let place = location::parse(&mut v, "location", req.location.as_ref(), false);
+    let (project_id, page) = v.collect((
         ProjectId::parse(&req.project_id).at("project_id"),
         Page::parse(size, &req.page_token, 1),
-    ))
+    ))?;
+    Ok((project_id, page, found(place)?))
 }
 
 pub(crate) fn delete_project_secret(
     req: &pb::DeleteProjectSecretRequest,
-) -> Result<(ProjectId, SecretName), Status> {
-    Violations::new().collect((
+) -> Result<(ProjectId, SecretName, Location), Status> {
+    let mut v = Violations::new();
+    let place = location::parse(&mut v, "location", req.location.as_ref(), false);
+    let (project_id, name) = v.collect((
         ProjectId::parse(&req.project_id).at("project_id"),
         SecretName::new(&req.name).at("name"),
-    ))
+    ))?;
+    Ok((project_id, name, found(place)?))
 }
 
 pub(crate) fn reconcile_project_secrets(
     req: &pb::ReconcileProjectSecretsRequest,
-) -> Result<ProjectId, Status> {
-    Violations::new().collect(ProjectId::parse(&req.project_id).at("project_id"))
+) -> Result<(ProjectId, Location), Status> {
+    let mut v = Violations::new();
+    let place = location::parse(&mut v, "location", req.location.as_ref(), false);
+    let project_id = v.collect(ProjectId::parse(&req.project_id).at("project_id"))?;
+    Ok((project_id, found(place)?))
+}
+
+/// A location `location::parse` accepted (its violations, if any, refused the request first).
+fn found(place: Option<(Location, Option<Visibility>)>) -> Result<Location, Status> {
+    place
+        .map(|(location, _)| location)
+        .ok_or_else(|| Status::internal("the location was not checked"))
 }
 
 /// A MintRepositoryToken request, validated.
@@ -282,6 +311,8 @@ fn secrets_request(
         request_id,
         project_id,
         secrets,
+        location: Location::Repository,
+        visibility: None,
     })
 }
 

@@ -3,6 +3,7 @@
 
 mod contents;
 mod installations;
+mod places;
 mod repos;
 mod secrets;
 
@@ -51,6 +52,49 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route(
             "/repos/{owner}/{repo}/actions/secrets/{name}",
             get(secrets::get).put(secrets::put).delete(secrets::delete),
+        )
+        .route(
+            "/repos/{owner}/{repo}/environments/{env}",
+            get(places::environment_get).put(places::environment_put),
+        )
+        .route(
+            "/repos/{owner}/{repo}/environments/{env}/secrets",
+            get(places::env_list),
+        )
+        .route(
+            "/repos/{owner}/{repo}/environments/{env}/secrets/public-key",
+            get(places::env_public_key),
+        )
+        .route(
+            "/repos/{owner}/{repo}/environments/{env}/secrets/{name}",
+            get(places::env_get)
+                .put(places::env_put)
+                .delete(places::env_delete),
+        )
+        .route(
+            "/repos/{owner}/{repo}/dependabot/secrets",
+            get(places::dependabot_list),
+        )
+        .route(
+            "/repos/{owner}/{repo}/dependabot/secrets/public-key",
+            get(places::dependabot_public_key),
+        )
+        .route(
+            "/repos/{owner}/{repo}/dependabot/secrets/{name}",
+            get(places::dependabot_get)
+                .put(places::dependabot_put)
+                .delete(places::dependabot_delete),
+        )
+        .route("/orgs/{org}/actions/secrets", get(places::org_list))
+        .route(
+            "/orgs/{org}/actions/secrets/public-key",
+            get(places::org_public_key),
+        )
+        .route(
+            "/orgs/{org}/actions/secrets/{name}",
+            get(places::org_get)
+                .put(places::org_put)
+                .delete(places::org_delete),
         )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(

@@ -25,14 +25,14 @@ use crate::model::{self, Level};
 /// "Limits for secrets") does not say which size: we measure the value itself (the decrypted
 /// plaintext), 48 KiB = 49,152 bytes, not the sealed box nor its base64 (48 bytes and a third
 /// more). Not confirmed against GitHub; the broker and the scaffolder check the same measure.
-const MAX_VALUE_BYTES: usize = 48 * 1024;
-const MAX_SECRETS: usize = 100;
-const DEFAULT_PER_PAGE: usize = 30;
-const MAX_PER_PAGE: usize = 100;
+pub(super) const MAX_VALUE_BYTES: usize = 48 * 1024;
+pub(super) const MAX_SECRETS: usize = 100;
+pub(super) const DEFAULT_PER_PAGE: usize = 30;
+pub(super) const MAX_PER_PAGE: usize = 100;
 
-const NAME_RULES: &str = "Secret names can only contain alphanumeric characters ([a-z], [A-Z], [0-9]) or underscores (_). Spaces are not allowed. Must start with a letter ([a-z], [A-Z]) or underscores (_).";
+pub(super) const NAME_RULES: &str = "Secret names can only contain alphanumeric characters ([a-z], [A-Z], [0-9]) or underscores (_). Spaces are not allowed. Must start with a letter ([a-z], [A-Z]) or underscores (_).";
 
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     let Some(first) = bytes.next() else {
         return false;
@@ -42,7 +42,7 @@ fn valid_name(name: &str) -> bool {
         && !name.to_ascii_uppercase().starts_with("GITHUB_")
 }
 
-fn secret_json(name: &str, secret: &model::Secret) -> Value {
+pub(super) fn secret_json(name: &str, secret: &model::Secret) -> Value {
     json!({
         "name": name,
         "created_at": model::rfc3339(secret.created_at),
@@ -70,8 +70,8 @@ pub(super) async fn public_key(
 
 #[derive(Debug, Deserialize)]
 pub(super) struct Page {
-    per_page: Option<String>,
-    page: Option<String>,
+    pub(super) per_page: Option<String>,
+    pub(super) page: Option<String>,
 }
 
 pub(super) async fn list(
@@ -83,6 +83,22 @@ pub(super) async fn list(
     let world = state.world();
     authorize_repo(&identity, &world, &owner, &repo, "secrets", Level::Read)?;
     let r = world.repo(&owner, &repo).ok_or_else(ApiError::not_found)?;
+    Ok(listing(
+        &format!("{}/repos/{owner}/{repo}/actions/secrets", state.base_url),
+        &r.secrets,
+        page,
+        |_| json!({}),
+    ))
+}
+
+/// One page of `secrets` as GitHub lists them (`total_count`, `secrets`, a `Link` header);
+/// `extra` adds fields to each secret (an organization secret's `visibility`).
+pub(super) fn listing(
+    base: &str,
+    secrets: &std::collections::BTreeMap<String, model::Secret>,
+    page: Page,
+    extra: impl Fn(&str) -> Value,
+) -> Response {
     let per_page = page
         .per_page
         .and_then(|p| p.parse::<usize>().ok())
@@ -94,30 +110,30 @@ pub(super) async fn list(
         .and_then(|p| p.parse::<usize>().ok())
         .filter(|p| *p > 0)
         .unwrap_or(1);
-    let total = r.secrets.len();
-    let secrets: Vec<Value> = r
-        .secrets
+    let total = secrets.len();
+    let listed: Vec<Value> = secrets
         .iter()
         .skip((number - 1).saturating_mul(per_page))
         .take(per_page)
-        .map(|(name, s)| secret_json(name, s))
+        .map(|(name, s)| {
+            let mut one = secret_json(name, s);
+            if let (Some(one), Value::Object(more)) = (one.as_object_mut(), extra(name)) {
+                one.extend(more);
+            }
+            one
+        })
         .collect();
     let last = total.div_ceil(per_page).max(1);
-    let link = link_header(
-        &format!("{}/repos/{owner}/{repo}/actions/secrets", state.base_url),
-        per_page,
-        number,
-        last,
-    );
-    let mut response = Json(json!({"total_count": total, "secrets": secrets})).into_response();
+    let link = link_header(base, per_page, number, last);
+    let mut response = Json(json!({"total_count": total, "secrets": listed})).into_response();
     if let Some(link) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
         response.headers_mut().insert(header::LINK, link);
     }
-    Ok(response)
+    response
 }
 
 /// GitHub's `Link` header: prev/next/last/first as they apply; none for a single page.
-fn link_header(base: &str, per_page: usize, page: usize, last: usize) -> Option<String> {
+pub(super) fn link_header(base: &str, per_page: usize, page: usize, last: usize) -> Option<String> {
     let url = |n: usize| format!("<{base}?per_page={per_page}&page={n}>");
     let mut parts = Vec::new();
     if page > 1 {
@@ -147,9 +163,12 @@ pub(super) async fn get(
 }
 
 #[derive(Debug, Deserialize)]
-struct PutBody {
-    encrypted_value: Option<String>,
-    key_id: Option<String>,
+pub(super) struct PutBody {
+    pub(super) encrypted_value: Option<String>,
+    pub(super) key_id: Option<String>,
+    /// Organization secrets only.
+    pub(super) visibility: Option<String>,
+    pub(super) selected_repository_ids: Option<Vec<u64>>,
 }
 
 pub(super) async fn put(

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import grpc
 
-from . import errors
+from . import errors, locations
 from ._options import ChannelOption, Keepalive, RetryPolicy, channel_options
 from ._tls import (
     DEFAULT_TRUST_DOMAIN,
@@ -49,6 +49,7 @@ __all__ = [
     "connect",
     "decode",
     "errors",
+    "locations",
     "prepare",
     "spiffe_id",
 ]

@@ -21,6 +21,7 @@ fn new_project(n: u32, user: &str) -> Project {
                     target: Some(common::secret_target::Target::GithubSecret(
                         common::GitHubSecretTarget {
                             name: "TELEGRAM_TOKEN".into(),
+                            location: None,
                         },
                     )),
                 },

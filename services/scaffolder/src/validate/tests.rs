@@ -12,7 +12,10 @@ use super::*;
 fn github(name: &str) -> common::SecretTarget {
     common::SecretTarget {
         target: Some(common::secret_target::Target::GithubSecret(
-            common::GitHubSecretTarget { name: name.into() },
+            common::GitHubSecretTarget {
+                name: name.into(),
+                location: None,
+            },
         )),
     }
 }

@@ -10,6 +10,7 @@ use sqlx::pool::PoolConnection;
 use super::*;
 
 const SERVICE: &str = "secret-broker";
+const REPO: &str = crate::location::REPOSITORY_KEY;
 
 /// The broker's tables in `test_db`, as the service's start leaves them.
 async fn migrated(test_db: &TestDatabase) -> Database {
@@ -53,7 +54,7 @@ async fn register(db: &Database, project_id: &str, repo: &str) {
 }
 
 async fn state_of(db: &Database, project_id: &str, secret: &str) -> (SecretState, Option<String>) {
-    let r = all_secret_refs(db.pool(), &project(project_id))
+    let r = all_secret_refs(db.pool(), &project(project_id), REPO)
         .await
         .unwrap()
         .into_iter()
@@ -63,7 +64,7 @@ async fn state_of(db: &Database, project_id: &str, secret: &str) -> (SecretState
 }
 
 async fn flag(db: &Database, project_id: &ProjectId, secret: &str) -> Option<bool> {
-    find_deploy_flag(db.pool(), project_id, &name(secret))
+    find_deploy_flag(db.pool(), project_id, REPO, &name(secret))
         .await
         .unwrap()
 }
@@ -151,7 +152,7 @@ async fn a_write_goes_pending_then_present_and_a_failure_never_hides_a_present_v
         register(&db, "p1", "app1").await;
         let (p1, a) = (project("p1"), name("A"));
         let mut c = conn(&db).await;
-        record_pending(&mut c, &p1, &a, "spiffe://t/api", false, 10)
+        record_pending(&mut c, &p1, REPO, &a, "spiffe://t/api", false, 10)
             .await
             .unwrap();
         assert_eq!(state_of(&db, "p1", "A").await, (SecretState::Pending, None));
@@ -163,8 +164,10 @@ async fn a_write_goes_pending_then_present_and_a_failure_never_hides_a_present_v
             Some("2024-01-01T00:00:00Z"),
             20,
         );
-        record_present(&mut c, &r1, &p1, &a, &first).await.unwrap();
-        let refs = all_secret_refs(db.pool(), &p1).await.unwrap();
+        record_present(&mut c, &r1, &p1, REPO, &a, &first)
+            .await
+            .unwrap();
+        let refs = all_secret_refs(db.pool(), &p1, REPO).await.unwrap();
         assert_eq!(refs.len(), 1);
         let r = &refs[0];
         assert_eq!(r.state, SecretState::Present);
@@ -175,27 +178,29 @@ async fn a_write_goes_pending_then_present_and_a_failure_never_hides_a_present_v
 
         // Another write of the same secret: it stays present (GitHub has the old value), names
         // its new writer, and a failure keeps it present with the error.
-        record_pending(&mut c, &p1, &a, "spiffe://t/scaffolder", true, 30)
+        record_pending(&mut c, &p1, REPO, &a, "spiffe://t/scaffolder", true, 30)
             .await
             .unwrap();
         assert_eq!(state_of(&db, "p1", "A").await.0, SecretState::Present);
-        record_failed(&mut c, &p1, &a, "GitHub answered 500")
+        record_failed(&mut c, &p1, REPO, &a, "GitHub answered 500")
             .await
             .unwrap();
         assert_eq!(
             state_of(&db, "p1", "A").await,
             (SecretState::Present, Some("GitHub answered 500".to_owned()))
         );
-        let r = &all_secret_refs(db.pool(), &p1).await.unwrap()[0];
+        let r = &all_secret_refs(db.pool(), &p1, REPO).await.unwrap()[0];
         assert_eq!(r.written_by, "spiffe://t/scaffolder");
         assert!(!r.is_deploy_credential(), "the first write decides");
 
         // A new secret whose write fails is failed; a later success clears the error.
         let b = name("B");
-        record_pending(&mut c, &p1, &b, "spiffe://t/api", false, 40)
+        record_pending(&mut c, &p1, REPO, &b, "spiffe://t/api", false, 40)
             .await
             .unwrap();
-        record_failed(&mut c, &p1, &b, "refused").await.unwrap();
+        record_failed(&mut c, &p1, REPO, &b, "refused")
+            .await
+            .unwrap();
         assert_eq!(
             state_of(&db, "p1", "B").await,
             (SecretState::Failed, Some("refused".to_owned()))
@@ -205,6 +210,7 @@ async fn a_write_goes_pending_then_present_and_a_failure_never_hides_a_present_v
             &mut c,
             &r2,
             &p1,
+            REPO,
             &b,
             &write(WriteOutcome::Created, "k1", None, 50),
         )
@@ -222,23 +228,35 @@ async fn a_request_id_answers_its_first_write_per_project_and_secret() {
         let (p1, p2, a) = (project("p1"), project("p2"), name("A"));
         let r1 = RequestId::parse("r1").unwrap();
         let mut c = conn(&db).await;
-        assert_eq!(find_write(db.pool(), &r1, &p1, &a).await.unwrap(), None);
-        record_pending(&mut c, &p1, &a, "spiffe://t/api", false, 1)
+        assert_eq!(
+            find_write(db.pool(), &r1, &p1, REPO, &a).await.unwrap(),
+            None
+        );
+        record_pending(&mut c, &p1, REPO, &a, "spiffe://t/api", false, 1)
             .await
             .unwrap();
         let first = write(WriteOutcome::Created, "k1", Some("2024-01-01T00:00:00Z"), 2);
-        record_present(&mut c, &r1, &p1, &a, &first).await.unwrap();
+        record_present(&mut c, &r1, &p1, REPO, &a, &first)
+            .await
+            .unwrap();
         // The same request again records nothing new: the first answer stands.
         let again = write(WriteOutcome::Updated, "k2", None, 3);
-        record_present(&mut c, &r1, &p1, &a, &again).await.unwrap();
+        record_present(&mut c, &r1, &p1, REPO, &a, &again)
+            .await
+            .unwrap();
         assert_eq!(
-            find_write(db.pool(), &r1, &p1, &a).await.unwrap(),
+            find_write(db.pool(), &r1, &p1, REPO, &a).await.unwrap(),
             Some(first)
         );
         // Per project and per secret.
-        assert_eq!(find_write(db.pool(), &r1, &p2, &a).await.unwrap(), None);
         assert_eq!(
-            find_write(db.pool(), &r1, &p1, &name("B")).await.unwrap(),
+            find_write(db.pool(), &r1, &p2, REPO, &a).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            find_write(db.pool(), &r1, &p1, REPO, &name("B"))
+                .await
+                .unwrap(),
             None
         );
     }
@@ -254,6 +272,7 @@ async fn deploy_flags_and_deletes_concern_one_projects_own_references() {
         record_pending(
             &mut c,
             &p1,
+            REPO,
             &name("DEPLOY_HOST"),
             "spiffe://t/infra",
             true,
@@ -261,17 +280,19 @@ async fn deploy_flags_and_deletes_concern_one_projects_own_references() {
         )
         .await
         .unwrap();
-        record_pending(&mut c, &p1, &name("A"), "spiffe://t/api", false, 1)
+        record_pending(&mut c, &p1, REPO, &name("A"), "spiffe://t/api", false, 1)
             .await
             .unwrap();
-        record_pending(&mut c, &p2, &name("A"), "spiffe://t/api", false, 1)
+        record_pending(&mut c, &p2, REPO, &name("A"), "spiffe://t/api", false, 1)
             .await
             .unwrap();
         assert_eq!(flag(&db, &p1, "DEPLOY_HOST").await, Some(true));
         assert_eq!(flag(&db, &p1, "A").await, Some(false));
         assert_eq!(flag(&db, &p1, "FOREIGN").await, None);
 
-        delete_secret_ref(&mut c, &p1, &name("A")).await.unwrap();
+        delete_secret_ref(&mut c, &p1, REPO, &name("A"))
+            .await
+            .unwrap();
         assert_eq!(flag(&db, &p1, "A").await, None);
         assert_eq!(flag(&db, &p2, "A").await, Some(false));
     }
@@ -285,13 +306,14 @@ async fn references_list_by_name_in_keyset_pages() {
         let p1 = project("p1");
         let mut c = conn(&db).await;
         for n in ["C", "A", "E", "B", "D"] {
-            record_pending(&mut c, &p1, &name(n), "spiffe://t/api", false, 1)
+            record_pending(&mut c, &p1, REPO, &name(n), "spiffe://t/api", false, 1)
                 .await
                 .unwrap();
         }
         record_pending(
             &mut c,
             &project("p2"),
+            REPO,
             &name("ZZ"),
             "spiffe://t/api",
             false,
@@ -301,21 +323,25 @@ async fn references_list_by_name_in_keyset_pages() {
         .unwrap();
         let names = |refs: Vec<SecretRef>| refs.into_iter().map(|r| r.name).collect::<Vec<_>>();
         assert_eq!(
-            names(list_secret_refs(db.pool(), &p1, "", 3).await.unwrap()),
+            names(list_secret_refs(db.pool(), &p1, REPO, "", 3).await.unwrap()),
             ["A", "B", "C"]
         );
         assert_eq!(
-            names(list_secret_refs(db.pool(), &p1, "C", 3).await.unwrap()),
+            names(
+                list_secret_refs(db.pool(), &p1, REPO, "C", 3)
+                    .await
+                    .unwrap()
+            ),
             ["D", "E"]
         );
         assert!(
-            list_secret_refs(db.pool(), &p1, "E", 3)
+            list_secret_refs(db.pool(), &p1, REPO, "E", 3)
                 .await
                 .unwrap()
                 .is_empty()
         );
         assert_eq!(
-            names(all_secret_refs(db.pool(), &p1).await.unwrap()),
+            names(all_secret_refs(db.pool(), &p1, REPO).await.unwrap()),
             ["A", "B", "C", "D", "E"]
         );
     }
@@ -328,19 +354,19 @@ async fn recovery_settles_pending_references_only() {
         let p1 = project("p1");
         let mut c = conn(&db).await;
         for n in ["PENDING", "FAILED"] {
-            record_pending(&mut c, &p1, &name(n), "spiffe://t/api", false, 1)
+            record_pending(&mut c, &p1, REPO, &name(n), "spiffe://t/api", false, 1)
                 .await
                 .unwrap();
         }
-        record_failed(&mut c, &p1, &name("FAILED"), "refused")
+        record_failed(&mut c, &p1, REPO, &name("FAILED"), "refused")
             .await
             .unwrap();
         for n in ["PENDING", "FAILED"] {
-            recover_pending(&mut c, &p1, n, "2024-03-01T00:00:00Z", 99)
+            recover_pending(&mut c, &p1, REPO, n, "2024-03-01T00:00:00Z", 99)
                 .await
                 .unwrap();
         }
-        let refs = all_secret_refs(db.pool(), &p1).await.unwrap();
+        let refs = all_secret_refs(db.pool(), &p1, REPO).await.unwrap();
         let (failed, pending) = (&refs[0], &refs[1]);
         assert_eq!(failed.state, SecretState::Failed);
         assert_eq!(failed.github_updated_at, None);
@@ -416,19 +442,38 @@ async fn stale_pending_rows_are_claimed_once_and_settled_only_while_pending() {
         register(&db, "p1", "app1").await;
         let p1 = project("p1");
         for (secret, at) in [("OLD", 1_000), ("NEW", 9_000)] {
-            record_pending(&mut *conn(&db).await, &p1, &name(secret), "api", false, at)
-                .await
-                .unwrap();
-        }
-        let stale = stale_pending(db.pool(), 5_000).await.unwrap();
-        assert_eq!(stale, vec![("p1".to_owned(), "OLD".to_owned())]);
-        let dialect = db.dialect();
-        let mut tx = conn(&db).await;
-        assert!(claim_pending(&mut tx, dialect, &p1, "OLD").await.unwrap());
-        lose_pending(&mut tx, &p1, "OLD", "lost [LOST_IN_CRASH]")
+            record_pending(
+                &mut *conn(&db).await,
+                &p1,
+                REPO,
+                &name(secret),
+                "api",
+                false,
+                at,
+            )
             .await
             .unwrap();
-        assert!(!claim_pending(&mut tx, dialect, &p1, "OLD").await.unwrap());
+        }
+        let stale = stale_pending(db.pool(), 5_000).await.unwrap();
+        assert_eq!(
+            stale,
+            vec![("p1".to_owned(), REPO.to_owned(), "OLD".to_owned())]
+        );
+        let dialect = db.dialect();
+        let mut tx = conn(&db).await;
+        assert!(
+            claim_pending(&mut tx, dialect, &p1, REPO, "OLD")
+                .await
+                .unwrap()
+        );
+        lose_pending(&mut tx, &p1, REPO, "OLD", "lost [LOST_IN_CRASH]")
+            .await
+            .unwrap();
+        assert!(
+            !claim_pending(&mut tx, dialect, &p1, REPO, "OLD")
+                .await
+                .unwrap()
+        );
         drop(tx);
         assert_eq!(
             state_of(&db, "p1", "OLD").await,
@@ -436,5 +481,65 @@ async fn stale_pending_rows_are_claimed_once_and_settled_only_while_pending() {
         );
         assert!(stale_pending(db.pool(), 5_000).await.unwrap().is_empty());
         assert_eq!(state_of(&db, "p1", "NEW").await.0, SecretState::Pending);
+    }
+}
+
+#[tokio::test]
+async fn one_name_lives_in_several_locations_and_an_organization_secret_has_one_owner() {
+    for (_t, db) in databases().await {
+        register(&db, "p1", "app1").await;
+        register(&db, "p2", "app2").await;
+        let (p1, p2) = (project("p1"), project("p2"));
+        let mut c = conn(&db).await;
+        for place in [REPO, "environment:production", "dependabot", "organization"] {
+            record_pending(
+                &mut c,
+                &p1,
+                place,
+                &name("TOKEN"),
+                "spiffe://t/api",
+                false,
+                1,
+            )
+            .await
+            .unwrap();
+            let listed = all_secret_refs(db.pool(), &p1, place).await.unwrap();
+            assert_eq!(listed.len(), 1, "{place}");
+            assert_eq!(listed[0].location, place);
+        }
+        assert_eq!(
+            organization_secret_owner(db.pool(), &name("TOKEN"))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("p1")
+        );
+        // The database itself refuses a second owner of an organization secret.
+        let err = record_pending(
+            &mut c,
+            &p2,
+            "organization",
+            &name("TOKEN"),
+            "spiffe://t/api",
+            false,
+            1,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, StoreError::Duplicate(_)), "{err:?}");
+        // A delete in one location leaves the others.
+        delete_secret_ref(&mut c, &p1, "dependabot", &name("TOKEN"))
+            .await
+            .unwrap();
+        assert!(
+            all_secret_refs(db.pool(), &p1, "dependabot")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            all_secret_refs(db.pool(), &p1, REPO).await.unwrap().len(),
+            1
+        );
     }
 }

@@ -30,6 +30,7 @@ fn set(
         request_id: request_id.to_owned(),
         project_id: project_id.to_owned(),
         secrets,
+        location: None,
     }
 }
 
@@ -230,6 +231,7 @@ fn list_pages_follow_the_contract_sizes_and_the_shared_token() {
         project_id: "prj-1".into(),
         page_size: size,
         page_token: token.into(),
+        location: None,
     };
     assert_eq!(list_project_secrets(&list(0, "")).unwrap().1.size(), 100);
     assert_eq!(list_project_secrets(&list(7, "")).unwrap().1.size(), 7);
@@ -246,7 +248,8 @@ fn list_pages_follow_the_contract_sizes_and_the_shared_token() {
     let page = list_project_secrets(&list(1, "")).unwrap().1;
     let mut names = vec!["A".to_owned(), "B".to_owned()];
     let token = page.finish(&mut names, |n| vec![n.clone()]);
-    let (_, next) = list_project_secrets(&list(1, &token)).unwrap();
+    let (_, next, location) = list_project_secrets(&list(1, &token)).unwrap();
+    assert_eq!(location, Location::Repository, "none = the repository");
     assert_eq!(next.after().unwrap(), ["A"]);
     let bad_project = pb::ListProjectSecretsRequest {
         project_id: "a b".into(),
@@ -263,9 +266,11 @@ fn deletes_and_reconciles_name_their_project_and_secret() {
     let delete = |project_id: &str, name: &str| pb::DeleteProjectSecretRequest {
         project_id: project_id.into(),
         name: name.into(),
+        location: None,
     };
-    let (project_id, name) = delete_project_secret(&delete("prj-1", "token")).unwrap();
+    let (project_id, name, location) = delete_project_secret(&delete("prj-1", "token")).unwrap();
     assert_eq!((project_id.as_str(), name.as_str()), ("prj-1", "TOKEN"));
+    assert_eq!(location, Location::Repository);
     assert_eq!(
         fields(&delete_project_secret(&delete("", "1x")).unwrap_err()),
         ["project_id", "name"]
@@ -273,10 +278,12 @@ fn deletes_and_reconciles_name_their_project_and_secret() {
     let reconcile = |project_id: &str| pb::ReconcileProjectSecretsRequest {
         project_id: project_id.into(),
         dry_run: true,
+        location: None,
     };
     assert_eq!(
         reconcile_project_secrets(&reconcile("prj-1"))
             .unwrap()
+            .0
             .as_str(),
         "prj-1"
     );
@@ -381,4 +388,92 @@ fn a_token_request_id_is_optional_and_checked_when_given() {
             ["request_id"]
         );
     }
+}
+
+fn located(location: common::git_hub_secret_location::Kind) -> pb::SetProjectSecretsRequest {
+    let mut req = set("r1", "prj-1", vec![value("A", b"v")]);
+    req.location = Some(common::GitHubSecretLocation {
+        kind: Some(location),
+    });
+    req
+}
+
+#[test]
+fn each_location_is_parsed_and_none_means_the_repository() {
+    use common::git_hub_secret_location::Kind;
+    let none = set_project_secrets(set("r1", "prj-1", vec![value("A", b"v")])).unwrap();
+    assert_eq!(none.location, Location::Repository);
+    let env = set_project_secrets(located(Kind::Environment(
+        common::EnvironmentSecretLocation {
+            name: "Production".into(),
+        },
+    )))
+    .unwrap();
+    assert_eq!(env.location.key(), "environment:production");
+    let bot = set_project_secrets(located(Kind::Dependabot(
+        common::DependabotSecretLocation {},
+    )))
+    .unwrap();
+    assert_eq!(bot.location, Location::Dependabot);
+    let org = set_project_secrets(located(Kind::Organization(
+        common::OrganizationSecretLocation {
+            visibility: common::OrganizationSecretVisibility::Selected as i32,
+            selected_project_ids: vec!["prj-1".into(), "prj-2".into()],
+        },
+    )))
+    .unwrap();
+    assert_eq!(org.location, Location::Organization);
+    assert!(matches!(org.visibility, Some(Visibility::Selected(ref p)) if p.len() == 2));
+}
+
+#[test]
+fn a_bad_location_is_named_field_by_field() {
+    use common::git_hub_secret_location::Kind;
+    let err = set_project_secrets(located(Kind::Environment(
+        common::EnvironmentSecretLocation {
+            name: "prod/main".into(),
+        },
+    )))
+    .unwrap_err();
+    assert_eq!(fields(&err), ["location.environment.name"]);
+    let org = |visibility: common::OrganizationSecretVisibility, ids: Vec<String>| {
+        set_project_secrets(located(Kind::Organization(
+            common::OrganizationSecretLocation {
+                visibility: visibility as i32,
+                selected_project_ids: ids,
+            },
+        )))
+        .unwrap_err()
+    };
+    use common::OrganizationSecretVisibility as V;
+    assert_eq!(
+        fields(&org(V::Unspecified, vec![])),
+        ["location.organization.visibility"]
+    );
+    assert_eq!(
+        fields(&org(V::Private, vec!["prj-1".into()])),
+        ["location.organization.selected_project_ids"]
+    );
+    assert_eq!(
+        fields(&org(V::Selected, vec![])),
+        ["location.organization.selected_project_ids"]
+    );
+    assert_eq!(
+        fields(&org(
+            V::Selected,
+            vec!["bad id".into(), "p".into(), "p".into()]
+        )),
+        [
+            "location.organization.selected_project_ids[0]",
+            "location.organization.selected_project_ids[2]"
+        ]
+    );
+    // Bounded before any item is looked at.
+    let many: Vec<String> = (0..=crate::location::MAX_SELECTED)
+        .map(|i| format!("p{i}"))
+        .collect();
+    assert_eq!(
+        fields(&org(V::Selected, many)),
+        ["location.organization.selected_project_ids"]
+    );
 }
