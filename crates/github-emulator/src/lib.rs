@@ -429,7 +429,8 @@ impl Emulator {
     pub fn secret(&self, owner: &str, repo: &str, name: &str) -> Option<Vec<u8>> {
         let world = self.inner.state.world();
         let repo = world.repo(owner, repo)?;
-        repo.secrets
+        repo.actions
+            .secrets
             .get(&name.to_ascii_uppercase())
             .map(|s| s.value.to_vec())
     }
@@ -439,7 +440,7 @@ impl Emulator {
         let world = self.inner.state.world();
         world
             .repo(owner, repo)
-            .map(|r| r.secrets.keys().cloned().collect())
+            .map(|r| r.actions.secrets.keys().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -447,7 +448,8 @@ impl Emulator {
     pub fn secret_updated_at(&self, owner: &str, repo: &str, name: &str) -> Option<String> {
         let world = self.inner.state.world();
         let repo = world.repo(owner, repo)?;
-        repo.secrets
+        repo.actions
+            .secrets
             .get(&name.to_ascii_uppercase())
             .map(|s| model::rfc3339(s.updated_at))
     }
@@ -461,7 +463,8 @@ impl Emulator {
         let repo = world
             .repo_mut(owner, repo)
             .unwrap_or_else(|| panic!("no repository {owner}/{repo}"));
-        repo.store_secret(name, zeroize::Zeroizing::new(value.to_vec()));
+        repo.actions
+            .store_secret(name, zeroize::Zeroizing::new(value.to_vec()));
     }
 
     /// Deletes a secret as if someone else had (no API call, no counters); `false` if there
@@ -474,7 +477,10 @@ impl Emulator {
         let repo = world
             .repo_mut(owner, repo)
             .unwrap_or_else(|| panic!("no repository {owner}/{repo}"));
-        repo.secrets.remove(&name.to_ascii_uppercase()).is_some()
+        repo.actions
+            .secrets
+            .remove(&name.to_ascii_uppercase())
+            .is_some()
     }
 
     /// The decrypted value of a deployment environment's secret (environment and secret names
@@ -587,7 +593,7 @@ impl Emulator {
         let repo = world
             .repo_mut(owner, repo)
             .unwrap_or_else(|| panic!("no repository {owner}/{repo}"));
-        repo.key = model::RepoKey::generate();
+        repo.actions.key = model::RepoKey::generate();
     }
 
     /// Makes every installation token minted so far expire now (401 "Bad credentials").

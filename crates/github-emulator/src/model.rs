@@ -246,9 +246,8 @@ pub(crate) struct Repo {
     /// Commits on the default branch, oldest first: (sha, message). Empty = an empty
     /// repository (no branch yet), as a generated one is until its template copy lands.
     pub(crate) commits: Vec<(String, String)>,
-    /// Actions secrets by upper-cased name.
-    pub(crate) secrets: BTreeMap<String, Secret>,
-    pub(crate) key: RepoKey,
+    /// Actions secrets, with the repository's key.
+    pub(crate) actions: SecretStore,
     /// Dependabot secrets, with their own key.
     pub(crate) dependabot: SecretStore,
     /// Deployment environments by lower-cased name, each with its secrets and key.
@@ -265,31 +264,6 @@ impl Repo {
         let sha = orchestrator_emulator_kit::hex(&random_bytes::<20>());
         self.commits.push((sha.clone(), message.to_owned()));
         sha
-    }
-
-    /// Creates or updates a secret; `updated_at` moves forward on every write even within one
-    /// second (the API shows whole seconds and clients detect drift by it). True if created.
-    pub(crate) fn store_secret(&mut self, name: &str, value: Zeroizing<Vec<u8>>) -> bool {
-        let now = now_s();
-        let name = name.to_ascii_uppercase();
-        match self.secrets.get_mut(&name) {
-            Some(secret) => {
-                secret.value = value;
-                secret.updated_at = now.max(secret.updated_at + time::Duration::SECOND);
-                false
-            }
-            None => {
-                self.secrets.insert(
-                    name,
-                    Secret {
-                        value,
-                        created_at: now,
-                        updated_at: now,
-                    },
-                );
-                true
-            }
-        }
     }
 }
 
@@ -409,8 +383,7 @@ impl World {
                 created_at: now_s(),
                 files: BTreeMap::new(),
                 commits: Vec::new(),
-                secrets: BTreeMap::new(),
-                key: RepoKey::generate(),
+                actions: SecretStore::new(),
                 dependabot: SecretStore::new(),
                 environments: BTreeMap::new(),
             },

@@ -25,12 +25,9 @@ use axum::{Extension, Json};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
-use zeroize::Zeroizing;
 
 use super::Arrived;
-use super::secrets::{
-    MAX_SECRETS, MAX_VALUE_BYTES, NAME_RULES, Page, PutBody, listing, secret_json, valid_name,
-};
+use super::secrets::{MAX_SECRETS, Page, PutBody, listing, sealed_put, secret_json, store_sealed};
 use crate::auth::{Identity, authorize_repo, require_installation, require_permission};
 use crate::error::{ApiError, parse_body};
 use crate::model::{self, Level, OrgAccess, SecretStore, World};
@@ -230,51 +227,15 @@ fn put(
         place.authorize(identity, &world, Level::Write)?;
     }
     let body: PutBody = parse_body(body)?;
-    if !valid_name(name) {
-        return Err(ApiError::unprocessable(NAME_RULES));
-    }
-    let encrypted = body
-        .encrypted_value
-        .clone()
-        .ok_or_else(|| ApiError::missing_field("encrypted_value"))?;
-    let key_id = body
-        .key_id
-        .clone()
-        .ok_or_else(|| ApiError::missing_field("key_id"))?;
-    let sealed = STANDARD.decode(encrypted.as_bytes()).map_err(|_| {
-        ApiError::unprocessable(
-            "Invalid request.\n\nInvalid property /encrypted_value: not padded standard Base64.",
-        )
-    })?;
+    let (key_id, sealed) = sealed_put(name, &body)?;
     let mut world = state.world();
     let access = match place {
         Place::Organization { org } => Some(org_access(&world, org, &body)?),
         _ => None,
     };
-    let (limit, holder) = place.limit();
     let store = place.store(&mut world)?;
-    if key_id != store.key.id {
-        return Err(ApiError::unprocessable(
-            "Bad request: the key_id does not match the current public key.",
-        ));
-    }
-    let value = Zeroizing::new(store.key.secret.unseal(&sealed).map_err(|_| {
-        ApiError::unprocessable(
-            "Bad request: the encrypted_value could not be decrypted with the public key.",
-        )
-    })?);
-    if value.len() > MAX_VALUE_BYTES {
-        return Err(ApiError::unprocessable(format!(
-            "Secret value is too large: the limit is 48 KB ({MAX_VALUE_BYTES} bytes)."
-        )));
-    }
+    let created = store_sealed(store, name, &key_id, &sealed, place.limit())?;
     let upper = name.to_ascii_uppercase();
-    if !store.secrets.contains_key(&upper) && store.secrets.len() >= limit {
-        return Err(ApiError::unprocessable(format!(
-            "{holder} can have at most {limit} secrets."
-        )));
-    }
-    let created = store.store_secret(&upper, value);
     if let (Place::Organization { org }, Some(access)) = (place, access) {
         world.org_secrets(org).access.insert(upper, access);
     }

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 use super::Arrived;
 use crate::auth::{Identity, authorize_repo};
 use crate::error::{ApiError, parse_body};
-use crate::model::{self, Level};
+use crate::model::{self, Level, SecretStore};
 
 /// GitHub's limits. "Secrets are limited to 48 KB in size" (GitHub Docs, "Secrets reference",
 /// "Limits for secrets") does not say which size: we measure the value itself (the decrypted
@@ -60,8 +60,8 @@ pub(super) async fn public_key(
         authorize_repo(&identity, &world, &owner, &repo, "secrets", Level::Read)?;
         let repo = world.repo(&owner, &repo).ok_or_else(ApiError::not_found)?;
         json!({
-            "key_id": repo.key.id,
-            "key": STANDARD.encode(repo.key.secret.public_key().as_bytes()),
+            "key_id": repo.actions.key.id,
+            "key": STANDARD.encode(repo.actions.key.secret.public_key().as_bytes()),
         })
     };
     state.stats().public_key_fetches += 1;
@@ -85,7 +85,7 @@ pub(super) async fn list(
     let r = world.repo(&owner, &repo).ok_or_else(ApiError::not_found)?;
     Ok(listing(
         &format!("{}/repos/{owner}/{repo}/actions/secrets", state.base_url),
-        &r.secrets,
+        &r.actions.secrets,
         page,
         |_| json!({}),
     ))
@@ -158,7 +158,11 @@ pub(super) async fn get(
     authorize_repo(&identity, &world, &owner, &repo, "secrets", Level::Read)?;
     let r = world.repo(&owner, &repo).ok_or_else(ApiError::not_found)?;
     let name = name.to_ascii_uppercase();
-    let secret = r.secrets.get(&name).ok_or_else(ApiError::not_found)?;
+    let secret = r
+        .actions
+        .secrets
+        .get(&name)
+        .ok_or_else(ApiError::not_found)?;
     Ok(Json(secret_json(&name, secret)))
 }
 
@@ -169,6 +173,62 @@ pub(super) struct PutBody {
     /// Organization secrets only.
     pub(super) visibility: Option<String>,
     pub(super) selected_repository_ids: Option<Vec<u64>>,
+}
+
+/// The key id and the sealed value of a secret PUT, checked as GitHub checks them before
+/// anything is opened: the secret's name, both fields present, standard Base64.
+pub(super) fn sealed_put(name: &str, body: &PutBody) -> Result<(String, Vec<u8>), ApiError> {
+    if !valid_name(name) {
+        return Err(ApiError::unprocessable(NAME_RULES));
+    }
+    let encrypted = body
+        .encrypted_value
+        .as_deref()
+        .ok_or_else(|| ApiError::missing_field("encrypted_value"))?;
+    let key_id = body
+        .key_id
+        .clone()
+        .ok_or_else(|| ApiError::missing_field("key_id"))?;
+    let sealed = STANDARD.decode(encrypted.as_bytes()).map_err(|_| {
+        ApiError::unprocessable(
+            "Invalid request.\n\nInvalid property /encrypted_value: not padded standard Base64.",
+        )
+    })?;
+    Ok((key_id, sealed))
+}
+
+/// Opens `sealed` with `store`'s key and keeps it under `name`, as GitHub takes a secret: the
+/// key id is the store's current one, the value opens and fits 48 KB, and a new name finds room
+/// (`limit`: at most that many secrets, and who holds them, for the refusal). True if created.
+pub(super) fn store_sealed(
+    store: &mut SecretStore,
+    name: &str,
+    key_id: &str,
+    sealed: &[u8],
+    (limit, holder): (usize, &str),
+) -> Result<bool, ApiError> {
+    if key_id != store.key.id {
+        return Err(ApiError::unprocessable(
+            "Bad request: the key_id does not match the current public key.",
+        ));
+    }
+    let value = Zeroizing::new(store.key.secret.unseal(sealed).map_err(|_| {
+        ApiError::unprocessable(
+            "Bad request: the encrypted_value could not be decrypted with the public key.",
+        )
+    })?);
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(ApiError::unprocessable(format!(
+            "Secret value is too large: the limit is 48 KB ({MAX_VALUE_BYTES} bytes)."
+        )));
+    }
+    let upper = name.to_ascii_uppercase();
+    if !store.secrets.contains_key(&upper) && store.secrets.len() >= limit {
+        return Err(ApiError::unprocessable(format!(
+            "{holder} can have at most {limit} secrets."
+        )));
+    }
+    Ok(store.store_secret(&upper, value))
 }
 
 pub(super) async fn put(
@@ -184,47 +244,18 @@ pub(super) async fn put(
         authorize_repo(&identity, &world, &owner, &repo, "secrets", Level::Write)?;
     }
     let body: PutBody = parse_body(&body)?;
-    if !valid_name(&name) {
-        return Err(ApiError::unprocessable(NAME_RULES));
-    }
-    let encrypted = body
-        .encrypted_value
-        .ok_or_else(|| ApiError::missing_field("encrypted_value"))?;
-    let key_id = body
-        .key_id
-        .ok_or_else(|| ApiError::missing_field("key_id"))?;
-    let sealed = STANDARD.decode(encrypted.as_bytes()).map_err(|_| {
-        ApiError::unprocessable(
-            "Invalid request.\n\nInvalid property /encrypted_value: not padded standard Base64.",
-        )
-    })?;
-
+    let (key_id, sealed) = sealed_put(&name, &body)?;
     let mut world = state.world();
     let r = world
         .repo_mut(&owner, &repo)
         .ok_or_else(ApiError::not_found)?;
-    if key_id != r.key.id {
-        return Err(ApiError::unprocessable(
-            "Bad request: the key_id does not match the repository's current public key.",
-        ));
-    }
-    let value = Zeroizing::new(r.key.secret.unseal(&sealed).map_err(|_| {
-        ApiError::unprocessable(
-            "Bad request: the encrypted_value could not be decrypted with the repository's public key.",
-        )
-    })?);
-    if value.len() > MAX_VALUE_BYTES {
-        return Err(ApiError::unprocessable(format!(
-            "Secret value is too large: the limit is 48 KB ({MAX_VALUE_BYTES} bytes)."
-        )));
-    }
-    let upper = name.to_ascii_uppercase();
-    if !r.secrets.contains_key(&upper) && r.secrets.len() >= MAX_SECRETS {
-        return Err(ApiError::unprocessable(format!(
-            "A repository can have at most {MAX_SECRETS} secrets."
-        )));
-    }
-    let created = r.store_secret(&upper, value);
+    let created = store_sealed(
+        &mut r.actions,
+        &name,
+        &key_id,
+        &sealed,
+        (MAX_SECRETS, "A repository"),
+    )?;
     let full = r.full_name();
     drop(world);
     state.stats().secret_writes.push((full, arrived));
@@ -245,7 +276,8 @@ pub(super) async fn delete(
     let r = world
         .repo_mut(&owner, &repo)
         .ok_or_else(ApiError::not_found)?;
-    r.secrets
+    r.actions
+        .secrets
         .remove(&name.to_ascii_uppercase())
         .ok_or_else(ApiError::not_found)?;
     Ok(StatusCode::NO_CONTENT)
