@@ -191,6 +191,40 @@ impl Default for Backoff {
     }
 }
 
+/// Makes `call` again, after a backoff, while it fails transiently and `budget` (from the first
+/// attempt) allows another wait; its own answer otherwise. Only for a call the peer recognises
+/// as the same when repeated: one carrying the same request id, or a read.
+pub async fn while_transient<T, F, Fut>(budget: Duration, mut call: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let started = std::time::Instant::now();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    loop {
+        let status = match call().await {
+            Ok(answer) => return Ok(answer),
+            Err(status) => status,
+        };
+        let wait = backoff.next_wait();
+        if classify(&status, Call::Idempotent) == Outcome::Permanent
+            || started.elapsed() + wait > budget
+        {
+            return Err(status);
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// A fresh request id for one call and its retries: `prefix` (what the call is for, for the
+/// peer's audit record) and 16 random hex digits.
+pub fn request_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 8];
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    let nonce: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}/{nonce}")
+}
+
 #[cfg(test)]
 #[path = "retry_tests.rs"]
 mod tests;

@@ -120,3 +120,50 @@ fn backoff_grows_with_jitter_up_to_its_maximum() {
         assert!(*wait <= Duration::from_millis(ceiling), "{waits:?}");
     }
 }
+
+#[tokio::test]
+async fn while_transient_repeats_a_cut_call_and_stops_at_an_answer_or_the_budget() {
+    let mut calls = 0;
+    let answer = while_transient(Duration::from_secs(5), || {
+        calls += 1;
+        let n = calls;
+        async move {
+            if n < 3 {
+                Err(Status::unavailable("restarting"))
+            } else {
+                Ok(n)
+            }
+        }
+    })
+    .await;
+    assert_eq!(answer.unwrap(), 3);
+
+    let mut calls = 0;
+    let refused: Result<(), Status> = while_transient(Duration::from_secs(5), || {
+        calls += 1;
+        async { Err(Status::permission_denied("no")) }
+    })
+    .await;
+    assert_eq!(
+        (refused.unwrap_err().code(), calls),
+        (Code::PermissionDenied, 1)
+    );
+
+    let mut calls = 0;
+    let down: Result<(), Status> = while_transient(Duration::from_millis(10), || {
+        calls += 1;
+        async { Err(Status::unavailable("down")) }
+    })
+    .await;
+    assert_eq!((down.unwrap_err().code(), calls), (Code::Unavailable, 1));
+}
+
+#[test]
+fn request_ids_are_fresh_and_keep_their_prefix() {
+    let (a, b) = (request_id("prj-1/commit"), request_id("prj-1/commit"));
+    assert_ne!(a, b);
+    assert!(
+        a.starts_with("prj-1/commit/") && a.len() == "prj-1/commit/".len() + 16,
+        "{a}"
+    );
+}

@@ -8,7 +8,9 @@
 //!   repository only.
 
 use orchestrator_fields::ProjectId;
-use orchestrator_mesh::retry::from_peer;
+use std::time::Duration;
+
+use orchestrator_mesh::retry::{self, from_peer};
 use orchestrator_proto::secretbroker::v1 as broker;
 use secrecy::SecretString;
 use tonic::Status;
@@ -41,25 +43,31 @@ impl Job {
     }
 }
 
-/// Mints the token for `job` on project `id` at the broker.
+/// How long a mint is retried while the broker is down or restarting.
+const MINT_RETRY_BUDGET: Duration = Duration::from_secs(30);
+
+/// Mints the token for `job` on project `id` at the broker. One request id for this job's
+/// token, repeated while the call fails transiently: a mint whose answer was lost is revoked
+/// by the broker when the retry arrives. Fresh for every job, so that two replicas working on
+/// the same project never end each other's token.
 pub(crate) async fn mint(s: &Scaffolder, id: &ProjectId, job: Job) -> Result<SecretString, Status> {
     let scope = match job {
         Job::CreateRepository => broker::RepositoryTokenScope::RepositoryCreation,
         Job::CommitTemplate => broker::RepositoryTokenScope::InitialCommit,
     };
-    let minted = s
-        .broker()
-        .mint_repository_token(broker::MintRepositoryTokenRequest {
-            scope: scope as i32,
-            project_id: id.to_string(),
-            from_template: job == Job::CreateRepository && s.settings.template_repository.is_some(),
-            // One id per project and job: a retry, or a resumed creation after a crash, revokes
-            // the token the earlier attempt minted (the broker's `minted`).
-            request_id: format!("{id}/{}", job.key()),
-        })
-        .await
-        .map_err(from_peer("secret broker"))?
-        .into_inner();
+    let request = broker::MintRepositoryTokenRequest {
+        scope: scope as i32,
+        project_id: id.to_string(),
+        from_template: job == Job::CreateRepository && s.settings.template_repository.is_some(),
+        request_id: retry::request_id(&format!("{id}/{}", job.key())),
+    };
+    let minted = retry::while_transient(MINT_RETRY_BUDGET, || {
+        let (mut broker, request) = (s.broker(), request.clone());
+        async move { broker.mint_repository_token(request).await }
+    })
+    .await
+    .map_err(from_peer("secret broker"))?
+    .into_inner();
     Ok(SecretString::from(minted.token))
 }
 

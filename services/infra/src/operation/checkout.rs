@@ -1,7 +1,10 @@
 //! The checkout: the project's repository cloned on the server as the deploy user, with a
 //! clone-scoped token minted for this one use and revoked as soon as the checkout is over.
 
+use std::time::Duration;
+
 use orchestrator_github::RepoRef;
+use orchestrator_mesh::retry;
 use orchestrator_proto::secretbroker::v1 as broker;
 use secrecy::{ExposeSecret as _, SecretString};
 
@@ -9,6 +12,10 @@ use super::failure::StepError;
 use super::ssh;
 use super::steps::Run;
 use crate::model::{Server, Step, StepState};
+
+/// How long a mint is retried in place while the broker is down or restarting (the step's own
+/// retries come after).
+const MINT_RETRY_BUDGET: Duration = Duration::from_secs(30);
 
 /// Clones the project's repository on the server as the deploy user. The token travels over
 /// the SSH channel's stdin, reaches git through a credential helper reading the environment,
@@ -21,20 +28,21 @@ pub(super) async fn check_out(run: Run<'_>, server: &Server) -> Result<(), StepE
         "cloning the repository",
     )
     .await?;
-    let minted = run
-        .infra
-        .broker()
-        .mint_repository_token(broker::MintRepositoryTokenRequest {
-            scope: broker::RepositoryTokenScope::Clone as i32,
-            project_id: server.project_id.clone(),
-            from_template: false,
-            // One id per operation: a retried checkout revokes the token the earlier attempt
-            // minted (its answer may have been lost in flight).
-            request_id: format!("{}/clone", run.id),
-        })
-        .await
-        .map_err(StepError::peer("secret broker"))?
-        .into_inner();
+    // One request id for this checkout's token, repeated while the call fails transiently: a
+    // mint whose answer was lost is revoked by the broker when the retry arrives.
+    let request = broker::MintRepositoryTokenRequest {
+        scope: broker::RepositoryTokenScope::Clone as i32,
+        project_id: server.project_id.clone(),
+        from_template: false,
+        request_id: retry::request_id(&format!("{}/clone", run.id)),
+    };
+    let minted = retry::while_transient(MINT_RETRY_BUDGET, || {
+        let (mut broker, request) = (run.infra.broker(), request.clone());
+        async move { broker.mint_repository_token(request).await }
+    })
+    .await
+    .map_err(StepError::peer("secret broker"))?
+    .into_inner();
     let token = SecretString::from(minted.token);
     let cloned = clone_on_server(run, server, &token, minted.repositories.first()).await;
     // Architecture Invariant: a minted token lives as long as its job: the clone token is
