@@ -90,6 +90,12 @@ listener "tcp" {{
   tls_client_ca_file                 = "{ca}"
   tls_require_and_verify_client_cert = true
 }}
+# OpenBao 2.x takes audit devices from its configuration only (the API refuses them).
+audit "file" "file" {{
+  options {{
+    file_path = "{audit}"
+  }}
+}}
 api_addr      = "https://127.0.0.1:{port}"
 cluster_addr  = "https://127.0.0.1:{cluster_port}"
 disable_mlock = true
@@ -99,6 +105,7 @@ log_level     = "warn"
                 cert = p("openbao.crt"),
                 key = p("openbao.key"),
                 ca = p("ca.crt"),
+                audit = dir.path().join("audit.log").display(),
             ),
         )?;
         let log = std::fs::File::create(dir.path().join("bao.log"))?;
@@ -174,11 +181,6 @@ log_level     = "warn"
         )
         .await?;
         // Raft elects this node leader shortly after the unseal; until then writes fail.
-        let audit = bao.dir.path().join("audit.log").display().to_string();
-        bao.retry(reqwest::Method::PUT, "sys/audit/file", || {
-            Some(json!({"type": "file", "options": {"file_path": audit}}))
-        })
-        .await?;
         bao.retry(reqwest::Method::POST, "sys/mounts/secret", || {
             Some(json!({"type": "kv", "options": {"version": "2"}}))
         })
