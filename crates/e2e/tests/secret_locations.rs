@@ -436,6 +436,18 @@ async fn deletes_touch_only_what_the_broker_wrote_in_that_location() {
     );
 }
 
+/// `orchctl secrets set p1 <location flags> --from-env-file <file>`, as the operator.
+async fn set_from_cli(
+    mesh: &orchestrator_e2e::TestMesh,
+    location: &[&str],
+    env_file: &str,
+) -> std::process::Output {
+    let mut args = vec!["secrets", "set", "p1"];
+    args.extend_from_slice(location);
+    args.extend(["--from-env-file", env_file]);
+    mesh.orchctl(BROKER, &args).await
+}
+
 #[tokio::test]
 async fn orchctl_sets_lists_and_deletes_in_each_location() {
     let mesh = start().await;
@@ -443,20 +455,7 @@ async fn orchctl_sets_lists_and_deletes_in_each_location() {
     let env_file =
         orchestrator_e2e::write_secret(mesh.pki().dir(), "loc.env", "RELEASE_KEY=from-cli\n")
             .unwrap();
-    let out = mesh
-        .orchctl(
-            BROKER,
-            &[
-                "secrets",
-                "set",
-                "p1",
-                "--environment",
-                "production",
-                "--from-env-file",
-                &env_file,
-            ],
-        )
-        .await;
+    let out = set_from_cli(&mesh, &["--environment", "production"], &env_file).await;
     assert!(out.status.success(), "{}", printed(&out));
     assert_eq!(
         github
@@ -464,19 +463,7 @@ async fn orchctl_sets_lists_and_deletes_in_each_location() {
             .unwrap(),
         b"from-cli"
     );
-    let out = mesh
-        .orchctl(
-            BROKER,
-            &[
-                "secrets",
-                "set",
-                "p1",
-                "--dependabot",
-                "--from-env-file",
-                &env_file,
-            ],
-        )
-        .await;
+    let out = set_from_cli(&mesh, &["--dependabot"], &env_file).await;
     assert!(out.status.success(), "{}", printed(&out));
     assert_eq!(
         github
@@ -484,23 +471,18 @@ async fn orchctl_sets_lists_and_deletes_in_each_location() {
             .unwrap(),
         b"from-cli"
     );
-    let out = mesh
-        .orchctl(
-            BROKER,
-            &[
-                "secrets",
-                "set",
-                "p1",
-                "--organization",
-                "--visibility",
-                "selected",
-                "--selected-project",
-                "p1",
-                "--from-env-file",
-                &env_file,
-            ],
-        )
-        .await;
+    let out = set_from_cli(
+        &mesh,
+        &[
+            "--organization",
+            "--visibility",
+            "selected",
+            "--selected-project",
+            "p1",
+        ],
+        &env_file,
+    )
+    .await;
     assert!(out.status.success(), "{}", printed(&out));
     let (value, visibility, ids) = github.org_secret(ORG, "RELEASE_KEY").unwrap();
     assert_eq!(
@@ -525,20 +507,7 @@ async fn orchctl_sets_lists_and_deletes_in_each_location() {
     assert!(!printed(&out).contains("RELEASE_KEY"));
 
     // An invalid environment name names its field.
-    let out = mesh
-        .orchctl(
-            BROKER,
-            &[
-                "secrets",
-                "set",
-                "p1",
-                "--environment",
-                "no/slash",
-                "--from-env-file",
-                &env_file,
-            ],
-        )
-        .await;
+    let out = set_from_cli(&mesh, &["--environment", "no/slash"], &env_file).await;
     assert!(!out.status.success());
     assert!(
         printed(&out).contains("location.environment.name"),
@@ -547,20 +516,7 @@ async fn orchctl_sets_lists_and_deletes_in_each_location() {
     );
 
     // Two locations at once are refused by the command line.
-    let out = mesh
-        .orchctl(
-            BROKER,
-            &[
-                "secrets",
-                "set",
-                "p1",
-                "--dependabot",
-                "--organization",
-                "--from-env-file",
-                &env_file,
-            ],
-        )
-        .await;
+    let out = set_from_cli(&mesh, &["--dependabot", "--organization"], &env_file).await;
     assert!(!out.status.success());
 
     let out = mesh
