@@ -62,6 +62,26 @@ pub fn bin(name: &str) -> PathBuf {
     })
 }
 
+/// `orchctl up` as a user runs it, on free ports, with its state in `state_dir`, the binaries
+/// already built and the repository's policy; its stdout (the address table) piped, and killed
+/// when dropped.
+pub fn orchctl_up(state_dir: &Path) -> std::io::Result<tokio::process::Child> {
+    let orchctl = bin("orchctl");
+    let bin_dir = orchctl.parent().map(Path::to_owned).unwrap_or_default();
+    tokio::process::Command::new(&orchctl)
+        .args(["up", "--no-build", "--port", "0", "--admin-port", "0"])
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--bin-dir")
+        .arg(bin_dir)
+        .arg("--policy")
+        .arg(repo_root().join("config/policy.toml"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+}
+
 /// `spiffe://orchestrator.local/<name>`.
 pub fn identity(name: &str) -> Identity {
     format!("spiffe://{TRUST_DOMAIN}/{name}")

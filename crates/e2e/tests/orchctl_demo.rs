@@ -4,30 +4,16 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers: a failed step is a failed test.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use orchestrator_e2e::{bin, printed, repo_root};
+use orchestrator_e2e::{bin, orchctl_up, printed};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 #[tokio::test]
 async fn demo_runs_the_four_flows_against_orchctl_up() {
     let state = tempfile::tempdir().unwrap();
-    let bin_dir = bin("orchctl").parent().unwrap().to_owned();
-    let mut up = Command::new(bin("orchctl"))
-        .args(["up", "--no-build", "--port", "0", "--admin-port", "0"])
-        .arg("--state-dir")
-        .arg(state.path())
-        .arg("--bin-dir")
-        .arg(&bin_dir)
-        .arg("--policy")
-        .arg(repo_root().join("config/policy.toml"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut up = orchctl_up(state.path()).unwrap();
     let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
     let ready = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.unwrap() {

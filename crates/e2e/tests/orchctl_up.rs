@@ -2,10 +2,9 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers: a failed step is a failed test.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use orchestrator_e2e::{bin, repo_root};
+use orchestrator_e2e::{bin, orchctl_up};
 use orchestrator_mesh::Service;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -13,20 +12,7 @@ use tokio::process::Command;
 #[tokio::test]
 async fn up_starts_the_four_services_and_stops_them() {
     let state = tempfile::tempdir().unwrap();
-    let bin_dir = bin("orchctl").parent().unwrap().to_owned();
-    let mut up = Command::new(bin("orchctl"))
-        .args(["up", "--no-build", "--port", "0", "--admin-port", "0"])
-        .arg("--state-dir")
-        .arg(state.path())
-        .arg("--bin-dir")
-        .arg(&bin_dir)
-        .arg("--policy")
-        .arg(repo_root().join("config/policy.toml"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut up = orchctl_up(state.path()).unwrap();
     let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
     let mut table = Vec::new();
     let found = tokio::time::timeout(Duration::from_secs(60), async {
