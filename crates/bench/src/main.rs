@@ -78,19 +78,63 @@ pub(crate) struct Figures {
     pub(crate) ops_per_sec: f64,
     pub(crate) p50: Duration,
     pub(crate) p99: Duration,
+    /// CPU time the whole machine spent (every process and the kernel, all cores) per call:
+    /// steadier than ops/s where the machine's speed varies between runs, and what a
+    /// CPU-bound service's throughput follows.
+    pub(crate) cpu_per_op: Option<Duration>,
 }
 
-pub(crate) fn figures(mut latencies: Vec<Duration>, elapsed: Duration) -> Figures {
-    latencies.sort_unstable();
-    // No samples (a phase too short for any call to finish): zeros, not a panic.
-    let at = |q: f64| {
-        let i = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
-        latencies.get(i).copied().unwrap_or_default()
-    };
-    Figures {
-        ops_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50: at(0.50),
-        p99: at(0.99),
+/// The machine's busy CPU time so far (all cores; `/proc/stat`), where there is one.
+pub(crate) fn machine_busy() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait are busy.
+    let busy: u64 = fields.iter().take(8).sum::<u64>() - fields.get(3)? - fields.get(4)?;
+    // USER_HZ is 100 on Linux.
+    Some(Duration::from_millis(busy * 10))
+}
+
+/// When a scenario started, by the wall clock and by the machine's busy CPU time.
+pub(crate) struct Started {
+    at: Instant,
+    busy: Option<Duration>,
+}
+
+impl Started {
+    pub(crate) fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            busy: machine_busy(),
+        }
+    }
+
+    /// The scenario's figures from each call's latency.
+    pub(crate) fn figures(self, mut latencies: Vec<Duration>) -> Figures {
+        let elapsed = self.at.elapsed();
+        let busy = self
+            .busy
+            .zip(machine_busy())
+            .map(|(a, b)| b.saturating_sub(a));
+        latencies.sort_unstable();
+        // No samples (a phase too short for any call to finish): zeros, not a panic.
+        let at = |q: f64| {
+            let i = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
+            latencies.get(i).copied().unwrap_or_default()
+        };
+        Figures {
+            ops_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
+            p50: at(0.50),
+            p99: at(0.99),
+            cpu_per_op: busy
+                .filter(|_| !latencies.is_empty())
+                .map(|b| b / latencies.len() as u32),
+        }
     }
 }
 
@@ -99,8 +143,11 @@ pub(crate) fn row(name: &str, f: &Figures, baseline: Option<&Figures>) {
         || "1.00 (baseline)".to_owned(),
         |b| format!("{:.2}", f.ops_per_sec / b.ops_per_sec),
     );
+    let cpu = f.cpu_per_op.map_or_else(String::new, |c| {
+        format!("   cpu {:>6.0} us/op", c.as_secs_f64() * 1e6)
+    });
     println!(
-        "  {name:<34} {:>10.0} ops/s   p50 {:>8.3} ms   p99 {:>8.3} ms   ratio {ratio}",
+        "  {name:<34} {:>10.0} ops/s   p50 {:>8.3} ms   p99 {:>8.3} ms   ratio {ratio}{cpu}",
         f.ops_per_sec,
         f.p50.as_secs_f64() * 1e3,
         f.p99.as_secs_f64() * 1e3
@@ -198,7 +245,7 @@ where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
 {
-    let start = Instant::now();
+    let started = Started::now();
     let mut tasks = Vec::new();
     let mut first = 0;
     for t in 0..concurrency {
@@ -221,7 +268,7 @@ where
     for task in tasks {
         all.extend(task.await??);
     }
-    Ok(figures(all, start.elapsed()))
+    Ok(started.figures(all))
 }
 
 async fn handshakes(
@@ -230,7 +277,7 @@ async fn handshakes(
     server: &Identity,
     n: usize,
 ) -> anyhow::Result<Figures> {
-    let start = Instant::now();
+    let started = Started::now();
     let mut latencies = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
@@ -241,5 +288,5 @@ async fn handshakes(
             .await?;
         latencies.push(t.elapsed());
     }
-    Ok(figures(latencies, start.elapsed()))
+    Ok(started.figures(latencies))
 }

@@ -593,6 +593,104 @@ on_both!(
     a_new_master_key_rewraps_data_keys_only,
 );
 
+/// Concurrent requests share batches (a lookup statement, a Put work item) and are answered
+/// as if each ran alone: a refused Put (a stale check-and-set) spoils no other Put of its
+/// batch, a repeated request id writes once, and a read of a key not granted is refused while
+/// the reads around it are served their own values.
+async fn batched_requests_are_answered_as_if_alone(backend: Backend) {
+    let mesh = start(backend).await;
+    let (api, infra) = (mesh.vault_as("api").await, mesh.vault_as("infra").await);
+    put_ok(&mut api.clone(), put("u1", "shared", b"v1", None)).await;
+    let calls = (0..48).map(|i| {
+        let mut api = api.clone();
+        async move {
+            let request = match i % 3 {
+                // Sixteen writers that all saw version 1: one wins.
+                0 => put("u1", "shared", format!("cas-{i}").as_bytes(), Some(1)),
+                // Pairs with one request id: each pair writes once.
+                1 => {
+                    let mut p = put("u1", &format!("idem-{}", i / 6), b"same", None);
+                    p.request_id = format!("req-{}", i / 6);
+                    p
+                }
+                _ => put(
+                    "u1",
+                    &format!("k{i}"),
+                    format!("value-{i}").as_bytes(),
+                    None,
+                ),
+            };
+            (i, api.put_user_secret(request).await)
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let mut cas_won = Vec::new();
+    for (i, answer) in answers {
+        match (i % 3, answer) {
+            (0, Ok(won)) => cas_won.push((i, won.into_inner().secret.unwrap().current_version)),
+            (0, Err(refused)) => {
+                assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+            }
+            (1, answer) => assert_eq!(
+                answer.unwrap().into_inner().secret.unwrap().current_version,
+                1
+            ),
+            (_, answer) => assert_eq!(
+                answer.unwrap().into_inner().secret.unwrap().current_version,
+                1
+            ),
+        }
+    }
+    assert_eq!(
+        cas_won.len(),
+        1,
+        "exactly one check-and-set at version 1 wins: {cas_won:?}"
+    );
+    let (winner, version) = cas_won[0];
+    assert_eq!(version, 2);
+    let listed = listed(&mut api.clone(), "u1").await;
+    let idem: Vec<_> = listed
+        .secrets
+        .iter()
+        .filter(|s| s.key.starts_with("idem-"))
+        .collect();
+    assert_eq!(idem.len(), 8);
+    assert!(
+        idem.iter().all(|s| s.versions.len() == 1),
+        "a repeated request id wrote twice"
+    );
+
+    // Reads: granted and not granted keys, all at once.
+    let granted: Vec<String> = (0..48)
+        .filter(|i| i % 3 == 2 && i % 2 == 0)
+        .map(|i| format!("k{i}"))
+        .collect();
+    let granted: Vec<&str> = granted.iter().map(String::as_str).collect();
+    grant(&mesh, "u1", &granted).await;
+    grant(&mesh, "u1", &["shared"]).await;
+    let not_granted = get_refused(&mut infra.clone(), "u1", "k5", 0).await;
+    let reads = (0..48).filter(|i| i % 3 == 2).map(|i| {
+        let mut infra = infra.clone();
+        async move {
+            (
+                i,
+                infra.get_user_secret(get("u1", &format!("k{i}"), 0)).await,
+            )
+        }
+    });
+    for (i, read) in futures::future::join_all(reads).await {
+        if i % 2 == 0 {
+            let secret = read.unwrap().into_inner().secret.unwrap();
+            assert_eq!(secret.value, format!("value-{i}").into_bytes(), "k{i}");
+        } else {
+            assert_eq!(read.unwrap_err().code(), not_granted, "k{i}");
+        }
+    }
+    let shared = read(&mut infra.clone(), "u1", "shared", 0).await;
+    assert_eq!(shared.value, format!("cas-{winner}").into_bytes());
+    assert_eq!(audit_report(&mesh).await.broken, None);
+}
+
 async fn put_many(api: &Vault, n: usize) {
     let mut tasks = Vec::new();
     for chunk in (0..n).collect::<Vec<_>>().chunks(n.div_ceil(16)) {
@@ -784,6 +882,7 @@ async fn a_crash_mid_rewrap_resumes(backend: Backend) {
 }
 
 on_both_more!(
+    batched_requests_are_answered_as_if_alone,
     rotation_while_eight_readers_read,
     a_crash_mid_rewrap_resumes
 );

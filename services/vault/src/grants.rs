@@ -94,7 +94,7 @@ pub(crate) async fn revoke(
 
 /// The refusal of a read that names no project, or a project the user has not granted the
 /// key to (PERMISSION_DENIED `GRANT_MISSING`), decided before the row is even looked at
-/// ([`crate::db::read_granted`] reads the row only for a live grant): a refused read says
+/// ([`crate::db::read_granted_many`] reads the row only for a live grant): a refused read says
 /// nothing about whether the key exists.
 pub(crate) fn refusal(wanted: &SecretVersion) -> Status {
     let key = wanted.name.key.as_str();

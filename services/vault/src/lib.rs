@@ -9,7 +9,8 @@
 //! Modules, each depending only on those above it:
 //! - `config`, `crypto`, `audit`, `validate`: settings, envelope encryption, the audit
 //!   vocabulary, request validation; no I/O.
-//! - `db`: every query. `keys`: the data keys in memory. `state`: the shared `Vault`.
+//! - `db`: every query. `keys`: the data keys in memory. `batcher`: concurrent requests
+//!   gathered into shared batches. `state`: the shared `Vault`.
 //! - `grants` (a user's key lent to one project: Grant, Revoke, and the check every read
 //!   passes), `read` (checked reads of values), `write` (Put, Delete, Rotate as ledger work),
 //!   `key_status` (what GetKeyStatus reports), `rewrap` (background re-encryption).
@@ -27,6 +28,7 @@ pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
 mod api;
 mod audit;
+mod batcher;
 mod config;
 mod crypto;
 mod db;
@@ -46,6 +48,8 @@ pub async fn routes(startup: Startup) -> anyhow::Result<Routes> {
     let (db, ledger) = startup.open_database(db::migrations).await?;
     let keys = Arc::new(keys::DataKeys::open(&db, settings.keyring).await?);
     let vault = state::Vault {
+        lookups: read::lookups(db.clone()),
+        puts: write::puts(),
         db,
         ledger,
         keys,

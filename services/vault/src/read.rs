@@ -6,11 +6,41 @@ use orchestrator_proto::timestamp as ts;
 use orchestrator_proto::vault::v1 as pb;
 use tonic::Status;
 
+use orchestrator_store::Database;
+
 use crate::audit::{Action, current_version_digest, key_target, target_prefix};
+use crate::batcher::Batcher;
 use crate::crypto::{RowRef, ciphertext_key_id, digest};
 use crate::db;
 use crate::state::Vault;
 use crate::validate::SecretVersion;
+
+/// Most lookups one statement carries (7 parameters each).
+const LOOKUPS_PER_STATEMENT: usize = 64;
+
+/// Reads' lookups, batched: concurrent reads share a statement.
+pub(crate) type Lookups = Batcher<db::Lookup, Result<db::GrantedRead, Status>>;
+
+/// Starts the batching of reads' lookups against `db`.
+pub(crate) fn lookups(db: Database) -> Lookups {
+    Batcher::start(LOOKUPS_PER_STATEMENT, move |lookups: Vec<db::Lookup>| {
+        let db = db.clone();
+        async move {
+            let found = async {
+                let mut conn = db.pool().acquire().await?;
+                db::read_granted_many(&mut conn, db.dialect(), &lookups).await
+            };
+            match found.await {
+                Ok(found) => found.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, reads = lookups.len(), "a batch of reads' lookups failed; each of its reads fails");
+                    let status = Status::from(&e);
+                    lookups.iter().map(|_| Err(status.clone())).collect()
+                }
+            }
+        }
+    })
+}
 
 /// GetUserSecret: one value, returned once its read is recorded.
 pub(crate) async fn get(
@@ -32,15 +62,16 @@ pub(crate) async fn batch_get(
     caller: &str,
     wanted: &[SecretVersion],
 ) -> Result<Vec<pb::UserSecret>, Status> {
-    let mut secrets = Vec::with_capacity(wanted.len());
-    let mut entries = Vec::with_capacity(wanted.len());
-    for (i, one) in wanted.iter().enumerate() {
-        let (secret, entry) = checked_read(vault, caller, Action::BatchGet, one)
+    // All at once, so their lookups share a statement.
+    let reads = wanted.iter().enumerate().map(|(i, one)| async move {
+        checked_read(vault, caller, Action::BatchGet, one)
             .await
-            .map_err(|s| Status::new(s.code(), format!("requests[{i}]: {}", s.message())))?;
-        secrets.push(secret);
-        entries.push(entry);
-    }
+            .map_err(|s| Status::new(s.code(), format!("requests[{i}]: {}", s.message())))
+    });
+    let (secrets, entries): (Vec<_>, Vec<_>) = futures::future::try_join_all(reads)
+        .await?
+        .into_iter()
+        .unzip();
     // Architecture Invariant: every read of a secret is audited, fail closed.
     futures::future::try_join_all(entries.into_iter().map(|e| vault.ledger.record(e))).await?;
     Ok(secrets)
@@ -62,11 +93,6 @@ async fn checked_read(
     };
     let prefix = target_prefix(user_id, key);
     let whole_key = key_target(user_id, key);
-    let asked = RowRef {
-        user_id,
-        key,
-        version: wanted.version,
-    };
     // Rollback detection, per version: the row must be what its newest (authentic) audit record
     // says. Per key, for a read of the newest version: the version served must be the one the
     // key's newest record names, so a newer version deleted, removed or marked deleted behind
@@ -75,17 +101,19 @@ async fn checked_read(
     // the row's read and its record's (another replica) looks like a mismatch once, so a
     // mismatch is read again before it is reported.
     // Architecture Invariant: a rolled-back or replaced row is never served.
+    let lookup = db::Lookup {
+        user_id: user_id.to_owned(),
+        key: key.to_owned(),
+        version: wanted.version,
+        project_id: project_id.to_owned(),
+        target_prefix: prefix.clone(),
+        key_target: whole_key.clone(),
+    };
     let mut attempt = 0;
     let (version, created_us, ciphertext, target) = loop {
-        let (row, newest) = match db::read_granted(
-            vault.db.pool(),
-            asked,
-            project_id,
-            &prefix,
-            &whole_key,
-        )
-        .await?
-        {
+        let found = vault.lookups.call(lookup.clone()).await;
+        let found = found.unwrap_or_else(|| Err(Status::unavailable("the vault is stopping")));
+        let (row, newest) = match found? {
             db::GrantedRead::NotGranted => return Err(crate::grants::refusal(wanted)),
             db::GrantedRead::Granted { row, newest } => (row, newest),
         };

@@ -15,7 +15,7 @@ use tonic::Status;
 use crate::audit::{Action, target};
 use crate::config::RewrapPace;
 use crate::crypto::{RowRef, ciphertext_key_id, digest};
-use crate::db::{self, Rewrapped, StoredValue};
+use crate::db::{self, Rewrapped, RowKey, StoredValue};
 use crate::state::{Progress, Vault};
 
 /// Runs for the life of the process: a pass whenever woken (a rotation here) or every
@@ -25,23 +25,46 @@ pub(crate) async fn run(vault: Vault, pace: RewrapPace) {
     loop {
         let started = Instant::now();
         let mut done = 0;
+        // Sweeps in primary-key order; another one from the start while the last one stored
+        // anything (rows written on a demoted key meanwhile: a Put that raced a rotation, say).
+        // A sweep that stores nothing ends the pass, so rows refused by their checks are not
+        // read again and again.
+        let (mut after, mut stored_this_sweep) = (RowKey::start(), 0);
+        // The next batch is read, checked and re-encrypted while the last one is stored.
+        let mut storing: Option<tokio::task::JoinHandle<Result<i64, Status>>> = None;
         loop {
-            match rewrap_batch(&vault, pace.batch).await {
-                Ok(0) => break,
-                Ok(n) => {
-                    done += n;
-                    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-6);
-                    vault.rewrap.update(|p| {
-                        if !p.running {
-                            *p = Progress {
-                                running: true,
-                                started: Some(now_us()),
-                                ..Progress::default()
-                            };
-                        }
-                        p.rows_per_second = rate;
-                        p.updated = Some(now_us());
-                    });
+            let prepared = prepare(&vault, &after, pace.batch).await;
+            if let Some(previous) = storing.take() {
+                match previous.await {
+                    Ok(Ok(n)) => {
+                        stored_this_sweep += n;
+                        done += n;
+                        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-6);
+                        vault.rewrap.update(|p| {
+                            if !p.running {
+                                *p = Progress {
+                                    running: true,
+                                    started: Some(now_us()),
+                                    ..Progress::default()
+                                };
+                            }
+                            p.rows_per_second = rate;
+                            p.updated = Some(now_us());
+                        });
+                    }
+                    Ok(Err(status)) => {
+                        tracing::warn!(error = %status.message(), "rewrap batch failed; retrying later");
+                        break;
+                    }
+                    Err(_) => break, // The process is stopping.
+                }
+            }
+            match prepared {
+                Ok(None) if stored_this_sweep == 0 => break,
+                Ok(None) => (after, stored_this_sweep) = (RowKey::start(), 0),
+                Ok(Some((batch, last))) => {
+                    after = last;
+                    storing = Some(tokio::spawn(store(vault.clone(), batch)));
                 }
                 Err(status) => {
                     tracing::warn!(error = %status.message(), "rewrap batch failed; retrying later");
@@ -67,21 +90,34 @@ pub(crate) async fn run(vault: Vault, pace: RewrapPace) {
     }
 }
 
-/// Re-encrypts up to `limit` rows under the primary data key; returns how many it stored.
-///
-/// The reads, the checks and the crypto run outside the audit writer, so the writer (which
-/// every Put and every read's record waits for) holds only the storing: one transaction that
-/// counts the encryptions on the primary key (locking it, so a rotation cannot slip in), stores
-/// each new ciphertext where the row still holds the one read, and records exactly those rows.
-async fn rewrap_batch(vault: &Vault, limit: i64) -> Result<i64, Status> {
+/// A batch re-encrypted, not yet stored: the rows, and the primary data key they are now
+/// encrypted under.
+struct Prepared {
+    rows: Vec<Rewrapped>,
+    primary_id: i64,
+}
+
+/// Reads up to `limit` stale rows after `after`, checks each against its audit record and
+/// re-encrypts it under the primary data key; returns them with the last row read, or `None`
+/// when no row after `after` is stale. All outside the audit writer.
+async fn prepare(
+    vault: &Vault,
+    after: &RowKey,
+    limit: i64,
+) -> Result<Option<(Prepared, RowKey)>, Status> {
     let (stale, primary_id) = {
         let mut conn = vault.db.pool().acquire().await.map_err(db_error)?;
-        let stale = db::stale_values(&mut conn, limit).await?;
+        let stale = db::stale_values(&mut conn, after, limit).await?;
         if stale.is_empty() {
-            return Ok(0);
+            return Ok(None);
         }
         (stale, db::primary_data_key_id(&mut conn).await?)
     };
+    let last = stale.last().map_or_else(RowKey::start, |row| RowKey {
+        user_id: row.user_id.clone(),
+        key: row.key.clone(),
+        version: row.version,
+    });
     let new_key = vault
         .keys
         .get_or_load_from(&vault.db, primary_id)
@@ -129,6 +165,24 @@ async fn rewrap_batch(vault: &Vault, limit: i64) -> Result<i64, Status> {
             new,
         });
     }
+    let prepared = Prepared {
+        rows: rewrapped,
+        primary_id,
+    };
+    Ok(Some((prepared, last)))
+}
+
+/// Stores a prepared batch through the ledger; returns how many rows it stored.
+///
+/// The writer (which every Put and every read's record waits for) holds only this: one
+/// transaction that counts the encryptions on the primary key (locking it, so a rotation
+/// cannot slip in), stores each new ciphertext where the row still holds the one read, and
+/// records exactly those rows.
+async fn store(vault: Vault, batch: Prepared) -> Result<i64, Status> {
+    let Prepared {
+        rows: rewrapped,
+        primary_id,
+    } = batch;
     if rewrapped.is_empty() {
         return Ok(0);
     }

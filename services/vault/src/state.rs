@@ -10,11 +10,17 @@ use tonic::Status;
 
 use crate::config::Limits;
 use crate::keys::DataKeys;
+use crate::read::Lookups;
+use crate::write::Puts;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Vault {
     pub(crate) db: Database,
     pub(crate) ledger: Ledger<Status>,
+    /// Reads' lookups, batched.
+    pub(crate) lookups: Lookups,
+    /// Puts, batched.
+    pub(crate) puts: Puts,
     pub(crate) keys: Arc<DataKeys>,
     pub(crate) limits: Limits,
     /// This service's own SPIFFE ID, the caller of its background work in audit records.

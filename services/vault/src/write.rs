@@ -9,10 +9,52 @@ use sqlx::AnyConnection;
 use tonic::{Code, Status};
 
 use crate::audit::{Action, Gone, current_version_digest, data_key_target, key_target, target};
-use crate::crypto::{RowRef, digest};
+use crate::batcher::Batcher;
+use crate::crypto::{DataKey, RowRef, digest};
 use crate::db::{self, KeyHead, NextVersion, SecretMeta, Wrapping};
 use crate::state::Vault;
 use crate::validate::{DeleteSecret, PutSecret};
+
+/// Most Puts one batch (one ledger work item) carries.
+const PUTS_PER_BATCH: usize = 64;
+
+/// A Put waiting for its batch, with the vault it writes to.
+pub(crate) struct QueuedPut {
+    vault: Vault,
+    caller: String,
+    put: PutSecret,
+}
+
+/// Puts, batched: concurrent Puts share one work item of the ledger's transaction, so one
+/// savepoint pair and one count of encryptions serve them all.
+pub(crate) type Puts = Batcher<QueuedPut, Result<SecretMeta, Status>>;
+
+/// Starts the batching of Puts.
+pub(crate) fn puts() -> Puts {
+    Batcher::start(PUTS_PER_BATCH, |batch: Vec<QueuedPut>| async move {
+        let Some(vault) = batch.first().map(|q| q.vault.clone()) else {
+            return Vec::new();
+        };
+        let n = batch.len();
+        let puts: Vec<(String, PutSecret)> = batch.into_iter().map(|q| (q.caller, q.put)).collect();
+        let v = vault.clone();
+        let written = vault
+            .ledger
+            .write(move |conn| Box::pin(async move { puts_in_tx(&v, conn, puts).await }))
+            .await;
+        match written {
+            Ok((answers, rotated)) => {
+                // Only now that the rotation committed: a rewrap woken earlier would find the
+                // old key still primary and nothing to do.
+                if rotated {
+                    vault.rewrap.wake();
+                }
+                answers
+            }
+            Err(status) => (0..n).map(|_| Err(status.clone())).collect(),
+        }
+    })
+}
 
 /// PutUserSecret: the key's metadata after the write (or, for a repeated request id, as the
 /// first call answered it).
@@ -21,20 +63,80 @@ pub(crate) async fn put(
     caller: String,
     put: PutSecret,
 ) -> Result<pb::UserSecretMetadata, Status> {
-    let v = vault.clone();
-    let meta = vault
-        .ledger
-        .write(move |conn| Box::pin(async move { put_in_tx(&v, conn, caller, put).await }))
-        .await?;
+    let queued = QueuedPut {
+        vault: vault.clone(),
+        caller,
+        put,
+    };
+    let written = vault.puts.call(queued).await;
+    let meta = written.unwrap_or_else(|| Err(Status::unavailable("the vault is stopping")))?;
     Ok(meta.into_pb())
 }
 
-async fn put_in_tx(
+/// Each Put's answer, and whether the batch rotated the primary data key.
+type PutAnswers = (Vec<Result<SecretMeta, Status>>, bool);
+
+/// A batch of Puts in the ledger's transaction: each Put's answer (a refusal changed nothing,
+/// so it does not roll back the others) and the audit entries of those that wrote. A database
+/// failure fails the whole batch, rolled back.
+async fn puts_in_tx(
     vault: &Vault,
     conn: &mut AnyConnection,
-    caller: String,
+    puts: Vec<(String, PutSecret)>,
+) -> Result<(PutAnswers, Vec<Entry>), Status> {
+    // The encryptions counted once for the batch, on the primary data key, in the same
+    // transaction (locking it, so a rotation waits for this one). A Put refused below was
+    // counted in vain: the count errs on the safe side, never below the truth.
+    let primary = db::count_encryptions(conn, puts.len() as i64).await?;
+    let data_key = vault
+        .keys
+        .get_or_load(&mut *conn, primary.id)
+        .await?
+        .ok_or_else(|| Status::internal("the primary data key cannot be loaded"))?;
+    let mut answers = Vec::with_capacity(puts.len());
+    let mut entries = Vec::new();
+    for (caller, put) in puts {
+        answers.push(
+            put_one(
+                vault,
+                conn,
+                &caller,
+                put,
+                (primary.id, &data_key),
+                &mut entries,
+            )
+            .await?,
+        );
+    }
+    let rotated = primary.encryptions >= vault.limits.rotate_after;
+    if rotated {
+        let why = format!(
+            "automatic: data key {} reached {} encryptions",
+            primary.id, primary.encryptions
+        );
+        let (new_id, entry) = rotate_in_tx(vault, conn, &vault.self_id, &why).await?;
+        tracing::info!(
+            data_key = new_id,
+            previous = primary.id,
+            encryptions = primary.encryptions,
+            "data key rotated automatically"
+        );
+        entries.push(entry);
+    }
+    Ok(((answers, rotated), entries))
+}
+
+/// One Put of a batch, sealed under the primary data key `primary`: `Ok(Err)` is a refusal,
+/// decided before anything changed; `Err` a failure of the transaction. Its audit entries go
+/// into `entries`.
+async fn put_one(
+    vault: &Vault,
+    conn: &mut AnyConnection,
+    caller: &str,
     put: PutSecret,
-) -> Result<(SecretMeta, Vec<Entry>), Status> {
+    (primary_id, data_key): (i64, &DataKey),
+    entries: &mut Vec<Entry>,
+) -> Result<Result<SecretMeta, Status>, Status> {
     let PutSecret {
         request_id,
         name,
@@ -46,19 +148,19 @@ async fn put_in_tx(
         && let Some(seen) = db::find_put_request(conn, request_id).await?
     {
         if (seen.user_id.as_str(), seen.key.as_str()) != (user_id, key) {
-            return Err(with_reason(
+            return Ok(Err(with_reason(
                 Code::FailedPrecondition,
                 "REQUEST_ID_REUSED",
                 "request_id was already used for another secret",
                 &[("request_id", request_id.clone())],
-            ));
+            )));
         }
         // The answer the first call gave: the version it wrote, even if others came since.
-        let mut meta = db::metadata(conn, user_id, key)
-            .await?
-            .ok_or_else(|| Status::not_found("secret not found"))?;
+        let Some(mut meta) = db::metadata(conn, user_id, key).await? else {
+            return Ok(Err(Status::not_found("secret not found")));
+        };
         meta.head.current_version = seen.version;
-        return Ok((meta, Vec::new()));
+        return Ok(Ok(meta));
     }
     let now = now_us();
     let (version, created_us) =
@@ -67,16 +169,8 @@ async fn put_in_tx(
                 version,
                 created_us,
             } => (version, created_us),
-            NextVersion::Mismatch { current } => return Err(version_mismatch(current)),
+            NextVersion::Mismatch { current } => return Ok(Err(version_mismatch(current))),
         };
-
-    // Count the encryption on the primary data key in the same transaction.
-    let primary = db::count_encryptions(conn, 1).await?;
-    let data_key = vault
-        .keys
-        .get_or_load(&mut *conn, primary.id)
-        .await?
-        .ok_or_else(|| Status::internal("the primary data key cannot be loaded"))?;
     let row = RowRef {
         user_id,
         key,
@@ -93,7 +187,7 @@ async fn put_in_tx(
         conn,
         vault.db.dialect(),
         row,
-        primary.id,
+        primary_id,
         &ciphertext,
         now,
         (version - keep).max(0),
@@ -102,35 +196,19 @@ async fn put_in_tx(
     if let Some(request_id) = &request_id {
         db::insert_put_request(conn, request_id, row, now).await?;
     }
-    let mut entries = vec![
-        Entry::new(&caller, Action::Put.as_str(), target(user_id, key, version))
+    entries.push(
+        Entry::new(caller, Action::Put.as_str(), target(user_id, key, version))
             .request_id(request_id.unwrap_or_default())
-            .detail(format!("data_key={}", primary.id))
+            .detail(format!("data_key={primary_id}"))
             .digest(digest(&ciphertext)),
-    ];
+    );
     for pruned in stored.pruned {
         let pruned = target(user_id, key, pruned);
-        entries.push(gone(&caller, Action::Put, pruned, Gone::Pruned));
+        entries.push(gone(caller, Action::Put, pruned, Gone::Pruned));
     }
-    entries.push(current(&caller, Action::Put, user_id, key, version));
-
-    if primary.encryptions >= vault.limits.rotate_after {
-        let why = format!(
-            "automatic: data key {} reached {} encryptions",
-            primary.id, primary.encryptions
-        );
-        let (new_id, entry) = rotate_in_tx(vault, conn, &vault.self_id, &why).await?;
-        tracing::info!(
-            data_key = new_id,
-            previous = primary.id,
-            encryptions = primary.encryptions,
-            "data key rotated automatically"
-        );
-        vault.rewrap.wake();
-        entries.push(entry);
-    }
+    entries.push(current(caller, Action::Put, user_id, key, version));
     // The response from what this transaction knows.
-    let meta = SecretMeta {
+    Ok(Ok(SecretMeta {
         versions: stored.versions,
         user_id: user_id.to_owned(),
         key: key.to_owned(),
@@ -139,8 +217,7 @@ async fn put_in_tx(
             created_us,
             updated_us: now,
         },
-    };
-    Ok((meta, entries))
+    }))
 }
 
 fn version_mismatch(current: i64) -> Status {

@@ -23,11 +23,13 @@ pub(crate) use data_keys::{
     primary_data_key_id, retire_empty_keys, rewrap_data_key, stored_data_keys,
 };
 pub(crate) use grants::{GrantRow, grant, insert_grant, revoke_grant};
-pub(crate) use rewrap::{Rewrapped, StoredValue, attestations, stale_values, store_rewrapped};
+pub(crate) use rewrap::{
+    Rewrapped, RowKey, StoredValue, attestations, stale_values, store_rewrapped,
+};
 pub(crate) use secrets::{
-    GrantedRead, KeyHead, NextVersion, SecretMeta, destroy_version, find_put_request,
-    insert_put_request, list_secrets, metadata, next_version, read_granted, soft_delete_version,
-    store_version, touch_key,
+    GrantedRead, KeyHead, Lookup, NextVersion, SecretMeta, destroy_version, find_put_request,
+    insert_put_request, list_secrets, metadata, next_version, read_granted_many,
+    soft_delete_version, store_version, touch_key,
 };
 
 /// The vault's own tables (versions from 100; the audit tables' come first).

@@ -21,18 +21,44 @@ pub(crate) struct StoredValue {
     pub(crate) ciphertext: Vec<u8>,
 }
 
-/// Up to `limit` values not encrypted under the primary data key, read without a lock: the
-/// rewrap re-encrypts them outside the writer and [`store_rewrapped`] stores each only if the
-/// row still holds what was read.
+/// Where a rewrap pass has got to: the last row it read, in primary-key order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RowKey {
+    pub(crate) user_id: String,
+    pub(crate) key: String,
+    pub(crate) version: i64,
+}
+
+impl RowKey {
+    /// Before every row (user ids are never empty).
+    pub(crate) fn start() -> Self {
+        Self {
+            user_id: String::new(),
+            key: String::new(),
+            version: i64::MIN,
+        }
+    }
+}
+
+/// Up to `limit` values not encrypted under the primary data key, after `after` in
+/// primary-key order, read without a lock: the rewrap re-encrypts them outside the writer and
+/// [`store_rewrapped`] stores each only if the row still holds what was read. Walking the
+/// primary key from where the last batch ended reads each row once per pass, instead of
+/// stepping over every row already rewrapped again at each batch.
 pub(crate) async fn stale_values(
     conn: &mut AnyConnection,
+    after: &RowKey,
     limit: i64,
 ) -> Result<Vec<StoredValue>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT user_id, key, version, encrypted_value FROM user_vault \
-         WHERE encrypted_value IS NOT NULL AND data_key_id <> (SELECT id FROM data_keys WHERE state = 'primary') \
-         LIMIT $1",
+         WHERE (user_id, key, version) > ($1, $2, $3) AND encrypted_value IS NOT NULL \
+         AND data_key_id <> (SELECT id FROM data_keys WHERE state = 'primary') \
+         ORDER BY user_id, key, version LIMIT $4",
     )
+    .bind(after.user_id.as_str())
+    .bind(after.key.as_str())
+    .bind(after.version)
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?)
@@ -96,7 +122,8 @@ pub(crate) async fn store_rewrapped(
 }
 
 /// The newest audit record with a digest for each of `targets` that has one, with its target:
-/// one query per chunk of targets rather than one per row.
+/// one query per chunk of targets rather than one per row, each target's record found through
+/// the index on (target, seq).
 pub(crate) async fn attestations(
     pool: &AnyPool,
     targets: &[String],
@@ -104,13 +131,15 @@ pub(crate) async fn attestations(
     let mut found = Vec::with_capacity(targets.len());
     for chunk in targets.chunks(LOOKUP_CHUNK) {
         let params = (1..=chunk.len())
-            .map(|i| format!("${i}"))
+            .map(|i| format!("(CAST(${i} AS TEXT))"))
             .collect::<Vec<_>>()
             .join(", ");
         // Only placeholders are generated; every value is bound.
         let sql = format!(
-            "SELECT {} FROM audit_log a LEFT JOIN audit_log p ON p.seq = a.seq - 1 \
-             WHERE a.seq IN (SELECT MAX(seq) FROM audit_log WHERE target IN ({params}) AND digest IS NOT NULL GROUP BY target)",
+            "WITH t (target) AS (VALUES {params}) SELECT {} FROM t \
+             JOIN audit_log a ON a.seq = \
+               (SELECT MAX(seq) FROM audit_log WHERE target = t.target AND digest IS NOT NULL) \
+             LEFT JOIN audit_log p ON p.seq = a.seq - 1",
             orchestrator_audit::attested_columns!()
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));

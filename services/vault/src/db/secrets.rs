@@ -7,6 +7,7 @@ use orchestrator_fields::Page;
 use orchestrator_proto::timestamp as ts;
 use orchestrator_proto::vault::v1 as pb;
 use orchestrator_store::{Dialect, StoreError};
+use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Row};
 
 use super::Attestation;
@@ -468,7 +469,7 @@ pub(crate) struct LiveVersion {
     pub(crate) attestation: Attestation,
 }
 
-/// What [`read_granted`] found.
+/// What [`read_granted_many`] found for one read.
 #[derive(Debug)]
 pub(crate) enum GrantedRead {
     /// No live grant of the key to the project: nothing else was looked at.
@@ -481,49 +482,139 @@ pub(crate) enum GrantedRead {
     },
 }
 
-/// A read's whole lookup in one statement (one round trip, one snapshot): whether `key` of
-/// `user_id` is granted to `project_id`; if so, the newest live version of the key (`row.version`
-/// 0) or version `row.version` if it is live, with the newest audit record with a digest for it
-/// (`target_prefix`: the audit target of the key's versions without the number); and, for a
-/// read of the newest version, the newest audit record with a digest for the key as a whole
-/// (`key_target`: what [`crate::audit::key_target`] names it), which says its newest live
-/// version (none for a key written before such records existed).
-pub(crate) async fn read_granted(
-    pool: &AnyPool,
-    row: RowRef<'_>,
-    project_id: &str,
-    target_prefix: &str,
-    key_target: &str,
-) -> Result<GrantedRead, StoreError> {
-    // The grant subquery yields exactly one row, so the statement always returns one; the
-    // version and the records are joined only when the grant is live, so a refused read
-    // says nothing about the key.
-    const READ: &str = concat!(
-        "SELECT g.granted, v.version, v.encrypted_value, v.created_us, ",
-        orchestrator_audit::attested_columns!(a, p),
-        ", ",
-        orchestrator_audit::attested_columns!(k, kp),
-        " FROM (SELECT COUNT(*) AS granted FROM user_secret_grants \
-           WHERE user_id = $1 AND key = $2 AND project_id = $5 AND revoked_us IS NULL) g \
-         LEFT JOIN (SELECT version, encrypted_value, created_us FROM user_vault \
-           WHERE user_id = $1 AND key = $2 AND deleted_us IS NULL AND destroyed = 0 AND ($3 = 0 OR version = $3) \
-           ORDER BY version DESC LIMIT 1) v ON g.granted > 0 \
-         LEFT JOIN audit_log a ON a.seq = \
-           (SELECT MAX(seq) FROM audit_log WHERE target = $4 || CAST(v.version AS TEXT) AND digest IS NOT NULL) \
-         LEFT JOIN audit_log p ON p.seq = a.seq - 1 \
-         LEFT JOIN audit_log k ON g.granted > 0 AND $3 = 0 AND k.seq = \
-           (SELECT MAX(seq) FROM audit_log WHERE target = $6 AND digest IS NOT NULL) \
-         LEFT JOIN audit_log kp ON kp.seq = k.seq - 1"
+/// One read's lookup, owned so that it can wait for its batch: the key of `user_id` read for
+/// `project_id`, its newest live version (`version` 0) or version `version` if live;
+/// `target_prefix` is the audit target of the key's versions without the number,
+/// `key_target` what [`crate::audit::key_target`] names the key as a whole.
+#[derive(Debug, Clone)]
+pub(crate) struct Lookup {
+    pub(crate) user_id: String,
+    pub(crate) key: String,
+    pub(crate) version: i64,
+    pub(crate) project_id: String,
+    pub(crate) target_prefix: String,
+    pub(crate) key_target: String,
+}
+
+/// Parameters per lookup in [`read_granted_many`].
+const LOOKUP_PARAMS: usize = 7;
+
+/// Many reads' whole lookups in one statement (one round trip, one snapshot), answered in the
+/// order asked. For each: whether the key is granted to the project; if so, the newest live
+/// version of the key (`version` 0) or the version asked for if it is live, with the newest
+/// audit record with a digest for it; and, for a read of the newest version, the newest audit
+/// record with a digest for the key as a whole, which says its newest live version (none for a
+/// key written before such records existed). Concurrent reads share it (`crate::lookups`), so
+/// a busy vault sends the database one query per batch of reads instead of one per read.
+pub(crate) async fn read_granted_many(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    lookups: &[Lookup],
+) -> Result<Vec<GrantedRead>, StoreError> {
+    use std::fmt::Write as _;
+    if lookups.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The grant is counted per lookup, and the version and the records are looked at only when
+    // it is live, so a refused read says nothing about the key. Only placeholders are
+    // generated; every value is bound.
+    let mut sql = String::from(
+        "WITH r (i, user_id, key, version, prefix, project_id, key_target) AS (VALUES ",
     );
-    let found = sqlx::query(READ)
-        .bind(row.user_id)
-        .bind(row.key)
-        .bind(row.version)
-        .bind(target_prefix)
-        .bind(project_id)
-        .bind(key_target)
-        .fetch_one(pool)
-        .await?;
+    for n in 0..lookups.len() {
+        let p = n * LOOKUP_PARAMS;
+        let _ = write!(
+            sql,
+            "{}(CAST(${} AS BIGINT), CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT), \
+             CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS TEXT))",
+            if n == 0 { "" } else { ", " },
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6,
+            p + 7,
+        );
+    }
+    // PostgreSQL: each lookup's rows by index, a nested loop per lookup (LATERAL), whatever
+    // the table sizes. SQLite (no LATERAL) joins in nested loops anyway.
+    sql.push_str(match dialect {
+        Dialect::Postgres => concat!(
+            ") SELECT r.i, g.granted, v.version, v.encrypted_value, v.created_us, ",
+            orchestrator_audit::attested_columns!(a, p),
+            ", ",
+            orchestrator_audit::attested_columns!(k, kp),
+            " FROM r CROSS JOIN LATERAL (SELECT COUNT(*) AS granted FROM user_secret_grants s \
+               WHERE s.user_id = r.user_id AND s.key = r.key AND s.project_id = r.project_id \
+               AND s.revoked_us IS NULL) g \
+             LEFT JOIN LATERAL (SELECT x.version, x.encrypted_value, x.created_us FROM user_vault x \
+               WHERE g.granted > 0 AND x.user_id = r.user_id AND x.key = r.key \
+               AND x.deleted_us IS NULL AND x.destroyed = 0 AND (r.version = 0 OR x.version = r.version) \
+               ORDER BY x.version DESC LIMIT 1) v ON TRUE \
+             LEFT JOIN audit_log a ON a.seq = \
+               (SELECT MAX(seq) FROM audit_log WHERE target = r.prefix || CAST(v.version AS TEXT) AND digest IS NOT NULL) \
+             LEFT JOIN audit_log p ON p.seq = a.seq - 1 \
+             LEFT JOIN audit_log k ON g.granted > 0 AND r.version = 0 AND k.seq = \
+               (SELECT MAX(seq) FROM audit_log WHERE target = r.key_target AND digest IS NOT NULL) \
+             LEFT JOIN audit_log kp ON kp.seq = k.seq - 1"
+        ),
+        Dialect::Sqlite => concat!(
+            "), q AS (SELECT r.*, (SELECT COUNT(*) FROM user_secret_grants s \
+               WHERE s.user_id = r.user_id AND s.key = r.key AND s.project_id = r.project_id \
+               AND s.revoked_us IS NULL) AS granted FROM r) \
+             SELECT q.i, q.granted, v.version, v.encrypted_value, v.created_us, ",
+            orchestrator_audit::attested_columns!(a, p),
+            ", ",
+            orchestrator_audit::attested_columns!(k, kp),
+            " FROM q \
+             LEFT JOIN user_vault v ON q.granted > 0 AND v.user_id = q.user_id AND v.key = q.key \
+               AND v.version = (SELECT MAX(x.version) FROM user_vault x \
+                 WHERE x.user_id = q.user_id AND x.key = q.key AND x.deleted_us IS NULL \
+                 AND x.destroyed = 0 AND (q.version = 0 OR x.version = q.version)) \
+             LEFT JOIN audit_log a ON a.seq = \
+               (SELECT MAX(seq) FROM audit_log WHERE target = q.prefix || CAST(v.version AS TEXT) AND digest IS NOT NULL) \
+             LEFT JOIN audit_log p ON p.seq = a.seq - 1 \
+             LEFT JOIN audit_log k ON q.granted > 0 AND q.version = 0 AND k.seq = \
+               (SELECT MAX(seq) FROM audit_log WHERE target = q.key_target AND digest IS NOT NULL) \
+             LEFT JOIN audit_log kp ON kp.seq = k.seq - 1"
+        ),
+    });
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (i, l) in lookups.iter().enumerate() {
+        query = query
+            .bind(i as i64)
+            .bind(l.user_id.as_str())
+            .bind(l.key.as_str())
+            .bind(l.version)
+            .bind(l.target_prefix.as_str())
+            .bind(l.project_id.as_str())
+            .bind(l.key_target.as_str());
+    }
+    let mut answers: Vec<Option<GrantedRead>> = std::iter::repeat_with(|| None)
+        .take(lookups.len())
+        .collect();
+    for found in query.fetch_all(&mut *conn).await? {
+        let i = usize::try_from(found.try_get::<i64, _>("i")?)
+            .ok()
+            .filter(|i| *i < lookups.len())
+            .ok_or_else(missing_lookup)?;
+        answers[i] = Some(granted_read(found)?);
+    }
+    // Every lookup yields exactly one row (its grant count): a missing one is a bug, not a
+    // refusal.
+    answers
+        .into_iter()
+        .map(|a| a.ok_or_else(missing_lookup))
+        .collect()
+}
+
+fn missing_lookup() -> StoreError {
+    StoreError::Other("a read's lookup returned no row of its own".to_owned())
+}
+
+/// One lookup's row of [`read_granted_many`].
+fn granted_read(found: AnyRow) -> Result<GrantedRead, StoreError> {
     if found.try_get::<i64, _>("granted")? == 0 {
         return Ok(GrantedRead::NotGranted);
     }

@@ -26,6 +26,32 @@ async fn open(test_db: &TestDatabase) -> (Database, Ledger<tonic::Status>) {
     (db, ledger)
 }
 
+/// One read's lookup, alone in its statement.
+async fn read_granted(
+    db: &Database,
+    row: RowRef<'_>,
+    project_id: &str,
+    target_prefix: &str,
+    key_target: &str,
+) -> Result<GrantedRead, StoreError> {
+    let mut conn = db.pool().acquire().await?;
+    let asked = [lookup(row, project_id, target_prefix, key_target)];
+    let mut found = read_granted_many(&mut conn, db.dialect(), &asked).await?;
+    assert_eq!(found.len(), 1);
+    Ok(found.remove(0))
+}
+
+fn lookup(row: RowRef<'_>, project_id: &str, target_prefix: &str, key_target: &str) -> Lookup {
+    Lookup {
+        user_id: row.user_id.to_owned(),
+        key: row.key.to_owned(),
+        version: row.version,
+        project_id: project_id.to_owned(),
+        target_prefix: target_prefix.to_owned(),
+        key_target: key_target.to_owned(),
+    }
+}
+
 fn row<'a>(user_id: &'a str, key: &'a str, version: i64) -> RowRef<'a> {
     RowRef {
         user_id,
@@ -256,8 +282,7 @@ async fn reads_bring_the_newest_audit_record_of_their_row(test_db: TestDatabase)
     let prefix = "users/u/secrets/k/versions/";
     let whole = "users/u/secrets/k";
     let stored = |version: i64| format!("ct-u-k-{version}").into_bytes();
-    let read =
-        |wanted, project| read_granted(db.pool(), row("u", "k", wanted), project, prefix, whole);
+    let read = |wanted, project| read_granted(&db, row("u", "k", wanted), project, prefix, whole);
     let live = |wanted| async move {
         match read(wanted, "p").await? {
             GrantedRead::Granted { row, .. } => Ok::<_, StoreError>(row),
@@ -333,6 +358,73 @@ async fn reads_bring_the_newest_audit_record_of_their_row(test_db: TestDatabase)
     assert!(live(2).await.unwrap().is_none());
 }
 
+/// What a test compares of a lookup's answer: granted, and the version and ciphertext found.
+fn found(read: &GrantedRead) -> Option<Option<(i64, Option<Vec<u8>>)>> {
+    match read {
+        GrantedRead::NotGranted => None,
+        GrantedRead::Granted { row, .. } => Some(
+            row.as_ref()
+                .map(|row| (row.version, row.ciphertext.clone())),
+        ),
+    }
+}
+
+async fn many_reads_share_one_statement_each_answered_as_if_alone(test_db: TestDatabase) {
+    let (db, _) = open(&test_db).await;
+    {
+        let mut conn = db.pool().acquire().await.unwrap();
+        seed(&mut conn, "u", "k", 2).await;
+        seed(&mut conn, "u", "j", 1).await;
+        seed(&mut conn, "w", "k", 3).await;
+        insert_grant(&mut conn, "u", "k", "p", 5).await.unwrap();
+        insert_grant(&mut conn, "w", "k", "q", 5).await.unwrap();
+    }
+    let asked = [
+        (row("u", "k", 0), "p"),
+        (row("u", "j", 0), "p"), // not granted
+        (row("u", "k", 1), "p"),
+        (row("u", "k", 7), "p"), // no such version
+        (row("u", "k", 0), "q"), // granted to another project
+        (row("w", "k", 0), "q"),
+        (row("w", "k", 2), "q"),
+        (row("u", "k", 0), "p"), // twice in one batch
+    ];
+    let lookups: Vec<Lookup> = asked
+        .iter()
+        .map(|(row, project)| lookup(*row, project, "v/", "k"))
+        .collect();
+    let mut conn = db.pool().acquire().await.unwrap();
+    let together = read_granted_many(&mut conn, db.dialect(), &lookups)
+        .await
+        .unwrap();
+    assert_eq!(together.len(), asked.len());
+    let mut alone = Vec::new();
+    for (row, project) in asked {
+        alone.push(found(
+            &read_granted(&db, row, project, "v/", "k").await.unwrap(),
+        ));
+    }
+    assert_eq!(together.iter().map(found).collect::<Vec<_>>(), alone);
+    let ct = |user: &str, key: &str, v: i64| {
+        Some(Some((v, Some(format!("ct-{user}-{key}-{v}").into_bytes()))))
+    };
+    assert_eq!(
+        alone,
+        [
+            ct("u", "k", 2),
+            None,
+            ct("u", "k", 1),
+            Some(None),
+            None,
+            ct("w", "k", 3),
+            ct("w", "k", 2),
+            ct("u", "k", 2)
+        ]
+    );
+    let none = read_granted_many(&mut conn, db.dialect(), &[]).await;
+    assert!(none.unwrap().is_empty());
+}
+
 async fn data_keys_rotate_rewrap_and_retire(test_db: TestDatabase) {
     let (db, _) = open(&test_db).await;
     let mut tx = db.begin_write().await.unwrap();
@@ -362,9 +454,23 @@ async fn data_keys_rotate_rewrap_and_retire(test_db: TestDatabase) {
         .unwrap();
     assert_eq!(primary_data_key_id(conn).await.unwrap(), 2);
 
-    let stale = stale_values(conn, 2).await.unwrap();
+    let start = RowKey::start();
+    let stale = stale_values(conn, &start, 2).await.unwrap();
     assert_eq!(stale.len(), 2, "the limit holds");
-    let stale = stale_values(conn, 10).await.unwrap();
+    let last = &stale[1];
+    let after = RowKey {
+        user_id: last.user_id.clone(),
+        key: last.key.clone(),
+        version: last.version,
+    };
+    let rest = stale_values(conn, &after, 10).await.unwrap();
+    assert_eq!(
+        rest.len(),
+        1,
+        "the next batch starts after the last row read"
+    );
+    assert!(rest[0].version > last.version);
+    let stale = stale_values(conn, &start, 10).await.unwrap();
     assert_eq!(stale.len(), 3);
     assert!(stale.iter().all(|r| r.ciphertext.starts_with(b"ct-u-k-")));
     let mut rewrapped: Vec<Rewrapped> = stale
@@ -381,7 +487,7 @@ async fn data_keys_rotate_rewrap_and_retire(test_db: TestDatabase) {
         .await
         .unwrap();
     assert_eq!(stored.len(), 2);
-    assert_eq!(stale_values(conn, 10).await.unwrap().len(), 1);
+    assert_eq!(stale_values(conn, &start, 10).await.unwrap().len(), 1);
     // A row changed since it was read (a Put, a delete, another replica) is left as it is.
     let read = std::mem::replace(&mut rewrapped[2].old, b"changed since".to_vec());
     assert!(
@@ -390,7 +496,7 @@ async fn data_keys_rotate_rewrap_and_retire(test_db: TestDatabase) {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(stale_values(conn, 10).await.unwrap().len(), 1);
+    assert_eq!(stale_values(conn, &start, 10).await.unwrap().len(), 1);
     rewrapped[2].old = read;
     let stored = store_rewrapped(conn, db.dialect(), 2, &rewrapped[2..])
         .await
@@ -403,7 +509,7 @@ async fn data_keys_rotate_rewrap_and_retire(test_db: TestDatabase) {
             rewrapped[2].version
         )]
     );
-    assert!(stale_values(conn, 10).await.unwrap().is_empty());
+    assert!(stale_values(conn, &start, 10).await.unwrap().is_empty());
 
     // The master key changes only if it is still the one the caller saw.
     rewrap_data_key(conn, 1, "m9", wrapping("m2", b"x"))
@@ -463,9 +569,9 @@ async fn grants_are_per_user_key_and_project_and_revocable(test_db: TestDatabase
     let (db, _) = open(&test_db).await;
     let mut conn = db.pool().acquire().await.unwrap();
     let conn = &mut *conn;
-    let pool = db.pool();
+    let db = &db;
     let live = |user, key, project| async move {
-        let read = read_granted(pool, row(user, key, 0), project, "v/", "k").await?;
+        let read = read_granted(db, row(user, key, 0), project, "v/", "k").await?;
         Ok::<_, StoreError>(matches!(read, GrantedRead::Granted { .. }))
     };
     assert!(grant(conn, "u1", "do", "p1").await.unwrap().is_none());
@@ -511,6 +617,7 @@ orchestrator_store::on_both_dialects!(
     put_requests_remember_what_they_wrote,
     lists_page_by_key_with_each_keys_versions,
     reads_bring_the_newest_audit_record_of_their_row,
+    many_reads_share_one_statement_each_answered_as_if_alone,
     data_keys_rotate_rewrap_and_retire,
     grants_are_per_user_key_and_project_and_revocable,
 );

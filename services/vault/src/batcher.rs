@@ -1,0 +1,122 @@
+//! Concurrent requests gathered into shared batches: the requests that arrive while one
+//! batch runs go together in the next, so a busy vault pays a batch's fixed cost (a statement,
+//! a round trip, a savepoint) once for many requests, and an idle vault runs each request at
+//! once, alone. Reads' lookups and Puts go through one each.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+type Job<Req, Resp> = (Req, oneshot::Sender<Resp>);
+
+/// The handle requests are sent through; cloning it shares the batches.
+pub(crate) struct Batcher<Req, Resp> {
+    jobs: mpsc::Sender<Job<Req, Resp>>,
+}
+
+impl<Req, Resp> Clone for Batcher<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self {
+            jobs: self.jobs.clone(),
+        }
+    }
+}
+
+impl<Req, Resp> std::fmt::Debug for Batcher<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher").finish_non_exhaustive()
+    }
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
+    /// Starts the task that runs batches of at most `max` requests through `run`, one batch at
+    /// a time (one at a time makes the largest batches, and measured best: the database and
+    /// the vault share the machine's cores). `run` answers each request of its batch, in order.
+    pub(crate) fn start<F, Fut>(max: usize, run: F) -> Self
+    where
+        F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Resp>> + Send + 'static,
+    {
+        let (jobs, rx) = mpsc::channel(16 * max);
+        tokio::spawn(gather(max, rx, run));
+        Self { jobs }
+    }
+
+    /// `req`'s answer, from a batch it may share; `None` if the batcher stopped (the process
+    /// is stopping) or its batch gave no answer for it.
+    pub(crate) async fn call(&self, req: Req) -> Option<Resp> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs.send((req, tx)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+async fn gather<Req, Resp, F, Fut>(max: usize, mut rx: mpsc::Receiver<Job<Req, Resp>>, run: F)
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<Resp>> + Send + 'static,
+{
+    let running = Arc::new(Semaphore::new(1));
+    while let Some(first) = rx.recv().await {
+        // Gathered only once the batch may start: whatever arrives while the running batch
+        // waits for the database joins this one.
+        let Ok(permit) = running.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (reqs, replies): (Vec<Req>, Vec<oneshot::Sender<Resp>>) = batch.into_iter().unzip();
+        let answers = run(reqs);
+        tokio::spawn(async move {
+            for (reply, answer) in replies.into_iter().zip(answers.await) {
+                drop(reply.send(answer));
+            }
+            drop(permit);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_that_wait_share_a_batch_and_each_gets_its_own_answer() {
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let batcher = Batcher::start(8, move |reqs: Vec<u32>| {
+            seen.lock().unwrap().push(reqs.len());
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                reqs.into_iter().map(|r| r * 10).collect::<Vec<_>>()
+            }
+        });
+        let calls = (0..20).map(|i| {
+            let batcher = batcher.clone();
+            async move { batcher.call(i).await }
+        });
+        let answers = futures::future::join_all(calls).await;
+        assert_eq!(answers, (0..20).map(|i| Some(i * 10)).collect::<Vec<_>>());
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 20);
+        assert!(sizes.iter().all(|n| *n <= 8), "{sizes:?}");
+        assert!(
+            sizes.len() < 20,
+            "no two requests shared a batch: {sizes:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_answers_too_few_leaves_the_rest_without_an_answer() {
+        let batcher = Batcher::start(4, |_reqs: Vec<u32>| async { Vec::<u32>::new() });
+        assert_eq!(batcher.call(1).await, None);
+    }
+}
