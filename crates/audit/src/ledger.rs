@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use base64::Engine as _;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use orchestrator_store::{Database, Dialect, StoreError, now_us};
@@ -86,7 +87,7 @@ enum Job {
 /// Most requests one transaction carries; more wait for the next one.
 const MAX_BATCH: usize = 256;
 /// Records per INSERT statement on SQLite (10 parameters each, far below its limit).
-/// PostgreSQL takes a whole batch in one statement (2,564 parameters at most, of 65,535).
+/// PostgreSQL takes a whole batch in one statement (one JSON parameter).
 const INSERT_CHUNK: usize = 100;
 
 /// Appends audit records, and runs the changes they describe, in shared transactions. `E` is
@@ -342,16 +343,15 @@ impl Writer {
             return Ok(None);
         };
         let (records, new_head) = self.chain(&head, entries.to_vec());
-        let sql = append_statement(records.len(), true);
-        let query = bind_records(
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(new_head.0)
-                .bind(new_head.1.clone())
-                .bind(head.0)
-                .bind(head.1),
-            &records,
-        );
-        let appended = query.execute(self.db.pool()).await?.rows_affected();
+        let appended = sqlx::query(APPEND_IF_HEAD)
+            .bind(new_head.0)
+            .bind(new_head.1.clone())
+            .bind(records_json(&records))
+            .bind(head.0)
+            .bind(head.1)
+            .execute(self.db.pool())
+            .await?
+            .rows_affected();
         if appended == records.len() as u64 {
             Ok(Some(new_head))
         } else {
@@ -497,21 +497,19 @@ impl Writer {
         }
         let (records, new_head) = self.chain(&head, entries);
         if self.db.dialect() == Dialect::Postgres {
-            let sql = append_statement(records.len(), false);
-            let query = bind_records(
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(new_head.0)
-                    .bind(new_head.1.clone()),
-                &records,
-            );
-            query.execute(&mut *conn).await?;
+            sqlx::query(APPEND)
+                .bind(new_head.0)
+                .bind(new_head.1.clone())
+                .bind(records_json(&records))
+                .execute(&mut *conn)
+                .await?;
             return Ok(new_head);
         }
         for chunk in records.chunks(INSERT_CHUNK) {
             let mut sql = String::from(
                 "INSERT INTO audit_log (seq, at_us, caller, method, target, outcome, request_id, detail, digest, mac) VALUES ",
             );
-            push_values(&mut sql, chunk.len(), 0);
+            push_values(&mut sql, chunk.len());
             bind_records(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk)
                 .execute(&mut *conn)
                 .await?;
@@ -530,11 +528,11 @@ type Chained = (Record, Vec<u8>);
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
-/// `(${p+1}, ..., ${p+10}), ...` for `rows` records, their parameters numbered after `p`.
-fn push_values(sql: &mut String, rows: usize, p: usize) {
+/// `($1, ..., $10), ($11, ...` for `rows` records.
+fn push_values(sql: &mut String, rows: usize) {
     use std::fmt::Write as _;
     for i in 0..rows {
-        let p = p + i * 10;
+        let p = i * 10;
         if i > 0 {
             sql.push_str(", ");
         }
@@ -555,28 +553,61 @@ fn push_values(sql: &mut String, rows: usize, p: usize) {
     }
 }
 
-/// PostgreSQL: one statement that moves the head to `($1, $2)` and appends `rows` records
-/// (parameters from `$3`, or from `$5` when `cas`). With `cas` the head moves only if it is
-/// still `($3, $4)`, and the records are inserted only if it moved: all or nothing, and the
-/// affected-row count says which.
-fn append_statement(rows: usize, cas: bool) -> String {
-    let mut sql = String::from(if cas {
-        "WITH head AS (UPDATE audit_head SET seq = $1, mac = $2 \
-         WHERE id = 1 AND seq = $3 AND mac = $4 RETURNING seq) "
-    } else {
-        "WITH head AS (UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1 RETURNING seq) "
-    });
-    sql.push_str(
-        "INSERT INTO audit_log (seq, at_us, caller, method, target, outcome, request_id, detail, digest, mac) \
-         SELECT r.* FROM (VALUES ",
-    );
-    push_values(&mut sql, rows, if cas { 4 } else { 2 });
-    sql.push_str(
-        ") AS r (seq, at_us, caller, method, target, outcome, request_id, detail, digest, mac) \
-         WHERE EXISTS (SELECT 1 FROM head)",
-    );
-    sql
+/// PostgreSQL: the records of a batch as one JSON document (`[{"seq": .., "mac": base64},
+/// ..]`), so that the append is one statement of the same text whatever the batch's size:
+/// parsed and planned once per connection, instead of once per batch size (which, with
+/// batches of 1 to 256 records, kept every connection's statement cache cold).
+fn records_json(records: &[Chained]) -> String {
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let rows: Vec<serde_json::Value> = records
+        .iter()
+        .map(|(record, mac)| {
+            serde_json::json!({
+                "seq": record.seq,
+                "at_us": record.at_us,
+                "caller": record.entry.caller,
+                "method": record.entry.method,
+                "target": record.entry.target,
+                "outcome": record.entry.outcome,
+                "request_id": record.entry.request_id,
+                "detail": record.entry.detail,
+                "digest": record.entry.digest.as_deref().map(b64),
+                "mac": b64(mac),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
 }
+
+/// The records of `$3` (see [`records_json`]) as rows, for an `INSERT ... SELECT`.
+macro_rules! json_records {
+    () => {
+        "SELECT r.seq, r.at_us, r.caller, r.method, r.target, r.outcome, r.request_id, r.detail, \
+           decode(r.digest, 'base64'), decode(r.mac, 'base64') \
+         FROM json_to_recordset(CAST($3 AS json)) AS r (seq BIGINT, at_us BIGINT, caller TEXT, \
+           method TEXT, target TEXT, outcome TEXT, request_id TEXT, detail TEXT, digest TEXT, mac TEXT)"
+    };
+}
+
+/// PostgreSQL, inside a transaction that locked the head: moves the head to `($1, $2)` and
+/// appends the records of `$3`, in one statement.
+const APPEND: &str = concat!(
+    "WITH head AS (UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1 RETURNING seq) \
+     INSERT INTO audit_log (seq, at_us, caller, method, target, outcome, request_id, detail, digest, mac) ",
+    json_records!(),
+    " WHERE EXISTS (SELECT 1 FROM head)"
+);
+
+/// PostgreSQL, in its own implicit transaction: [`APPEND`] only if the head is still
+/// `($4, $5)`; the records are inserted only if the head moved, all or nothing, and the
+/// affected-row count says which.
+const APPEND_IF_HEAD: &str = concat!(
+    "WITH head AS (UPDATE audit_head SET seq = $1, mac = $2 \
+       WHERE id = 1 AND seq = $4 AND mac = $5 RETURNING seq) \
+     INSERT INTO audit_log (seq, at_us, caller, method, target, outcome, request_id, detail, digest, mac) ",
+    json_records!(),
+    " WHERE EXISTS (SELECT 1 FROM head)"
+);
 
 /// Binds each record's ten columns, in [`push_values`]' order. Only placeholders are
 /// generated into the SQL; every value is bound.

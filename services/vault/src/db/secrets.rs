@@ -496,6 +496,55 @@ pub(crate) struct Lookup {
     pub(crate) key_target: String,
 }
 
+/// PostgreSQL: the lookups of `$1` (a JSON array of objects), each row found by index in a
+/// nested loop of its own (every join LATERAL with a LIMIT, so no estimate of the batch's size
+/// can turn one into a hash join over a whole table).
+const READ_GRANTED_PG: &str = concat!(
+    "WITH r AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) AS r (i BIGINT, user_id TEXT, \
+       key TEXT, version BIGINT, prefix TEXT, project_id TEXT, key_target TEXT)) \
+     SELECT r.i, g.granted, v.version, v.encrypted_value, v.created_us, ",
+    orchestrator_audit::attested_columns!(a, p),
+    ", ",
+    orchestrator_audit::attested_columns!(k, kp),
+    " FROM r CROSS JOIN LATERAL (SELECT COUNT(*) AS granted FROM user_secret_grants s \
+       WHERE s.user_id = r.user_id AND s.key = r.key AND s.project_id = r.project_id \
+       AND s.revoked_us IS NULL) g \
+     LEFT JOIN LATERAL (SELECT x.version, x.encrypted_value, x.created_us FROM user_vault x \
+       WHERE g.granted > 0 AND x.user_id = r.user_id AND x.key = r.key \
+       AND x.deleted_us IS NULL AND x.destroyed = 0 AND (r.version = 0 OR x.version = r.version) \
+       ORDER BY x.version DESC LIMIT 1) v ON TRUE \
+     LEFT JOIN LATERAL (SELECT * FROM audit_log \
+       WHERE target = r.prefix || CAST(v.version AS TEXT) AND digest IS NOT NULL \
+       ORDER BY seq DESC LIMIT 1) a ON TRUE \
+     LEFT JOIN LATERAL (SELECT mac FROM audit_log WHERE seq = a.seq - 1 LIMIT 1) p ON TRUE \
+     LEFT JOIN LATERAL (SELECT * FROM audit_log \
+       WHERE g.granted > 0 AND r.version = 0 AND target = r.key_target AND digest IS NOT NULL \
+       ORDER BY seq DESC LIMIT 1) k ON TRUE \
+     LEFT JOIN LATERAL (SELECT mac FROM audit_log WHERE seq = k.seq - 1 LIMIT 1) kp ON TRUE"
+);
+
+/// SQLite (no LATERAL; it joins in nested loops anyway): what follows the lookups' `VALUES`.
+const READ_GRANTED_SQLITE: &str = concat!(
+    "), q AS (SELECT r.*, (SELECT COUNT(*) FROM user_secret_grants s \
+       WHERE s.user_id = r.user_id AND s.key = r.key AND s.project_id = r.project_id \
+       AND s.revoked_us IS NULL) AS granted FROM r) \
+     SELECT q.i, q.granted, v.version, v.encrypted_value, v.created_us, ",
+    orchestrator_audit::attested_columns!(a, p),
+    ", ",
+    orchestrator_audit::attested_columns!(k, kp),
+    " FROM q \
+     LEFT JOIN user_vault v ON q.granted > 0 AND v.user_id = q.user_id AND v.key = q.key \
+       AND v.version = (SELECT MAX(x.version) FROM user_vault x \
+         WHERE x.user_id = q.user_id AND x.key = q.key AND x.deleted_us IS NULL \
+         AND x.destroyed = 0 AND (q.version = 0 OR x.version = q.version)) \
+     LEFT JOIN audit_log a ON a.seq = \
+       (SELECT MAX(seq) FROM audit_log WHERE target = q.prefix || CAST(v.version AS TEXT) AND digest IS NOT NULL) \
+     LEFT JOIN audit_log p ON p.seq = a.seq - 1 \
+     LEFT JOIN audit_log k ON q.granted > 0 AND q.version = 0 AND k.seq = \
+       (SELECT MAX(seq) FROM audit_log WHERE target = q.key_target AND digest IS NOT NULL) \
+     LEFT JOIN audit_log kp ON kp.seq = k.seq - 1"
+);
+
 /// Parameters per lookup in [`read_granted_many`].
 const LOOKUP_PARAMS: usize = 7;
 
@@ -511,90 +560,76 @@ pub(crate) async fn read_granted_many(
     dialect: Dialect,
     lookups: &[Lookup],
 ) -> Result<Vec<GrantedRead>, StoreError> {
-    use std::fmt::Write as _;
     if lookups.is_empty() {
         return Ok(Vec::new());
     }
     // The grant is counted per lookup, and the version and the records are looked at only when
-    // it is live, so a refused read says nothing about the key. Only placeholders are
-    // generated; every value is bound.
-    let mut sql = String::from(
-        "WITH r (i, user_id, key, version, prefix, project_id, key_target) AS (VALUES ",
-    );
-    for n in 0..lookups.len() {
-        let p = n * LOOKUP_PARAMS;
-        let _ = write!(
-            sql,
-            "{}(CAST(${} AS BIGINT), CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT), \
-             CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS TEXT))",
-            if n == 0 { "" } else { ", " },
-            p + 1,
-            p + 2,
-            p + 3,
-            p + 4,
-            p + 5,
-            p + 6,
-            p + 7,
-        );
-    }
-    // PostgreSQL: each lookup's rows by index, a nested loop per lookup (LATERAL), whatever
-    // the table sizes. SQLite (no LATERAL) joins in nested loops anyway.
-    sql.push_str(match dialect {
-        Dialect::Postgres => concat!(
-            ") SELECT r.i, g.granted, v.version, v.encrypted_value, v.created_us, ",
-            orchestrator_audit::attested_columns!(a, p),
-            ", ",
-            orchestrator_audit::attested_columns!(k, kp),
-            " FROM r CROSS JOIN LATERAL (SELECT COUNT(*) AS granted FROM user_secret_grants s \
-               WHERE s.user_id = r.user_id AND s.key = r.key AND s.project_id = r.project_id \
-               AND s.revoked_us IS NULL) g \
-             LEFT JOIN LATERAL (SELECT x.version, x.encrypted_value, x.created_us FROM user_vault x \
-               WHERE g.granted > 0 AND x.user_id = r.user_id AND x.key = r.key \
-               AND x.deleted_us IS NULL AND x.destroyed = 0 AND (r.version = 0 OR x.version = r.version) \
-               ORDER BY x.version DESC LIMIT 1) v ON TRUE \
-             LEFT JOIN audit_log a ON a.seq = \
-               (SELECT MAX(seq) FROM audit_log WHERE target = r.prefix || CAST(v.version AS TEXT) AND digest IS NOT NULL) \
-             LEFT JOIN audit_log p ON p.seq = a.seq - 1 \
-             LEFT JOIN audit_log k ON g.granted > 0 AND r.version = 0 AND k.seq = \
-               (SELECT MAX(seq) FROM audit_log WHERE target = r.key_target AND digest IS NOT NULL) \
-             LEFT JOIN audit_log kp ON kp.seq = k.seq - 1"
-        ),
-        Dialect::Sqlite => concat!(
-            "), q AS (SELECT r.*, (SELECT COUNT(*) FROM user_secret_grants s \
-               WHERE s.user_id = r.user_id AND s.key = r.key AND s.project_id = r.project_id \
-               AND s.revoked_us IS NULL) AS granted FROM r) \
-             SELECT q.i, q.granted, v.version, v.encrypted_value, v.created_us, ",
-            orchestrator_audit::attested_columns!(a, p),
-            ", ",
-            orchestrator_audit::attested_columns!(k, kp),
-            " FROM q \
-             LEFT JOIN user_vault v ON q.granted > 0 AND v.user_id = q.user_id AND v.key = q.key \
-               AND v.version = (SELECT MAX(x.version) FROM user_vault x \
-                 WHERE x.user_id = q.user_id AND x.key = q.key AND x.deleted_us IS NULL \
-                 AND x.destroyed = 0 AND (q.version = 0 OR x.version = q.version)) \
-             LEFT JOIN audit_log a ON a.seq = \
-               (SELECT MAX(seq) FROM audit_log WHERE target = q.prefix || CAST(v.version AS TEXT) AND digest IS NOT NULL) \
-             LEFT JOIN audit_log p ON p.seq = a.seq - 1 \
-             LEFT JOIN audit_log k ON q.granted > 0 AND q.version = 0 AND k.seq = \
-               (SELECT MAX(seq) FROM audit_log WHERE target = q.key_target AND digest IS NOT NULL) \
-             LEFT JOIN audit_log kp ON kp.seq = k.seq - 1"
-        ),
-    });
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (i, l) in lookups.iter().enumerate() {
-        query = query
-            .bind(i as i64)
-            .bind(l.user_id.as_str())
-            .bind(l.key.as_str())
-            .bind(l.version)
-            .bind(l.target_prefix.as_str())
-            .bind(l.project_id.as_str())
-            .bind(l.key_target.as_str());
-    }
+    // it is live, so a refused read says nothing about the key.
+    let found = match dialect {
+        // One statement text whatever the batch's size (the lookups as one JSON parameter): it
+        // is parsed and planned once per connection, where a statement per batch size was
+        // planned at nearly every execution, at several times the cost of running it.
+        Dialect::Postgres => {
+            let rows: Vec<serde_json::Value> = lookups
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    serde_json::json!({
+                        "i": i,
+                        "user_id": l.user_id,
+                        "key": l.key,
+                        "version": l.version,
+                        "prefix": l.target_prefix,
+                        "project_id": l.project_id,
+                        "key_target": l.key_target,
+                    })
+                })
+                .collect();
+            sqlx::query(READ_GRANTED_PG)
+                .bind(serde_json::Value::Array(rows).to_string())
+                .fetch_all(&mut *conn)
+                .await?
+        }
+        Dialect::Sqlite => {
+            use std::fmt::Write as _;
+            // Only placeholders are generated; every value is bound.
+            let mut sql = String::from(
+                "WITH r (i, user_id, key, version, prefix, project_id, key_target) AS (VALUES ",
+            );
+            for n in 0..lookups.len() {
+                let p = n * LOOKUP_PARAMS;
+                let _ = write!(
+                    sql,
+                    "{}(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    if n == 0 { "" } else { ", " },
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7,
+                );
+            }
+            sql.push_str(READ_GRANTED_SQLITE);
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (i, l) in lookups.iter().enumerate() {
+                query = query
+                    .bind(i as i64)
+                    .bind(l.user_id.as_str())
+                    .bind(l.key.as_str())
+                    .bind(l.version)
+                    .bind(l.target_prefix.as_str())
+                    .bind(l.project_id.as_str())
+                    .bind(l.key_target.as_str());
+            }
+            query.fetch_all(&mut *conn).await?
+        }
+    };
     let mut answers: Vec<Option<GrantedRead>> = std::iter::repeat_with(|| None)
         .take(lookups.len())
         .collect();
-    for found in query.fetch_all(&mut *conn).await? {
+    for found in found {
         let i = usize::try_from(found.try_get::<i64, _>("i")?)
             .ok()
             .filter(|i| *i < lookups.len())
