@@ -4,7 +4,9 @@
 use orchestrator_audit::Entry;
 use orchestrator_proto::vault::v1 as pb;
 use orchestrator_status::with_reason;
-use orchestrator_store::now_us;
+use std::collections::{HashMap, HashSet};
+
+use orchestrator_store::{Dialect, now_us};
 use sqlx::AnyConnection;
 use tonic::{Code, Status};
 
@@ -93,20 +95,40 @@ async fn puts_in_tx(
         .get_or_load(&mut *conn, primary.id)
         .await?
         .ok_or_else(|| Status::internal("the primary data key cannot be loaded"))?;
+    // PostgreSQL: the versions of the plain Puts (no check-and-set, no request id, each key
+    // once) taken in one statement for the batch; the others take theirs one by one below.
+    let now = now_us();
+    let mut taken = HashMap::new();
+    if vault.db.dialect() == Dialect::Postgres {
+        let mut plain = Vec::new();
+        let mut seen = HashSet::new();
+        for (_, put) in &puts {
+            let name = (put.name.user_id.as_str(), put.name.key.as_str());
+            if put.expected_version.is_none() && put.request_id.is_none() && seen.insert(name) {
+                plain.push(name);
+            }
+        }
+        if plain.len() > 1 {
+            for (user_id, key, version, created_us) in db::next_versions(conn, &plain, now).await? {
+                taken.insert((user_id, key), (version, created_us));
+            }
+        }
+    }
     let mut answers = Vec::with_capacity(puts.len());
     let mut entries = Vec::new();
     for (caller, put) in puts {
-        answers.push(
-            put_one(
-                vault,
-                conn,
-                &caller,
-                put,
-                (primary.id, &data_key),
-                &mut entries,
-            )
-            .await?,
+        let name = (
+            put.name.user_id.as_str().to_owned(),
+            put.name.key.as_str().to_owned(),
         );
+        let version = taken.remove(&name);
+        let sealing = Sealing {
+            primary_id: primary.id,
+            data_key: &data_key,
+            now,
+        };
+        let answer = put_one(vault, conn, &caller, put, &sealing, version, &mut entries).await?;
+        answers.push(answer);
     }
     let rotated = primary.encryptions >= vault.limits.rotate_after;
     if rotated {
@@ -126,17 +148,30 @@ async fn puts_in_tx(
     Ok(((answers, rotated), entries))
 }
 
-/// One Put of a batch, sealed under the primary data key `primary`: `Ok(Err)` is a refusal,
-/// decided before anything changed; `Err` a failure of the transaction. Its audit entries go
-/// into `entries`.
+/// What a batch's Puts are sealed with: the primary data key, and the batch's time.
+struct Sealing<'a> {
+    primary_id: i64,
+    data_key: &'a DataKey,
+    now: i64,
+}
+
+/// One Put of a batch, sealed as `sealing` says, with the version (and the key's creation
+/// time) the batch already took for it, if any: `Ok(Err)` is a refusal, decided before
+/// anything changed; `Err` a failure of the transaction. Its audit entries go into `entries`.
 async fn put_one(
     vault: &Vault,
     conn: &mut AnyConnection,
     caller: &str,
     put: PutSecret,
-    (primary_id, data_key): (i64, &DataKey),
+    sealing: &Sealing<'_>,
+    taken: Option<(i64, i64)>,
     entries: &mut Vec<Entry>,
 ) -> Result<Result<SecretMeta, Status>, Status> {
+    let Sealing {
+        primary_id,
+        data_key,
+        now,
+    } = *sealing;
     let PutSecret {
         request_id,
         name,
@@ -162,15 +197,16 @@ async fn put_one(
         meta.head.current_version = seen.version;
         return Ok(Ok(meta));
     }
-    let now = now_us();
-    let (version, created_us) =
-        match db::next_version(conn, user_id, key, expected_version, now).await? {
+    let (version, created_us) = match taken {
+        Some(taken) => taken,
+        None => match db::next_version(conn, user_id, key, expected_version, now).await? {
             NextVersion::Taken {
                 version,
                 created_us,
             } => (version, created_us),
             NextVersion::Mismatch { current } => return Ok(Err(version_mismatch(current))),
-        };
+        },
+    };
     let row = RowRef {
         user_id,
         key,

@@ -28,7 +28,7 @@ pub(crate) use rewrap::{
 };
 pub(crate) use secrets::{
     GrantedRead, KeyHead, Lookup, NextVersion, SecretMeta, destroy_version, find_put_request,
-    insert_put_request, list_secrets, metadata, next_version, read_granted_many,
+    insert_put_request, list_secrets, metadata, next_version, next_versions, read_granted_many,
     soft_delete_version, store_version, touch_key,
 };
 

@@ -241,6 +241,32 @@ pub(crate) async fn next_version(
     })
 }
 
+/// PostgreSQL: the next version of each of `keys` (user id, key; no key twice), taken
+/// unconditionally as [`next_version`] does with no expected version, in one statement for
+/// the batch: the version each takes and when its key was created.
+pub(crate) async fn next_versions(
+    conn: &mut AnyConnection,
+    keys: &[(&str, &str)],
+    now: i64,
+) -> Result<Vec<(String, String, i64, i64)>, StoreError> {
+    // One statement text whatever the number of keys (a JSON parameter); each key's row is
+    // found through the unique index the conflict checks.
+    const UPSERT_MANY: &str = "INSERT INTO user_vault_keys (user_id, key, current_version, created_us, updated_us) \
+         SELECT r.user_id, r.key, 1, $2, $2 FROM json_to_recordset(CAST($1 AS json)) AS r (user_id TEXT, key TEXT) \
+         ON CONFLICT (user_id, key) DO UPDATE SET \
+         current_version = user_vault_keys.current_version + 1, updated_us = $2 \
+         RETURNING user_id, key, current_version, created_us";
+    let json: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|(user_id, key)| serde_json::json!({"user_id": user_id, "key": key}))
+        .collect();
+    Ok(sqlx::query_as(UPSERT_MANY)
+        .bind(serde_json::Value::Array(json).to_string())
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?)
+}
+
 /// What [`store_version`] did: the key's kept versions after it, newest first, and the
 /// versions it pruned.
 #[derive(Debug)]
