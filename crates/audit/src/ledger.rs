@@ -509,7 +509,7 @@ impl Writer {
             let mut sql = String::from(
                 "INSERT INTO audit_log (seq, at_us, caller, method, target, outcome, request_id, detail, digest, mac) VALUES ",
             );
-            push_values(&mut sql, chunk.len());
+            sql.push_str(&orchestrator_store::placeholder_rows(chunk.len(), 10));
             bind_records(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk)
                 .execute(&mut *conn)
                 .await?;
@@ -527,31 +527,6 @@ impl Writer {
 type Chained = (Record, Vec<u8>);
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
-
-/// `($1, ..., $10), ($11, ...` for `rows` records.
-fn push_values(sql: &mut String, rows: usize) {
-    use std::fmt::Write as _;
-    for i in 0..rows {
-        let p = i * 10;
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        let _ = write!(
-            sql,
-            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-            p + 1,
-            p + 2,
-            p + 3,
-            p + 4,
-            p + 5,
-            p + 6,
-            p + 7,
-            p + 8,
-            p + 9,
-            p + 10
-        );
-    }
-}
 
 /// PostgreSQL: the records of a batch as one JSON document (`[{"seq": .., "mac": base64},
 /// ..]`), so that the append is one statement of the same text whatever the batch's size:
@@ -609,7 +584,7 @@ const APPEND_IF_HEAD: &str = concat!(
     " WHERE EXISTS (SELECT 1 FROM head)"
 );
 
-/// Binds each record's ten columns, in [`push_values`]' order. Only placeholders are
+/// Binds each record's ten columns, in the `INSERT`'s order. Only placeholders are
 /// generated into the SQL; every value is bound.
 fn bind_records<'q>(mut query: AnyQuery<'q>, records: &[Chained]) -> AnyQuery<'q> {
     for (record, mac) in records {

@@ -22,6 +22,18 @@ async fn ledger() -> (TestDatabase, Database, Ledger<tonic::Status>) {
     (test, db, ledger)
 }
 
+/// A fresh PostgreSQL database with the audit tables, as the ledger's owner.
+async fn postgres() -> (TestDatabase, Database) {
+    let test = TestDatabase::postgres(&["audit"]).await;
+    let db = Database::connect(&test.migration_url("audit"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    db.migrate([orchestrator_audit::migrations(db.dialect())])
+        .await
+        .unwrap();
+    (test, db)
+}
+
 #[tokio::test]
 async fn a_panicking_request_fails_alone_and_the_writer_goes_on() {
     let (_test, db, ledger) = ledger().await;
@@ -253,13 +265,7 @@ fn unique_violations_and_lost_races_are_told_apart() {
 /// record in it. A head set back under a running writer is refused, not appended to.
 #[tokio::test]
 async fn replicas_append_to_one_chain_and_a_head_set_back_is_refused() {
-    let test = TestDatabase::postgres(&["audit"]).await;
-    let db = Database::connect(&test.migration_url("audit"), Duration::from_secs(5))
-        .await
-        .unwrap();
-    db.migrate([orchestrator_audit::migrations(db.dialect())])
-        .await
-        .unwrap();
+    let (test, db) = postgres().await;
     let key = || AuditKey::from_bytes(&[9; 32]);
     let a: Ledger<tonic::Status> = Ledger::start(db.clone(), key());
     let b: Ledger<tonic::Status> = Ledger::start(db.clone(), key());
@@ -316,13 +322,7 @@ async fn replicas_append_to_one_chain_and_a_head_set_back_is_refused() {
 /// written, both through the known-head append and the locking one, and the chain verifies.
 #[tokio::test]
 async fn records_keep_every_byte_through_the_batch_append() {
-    let test = TestDatabase::postgres(&["audit"]).await;
-    let db = Database::connect(&test.migration_url("audit"), Duration::from_secs(5))
-        .await
-        .unwrap();
-    db.migrate([orchestrator_audit::migrations(db.dialect())])
-        .await
-        .unwrap();
+    let (_test, db) = postgres().await;
     let ledger: Ledger<tonic::Status> = Ledger::start(db.clone(), AuditKey::from_bytes(&[9; 32]));
     let awkward = |n: u8| {
         Entry::new(

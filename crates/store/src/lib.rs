@@ -391,7 +391,34 @@ pub fn random_hex(bytes: usize) -> String {
         })
 }
 
+/// `($1, ..., $c), ($c+1, ...), ...`: the placeholders of a multi-row `VALUES` list of `rows`
+/// rows of `columns` values each, numbered from `$1`. Only placeholders go into SQL; every
+/// value is bound.
+pub fn placeholder_rows(rows: usize, columns: usize) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            let sep = if column == 0 { "" } else { ", " };
+            let _ = write!(sql, "{sep}${}", row * columns + column + 1);
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// Removes a connection URL (which may hold a password) from an error message.
 fn redact(message: &str, url: &str) -> String {
     message.replace(url, "<DATABASE_URL>")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn placeholder_rows_number_every_value_once_in_order() {
+        assert_eq!(super::placeholder_rows(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(super::placeholder_rows(1, 1), "($1)");
+        assert_eq!(super::placeholder_rows(0, 4), "");
+    }
 }

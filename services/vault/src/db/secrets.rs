@@ -617,26 +617,13 @@ pub(crate) async fn read_granted_many(
                 .await?
         }
         Dialect::Sqlite => {
-            use std::fmt::Write as _;
-            // Only placeholders are generated; every value is bound.
             let mut sql = String::from(
                 "WITH r (i, user_id, key, version, prefix, project_id, key_target) AS (VALUES ",
             );
-            for n in 0..lookups.len() {
-                let p = n * LOOKUP_PARAMS;
-                let _ = write!(
-                    sql,
-                    "{}(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    if n == 0 { "" } else { ", " },
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5,
-                    p + 6,
-                    p + 7,
-                );
-            }
+            sql.push_str(&orchestrator_store::placeholder_rows(
+                lookups.len(),
+                LOOKUP_PARAMS,
+            ));
             sql.push_str(READ_GRANTED_SQLITE);
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (i, l) in lookups.iter().enumerate() {
