@@ -18,6 +18,9 @@ use crate::crypto::{RowRef, ciphertext_key_id, digest};
 use crate::db::{self, Rewrapped, RowKey, StoredValue};
 use crate::state::{Progress, Vault};
 
+/// Rows per ledger work item when a batch is stored.
+const STORE_CHUNK: usize = 250;
+
 /// Runs for the life of the process: a pass whenever woken (a rotation here) or every
 /// `pace.interval` (a rotation on another replica), each pass until no row is left on a
 /// demoted key.
@@ -180,12 +183,24 @@ async fn prepare(
 /// records exactly those rows.
 async fn store(vault: Vault, batch: Prepared) -> Result<i64, Status> {
     let Prepared {
-        rows: rewrapped,
+        rows: mut rest,
         primary_id,
     } = batch;
-    if rewrapped.is_empty() {
-        return Ok(0);
+    // In chunks, one ledger work item after the other: the reads' records that queue behind
+    // the writer meanwhile wait for one chunk, not for the whole batch.
+    let mut stored = 0;
+    while !rest.is_empty() {
+        let tail = rest.split_off(rest.len().min(STORE_CHUNK));
+        stored += store_chunk(&vault, std::mem::replace(&mut rest, tail), primary_id).await?;
     }
+    Ok(stored)
+}
+
+async fn store_chunk(
+    vault: &Vault,
+    rewrapped: Vec<Rewrapped>,
+    primary_id: i64,
+) -> Result<i64, Status> {
     let v = vault.clone();
     vault
         .ledger
