@@ -171,14 +171,8 @@ async fn a_write_that_loses_a_deadlock_is_retried_and_lands() {
     use std::sync::atomic::{AtomicU32, Ordering};
     use tokio::sync::Barrier;
 
-    let test = TestDatabase::postgres(&["audit"]).await;
     // As the schema's owner: the test creates a table of its own.
-    let db = Database::connect(&test.migration_url("audit"), Duration::from_secs(5))
-        .await
-        .unwrap();
-    db.migrate([orchestrator_audit::migrations(db.dialect())])
-        .await
-        .unwrap();
+    let (_test, db) = postgres().await;
     for sql in [
         "CREATE TABLE accounts (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)",
         "INSERT INTO accounts VALUES (1, 0), (2, 0)",
