@@ -10,14 +10,20 @@ use orchestrator_store::Database;
 use orchestrator_store::testing::TestDatabase;
 use tonic::Code;
 
-async fn ledger() -> (TestDatabase, Database, Ledger<tonic::Status>) {
-    let test = TestDatabase::sqlite();
-    let db = Database::connect(&test.url("audit"), Duration::from_secs(5))
+/// `url`'s database with the audit tables migrated.
+async fn migrated(url: &secrecy::SecretString) -> Database {
+    let db = Database::connect(url, Duration::from_secs(5))
         .await
         .unwrap();
     db.migrate([orchestrator_audit::migrations(db.dialect())])
         .await
         .unwrap();
+    db
+}
+
+async fn ledger() -> (TestDatabase, Database, Ledger<tonic::Status>) {
+    let test = TestDatabase::sqlite();
+    let db = migrated(&test.url("audit")).await;
     let ledger = Ledger::start(db.clone(), AuditKey::from_bytes(&[9; 32]));
     (test, db, ledger)
 }
@@ -25,12 +31,7 @@ async fn ledger() -> (TestDatabase, Database, Ledger<tonic::Status>) {
 /// A fresh PostgreSQL database with the audit tables, as the ledger's owner.
 async fn postgres() -> (TestDatabase, Database) {
     let test = TestDatabase::postgres(&["audit"]).await;
-    let db = Database::connect(&test.migration_url("audit"), Duration::from_secs(5))
-        .await
-        .unwrap();
-    db.migrate([orchestrator_audit::migrations(db.dialect())])
-        .await
-        .unwrap();
+    let db = migrated(&test.migration_url("audit")).await;
     (test, db)
 }
 
@@ -128,12 +129,7 @@ async fn the_newest_digest_of_a_row_is_one_index_probe() {
         TestDatabase::sqlite(),
     ] {
         // As the schema's owner: the test writes rows and ANALYZEs as a migration would.
-        let db = Database::connect(&test.migration_url("audit"), Duration::from_secs(5))
-            .await
-            .unwrap();
-        db.migrate([orchestrator_audit::migrations(db.dialect())])
-            .await
-            .unwrap();
+        let db = migrated(&test.migration_url("audit")).await;
         let postgres = db.dialect() == orchestrator_store::Dialect::Postgres;
         let [write, reads, explain] = if postgres { PG } else { SQLITE };
         sqlx::query(write).execute(db.pool()).await.unwrap();

@@ -5,35 +5,20 @@
 
 mod common;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use common::{Gh, ORG};
-use crypto_box::aead::OsRng;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-/// Fetches the public key at `base` (`.../secrets`) and seals `value` for it.
+/// Seals `value` for the public key at `base` (`.../secrets`): the PUT body, or the status
+/// the key's GET answered.
 async fn seal(gh: &Gh, token: &str, base: &str, value: &[u8]) -> (u16, Option<Value>) {
-    let resp = gh
-        .tok(Method::GET, &format!("{base}/public-key"), token, None)
-        .await;
-    let status = resp.status().as_u16();
-    if status != 200 {
-        return (status, None);
+    match gh.seal_at(token, base, value).await {
+        Ok((key_id, sealed)) => (
+            200,
+            Some(json!({"encrypted_value": sealed, "key_id": key_id})),
+        ),
+        Err(status) => (status, None),
     }
-    let v: Value = resp.json().await.unwrap();
-    let key: [u8; 32] = STANDARD
-        .decode(v["key"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let sealed = crypto_box::PublicKey::from(key)
-        .seal(&mut OsRng, value)
-        .unwrap();
-    (
-        200,
-        Some(json!({"encrypted_value": STANDARD.encode(sealed), "key_id": v["key_id"]})),
-    )
 }
 
 async fn put(gh: &Gh, token: &str, base: &str, name: &str, body: Value) -> u16 {
@@ -191,39 +176,14 @@ async fn organization_secrets_need_the_organizations_own_token_and_a_visibility(
             .extend(extra.as_object().unwrap().clone());
         b
     };
-    assert_eq!(
-        put(
-            &gh,
-            &ours,
-            base,
-            "SHARED",
-            with(json!({"visibility": "everyone"}))
-        )
-        .await,
-        422
-    );
-    assert_eq!(
-        put(
-            &gh,
-            &ours,
-            base,
-            "SHARED",
-            with(json!({"visibility": "all", "selected_repository_ids": [app]}))
-        )
-        .await,
-        422
-    );
-    assert_eq!(
-        put(
-            &gh,
-            &ours,
-            base,
-            "SHARED",
-            with(json!({"visibility": "selected", "selected_repository_ids": [app, theirs]}))
-        )
-        .await,
-        422
-    );
+    for refused in [
+        json!({"visibility": "everyone"}),
+        json!({"visibility": "all", "selected_repository_ids": [app]}),
+        json!({"visibility": "selected", "selected_repository_ids": [app, theirs]}),
+    ] {
+        let status = put(&gh, &ours, base, "SHARED", with(refused.clone())).await;
+        assert_eq!(status, 422, "{refused}");
+    }
     assert_eq!(gh.emu.org_secret(ORG, "SHARED"), None, "nothing stored");
     assert_eq!(
         put(

@@ -96,15 +96,27 @@ impl Gh {
         repo: &str,
         value: &[u8],
     ) -> (String, String) {
+        let base = format!("/repos/{owner}/{repo}/actions/secrets");
+        self.seal_at(token, &base, value)
+            .await
+            .unwrap_or_else(|status| panic!("the public key's GET answered {status}"))
+    }
+
+    /// Seals `value` for the public key of any secret location (`base`: its `.../secrets`
+    /// path): (key_id, encrypted_value), or the status the key's GET answered.
+    pub async fn seal_at(
+        &self,
+        token: &str,
+        base: &str,
+        value: &[u8],
+    ) -> Result<(String, String), u16> {
         let resp = self
-            .tok(
-                Method::GET,
-                &format!("/repos/{owner}/{repo}/actions/secrets/public-key"),
-                token,
-                None,
-            )
+            .tok(Method::GET, &format!("{base}/public-key"), token, None)
             .await;
-        assert_eq!(resp.status(), 200);
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(status);
+        }
         let v: Value = resp.json().await.unwrap();
         let key: [u8; 32] = STANDARD
             .decode(v["key"].as_str().unwrap())
@@ -114,10 +126,10 @@ impl Gh {
         let sealed = crypto_box::PublicKey::from(key)
             .seal(&mut OsRng, value)
             .unwrap();
-        (
+        Ok((
             v["key_id"].as_str().unwrap().to_owned(),
             STANDARD.encode(sealed),
-        )
+        ))
     }
 
     /// Seals and PUTs a secret; returns the response.
