@@ -306,6 +306,10 @@ impl Database {
                         // WAL for concurrent readers; FULL so a commit (and its audit record) is durable.
                         conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;")
                             .await?;
+                    } else {
+                        // Our statements are short; JIT compiling one the planner over-estimates
+                        // (a count over a table whose statistics lag) took 100 ms to save none.
+                        conn.execute("SET jit = off").await?;
                     }
                     Ok(())
                 })

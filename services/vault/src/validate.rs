@@ -17,7 +17,7 @@ const MAX_DELETE_VERSIONS: usize = 100;
 const MAX_REQUEST_ID: usize = 128;
 
 /// A key name: 1-256 characters of `[A-Za-z0-9_.-/]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct SecretKey(String);
 
 impl SecretKey {
@@ -41,7 +41,7 @@ impl SecretKey {
 }
 
 /// Which secret: one key of one user.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct SecretName {
     pub(crate) user_id: UserId,
     pub(crate) key: SecretKey,

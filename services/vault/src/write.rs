@@ -4,18 +4,18 @@
 use orchestrator_audit::Entry;
 use orchestrator_proto::vault::v1 as pb;
 use orchestrator_status::with_reason;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use orchestrator_store::{Dialect, now_us};
+use orchestrator_store::now_us;
 use sqlx::AnyConnection;
 use tonic::{Code, Status};
 
 use crate::audit::{Action, Gone, current_version_digest, data_key_target, key_target, target};
 use crate::batcher::Batcher;
 use crate::crypto::{DataKey, RowRef, digest};
-use crate::db::{self, KeyHead, NextVersion, SecretMeta, Wrapping};
+use crate::db::{self, KeyHead, NewVersion, NextVersion, SecretMeta, Stored, Wrapping};
 use crate::state::Vault;
-use crate::validate::{DeleteSecret, PutSecret};
+use crate::validate::{DeleteSecret, PutSecret, SecretName};
 
 /// Most Puts one batch (one ledger work item) carries.
 const PUTS_PER_BATCH: usize = 64;
@@ -95,41 +95,32 @@ async fn puts_in_tx(
         .get_or_load(&mut *conn, primary.id)
         .await?
         .ok_or_else(|| Status::internal("the primary data key cannot be loaded"))?;
-    // PostgreSQL: the versions of the plain Puts (no check-and-set, no request id, each key
-    // once) taken in one statement for the batch; the others take theirs one by one below.
-    let now = now_us();
-    let mut taken = HashMap::new();
-    if vault.db.dialect() == Dialect::Postgres {
-        let mut plain = Vec::new();
-        let mut seen = HashSet::new();
-        for (_, put) in &puts {
-            let name = (put.name.user_id.as_str(), put.name.key.as_str());
-            if put.expected_version.is_none() && put.request_id.is_none() && seen.insert(name) {
-                plain.push(name);
-            }
-        }
-        if plain.len() > 1 {
-            for (user_id, key, version, created_us) in db::next_versions(conn, &plain, now).await? {
-                taken.insert((user_id, key), (version, created_us));
-            }
-        }
-    }
-    let mut answers = Vec::with_capacity(puts.len());
+    let sealing = Sealing {
+        vault,
+        primary_id: primary.id,
+        data_key: &data_key,
+        now: now_us(),
+    };
+    // The plain Puts (no check-and-set, no request id, the first of their key in the batch)
+    // take their versions and store their rows together; the others follow one by one, as if
+    // they had come after them.
+    let mut seen = HashSet::new();
+    let (plain, others): (Vec<_>, Vec<_>) =
+        puts.into_iter().enumerate().partition(|(_, (_, put))| {
+            put.expected_version.is_none()
+                && put.request_id.is_none()
+                && seen.insert(put.name.clone())
+        });
     let mut entries = Vec::new();
-    for (caller, put) in puts {
-        let name = (
-            put.name.user_id.as_str().to_owned(),
-            put.name.key.as_str().to_owned(),
-        );
-        let version = taken.remove(&name);
-        let sealing = Sealing {
-            primary_id: primary.id,
-            data_key: &data_key,
-            now,
-        };
-        let answer = put_one(vault, conn, &caller, put, &sealing, version, &mut entries).await?;
-        answers.push(answer);
+    let mut answers = plain_puts(conn, plain, &sealing, &mut entries).await?;
+    for (i, (caller, put)) in others {
+        answers.push((
+            i,
+            put_one(conn, &caller, put, &sealing, &mut entries).await?,
+        ));
     }
+    answers.sort_unstable_by_key(|(i, _)| *i);
+    let answers = answers.into_iter().map(|(_, answer)| answer).collect();
     let rotated = primary.encryptions >= vault.limits.rotate_after;
     if rotated {
         let why = format!(
@@ -148,30 +139,102 @@ async fn puts_in_tx(
     Ok(((answers, rotated), entries))
 }
 
-/// What a batch's Puts are sealed with: the primary data key, and the batch's time.
+/// How a batch's Puts are sealed and stored: with the primary data key, at the batch's time.
 struct Sealing<'a> {
+    vault: &'a Vault,
     primary_id: i64,
     data_key: &'a DataKey,
     now: i64,
 }
 
-/// One Put of a batch, sealed as `sealing` says, with the version (and the key's creation
-/// time) the batch already took for it, if any: `Ok(Err)` is a refusal, decided before
-/// anything changed; `Err` a failure of the transaction. Its audit entries go into `entries`.
+impl Sealing<'_> {
+    /// `value` sealed for `row`.
+    // Architecture Invariant: no L3 value is stored unencrypted; the callers drop the
+    // plaintext (zeroized) once it is sealed for its row.
+    fn seal(&self, row: RowRef<'_>, value: &[u8]) -> Vec<u8> {
+        self.data_key.encrypt(self.vault.keys.rng(), row, value)
+    }
+
+    /// The versions a new version `version` prunes: those beyond the newest N kept.
+    fn prune_up_to(&self, version: i64) -> i64 {
+        (version - self.vault.limits.keep_versions).max(0)
+    }
+}
+
+/// A batch's answers, each with its index in the batch.
+type Indexed = Vec<(usize, Result<SecretMeta, Status>)>;
+
+/// The plain Puts of a batch (distinct keys): their versions taken in one statement, their
+/// rows stored in another, on PostgreSQL, whatever their number.
+async fn plain_puts(
+    conn: &mut AnyConnection,
+    mut puts: Vec<(usize, (String, PutSecret))>,
+    sealing: &Sealing<'_>,
+    entries: &mut Vec<Entry>,
+) -> Result<Indexed, Status> {
+    if puts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dialect = sealing.vault.db.dialect();
+    let names: Vec<(&str, &str)> = puts
+        .iter()
+        .map(|(_, (_, put))| (put.name.user_id.as_str(), put.name.key.as_str()))
+        .collect();
+    let taken = db::next_versions(conn, dialect, &names, sealing.now).await?;
+    let sealed: Vec<Vec<u8>> = puts
+        .iter_mut()
+        .zip(&taken)
+        .map(|((_, (_, put)), &(version, _))| {
+            let value = std::mem::take(&mut put.value);
+            sealing.seal(row(&put.name, version), &value)
+        })
+        .collect();
+    let new: Vec<_> = puts
+        .iter()
+        .zip(&taken)
+        .zip(&sealed)
+        .map(|(((_, (_, put)), &(version, _)), ciphertext)| NewVersion {
+            row: row(&put.name, version),
+            ciphertext,
+            prune_up_to: sealing.prune_up_to(version),
+        })
+        .collect();
+    let stored = db::store_versions(conn, dialect, &new, sealing.primary_id, sealing.now).await?;
+    drop(new);
+    let mut answers = Vec::with_capacity(puts.len());
+    for ((((i, (caller, put)), (version, created_us)), ciphertext), stored) in
+        puts.into_iter().zip(taken).zip(sealed).zip(stored)
+    {
+        let written = Written {
+            row: row(&put.name, version),
+            request_id: None,
+            ciphertext: &ciphertext,
+            created_us,
+            stored,
+        };
+        answers.push((i, Ok(written.record(&caller, sealing, entries))));
+    }
+    Ok(answers)
+}
+
+/// The row of `name`'s version `version`.
+fn row(name: &SecretName, version: i64) -> RowRef<'_> {
+    RowRef {
+        user_id: name.user_id.as_str(),
+        key: name.key.as_str(),
+        version,
+    }
+}
+
+/// One Put of a batch, after its plain ones: `Ok(Err)` is a refusal, decided before anything
+/// changed; `Err` a failure of the transaction. Its audit entries go into `entries`.
 async fn put_one(
-    vault: &Vault,
     conn: &mut AnyConnection,
     caller: &str,
     put: PutSecret,
     sealing: &Sealing<'_>,
-    taken: Option<(i64, i64)>,
     entries: &mut Vec<Entry>,
 ) -> Result<Result<SecretMeta, Status>, Status> {
-    let Sealing {
-        primary_id,
-        data_key,
-        now,
-    } = *sealing;
     let PutSecret {
         request_id,
         name,
@@ -197,63 +260,82 @@ async fn put_one(
         meta.head.current_version = seen.version;
         return Ok(Ok(meta));
     }
-    let (version, created_us) = match taken {
-        Some(taken) => taken,
-        None => match db::next_version(conn, user_id, key, expected_version, now).await? {
-            NextVersion::Taken {
-                version,
-                created_us,
-            } => (version, created_us),
-            NextVersion::Mismatch { current } => return Ok(Err(version_mismatch(current))),
-        },
-    };
-    let row = RowRef {
-        user_id,
-        key,
-        version,
-    };
-    // Architecture Invariant: no L3 value is stored unencrypted; the plaintext is dropped
-    // (zeroized) once it is sealed for its row.
-    let ciphertext = data_key.encrypt(vault.keys.rng(), row, &value);
-    drop(value);
-    // The row, the pruning of versions beyond the newest N, and the version list for the
-    // response: one statement on PostgreSQL.
-    let keep = vault.limits.keep_versions;
-    let stored = db::store_version(
-        conn,
-        vault.db.dialect(),
-        row,
-        primary_id,
-        &ciphertext,
-        now,
-        (version - keep).max(0),
-    )
-    .await?;
-    if let Some(request_id) = &request_id {
-        db::insert_put_request(conn, request_id, row, now).await?;
-    }
-    entries.push(
-        Entry::new(caller, Action::Put.as_str(), target(user_id, key, version))
-            .request_id(request_id.unwrap_or_default())
-            .detail(format!("data_key={primary_id}"))
-            .digest(digest(&ciphertext)),
-    );
-    for pruned in stored.pruned {
-        let pruned = target(user_id, key, pruned);
-        entries.push(gone(caller, Action::Put, pruned, Gone::Pruned));
-    }
-    entries.push(current(caller, Action::Put, user_id, key, version));
-    // The response from what this transaction knows.
-    Ok(Ok(SecretMeta {
-        versions: stored.versions,
-        user_id: user_id.to_owned(),
-        key: key.to_owned(),
-        head: KeyHead {
-            current_version: version,
+    let next = db::next_version(conn, user_id, key, expected_version, sealing.now).await?;
+    let (version, created_us) = match next {
+        NextVersion::Taken {
+            version,
             created_us,
-            updated_us: now,
-        },
-    }))
+        } => (version, created_us),
+        NextVersion::Mismatch { current } => return Ok(Err(version_mismatch(current))),
+    };
+    let row = row(&name, version);
+    let ciphertext = sealing.seal(row, &value);
+    drop(value);
+    let new = NewVersion {
+        row,
+        ciphertext: &ciphertext,
+        prune_up_to: sealing.prune_up_to(version),
+    };
+    let dialect = sealing.vault.db.dialect();
+    let mut stored =
+        db::store_versions(conn, dialect, &[new], sealing.primary_id, sealing.now).await?;
+    let stored = stored
+        .pop()
+        .ok_or_else(|| Status::internal("a stored version went missing"))?;
+    if let Some(request_id) = &request_id {
+        db::insert_put_request(conn, request_id, row, sealing.now).await?;
+    }
+    let written = Written {
+        row,
+        request_id: request_id.as_deref(),
+        ciphertext: &ciphertext,
+        created_us,
+        stored,
+    };
+    Ok(Ok(written.record(caller, sealing, entries)))
+}
+
+/// A version a Put stored, and what storing it did.
+struct Written<'a> {
+    row: RowRef<'a>,
+    request_id: Option<&'a str>,
+    ciphertext: &'a [u8],
+    /// When the key was created.
+    created_us: i64,
+    stored: Stored,
+}
+
+impl Written<'_> {
+    /// The Put's audit entries into `entries`, and its answer: the key's metadata as this
+    /// transaction knows it.
+    fn record(self, caller: &str, sealing: &Sealing<'_>, entries: &mut Vec<Entry>) -> SecretMeta {
+        let RowRef {
+            user_id,
+            key,
+            version,
+        } = self.row;
+        entries.push(
+            Entry::new(caller, Action::Put.as_str(), target(user_id, key, version))
+                .request_id(self.request_id.unwrap_or_default())
+                .detail(format!("data_key={}", sealing.primary_id))
+                .digest(digest(self.ciphertext)),
+        );
+        for pruned in self.stored.pruned {
+            let pruned = target(user_id, key, pruned);
+            entries.push(gone(caller, Action::Put, pruned, Gone::Pruned));
+        }
+        entries.push(current(caller, Action::Put, user_id, key, version));
+        SecretMeta {
+            versions: self.stored.versions,
+            user_id: user_id.to_owned(),
+            key: key.to_owned(),
+            head: KeyHead {
+                current_version: version,
+                created_us: self.created_us,
+                updated_us: sealing.now,
+            },
+        }
+    }
 }
 
 fn version_mismatch(current: i64) -> Status {

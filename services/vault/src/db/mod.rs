@@ -27,9 +27,9 @@ pub(crate) use rewrap::{
     Rewrapped, RowKey, StoredValue, attestations, stale_values, store_rewrapped,
 };
 pub(crate) use secrets::{
-    GrantedRead, KeyHead, Lookup, NextVersion, SecretMeta, destroy_version, find_put_request,
-    insert_put_request, list_secrets, metadata, next_version, next_versions, read_granted_many,
-    soft_delete_version, store_version, touch_key,
+    GrantedRead, KeyHead, Lookup, NewVersion, NextVersion, SecretMeta, Stored, destroy_version,
+    find_put_request, insert_put_request, list_secrets, metadata, next_version, next_versions,
+    read_granted_many, soft_delete_version, store_versions, touch_key,
 };
 
 /// The vault's own tables (versions from 100; the audit tables' come first).

@@ -1,8 +1,9 @@
 //! The secrets: `user_vault_keys` (one row per user and key, the version counter),
 //! `user_vault` (one row per kept version, its ciphertext) and `put_requests` (idempotent Put).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use base64::Engine as _;
 use orchestrator_fields::Page;
 use orchestrator_proto::timestamp as ts;
 use orchestrator_proto::vault::v1 as pb;
@@ -241,14 +242,33 @@ pub(crate) async fn next_version(
     })
 }
 
-/// PostgreSQL: the next version of each of `keys` (user id, key; no key twice), taken
-/// unconditionally as [`next_version`] does with no expected version, in one statement for
-/// the batch: the version each takes and when its key was created.
+/// The next version of each of `keys` (user id, key; no key twice), taken unconditionally as
+/// [`next_version`] does with no expected version: the version each takes and when its key was
+/// created, in order. One statement on PostgreSQL whatever the number of keys, one per key on
+/// SQLite.
 pub(crate) async fn next_versions(
     conn: &mut AnyConnection,
+    dialect: Dialect,
     keys: &[(&str, &str)],
     now: i64,
-) -> Result<Vec<(String, String, i64, i64)>, StoreError> {
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    if dialect == Dialect::Sqlite {
+        let mut taken = Vec::with_capacity(keys.len());
+        for (user_id, key) in keys {
+            match next_version(conn, user_id, key, None, now).await? {
+                NextVersion::Taken {
+                    version,
+                    created_us,
+                } => taken.push((version, created_us)),
+                NextVersion::Mismatch { .. } => {
+                    return Err(StoreError::Other(
+                        "an unconditional version refused".to_owned(),
+                    ));
+                }
+            }
+        }
+        return Ok(taken);
+    }
     // One statement text whatever the number of keys (a JSON parameter); each key's row is
     // found through the unique index the conflict checks.
     const UPSERT_MANY: &str = "INSERT INTO user_vault_keys (user_id, key, current_version, created_us, updated_us) \
@@ -260,16 +280,35 @@ pub(crate) async fn next_versions(
         .iter()
         .map(|(user_id, key)| serde_json::json!({"user_id": user_id, "key": key}))
         .collect();
-    Ok(sqlx::query_as(UPSERT_MANY)
+    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(UPSERT_MANY)
         .bind(serde_json::Value::Array(json).to_string())
         .bind(now)
         .fetch_all(&mut *conn)
-        .await?)
+        .await?;
+    let mut by_key: HashMap<(String, String), (i64, i64)> = rows
+        .into_iter()
+        .map(|(user_id, key, version, created_us)| ((user_id, key), (version, created_us)))
+        .collect();
+    keys.iter()
+        .map(|(user_id, key)| {
+            by_key
+                .remove(&((*user_id).to_owned(), (*key).to_owned()))
+                .ok_or_else(|| StoreError::Other("a key's version was not taken".to_owned()))
+        })
+        .collect()
 }
 
-/// What [`store_version`] did: the key's kept versions after it, newest first, and the
-/// versions it pruned.
-#[derive(Debug)]
+/// A new version to store: its row, its ciphertext, and the versions up to `prune_up_to` to
+/// delete with it (0: none).
+pub(crate) struct NewVersion<'a> {
+    pub(crate) row: RowRef<'a>,
+    pub(crate) ciphertext: &'a [u8],
+    pub(crate) prune_up_to: i64,
+}
+
+/// What [`store_versions`] did for one new version: its key's kept versions after it, newest
+/// first, and the versions it pruned.
+#[derive(Debug, Default)]
 pub(crate) struct Stored {
     pub(crate) versions: Vec<VersionRow>,
     pub(crate) pruned: Vec<i64>,
@@ -277,67 +316,100 @@ pub(crate) struct Stored {
 
 #[derive(sqlx::FromRow)]
 struct StoredRow {
+    i: i64,
     #[sqlx(flatten)]
     version: VersionRow,
     pruned: i64,
 }
 
-/// Stores a new version's ciphertext, encrypted under data key `data_key_id`, deletes the
-/// versions up to `prune_up_to` (0: none), and lists the versions kept: one statement on
-/// PostgreSQL, three on SQLite.
-pub(crate) async fn store_version(
+/// Stores new versions (of distinct keys), each encrypted under data key `data_key_id`, prunes
+/// each key's versions as its [`NewVersion`] says, and lists the versions kept: what happened
+/// to each, in order. One statement on PostgreSQL whatever the number of versions, three per
+/// version on SQLite.
+pub(crate) async fn store_versions(
     conn: &mut AnyConnection,
     dialect: Dialect,
-    row: RowRef<'_>,
+    new: &[NewVersion<'_>],
     data_key_id: i64,
-    ciphertext: &[u8],
     now: i64,
-    prune_up_to: i64,
-) -> Result<Stored, StoreError> {
+) -> Result<Vec<Stored>, StoreError> {
     if dialect == Dialect::Sqlite {
-        insert_version(conn, row, data_key_id, ciphertext, now).await?;
-        let pruned = if prune_up_to > 0 {
-            prune_versions(conn, row.user_id, row.key, prune_up_to).await?
-        } else {
-            Vec::new()
-        };
-        let versions = versions(conn, row.user_id, row.key).await?;
-        return Ok(Stored { versions, pruned });
+        let mut all = Vec::with_capacity(new.len());
+        for n in new {
+            let (row, up_to) = (n.row, n.prune_up_to);
+            insert_version(conn, row, data_key_id, n.ciphertext, now).await?;
+            let pruned = if up_to > 0 {
+                prune_versions(conn, row.user_id, row.key, up_to).await?
+            } else {
+                Vec::new()
+            };
+            let versions = versions(conn, row.user_id, row.key).await?;
+            all.push(Stored { versions, pruned });
+        }
+        return Ok(all);
     }
-    // The outer SELECT sees the table as it was before the statement: the inserted and the
-    // pruned rows come from the CTEs' RETURNING.
-    const STORE: &str = "WITH ins AS (INSERT INTO user_vault \
+    // The versions travel as one JSON parameter, so the text (and its cached plan) is the same
+    // for any batch. The SELECTs see the table as it was before the statement: the new rows
+    // are the parameter's, the pruned ones the DELETE's RETURNING. The table is only ever
+    // reached by an index probe per key: `OFFSET 0` keeps each LATERAL subquery from being
+    // flattened into a join the planner may hash over the whole table (it did, with a plan
+    // cached while the table was small), and the DELETE takes the rows the probes found by
+    // their ctid. A row another replica's rewrap changes meanwhile is skipped (its ctid moved)
+    // and stays for the key's next Put; the records name only the rows deleted.
+    const STORE_MANY: &str = "WITH r AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) \
+           AS r (i BIGINT, user_id TEXT, key TEXT, version BIGINT, value TEXT, prune BIGINT)), \
+         ins AS (INSERT INTO user_vault \
            (user_id, key, version, data_key_id, encrypted_value, created_us, destroyed) \
-           VALUES ($1, $2, $3, $4, $5, $6, 0) RETURNING version, created_us, deleted_us, destroyed), \
-         gone AS (DELETE FROM user_vault WHERE user_id = $1 AND key = $2 AND version <= $7 RETURNING version) \
-         SELECT version, created_us, deleted_us, destroyed, CAST(0 AS BIGINT) AS pruned FROM ins \
-         UNION ALL SELECT version, created_us, deleted_us, destroyed, CAST(0 AS BIGINT) FROM user_vault \
-           WHERE user_id = $1 AND key = $2 AND version > $7 AND version <> $3 \
-         UNION ALL SELECT version, CAST(0 AS BIGINT), CAST(NULL AS BIGINT), CAST(0 AS BIGINT), CAST(1 AS BIGINT) FROM gone \
-         ORDER BY pruned, version DESC";
-    let rows: Vec<StoredRow> = sqlx::query_as(STORE)
-        .bind(row.user_id)
-        .bind(row.key)
-        .bind(row.version)
+           SELECT user_id, key, version, $2, decode(value, 'base64'), $3, 0 FROM r), \
+         gone AS (DELETE FROM user_vault WHERE ctid = ANY (ARRAY(SELECT p.ctid FROM r CROSS JOIN LATERAL \
+           (SELECT ctid FROM user_vault v WHERE v.user_id = r.user_id AND v.key = r.key AND v.version <= r.prune \
+            OFFSET 0) p)) RETURNING user_id, key, version) \
+         SELECT i, version, $3 AS created_us, CAST(NULL AS BIGINT) AS deleted_us, CAST(0 AS BIGINT) AS destroyed, \
+           CAST(0 AS BIGINT) AS pruned FROM r \
+         UNION ALL SELECT r.i, k.version, k.created_us, k.deleted_us, k.destroyed, CAST(0 AS BIGINT) FROM r \
+           CROSS JOIN LATERAL (SELECT version, created_us, deleted_us, destroyed FROM user_vault v \
+             WHERE v.user_id = r.user_id AND v.key = r.key AND v.version > r.prune AND v.version <> r.version \
+             OFFSET 0) k \
+         UNION ALL SELECT r.i, g.version, CAST(0 AS BIGINT), CAST(NULL AS BIGINT), CAST(0 AS BIGINT), CAST(1 AS BIGINT) \
+           FROM gone g JOIN r ON g.user_id = r.user_id AND g.key = r.key \
+         ORDER BY i, pruned, version DESC";
+    let base64 = base64::engine::general_purpose::STANDARD;
+    let json: Vec<serde_json::Value> = new
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            serde_json::json!({
+                "i": i,
+                "user_id": n.row.user_id,
+                "key": n.row.key,
+                "version": n.row.version,
+                "value": base64.encode(n.ciphertext),
+                "prune": n.prune_up_to,
+            })
+        })
+        .collect();
+    let rows: Vec<StoredRow> = sqlx::query_as(STORE_MANY)
+        .bind(serde_json::Value::Array(json).to_string())
         .bind(data_key_id)
-        .bind(ciphertext)
         .bind(now)
-        .bind(prune_up_to)
         .fetch_all(&mut *conn)
         .await?;
-    let mut stored = Stored {
-        versions: Vec::with_capacity(rows.len()),
-        pruned: Vec::new(),
-    };
+    let mut all: Vec<Stored> = new.iter().map(|_| Stored::default()).collect();
     for r in rows {
+        let stored = usize::try_from(r.i)
+            .ok()
+            .and_then(|i| all.get_mut(i))
+            .ok_or_else(|| StoreError::Other("a stored version of no new version".to_owned()))?;
         if r.pruned != 0 {
             stored.pruned.push(r.version.version);
         } else {
             stored.versions.push(r.version);
         }
     }
-    stored.pruned.sort_unstable();
-    Ok(stored)
+    for stored in &mut all {
+        stored.pruned.sort_unstable();
+    }
+    Ok(all)
 }
 
 /// A version's ciphertext, encrypted under data key `data_key_id`.

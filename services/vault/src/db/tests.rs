@@ -91,6 +91,25 @@ async fn seed(conn: &mut AnyConnection, user_id: &str, key: &str, versions: i64)
     }
 }
 
+/// One new version alone in its statement, under data key 1.
+async fn store_one(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    row: RowRef<'_>,
+    ciphertext: &[u8],
+    now: i64,
+    prune_up_to: i64,
+) -> Stored {
+    let new = NewVersion {
+        row,
+        ciphertext,
+        prune_up_to,
+    };
+    let mut stored = store_versions(conn, dialect, &[new], 1, now).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    stored.remove(0)
+}
+
 async fn versions_take_turns_by_check_and_set(test_db: TestDatabase) {
     let (db, _) = open(&test_db).await;
     let mut conn = db.pool().acquire().await.unwrap();
@@ -140,9 +159,7 @@ async fn a_stored_version_prunes_and_lists_as_the_table_says(test_db: TestDataba
         }
     );
     // Version 4, keeping the newest 2: versions 1 and 2 pruned.
-    let stored = store_version(conn, db.dialect(), row("u", "k", 4), 1, b"ct-4", 40, 2)
-        .await
-        .unwrap();
+    let stored = store_one(conn, db.dialect(), row("u", "k", 4), b"ct-4", 40, 2).await;
     assert_eq!(stored.pruned, [1, 2]);
     let listed = |v: &[VersionRow]| {
         v.iter()
@@ -165,14 +182,112 @@ async fn a_stored_version_prunes_and_lists_as_the_table_says(test_db: TestDataba
             created_us: 50
         }
     );
-    let stored = store_version(conn, db.dialect(), row("u", "other", 1), 1, b"ct", 50, 0)
-        .await
-        .unwrap();
+    let stored = store_one(conn, db.dialect(), row("u", "other", 1), b"ct", 50, 0).await;
     assert!(stored.pruned.is_empty());
     assert_eq!(listed(&stored.versions), [(1, 50)]);
     assert_eq!(
         listed(&versions(conn, "u", "k").await.unwrap()),
         [(4, 40), (3, 30)]
+    );
+}
+
+/// New versions `taken` of `keys` (their ciphertexts made up), each keeping its newest
+/// `keep` versions, in one call, under data key 1 at time 99.
+async fn store_new(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    keys: &[(&str, &str)],
+    taken: &[(i64, i64)],
+    keep: &[i64],
+) -> Vec<Stored> {
+    let values: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|(user_id, key)| format!("ct-{user_id}-{key}").into_bytes())
+        .collect();
+    let new: Vec<NewVersion<'_>> = keys
+        .iter()
+        .zip(taken)
+        .zip(&values)
+        .zip(keep)
+        .map(
+            |((((user_id, key), (version, _)), value), keep)| NewVersion {
+                row: row(user_id, key, *version),
+                ciphertext: value,
+                prune_up_to: (version - keep).max(0),
+            },
+        )
+        .collect();
+    store_versions(conn, dialect, &new, 1, 99).await.unwrap()
+}
+
+async fn many_versions_store_in_one_statement_each_as_if_alone(test_db: TestDatabase) {
+    let (db, _) = open(&test_db).await;
+    let dialect = db.dialect();
+    {
+        let mut conn = db.pool().acquire().await.unwrap();
+        seed(&mut conn, "u", "k", 3).await;
+        seed(&mut conn, "u", "j", 1).await;
+        seed(&mut conn, "w", "k", 2).await;
+    }
+    // (user, key) and how many versions to keep; "u"/"new" does not exist yet.
+    let keys = [("u", "k"), ("u", "new"), ("w", "k"), ("u", "j")];
+    let keep = [2, 2, 1, 5];
+    let listed = |stored: &[Stored]| {
+        stored
+            .iter()
+            .map(|s| {
+                let versions: Vec<_> = s
+                    .versions
+                    .iter()
+                    .map(|v| (v.version, v.created_us))
+                    .collect();
+                (versions, s.pruned.clone())
+            })
+            .collect::<Vec<_>>()
+    };
+    // Together, in a transaction rolled back.
+    let (together, taken_together) = {
+        let mut tx = db.begin_write().await.unwrap();
+        let taken = next_versions(&mut tx, dialect, &keys, 99).await.unwrap();
+        let stored = store_new(&mut tx, dialect, &keys, &taken, &keep).await;
+        (listed(&stored), taken)
+    };
+    // Alone, one statement each.
+    let mut conn = db.pool().acquire().await.unwrap();
+    let (mut alone, mut taken_alone) = (Vec::new(), Vec::new());
+    for (name, keep) in keys.iter().zip(keep) {
+        let taken = next_versions(&mut conn, dialect, &[*name], 99)
+            .await
+            .unwrap();
+        let stored = store_new(&mut conn, dialect, &[*name], &taken, &[keep]).await;
+        alone.extend(listed(&stored));
+        taken_alone.extend(taken);
+    }
+    assert_eq!(taken_together, taken_alone);
+    assert_eq!(together, alone);
+    assert_eq!(taken_alone, [(4, 10), (1, 99), (3, 10), (2, 10)]);
+    assert_eq!(
+        alone,
+        [
+            (vec![(4, 99), (3, 30)], vec![1, 2]),
+            (vec![(1, 99)], vec![]),
+            (vec![(3, 99)], vec![1, 2]),
+            (vec![(2, 99), (1, 10)], vec![]),
+        ]
+    );
+    // What they say is what the table holds.
+    let held: Vec<i64> = versions(&mut conn, "w", "k")
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(held, [3]);
+    assert!(
+        store_versions(&mut conn, dialect, &[], 1, 99)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 
@@ -618,6 +733,7 @@ orchestrator_store::on_both_dialects!(
     lists_page_by_key_with_each_keys_versions,
     reads_bring_the_newest_audit_record_of_their_row,
     many_reads_share_one_statement_each_answered_as_if_alone,
+    many_versions_store_in_one_statement_each_as_if_alone,
     data_keys_rotate_rewrap_and_retire,
     grants_are_per_user_key_and_project_and_revocable,
 );
