@@ -16,7 +16,7 @@ use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::filter::{EnvFilter, FilterExt as _, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{Layer as _, Registry};
@@ -136,13 +136,19 @@ pub fn init(format: LogFormat, traces: &TraceSettings) -> anyhow::Result<Telemet
                 .with_threads(false)
                 .with_target(false)
                 .with_tracked_inactivity(false)
-                .with_filter(filter_fn(|meta| meta.target() == TARGET && meta.is_span()));
+                .with_filter(
+                    filter_fn(|meta| meta.target() == TARGET && meta.is_span())
+                        .with_max_level_hint(LevelFilter::INFO),
+                );
             (Some(layer), Some(provider))
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // The log lines never show the exported spans: the logs read as they did without them.
-    let logs_filter = filter.and(filter_fn(|meta| meta.target() != TARGET));
+    // The log lines never show the exported spans: the logs read as they did without them. A
+    // directive rather than a closure, so the filter keeps its level hint: every callsite more
+    // verbose than any directive (h2's and sqlx's trace and debug lines) is then switched off
+    // where it stands instead of being asked about on every call.
+    let logs_filter = filter.add_directive(format!("{TARGET}=off").parse()?);
     let fmt = tracing_subscriber::fmt::layer().with_target(false);
     let logs = match format {
         LogFormat::Json => fmt
