@@ -5,6 +5,7 @@ use orchestrator_audit::Entry;
 use orchestrator_proto::vault::v1 as pb;
 use orchestrator_status::with_reason;
 use std::collections::HashSet;
+use std::time::Duration;
 
 use orchestrator_store::now_us;
 use sqlx::AnyConnection;
@@ -31,31 +32,40 @@ pub(crate) struct QueuedPut {
 /// savepoint pair and one count of encryptions serve them all.
 pub(crate) type Puts = Batcher<QueuedPut, Result<SecretMeta, Status>>;
 
+/// How long a batch of Puts may wait for the callers answered with the batch before it.
+/// Measured: Puts +30-45 % (32 callers); reads do not wait, it cost them 5 % (BENCHMARKS).
+const PUTS_LINGER: Duration = Duration::from_micros(1500);
+
 /// Starts the batching of Puts.
 pub(crate) fn puts() -> Puts {
-    Batcher::start(PUTS_PER_BATCH, |batch: Vec<QueuedPut>| async move {
-        let Some(vault) = batch.first().map(|q| q.vault.clone()) else {
-            return Vec::new();
-        };
-        let n = batch.len();
-        let puts: Vec<(String, PutSecret)> = batch.into_iter().map(|q| (q.caller, q.put)).collect();
-        let v = vault.clone();
-        let written = vault
-            .ledger
-            .write(move |conn| Box::pin(async move { puts_in_tx(&v, conn, puts).await }))
-            .await;
-        match written {
-            Ok((answers, rotated)) => {
-                // Only now that the rotation committed: a rewrap woken earlier would find the
-                // old key still primary and nothing to do.
-                if rotated {
-                    vault.rewrap.wake();
+    Batcher::start_lingering(
+        PUTS_PER_BATCH,
+        PUTS_LINGER,
+        |batch: Vec<QueuedPut>| async move {
+            let Some(vault) = batch.first().map(|q| q.vault.clone()) else {
+                return Vec::new();
+            };
+            let n = batch.len();
+            let puts: Vec<(String, PutSecret)> =
+                batch.into_iter().map(|q| (q.caller, q.put)).collect();
+            let v = vault.clone();
+            let written = vault
+                .ledger
+                .write(move |conn| Box::pin(async move { puts_in_tx(&v, conn, puts).await }))
+                .await;
+            match written {
+                Ok((answers, rotated)) => {
+                    // Only now that the rotation committed: a rewrap woken earlier would find the
+                    // old key still primary and nothing to do.
+                    if rotated {
+                        vault.rewrap.wake();
+                    }
+                    answers
                 }
-                answers
+                Err(status) => (0..n).map(|_| Err(status.clone())).collect(),
             }
-            Err(status) => (0..n).map(|_| Err(status.clone())).collect(),
-        }
-    })
+        },
+    )
 }
 
 /// PutUserSecret: the key's metadata after the write (or, for a repeated request id, as the
