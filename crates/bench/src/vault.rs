@@ -325,11 +325,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             .into_inner();
         let rewrap = status.rewrap.unwrap_or_default();
         if rewrap.rows_done == rewrap.rows_total && !rewrap.running {
-            let ended = rewrap.end_time.and_then(|t| {
-                let at =
-                    Duration::new(u64::try_from(t.seconds).ok()?, u32::try_from(t.nanos).ok()?);
-                Some(SystemTime::UNIX_EPOCH + at)
-            });
+            let ended = rewrap.end_time.and_then(|t| SystemTime::try_from(t).ok());
             break (rewrap.rows_total, ended.unwrap_or_else(SystemTime::now));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -183,19 +183,22 @@ async fn prepare(
 /// records exactly those rows.
 async fn store(vault: Vault, batch: Prepared) -> Result<i64, Status> {
     let Prepared {
-        rows: mut rest,
+        mut rows,
         primary_id,
     } = batch;
     // In chunks, one ledger work item after the other: the reads' records that queue behind
     // the writer meanwhile wait for one chunk, not for the whole batch.
     let mut stored = 0;
-    while !rest.is_empty() {
-        let tail = rest.split_off(rest.len().min(STORE_CHUNK));
-        stored += store_chunk(&vault, std::mem::replace(&mut rest, tail), primary_id).await?;
+    while !rows.is_empty() {
+        let chunk = rows.drain(..rows.len().min(STORE_CHUNK)).collect();
+        stored += store_chunk(&vault, chunk, primary_id).await?;
     }
     Ok(stored)
 }
 
+/// One chunk as one ledger work item: nothing if the primary key changed since the batch was
+/// prepared; otherwise the rows that still hold the ciphertext read are updated, and each gets
+/// its record. Returns how many were stored.
 async fn store_chunk(
     vault: &Vault,
     rewrapped: Vec<Rewrapped>,
