@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use base64::Engine as _;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use orchestrator_store::{Database, Dialect, StoreError, now_us};
+use orchestrator_store::{Database, Dialect, HeldConnection, StoreError, now_us};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot};
@@ -262,6 +262,9 @@ enum Outcome {
 
 impl Writer {
     async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        // One connection for every batch, one after the other: taking it from the pool and
+        // giving it back each time cost two round trips per batch (sqlx pings both ways).
+        let mut conn = self.db.hold();
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -274,10 +277,11 @@ impl Writer {
             // A panic in one request's work must not stop the writer for good: the batch's
             // transaction is dropped (rolled back), its callers see their replies vanish
             // (UNAVAILABLE), and the next batch goes on.
-            let committed = std::panic::AssertUnwindSafe(self.commit(batch))
+            let committed = std::panic::AssertUnwindSafe(self.commit(&mut conn, batch))
                 .catch_unwind()
                 .await;
             let Ok(committed) = committed else {
+                conn.discard();
                 tracing::error!(
                     batch = size,
                     "audit batch panicked; its requests fail, the writer goes on"
@@ -310,9 +314,14 @@ impl Writer {
 
     /// One transaction for the whole batch. On failure every request gets the error (fail
     /// closed), with the reply channels handed back so none is left hanging.
-    async fn commit(&self, batch: Vec<Job>) -> Result<Vec<Outcome>, (AuditError, Vec<Outcome>)> {
-        let result = self.commit_batch(batch).await;
+    async fn commit(
+        &self,
+        conn: &mut HeldConnection,
+        batch: Vec<Job>,
+    ) -> Result<Vec<Outcome>, (AuditError, Vec<Outcome>)> {
+        let result = self.commit_batch(conn, batch).await;
         if result.is_err() {
+            conn.discard();
             *self
                 .committed
                 .lock()
@@ -329,6 +338,7 @@ impl Writer {
     /// head against the high-water mark.
     async fn append_known_head(
         &self,
+        conn: &mut HeldConnection,
         entries: &[Entry],
     ) -> Result<Option<(i64, Vec<u8>)>, AuditError> {
         if self.db.dialect() != Dialect::Postgres || entries.is_empty() {
@@ -349,7 +359,7 @@ impl Writer {
             .bind(records_json(&records))
             .bind(head.0)
             .bind(head.1)
-            .execute(self.db.pool())
+            .execute(conn.get().await?)
             .await?
             .rows_affected();
         if appended == records.len() as u64 {
@@ -391,6 +401,7 @@ impl Writer {
 
     async fn commit_batch(
         &self,
+        conn: &mut HeldConnection,
         batch: Vec<Job>,
     ) -> Result<Vec<Outcome>, (AuditError, Vec<Outcome>)> {
         if batch.iter().all(|job| matches!(job, Job::Record(..))) {
@@ -401,7 +412,7 @@ impl Writer {
                     Job::Work(..) => None,
                 })
                 .collect();
-            match self.append_known_head(&entries).await {
+            match self.append_known_head(conn, &entries).await {
                 Ok(Some(new_head)) => {
                     self.committed_head(new_head);
                     return Ok(batch.into_iter().map(pending).collect());
@@ -412,7 +423,7 @@ impl Writer {
         }
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut entries = Vec::with_capacity(batch.len());
-        let mut tx = match self.db.begin_write().await {
+        let mut tx = match conn.begin_write().await {
             Ok(tx) => tx,
             Err(e) => return Err((e.into(), batch.into_iter().map(pending).collect())),
         };

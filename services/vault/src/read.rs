@@ -1,6 +1,8 @@
 //! Reads of values: the row and its newest audit digest in one round trip, the digest checked,
 //! the ciphertext decrypted for its row, and the value released only after the read is recorded.
 
+use std::sync::Arc;
+
 use orchestrator_audit::Entry;
 use orchestrator_proto::timestamp as ts;
 use orchestrator_proto::vault::v1 as pb;
@@ -23,16 +25,21 @@ pub(crate) type Lookups = Batcher<db::Lookup, Result<db::GrantedRead, Status>>;
 
 /// Starts the batching of reads' lookups against `db`.
 pub(crate) fn lookups(db: Database) -> Lookups {
+    // The batches run one at a time, so they share one connection (the lock is never
+    // contended): no round trip to take it from the pool and give it back per batch.
+    let held = Arc::new(tokio::sync::Mutex::new(db.hold()));
     Batcher::start(LOOKUPS_PER_STATEMENT, move |lookups: Vec<db::Lookup>| {
-        let db = db.clone();
+        let (dialect, held) = (db.dialect(), held.clone());
         async move {
+            let mut held = held.lock().await;
             let found = async {
-                let mut conn = db.pool().acquire().await?;
-                db::read_granted_many(&mut conn, db.dialect(), &lookups).await
+                let conn = held.get().await?;
+                db::read_granted_many(conn, dialect, &lookups).await
             };
             match found.await {
                 Ok(found) => found.into_iter().map(Ok).collect(),
                 Err(e) => {
+                    held.discard();
                     tracing::warn!(error = %e, reads = lookups.len(), "a batch of reads' lookups failed; each of its reads fails");
                     let status = Status::from(&e);
                     lookups.iter().map(|_| Err(status.clone())).collect()

@@ -356,6 +356,9 @@ pub(crate) async fn store_versions(
     // cached while the table was small), and the DELETE takes the rows the probes found by
     // their ctid. A row another replica's rewrap changes meanwhile is skipped (its ctid moved)
     // and stays for the key's next Put; the records name only the rows deleted.
+    // The DELETE is a TID scan only because sessions run with `enable_seqscan = off`
+    // (`orchestrator-store`): a plan cached while the table was nearly empty scanned it whole
+    // instead, and kept doing so as it grew.
     const STORE_MANY: &str = "WITH r AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) \
            AS r (i BIGINT, user_id TEXT, key TEXT, version BIGINT, value TEXT, prune BIGINT)), \
          ins AS (INSERT INTO user_vault \
