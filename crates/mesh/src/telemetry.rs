@@ -10,6 +10,8 @@
 //! (method names, SPIFFE IDs, status codes, host and path), never a request field's value, and no
 //! log event is exported: what a log line says stays in the logs.
 
+use std::io::IsTerminal as _;
+
 use anyhow::Context as _;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -149,7 +151,11 @@ pub fn init(format: LogFormat, traces: &TraceSettings) -> anyhow::Result<Telemet
     // verbose than any directive (h2's and sqlx's trace and debug lines) is then switched off
     // where it stands instead of being asked about on every call.
     let logs_filter = filter.add_directive(format!("{TARGET}=off").parse()?);
-    let fmt = tracing_subscriber::fmt::layer().with_target(false);
+    // Colours only on a terminal: in a file (or a collector) escape codes are noise, and they
+    // cost formatting on every line (one per RPC).
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal());
     let logs = match format {
         LogFormat::Json => fmt
             .json()
