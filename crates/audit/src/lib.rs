@@ -4,8 +4,8 @@
 //!   secret returns only after its record is durable. If the record cannot be written, the
 //!   operation fails.
 //! - **Group commit.** One writer task per process takes whatever requests are queued, runs
-//!   them in one transaction (each behind a savepoint, so one failure does not sink the
-//!   others), appends their records and commits once: one fsync for many requests.
+//!   them in one transaction (each behind a savepoint when it shares the batch, so one failure
+//!   does not sink the others), appends their records and commits once: one fsync for many requests.
 //! - **Hash chain.** Record `n` carries `HMAC-SHA256(AUDIT_KEY, mac(n-1) || fields(n))`; the key
 //!   never reaches the database, so an edit, a deletion in the middle or a forged record is
 //!   found by [`verify`], which names the first broken record. `audit_head` holds the newest

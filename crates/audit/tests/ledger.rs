@@ -72,6 +72,16 @@ async fn a_panicking_request_fails_alone_and_the_writer_goes_on() {
 #[tokio::test]
 async fn a_refused_change_leaves_no_record_and_no_change() {
     let (_test, db, ledger) = ledger().await;
+    refused_change_leaves_no_trace(&db, &ledger).await;
+    // On PostgreSQL as well, whose lone work runs without a savepoint.
+    let (_test, db) = postgres().await;
+    let ledger = Ledger::start(db.clone(), AuditKey::from_bytes(&[9; 32]));
+    refused_change_leaves_no_trace(&db, &ledger).await;
+}
+
+/// A work alone in its batch changes the schema, then refuses: neither the change nor a record
+/// remains, and the writer goes on.
+async fn refused_change_leaves_no_trace(db: &Database, ledger: &Ledger<tonic::Status>) {
     let err = ledger
         .write(
             |conn| -> futures::future::BoxFuture<'_, Result<((), Vec<Entry>), tonic::Status>> {
@@ -87,7 +97,7 @@ async fn a_refused_change_leaves_no_record_and_no_change() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    // The savepoint rolled the change back; nothing was recorded.
+    // Its transaction rolled the change back; nothing was recorded.
     assert!(
         sqlx::query("SELECT * FROM scratch")
             .fetch_all(db.pool())
@@ -98,6 +108,18 @@ async fn a_refused_change_leaves_no_record_and_no_change() {
         .await
         .unwrap();
     assert_eq!(report.records, 0);
+    ledger
+        .record(Entry::new(
+            "spiffe://o/api",
+            "/x.V/Get",
+            "users/u/secrets/a",
+        ))
+        .await
+        .unwrap();
+    let report = verify(db.pool(), &AuditKey::from_bytes(&[9; 32]))
+        .await
+        .unwrap();
+    assert_eq!((report.records, report.broken), (1, None));
 }
 
 /// The lookup a read's rollback check makes — the newest record about a row that carries a
