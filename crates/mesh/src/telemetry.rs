@@ -245,6 +245,31 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
 mod tests {
     use super::*;
 
+    /// The most verbose level any directive asks for, so that callsites more verbose than it
+    /// (h2's, rustls', sqlx's debug and trace lines) are switched off where they stand. A
+    /// filter that loses its hint leaves every one of them asked on every call: 6 % of the
+    /// vault's CPU once (docs/BENCHMARKS.md, third round).
+    fn expected_max_level() -> Option<LevelFilter> {
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+            .max_level_hint()
+    }
+
+    #[tokio::test]
+    async fn the_logs_keep_their_level_hint() {
+        let _telemetry = init(LogFormat::Text, &TraceSettings::Off).unwrap();
+        assert_eq!(Some(LevelFilter::current()), expected_max_level());
+    }
+
+    #[tokio::test]
+    async fn the_logs_and_the_exported_spans_keep_their_level_hint() {
+        let _telemetry = init(LogFormat::Json, &otlp("vault")).unwrap();
+        assert_eq!(
+            Some(LevelFilter::current()),
+            expected_max_level().max(Some(LevelFilter::INFO))
+        );
+    }
+
     fn settings(pairs: &[(&str, &str)]) -> anyhow::Result<TraceSettings> {
         TraceSettings::from_env(&Env::from_pairs(pairs.iter().copied()), "vault")
     }
