@@ -43,6 +43,15 @@ impl Dialect {
         }
     }
 
+    /// The statement that opens a write transaction: on SQLite it takes the write lock up
+    /// front (`BEGIN IMMEDIATE`), so two writers never deadlock upgrading read locks.
+    fn begin_write(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "BEGIN",
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+        }
+    }
+
     /// The type of a byte string column, for `CAST($n AS ...)`.
     pub fn blob(self) -> &'static str {
         match self {
@@ -299,10 +308,10 @@ impl Database {
             })
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(2))
-            // A connection that saw the server restart is replaced instead of failing calls:
-            // one idle for a while is pinged before use. Not every one: a ping is a round trip,
-            // and a busy service's connections are never idle long enough to have missed a
-            // restart without a call on them failing anyway.
+            // A connection idle for a second is pinged before use, so one that saw the server
+            // restart is replaced instead of failing a call. A busy one is not: a ping is a
+            // round trip, and after a restart its next call fails once (UNAVAILABLE), as the
+            // calls in flight then do anyway.
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
@@ -379,13 +388,9 @@ impl Database {
         Ok(())
     }
 
-    /// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so
-    /// two writers never deadlock upgrading read locks.
+    /// A write transaction (see [`Dialect::begin_write`]).
     pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        Ok(match self.dialect {
-            Dialect::Postgres => self.pool.begin().await?,
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-        })
+        Ok(self.pool.begin_with(self.dialect.begin_write()).await?)
     }
 
     /// A connection for one task's serial work (a writer, a batcher), kept between its units
@@ -408,8 +413,8 @@ impl Database {
 const PING_IF_IDLE: Duration = Duration::from_secs(1);
 
 /// A pooled connection that one task keeps across its units of work (see [`Database::hold`]).
-/// sqlx pings every connection that goes back to the pool: a round trip per batch, which
-/// measured a tenth of the vault's CPU while reads were served. Taken from the pool at first
+/// sqlx pings every connection that goes back to the pool: a round trip per batch (with the
+/// ping on taking one, a tenth of the vault's CPU while reads were served). Taken from the pool at first
 /// use; after a failure the task [`discard`](HeldConnection::discard)s it (it may be broken or
 /// mid-transaction) and the next use takes a fresh one; pinged first when idle for a while, as
 /// the pool's own are, so a database restarted meanwhile costs no failed call.
@@ -447,12 +452,8 @@ impl HeldConnection {
 
     /// A write transaction on the held connection, as [`Database::begin_write`].
     pub async fn begin_write(&mut self) -> Result<Transaction<'_, Any>, StoreError> {
-        let dialect = self.db.dialect;
-        let conn = self.get().await?;
-        Ok(match dialect {
-            Dialect::Postgres => conn.begin().await?,
-            Dialect::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
-        })
+        let begin = self.db.dialect.begin_write();
+        Ok(self.get().await?.begin_with(begin).await?)
     }
 
     /// Lets go of the connection after a failure: closed, not returned to the pool.

@@ -85,6 +85,10 @@ async fn a_held_connection_dropped_by_the_server_while_idle_is_replaced_before_u
 async fn a_pooled_connection_dropped_by_the_server_while_idle_is_replaced_before_use() {
     let (test, db) = postgres().await;
     let first = backend(&mut db.pool().acquire().await.unwrap()).await;
+    // Back in the pool (its release ping done) before the server drops it.
+    while db.pool().num_idle() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     terminate(&admin(&test).await, first).await;
     tokio::time::sleep(IDLE).await;
     for _ in 0..4 {
