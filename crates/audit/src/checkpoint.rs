@@ -199,11 +199,15 @@ impl<E> Ledger<E> {
     /// this process knows, so the loss stays provable.
     pub async fn checkpoint(&self, service: &str) -> Result<Checkpoint, AuditError> {
         let row = sqlx::query("SELECT seq, mac FROM audit_head WHERE id = 1")
-            .fetch_one(self.db.pool())
+            .fetch_one(self.shared.db.pool())
             .await?;
         let stored: (i64, Vec<u8>) = (row.try_get("seq")?, row.try_get("mac")?);
         let (seq, head) = {
-            let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut latest = self
+                .shared
+                .latest
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if stored.0 >= latest.0 {
                 *latest = stored;
             } else {
@@ -215,7 +219,13 @@ impl<E> Ledger<E> {
             }
             latest.clone()
         };
-        Ok(Checkpoint::sign(&self.key, service, seq, &head, now_us()))
+        Ok(Checkpoint::sign(
+            &self.shared.key,
+            service,
+            seq,
+            &head,
+            now_us(),
+        ))
     }
 }
 

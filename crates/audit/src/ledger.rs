@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::chain::{AuditKey, Entry, GENESIS, Record};
 
-/// The newest head this process committed or saw: (sequence number, that record's MAC).
-pub(crate) type Head = Arc<Mutex<(i64, Vec<u8>)>>;
+/// A head of the chain: the sequence number of its newest record and that record's MAC.
+pub(crate) type Head = (i64, Vec<u8>);
 
 /// Why the ledger could not record (and so could not let the change or the read happen: the
 /// log fails closed). Callers map it to their own errors; [`tonic::Status`] has a `From`.
@@ -95,9 +95,7 @@ const INSERT_CHUNK: usize = 100;
 /// through, and the ledger's own failures become an `E` by `From<AuditError>`.
 pub struct Ledger<E> {
     jobs: mpsc::Sender<Job>,
-    pub(crate) key: Arc<AuditKey>,
-    pub(crate) db: Database,
-    pub(crate) latest: Head,
+    pub(crate) shared: Arc<Shared>,
     error: PhantomData<fn() -> E>,
 }
 
@@ -105,9 +103,7 @@ impl<E> Clone for Ledger<E> {
     fn clone(&self) -> Self {
         Self {
             jobs: self.jobs.clone(),
-            key: self.key.clone(),
-            db: self.db.clone(),
-            latest: self.latest.clone(),
+            shared: self.shared.clone(),
             error: PhantomData,
         }
     }
@@ -123,21 +119,20 @@ impl<E: From<AuditError> + Send + 'static> Ledger<E> {
     /// Starts the writer task for `db` with the service's `key`.
     pub fn start(db: Database, key: AuditKey) -> Self {
         let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
-        let key = Arc::new(key);
-        let latest: Head = Arc::new(Mutex::new((0, GENESIS.to_vec())));
-        let writer = Writer {
-            db: db.clone(),
-            key: key.clone(),
+        let shared = Arc::new(Shared {
+            db,
+            key,
             high_water: AtomicI64::new(0),
-            latest: latest.clone(),
+            latest: Mutex::new((0, GENESIS.to_vec())),
             committed: Mutex::new(None),
+        });
+        let writer = Writer {
+            shared: shared.clone(),
         };
         tokio::spawn(writer.run(rx));
         Self {
             jobs,
-            key,
-            db,
-            latest,
+            shared,
             error: PhantomData,
         }
     }
@@ -231,7 +226,7 @@ impl<E> Ledger<E> {
                 )));
             }
         };
-        if !self.key.verify(&prev, &record, &mac) {
+        if !self.shared.key.verify(&prev, &record, &mac) {
             return Err(AuditError::Tampered(format!(
                 "audit record {} fails its MAC: the audit log was tampered with",
                 record.seq
@@ -241,18 +236,25 @@ impl<E> Ledger<E> {
     }
 }
 
-struct Writer {
-    db: Database,
-    key: Arc<AuditKey>,
+/// What the writer and the concurrent writes ([`crate::Concurrent`]) share: the database, the
+/// key, and what this process knows of the chain's head.
+pub(crate) struct Shared {
+    pub(crate) db: Database,
+    pub(crate) key: AuditKey,
     /// The highest sequence number this process has committed or seen: the head must never be
     /// below it.
     high_water: AtomicI64,
-    /// The newest (seq, MAC) committed or seen, for checkpoints.
-    latest: Head,
-    /// The head this writer's last batch committed, while nothing says it moved since (cleared
-    /// on any failure). A batch of records alone appends from it in one statement that moves
-    /// the head only if it is still exactly there (PostgreSQL), instead of locking it first.
-    committed: Mutex<Option<(i64, Vec<u8>)>>,
+    /// The newest head committed or seen, for checkpoints.
+    pub(crate) latest: Mutex<Head>,
+    /// The head this process last committed, while nothing says it moved since (cleared on
+    /// the writer's failures). A batch of records alone appends from it in one statement that
+    /// moves the head only if it is still exactly there (PostgreSQL), instead of locking it
+    /// first.
+    committed: Mutex<Option<Head>>,
+}
+
+struct Writer {
+    shared: Arc<Shared>,
 }
 
 enum Outcome {
@@ -264,7 +266,7 @@ impl Writer {
     async fn run(self, mut rx: mpsc::Receiver<Job>) {
         // One connection for every batch, one after the other: taking it from the pool and
         // giving it back each time cost two round trips per batch (sqlx pings both ways).
-        let mut conn = self.db.hold();
+        let mut conn = self.shared.db.hold();
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -322,10 +324,7 @@ impl Writer {
         let result = self.commit_batch(conn, batch).await;
         if result.is_err() {
             conn.discard();
-            *self
-                .committed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = None;
+            self.shared.forget_head();
         }
         result
     }
@@ -341,10 +340,11 @@ impl Writer {
         conn: &mut HeldConnection,
         entries: &[Entry],
     ) -> Result<Option<(i64, Vec<u8>)>, AuditError> {
-        if self.db.dialect() != Dialect::Postgres || entries.is_empty() {
+        if self.shared.db.dialect() != Dialect::Postgres || entries.is_empty() {
             return Ok(None);
         }
         let Some(head) = self
+            .shared
             .committed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -352,7 +352,7 @@ impl Writer {
         else {
             return Ok(None);
         };
-        let (records, new_head) = self.chain(&head, entries.to_vec());
+        let (records, new_head) = self.shared.chain(&head, entries.to_vec());
         let appended = sqlx::query(APPEND_IF_HEAD)
             .bind(new_head.0)
             .bind(new_head.1.clone())
@@ -367,36 +367,6 @@ impl Writer {
         } else {
             Ok(None)
         }
-    }
-
-    /// The batch's records chained from `head`, and the new head.
-    fn chain(&self, head: &(i64, Vec<u8>), entries: Vec<Entry>) -> (Vec<Chained>, (i64, Vec<u8>)) {
-        let (mut seq, mut prev) = head.clone();
-        let at_us = now_us();
-        let mut records = Vec::with_capacity(entries.len());
-        for entry in entries {
-            seq += 1;
-            let record = Record { seq, at_us, entry };
-            let mac = self.key.mac(&prev, &record).to_vec();
-            prev.clone_from(&mac);
-            records.push((record, mac));
-        }
-        (records, (seq, prev))
-    }
-
-    /// Notes a committed head: the high-water mark, the newest for checkpoints, and the head
-    /// the next batch of records appends from.
-    fn committed_head(&self, new_head: (i64, Vec<u8>)) {
-        self.high_water.fetch_max(new_head.0, Ordering::SeqCst);
-        let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
-        if new_head.0 > latest.0 {
-            *latest = new_head.clone();
-        }
-        drop(latest);
-        *self
-            .committed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(new_head);
     }
 
     async fn commit_batch(
@@ -414,7 +384,7 @@ impl Writer {
                 .collect();
             match self.append_known_head(conn, &entries).await {
                 Ok(Some(new_head)) => {
-                    self.committed_head(new_head);
+                    self.shared.committed_head(new_head);
                     return Ok(batch.into_iter().map(pending).collect());
                 }
                 Ok(None) => {}
@@ -427,7 +397,7 @@ impl Writer {
             Ok(tx) => tx,
             Err(e) => return Err((e.into(), batch.into_iter().map(pending).collect())),
         };
-        let head = match self.lock_head(&mut tx).await {
+        let head = match self.shared.lock_head(&mut tx).await {
             Ok(head) => head,
             Err(error) => return Err((error, batch.into_iter().map(pending).collect())),
         };
@@ -476,10 +446,10 @@ impl Writer {
                 Err(e) => Err((e.into(), outcomes)),
             };
         }
-        match self.append(&mut tx, head, entries).await {
+        match self.shared.append(&mut tx, head, entries).await {
             Ok(new_head) => match tx.commit().await {
                 Ok(()) => {
-                    self.committed_head(new_head);
+                    self.shared.committed_head(new_head);
                     Ok(outcomes)
                 }
                 Err(e) => Err((e.into(), outcomes)),
@@ -487,8 +457,55 @@ impl Writer {
             Err(error) => Err((error, outcomes)),
         }
     }
+}
 
-    async fn lock_head(&self, conn: &mut AnyConnection) -> Result<(i64, Vec<u8>), AuditError> {
+impl Shared {
+    /// The batch's records chained from `head`, and the new head.
+    fn chain(&self, head: &(i64, Vec<u8>), entries: Vec<Entry>) -> (Vec<Chained>, (i64, Vec<u8>)) {
+        let (mut seq, mut prev) = head.clone();
+        let at_us = now_us();
+        let mut records = Vec::with_capacity(entries.len());
+        for entry in entries {
+            seq += 1;
+            let record = Record { seq, at_us, entry };
+            let mac = self.key.mac(&prev, &record).to_vec();
+            prev.clone_from(&mac);
+            records.push((record, mac));
+        }
+        (records, (seq, prev))
+    }
+
+    /// Notes a committed head: the high-water mark, the newest for checkpoints, and the head
+    /// the next batch of records appends from.
+    pub(crate) fn committed_head(&self, new_head: Head) {
+        self.high_water.fetch_max(new_head.0, Ordering::SeqCst);
+        let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        if new_head.0 > latest.0 {
+            *latest = new_head.clone();
+        }
+        drop(latest);
+        // Only forward: a concurrent write may have committed a newer head meanwhile.
+        let mut committed = self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if committed.as_ref().is_none_or(|(seq, _)| new_head.0 > *seq) {
+            *committed = Some(new_head);
+        }
+    }
+
+    /// Forgets the committed head after a failure: the next batch of records locks the head.
+    fn forget_head(&self) {
+        *self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    pub(crate) async fn lock_head(
+        &self,
+        conn: &mut AnyConnection,
+    ) -> Result<(i64, Vec<u8>), AuditError> {
         let sql = format!(
             "SELECT seq, mac FROM audit_head WHERE id = 1{}",
             self.db.dialect().for_update()
@@ -509,14 +526,14 @@ impl Writer {
                 "the audit log moved backwards (head {seq}, this process wrote up to {seen}): the database was rolled back; refusing to continue"
             )));
         }
-        self.high_water.store(seq, Ordering::SeqCst);
+        self.high_water.fetch_max(seq, Ordering::SeqCst);
         Ok((seq, mac))
     }
 
     /// Appends `entries` after the locked `head` and moves the head, inside the batch's
     /// transaction: one statement on PostgreSQL, a multi-row INSERT per chunk and an UPDATE on
     /// SQLite.
-    async fn append(
+    pub(crate) async fn append(
         &self,
         conn: &mut AnyConnection,
         head: (i64, Vec<u8>),

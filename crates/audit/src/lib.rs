@@ -78,12 +78,14 @@ macro_rules! attested_columns {
 
 mod chain;
 mod checkpoint;
+mod concurrent;
 mod ledger;
 mod retry;
 mod verify;
 
 pub use chain::{AuditKey, AuditKeyError, Entry, Record};
 pub use checkpoint::{Checkpoint, CheckpointError, check as check_checkpoint};
+pub use concurrent::{Concurrent, LOCK_TIMEOUT};
 pub use ledger::{AuditError, Ledger, Work};
 pub use retry::{Retryable, WRITE_ATTEMPTS};
 pub use verify::{Broken, VerifyReport, verify};

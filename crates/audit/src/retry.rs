@@ -48,15 +48,20 @@ impl<E: From<AuditError> + Retryable + Send + 'static> Ledger<E> {
             let this = work.clone();
             match self.write(move |conn| this(conn)).await {
                 Err(e) if e.is_retryable() && attempt < WRITE_ATTEMPTS => {
-                    // Apart, so the two losers of a deadlock do not meet again.
-                    let pause = 5 + u64::from(rand_byte()) % (20 * u64::from(attempt));
-                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                    pause(attempt).await;
                     attempt += 1;
                 }
                 outcome => return outcome,
             }
         }
     }
+}
+
+/// A short random pause before attempt `attempt + 1`: apart, so the two losers of a deadlock
+/// do not meet again.
+pub(crate) async fn pause(attempt: u32) {
+    let pause = 5 + u64::from(rand_byte()) % (20 * u64::from(attempt));
+    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
 }
 
 /// A random byte, for jitter.

@@ -98,8 +98,9 @@ impl From<sqlx::Error> for StoreError {
                 match code.as_ref() {
                     // unique_violation; SQLite's UNIQUE and PRIMARY KEY constraints
                     "23505" | "2067" | "1555" => StoreError::Duplicate(db.message().to_owned()),
-                    // serialization_failure, deadlock_detected
-                    "40001" | "40P01" => StoreError::Conflict(db.message().to_owned()),
+                    // serialization_failure, deadlock_detected, lock_not_available (a lock
+                    // wait past the transaction's lock_timeout)
+                    "40001" | "40P01" | "55P03" => StoreError::Conflict(db.message().to_owned()),
                     // admin_shutdown, crash_shutdown, cannot_connect_now; SQLite BUSY/LOCKED
                     "57P01" | "57P02" | "57P03" | "5" | "6" => {
                         StoreError::Unavailable(db.message().to_owned())

@@ -1,0 +1,135 @@
+//! Writes in transactions of their own, beside the writer's batches: the work runs first, and
+//! the audit head is taken last, only to append the work's records and commit. Two such writes
+//! overlap their work on two database backends; only their appends and commits take turns.
+//!
+//! The order of locks is what makes this safe. A concurrent write takes its rows, then the
+//! head, then (for work that must follow the head) the rows a head-first work also takes after
+//! the head, such as the primary data key. The writer's works take the head first. A cycle is
+//! possible only between a concurrent write and a head-first transaction that changes the same
+//! rows: the concurrent write's lock wait then times out ([`LOCK_TIMEOUT`]), so the writer's
+//! batch (which may carry many callers' requests) is never the one aborted, and the write runs
+//! again head first, as the writer's works do, without a timeout: no cycle can include it then,
+//! and it lands.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use orchestrator_store::Dialect;
+use sqlx::{Any, AnyConnection, Transaction};
+
+use crate::chain::Entry;
+use crate::ledger::{AuditError, Head, Ledger, Shared};
+use crate::retry::{Retryable, WRITE_ATTEMPTS, pause};
+
+/// How long a concurrent write waits for any lock before it gives up and runs again. Far above
+/// a batch's time holding the head (milliseconds); a wait this long is a cycle with a writer's
+/// work (see the module's documentation).
+pub const LOCK_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// A concurrent write's transaction, as its work sees it.
+pub struct Concurrent {
+    tx: Transaction<'static, Any>,
+    shared: Arc<Shared>,
+    head: Option<Head>,
+}
+
+impl std::fmt::Debug for Concurrent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Concurrent")
+            .field("head_locked", &self.head.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Concurrent {
+    /// Begins a transaction: rows first, with the lock timeout; or `head_first`, without one.
+    async fn begin(shared: Arc<Shared>, head_first: bool) -> Result<Self, AuditError> {
+        let begin = match shared.db.dialect() {
+            // One round trip: the transaction and its lock timeout.
+            Dialect::Postgres if !head_first => format!(
+                "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+                LOCK_TIMEOUT.as_millis()
+            ),
+            Dialect::Postgres => "BEGIN".to_owned(),
+            // SQLite's write lock is the whole database, taken here: no cycle is possible.
+            Dialect::Sqlite => "BEGIN IMMEDIATE".to_owned(),
+        };
+        let tx = shared
+            .db
+            .pool()
+            .begin_with(sqlx::AssertSqlSafe(begin))
+            .await?;
+        let mut this = Self {
+            tx,
+            shared,
+            head: None,
+        };
+        if head_first {
+            this.lock_head().await?;
+        }
+        Ok(this)
+    }
+
+    /// The transaction's connection, for the work's statements.
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+
+    /// Takes the audit head now, if this write has not yet. Until the commit, other writes wait
+    /// for it; work that must not interleave with a writer's work done under the head (counting
+    /// on the data key a rotation replaces, say) comes after this call.
+    pub async fn lock_head(&mut self) -> Result<(), AuditError> {
+        if self.head.is_none() {
+            self.head = Some(self.shared.lock_head(&mut self.tx).await?);
+        }
+        Ok(())
+    }
+
+    /// Appends `entries` after the head (taking it if the work did not) and commits.
+    async fn commit(mut self, entries: Vec<Entry>) -> Result<(), AuditError> {
+        if entries.is_empty() && self.head.is_none() {
+            self.tx.commit().await?;
+            return Ok(());
+        }
+        self.lock_head().await?;
+        let head = self.head.take().unwrap_or_default();
+        let new_head = self.shared.append(&mut self.tx, head, entries).await?;
+        self.tx.commit().await?;
+        self.shared.committed_head(new_head);
+        Ok(())
+    }
+}
+
+impl<E: From<AuditError> + Retryable> Ledger<E> {
+    /// Runs `work` in a transaction of its own, beside the writer's batches, and commits it
+    /// with its audit records, which are appended after the work, under the head (see the
+    /// module's documentation for the order of locks this relies on). A work that loses to a
+    /// concurrent transaction (a deadlock, a lock wait past [`LOCK_TIMEOUT`]) runs again, head
+    /// first, up to [`WRITE_ATTEMPTS`] times in all; its own other errors are returned, nothing
+    /// committed.
+    // Architecture Invariant: every state change is audited in the same transaction, fail
+    // closed (as for `Ledger::write`).
+    pub async fn write_concurrently<T, F>(&self, mut work: F) -> Result<T, E>
+    where
+        F: for<'c> FnMut(&'c mut Concurrent) -> BoxFuture<'c, Result<(T, Vec<Entry>), E>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let outcome: Result<T, E> = async {
+                let mut tx = Concurrent::begin(self.shared.clone(), attempt > 1).await?;
+                let (value, entries) = work(&mut tx).await?;
+                tx.commit(entries).await?;
+                Ok(value)
+            }
+            .await;
+            match outcome {
+                Err(e) if e.is_retryable() && attempt < WRITE_ATTEMPTS => {
+                    pause(attempt).await;
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+}
