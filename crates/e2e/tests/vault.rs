@@ -1113,3 +1113,39 @@ async fn two_replicas_share_one_database() {
     assert_eq!(report.broken, None, "{report:?}");
     assert!(report.records > 100);
 }
+
+/// A replica seals a Put under the primary data key it last counted on. After another replica
+/// rotated, its next Put finds the new primary when it counts under the audit head, and runs
+/// again sealed under that one: no value lands on a demoted key after the rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_after_another_replica_rotated_lands_on_the_new_primary() {
+    let mesh = start(Backend::Postgres).await;
+    let (a, b) = tokio::join!(mesh.launch(VAULT).spawn(), mesh.launch(VAULT).spawn());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut api_b = Vault::new(mesh.channel_to(&b, "api").await);
+    let mut infra_b = Vault::new(mesh.channel_to(&b, "infra").await);
+    let mut op_a = Vault::new(mesh.channel_to(&a, "operator").await);
+    put_ok(&mut api_b, put("u1", "before", b"one", None)).await;
+    op_a.rotate_data_key(pb::RotateDataKeyRequest::default())
+        .await
+        .unwrap();
+    put_ok(&mut api_b, put("u1", "after", b"two", None)).await;
+    let db = orchestrator_store::Database::connect(
+        &mesh.db().url("vault"),
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let (on, primary): (i64, i64) = sqlx::query_as(
+        "SELECT v.data_key_id, (SELECT id FROM data_keys WHERE state = 'primary') \
+         FROM user_vault v WHERE v.user_id = 'u1' AND v.key = 'after'",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!((on, primary), (2, 2), "stored under the new primary");
+    grant(&mesh, "u1", &["after"]).await;
+    assert_eq!(read(&mut infra_b, "u1", "after", 0).await.value, b"two");
+    let report = audit_report(&mesh).await;
+    assert_eq!(report.broken, None, "{report:?}");
+}

@@ -1,6 +1,7 @@
 //! The data keys, unwrapped in memory, checked against the master keyring at start-up.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use orchestrator_store::{Database, StoreError, now_us};
@@ -60,6 +61,9 @@ pub(crate) struct DataKeys {
     keyring: Keyring,
     rng: SystemRandom,
     keys: RwLock<HashMap<i64, Arc<DataKey>>>,
+    /// The primary data key's id as this process last counted on it (0: not yet). Only a hint
+    /// for sealing ahead of the count: the count, under the audit head, is what decides.
+    primary_hint: AtomicI64,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -75,6 +79,7 @@ impl DataKeys {
             keyring,
             rng: SystemRandom::new(),
             keys: RwLock::new(HashMap::new()),
+            primary_hint: AtomicI64::new(0),
         };
         let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
         if db::stored_data_keys(&mut conn).await?.is_empty() {
@@ -180,6 +185,16 @@ impl DataKeys {
         }
         let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
         self.get_or_load(&mut conn, id).await
+    }
+
+    /// The primary data key's id as last counted on, if any (see [`DataKeys::set_primary_hint`]).
+    pub(crate) fn primary_hint(&self) -> Option<i64> {
+        Some(self.primary_hint.load(Ordering::Relaxed)).filter(|id| *id != 0)
+    }
+
+    /// Notes the primary data key's id, as a count of encryptions on it found it.
+    pub(crate) fn set_primary_hint(&self, id: i64) {
+        self.primary_hint.store(id, Ordering::Relaxed);
     }
 
     pub(crate) fn rng(&self) -> &SystemRandom {

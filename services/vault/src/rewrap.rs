@@ -1,11 +1,13 @@
 //! Background rewrap: moves ciphertexts from demoted data keys to the primary one, in batches:
-//! read, checked against their audit records and re-encrypted outside the audit writer, then
-//! stored through the ledger (each batch one transaction, each row stored only if unchanged
-//! since it was read and audited with its new digest). So it survives a crash (the next run
-//! picks up what is left), runs safely on several replicas (a row another replica rewrapped
-//! first is left alone) and holds the writer, which reads' records wait for, only to store.
+//! read, checked against their audit records and re-encrypted, then stored in chunks, each a
+//! concurrent ledger write (a transaction of its own, each row stored only if unchanged since it
+//! was read, and audited with its new digest). So it survives a crash (the next run picks up
+//! what is left), runs safely on several replicas (a row another replica rewrapped first is left
+//! alone) and never holds the audit writer, which reads' records wait for: it takes the audit
+//! head only to append a chunk's records and commit.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use orchestrator_audit::Entry;
@@ -18,7 +20,7 @@ use crate::crypto::{RowRef, ciphertext_key_id, digest};
 use crate::db::{self, Rewrapped, RowKey, StoredValue};
 use crate::state::{Progress, Vault};
 
-/// Rows per ledger work item when a batch is stored.
+/// Rows per transaction when a batch is stored.
 const STORE_CHUNK: usize = 250;
 
 /// Runs for the life of the process: a pass whenever woken (a rotation here) or every
@@ -175,19 +177,18 @@ async fn prepare(
     Ok(Some((prepared, last)))
 }
 
-/// Stores a prepared batch through the ledger; returns how many rows it stored.
+/// Stores a prepared batch; returns how many rows it stored.
 ///
-/// The writer (which every Put and every read's record waits for) holds only this: one
-/// transaction that counts the encryptions on the primary key (locking it, so a rotation
-/// cannot slip in), stores each new ciphertext where the row still holds the one read, and
-/// records exactly those rows.
+/// Beside the audit writer (which every read's record waits for), not in it: each chunk is a
+/// transaction of its own ([`orchestrator_audit::Concurrent`]) that stores each new ciphertext
+/// where the row still holds the one read, then takes the audit head only to count the
+/// encryptions on the primary key (so a rotation cannot slip in), record exactly the rows
+/// stored, and commit.
 async fn store(vault: Vault, batch: Prepared) -> Result<i64, Status> {
     let Prepared {
         mut rows,
         primary_id,
     } = batch;
-    // In chunks, one ledger work item after the other: the reads' records that queue behind
-    // the writer meanwhile wait for one chunk, not for the whole batch.
     let mut stored = 0;
     while !rows.is_empty() {
         let chunk = rows.drain(..rows.len().min(STORE_CHUNK)).collect();
@@ -196,26 +197,33 @@ async fn store(vault: Vault, batch: Prepared) -> Result<i64, Status> {
     Ok(stored)
 }
 
-/// One chunk as one ledger work item: nothing if the primary key changed since the batch was
-/// prepared; otherwise the rows that still hold the ciphertext read are updated, and each gets
-/// its record. Returns how many were stored.
+/// One chunk in one transaction: nothing if the primary key changed since the batch was
+/// prepared (the next pass re-encrypts under the new one); otherwise the rows that still hold
+/// the ciphertext read are updated, and each gets its record. Returns how many were stored.
 async fn store_chunk(
     vault: &Vault,
-    rewrapped: Vec<Rewrapped>,
+    rewrapped: Arc<[Rewrapped]>,
     primary_id: i64,
 ) -> Result<i64, Status> {
-    let v = vault.clone();
     vault
         .ledger
-        .write(move |conn| {
+        .write_concurrently(|tx| {
+            let (vault, rewrapped) = (vault.clone(), rewrapped.clone());
             Box::pin(async move {
-                let primary = db::count_encryptions(conn, rewrapped.len() as i64).await?;
-                if primary.id != primary_id {
-                    // Rotated again since: the next pass re-encrypts under the new primary.
+                if db::primary_data_key_id(tx.conn()).await? != primary_id {
                     return Ok((0, Vec::new()));
                 }
+                let dialect = vault.db.dialect();
                 let stored =
-                    db::store_rewrapped(conn, v.db.dialect(), primary.id, &rewrapped).await?;
+                    db::store_rewrapped(tx.conn(), dialect, primary_id, &rewrapped).await?;
+                tx.lock_head().await?;
+                let primary = db::count_encryptions(tx.conn(), stored.len() as i64).await?;
+                vault.keys.set_primary_hint(primary.id);
+                if primary.id != primary_id {
+                    // Rotated since the batch was prepared: this attempt rolls back, and the
+                    // next one finds the new primary above and stores nothing.
+                    return Err(orchestrator_store::concurrent_change());
+                }
                 let by_row: HashMap<(&str, &str, i64), &Rewrapped> = rewrapped
                     .iter()
                     .map(|r| ((r.user_id.as_str(), r.key.as_str(), r.version), r))
@@ -227,7 +235,7 @@ async fn store_chunk(
                     };
                     entries.push(
                         Entry::new(
-                            &v.self_id,
+                            &vault.self_id,
                             Action::Rewrap.as_str(),
                             target(user_id, key, *version),
                         )

@@ -2,9 +2,10 @@
 //! the audit entries that describe it, so a change and its records commit together or not at all.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use orchestrator_audit::Entry;
+use orchestrator_audit::{Concurrent, Entry};
 use orchestrator_proto::vault::v1 as pb;
 use orchestrator_status::with_reason;
 use orchestrator_store::now_us;
@@ -14,7 +15,7 @@ use tonic::{Code, Status};
 use crate::audit::{Action, Gone, current_version_digest, data_key_target, key_target, target};
 use crate::batcher::Batcher;
 use crate::crypto::{DataKey, RowRef, digest};
-use crate::db::{self, KeyHead, NewVersion, NextVersion, SecretMeta, Stored, Wrapping};
+use crate::db::{self, KeyHead, NewVersion, NextVersion, PrimaryUse, SecretMeta, Stored, Wrapping};
 use crate::state::Vault;
 use crate::validate::{DeleteSecret, PutSecret, SecretName};
 
@@ -28,8 +29,8 @@ pub(crate) struct QueuedPut {
     put: PutSecret,
 }
 
-/// Puts, batched: concurrent Puts share one work item of the ledger's transaction, so one
-/// savepoint pair and one count of encryptions serve them all.
+/// Puts, batched: concurrent Puts share one transaction, so one count of encryptions, one
+/// statement per step and one commit serve them all.
 pub(crate) type Puts = Batcher<QueuedPut, Result<SecretMeta, Status>>;
 
 /// How long a batch of Puts may wait for the callers answered with the batch before it.
@@ -46,13 +47,20 @@ pub(crate) fn puts() -> Puts {
                 return Vec::new();
             };
             let n = batch.len();
-            let puts: Vec<(String, PutSecret)> =
-                batch.into_iter().map(|q| (q.caller, q.put)).collect();
-            let v = vault.clone();
-            let written = vault
-                .ledger
-                .write(move |conn| Box::pin(async move { puts_in_tx(&v, conn, puts).await }))
-                .await;
+            let puts: Vec<(usize, (String, PutSecret))> = batch
+                .into_iter()
+                .map(|q| (q.caller, q.put))
+                .enumerate()
+                .collect();
+            let written = if puts.iter().any(|(_, (_, put))| put.request_id.is_some()) {
+                let v = vault.clone();
+                vault
+                    .ledger
+                    .write(move |conn| Box::pin(async move { puts_in_tx(&v, conn, &puts).await }))
+                    .await
+            } else {
+                puts_concurrently(&vault, puts).await
+            };
             match written {
                 Ok((answers, rotated)) => {
                     // Only now that the rotation committed: a rewrap woken earlier would find the
@@ -88,26 +96,95 @@ pub(crate) async fn put(
 /// Each Put's answer, and whether the batch rotated the primary data key.
 type PutAnswers = (Vec<Result<SecretMeta, Status>>, bool);
 
-/// A batch of Puts in the ledger's transaction: each Put's answer (a refusal changed nothing,
-/// so it does not roll back the others) and the audit entries of those that wrote. A database
-/// failure fails the whole batch, rolled back.
+/// A batch's Puts, each with its place in the batch and its caller.
+type Batch = [(usize, (String, PutSecret))];
+
+/// A batch of Puts without request ids in a transaction of its own, beside the writer and the
+/// other batches ([`orchestrator_audit::Concurrent`]): the versions are taken and stored first,
+/// each under its key's row lock, and the audit head is taken only to count the encryptions,
+/// append the records and commit. (A request id is looked up before its key is locked, so
+/// those batches run in the writer's order, under the head from the start.)
+async fn puts_concurrently(
+    vault: &Vault,
+    mut puts: Vec<(usize, (String, PutSecret))>,
+) -> Result<PutAnswers, Status> {
+    // Every batch takes its keys' rows in the same order, so two batches sharing keys wait for
+    // each other instead of deadlocking. (A key's Puts keep their order: the sort is stable.)
+    puts.sort_by(|(_, (_, a)), (_, (_, b))| {
+        (a.name.user_id.as_str(), a.name.key.as_str())
+            .cmp(&(b.name.user_id.as_str(), b.name.key.as_str()))
+    });
+    // Kept, not consumed, by each attempt: a batch that lost to a concurrent transaction runs
+    // again with the same values.
+    let puts = Arc::new(puts);
+    vault
+        .ledger
+        .write_concurrently(|tx| {
+            let (vault, puts) = (vault.clone(), puts.clone());
+            Box::pin(async move { puts_in_concurrent_tx(&vault, tx, &puts).await })
+        })
+        .await
+}
+
+async fn puts_in_concurrent_tx(
+    vault: &Vault,
+    tx: &mut Concurrent,
+    puts: &Batch,
+) -> Result<(PutAnswers, Vec<Entry>), Status> {
+    // Sealed under the primary this vault last counted on; checked under the head below.
+    let primary_id = match vault.keys.primary_hint() {
+        Some(id) => id,
+        None => db::primary_data_key_id(tx.conn()).await?,
+    };
+    let (answers, mut entries) = seal_and_store(vault, tx.conn(), primary_id, puts).await?;
+    // From here to the commit a rotation (which runs under the head) cannot slip in: the count
+    // lands on the key the values were sealed with, or the batch runs again. A Put refused
+    // above was counted in vain: the count errs on the safe side, never below the truth.
+    tx.lock_head().await?;
+    let primary = db::count_encryptions(tx.conn(), puts.len() as i64).await?;
+    vault.keys.set_primary_hint(primary.id);
+    if primary.id != primary_id {
+        // A rotation committed after this batch sealed its values: the next attempt seals
+        // them under the new primary.
+        return Err(orchestrator_store::concurrent_change());
+    }
+    let rotated = rotate_if_due(vault, tx.conn(), primary, &mut entries).await?;
+    Ok(((answers, rotated), entries))
+}
+
+/// A batch of Puts in the writer's transaction, under the head from its start: each Put's
+/// answer (a refusal changed nothing, so it does not roll back the others) and the audit
+/// entries of those that wrote. A database failure fails the whole batch, rolled back.
 async fn puts_in_tx(
     vault: &Vault,
     conn: &mut AnyConnection,
-    puts: Vec<(String, PutSecret)>,
+    puts: &Batch,
 ) -> Result<(PutAnswers, Vec<Entry>), Status> {
     // The encryptions counted once for the batch, on the primary data key, in the same
     // transaction (locking it, so a rotation waits for this one). A Put refused below was
     // counted in vain: the count errs on the safe side, never below the truth.
     let primary = db::count_encryptions(conn, puts.len() as i64).await?;
+    let (answers, mut entries) = seal_and_store(vault, conn, primary.id, puts).await?;
+    let rotated = rotate_if_due(vault, conn, primary, &mut entries).await?;
+    Ok(((answers, rotated), entries))
+}
+
+/// A batch's Puts sealed under data key `data_key_id` and stored: each Put's answer, in the
+/// batch's order, and the audit entries of those that wrote.
+async fn seal_and_store(
+    vault: &Vault,
+    conn: &mut AnyConnection,
+    data_key_id: i64,
+    puts: &Batch,
+) -> Result<(Vec<Result<SecretMeta, Status>>, Vec<Entry>), Status> {
     let data_key = vault
         .keys
-        .get_or_load(&mut *conn, primary.id)
+        .get_or_load(&mut *conn, data_key_id)
         .await?
         .ok_or_else(|| Status::internal("the primary data key cannot be loaded"))?;
     let sealing = Sealing {
         vault,
-        primary_id: primary.id,
+        primary_id: data_key_id,
         data_key: &data_key,
         now: now_us(),
     };
@@ -115,38 +192,46 @@ async fn puts_in_tx(
     // take their versions and store their rows together; the others follow one by one, as if
     // they had come after them.
     let mut seen = HashSet::new();
-    let (plain, others): (Vec<_>, Vec<_>) =
-        puts.into_iter().enumerate().partition(|(_, (_, put))| {
-            put.expected_version.is_none()
-                && put.request_id.is_none()
-                && seen.insert(put.name.clone())
-        });
+    let (plain, others): (Vec<_>, Vec<_>) = puts.iter().partition(|(_, (_, put))| {
+        put.expected_version.is_none() && put.request_id.is_none() && seen.insert(put.name.clone())
+    });
     let mut entries = Vec::new();
-    let mut answers = plain_puts(conn, plain, &sealing, &mut entries).await?;
+    let mut answers = plain_puts(conn, &plain, &sealing, &mut entries).await?;
     for (i, (caller, put)) in others {
         answers.push((
-            i,
-            put_one(conn, &caller, put, &sealing, &mut entries).await?,
+            *i,
+            put_one(conn, caller, put, &sealing, &mut entries).await?,
         ));
     }
     answers.sort_unstable_by_key(|(i, _)| *i);
     let answers = answers.into_iter().map(|(_, answer)| answer).collect();
-    let rotated = primary.encryptions >= vault.limits.rotate_after;
-    if rotated {
-        let why = format!(
-            "automatic: data key {} reached {} encryptions",
-            primary.id, primary.encryptions
-        );
-        let (new_id, entry) = rotate_in_tx(vault, conn, &vault.self_id, &why).await?;
-        tracing::info!(
-            data_key = new_id,
-            previous = primary.id,
-            encryptions = primary.encryptions,
-            "data key rotated automatically"
-        );
-        entries.push(entry);
+    Ok((answers, entries))
+}
+
+/// Rotates the primary data key, in `conn`'s transaction, if `primary` (counted in it) has
+/// reached its limit of encryptions; the rotation's audit entry goes into `entries`.
+async fn rotate_if_due(
+    vault: &Vault,
+    conn: &mut AnyConnection,
+    primary: PrimaryUse,
+    entries: &mut Vec<Entry>,
+) -> Result<bool, Status> {
+    if primary.encryptions < vault.limits.rotate_after {
+        return Ok(false);
     }
-    Ok(((answers, rotated), entries))
+    let why = format!(
+        "automatic: data key {} reached {} encryptions",
+        primary.id, primary.encryptions
+    );
+    let (new_id, entry) = rotate_in_tx(vault, conn, &vault.self_id, &why).await?;
+    tracing::info!(
+        data_key = new_id,
+        previous = primary.id,
+        encryptions = primary.encryptions,
+        "data key rotated automatically"
+    );
+    entries.push(entry);
+    Ok(true)
 }
 
 /// How a batch's Puts are sealed and stored: with the primary data key, at the batch's time.
@@ -159,8 +244,9 @@ struct Sealing<'a> {
 
 impl Sealing<'_> {
     /// `value` sealed for `row`.
-    // Architecture Invariant: no L3 value is stored unencrypted; the callers drop the
-    // plaintext (zeroized) once it is sealed for its row.
+    // Architecture Invariant: no L3 value is stored unencrypted. The plaintext is dropped
+    // (zeroized) with its request once the batch has its answer: kept until then, so that a
+    // batch that lost to a concurrent transaction can seal it again.
     fn seal(&self, row: RowRef<'_>, value: &[u8]) -> Vec<u8> {
         self.data_key.encrypt(self.vault.keys.rng(), row, value)
     }
@@ -178,7 +264,7 @@ type Indexed = Vec<(usize, Result<SecretMeta, Status>)>;
 /// rows stored in another, on PostgreSQL, whatever their number.
 async fn plain_puts(
     conn: &mut AnyConnection,
-    mut puts: Vec<(usize, (String, PutSecret))>,
+    puts: &[&(usize, (String, PutSecret))],
     sealing: &Sealing<'_>,
     entries: &mut Vec<Entry>,
 ) -> Result<Indexed, Status> {
@@ -192,12 +278,9 @@ async fn plain_puts(
         .collect();
     let taken = db::next_versions(conn, dialect, &names, sealing.now).await?;
     let sealed: Vec<Vec<u8>> = puts
-        .iter_mut()
+        .iter()
         .zip(&taken)
-        .map(|((_, (_, put)), &(version, _))| {
-            let value = std::mem::take(&mut put.value);
-            sealing.seal(row(&put.name, version), &value)
-        })
+        .map(|((_, (_, put)), &(version, _))| sealing.seal(row(&put.name, version), &put.value))
         .collect();
     let new: Vec<_> = puts
         .iter()
@@ -212,7 +295,7 @@ async fn plain_puts(
     let stored = db::store_versions(conn, dialect, &new, sealing.primary_id, sealing.now).await?;
     let mut answers = Vec::with_capacity(puts.len());
     for ((((i, (caller, put)), (version, created_us)), ciphertext), stored) in
-        puts.into_iter().zip(taken).zip(sealed).zip(stored)
+        puts.iter().zip(taken).zip(sealed).zip(stored)
     {
         let written = Written {
             row: row(&put.name, version),
@@ -221,7 +304,7 @@ async fn plain_puts(
             created_us,
             stored,
         };
-        answers.push((i, Ok(written.record(&caller, sealing, entries))));
+        answers.push((*i, Ok(written.record(caller, sealing, entries))));
     }
     Ok(answers)
 }
@@ -240,7 +323,7 @@ fn row(name: &SecretName, version: i64) -> RowRef<'_> {
 async fn put_one(
     conn: &mut AnyConnection,
     caller: &str,
-    put: PutSecret,
+    put: &PutSecret,
     sealing: &Sealing<'_>,
     entries: &mut Vec<Entry>,
 ) -> Result<Result<SecretMeta, Status>, Status> {
@@ -250,6 +333,7 @@ async fn put_one(
         expected_version,
         value,
     } = put;
+    let expected_version = *expected_version;
     let (user_id, key) = (name.user_id.as_str(), name.key.as_str());
     if let Some(request_id) = &request_id
         && let Some(seen) = db::find_put_request(conn, request_id).await?
@@ -277,9 +361,8 @@ async fn put_one(
         } => (version, created_us),
         NextVersion::Mismatch { current } => return Ok(Err(version_mismatch(current))),
     };
-    let row = row(&name, version);
-    let ciphertext = sealing.seal(row, &value);
-    drop(value);
+    let row = row(name, version);
+    let ciphertext = sealing.seal(row, value);
     let new = NewVersion {
         row,
         ciphertext: &ciphertext,
@@ -462,6 +545,7 @@ pub(crate) async fn rotate(
             })
         })
         .await?;
+    vault.keys.set_primary_hint(ids.1);
     vault.rewrap.wake();
     Ok(ids)
 }
