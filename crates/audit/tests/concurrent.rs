@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers: a failed step is a failed test.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -41,10 +43,14 @@ async fn postgres(rows: i32) -> (TestDatabase, Database) {
     (test, db)
 }
 
-const BUMP: &str = "UPDATE counters SET n = n + 1 WHERE id = $1";
-
-fn store_error(e: sqlx::Error) -> Status {
-    Status::from(StoreError::from(e))
+/// Adds one to counter `id` in `conn`'s transaction.
+async fn bump(conn: &mut sqlx::AnyConnection, id: i32) -> Result<(), Status> {
+    sqlx::query("UPDATE counters SET n = n + 1 WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await
+        .map(drop)
+        .map_err(|e| Status::from(StoreError::from(e)))
 }
 
 fn bumped(id: i32) -> Entry {
@@ -74,11 +80,7 @@ async fn concurrent_writes_and_the_writer_share_one_chain() {
                     ledger
                         .write_concurrently(|tx| {
                             Box::pin(async move {
-                                sqlx::query(BUMP)
-                                    .bind(id)
-                                    .execute(tx.conn())
-                                    .await
-                                    .map_err(store_error)?;
+                                bump(tx.conn(), id).await?;
                                 Ok(((), vec![bumped(id)]))
                             })
                         })
@@ -88,11 +90,7 @@ async fn concurrent_writes_and_the_writer_share_one_chain() {
                     ledger
                         .write_retrying(move |conn| {
                             Box::pin(async move {
-                                sqlx::query(BUMP)
-                                    .bind(id)
-                                    .execute(conn)
-                                    .await
-                                    .map_err(store_error)?;
+                                bump(conn, id).await?;
                                 Ok(((), vec![bumped(id)]))
                             })
                         })
@@ -129,11 +127,7 @@ async fn a_refused_concurrent_write_leaves_no_trace_and_a_lost_race_runs_again()
     let refused = ledger
         .write_concurrently(|tx| {
             Box::pin(async move {
-                sqlx::query(BUMP)
-                    .bind(1)
-                    .execute(tx.conn())
-                    .await
-                    .map_err(store_error)?;
+                bump(tx.conn(), 1).await?;
                 tx.lock_head().await?;
                 Err::<((), Vec<Entry>), _>(Status::failed_precondition("no"))
             })
@@ -146,11 +140,7 @@ async fn a_refused_concurrent_write_leaves_no_trace_and_a_lost_race_runs_again()
         .write_concurrently(|tx| {
             let run = runs.fetch_add(1, Ordering::SeqCst);
             Box::pin(async move {
-                sqlx::query(BUMP)
-                    .bind(1)
-                    .execute(tx.conn())
-                    .await
-                    .map_err(store_error)?;
+                bump(tx.conn(), 1).await?;
                 if run == 0 {
                     return Err(orchestrator_store::concurrent_change());
                 }
@@ -182,11 +172,7 @@ async fn a_lock_cycle_with_the_writer_is_broken_on_the_concurrent_side() {
                 .write_concurrently(|tx| {
                     let (meet, run) = (meet.clone(), runs.fetch_add(1, Ordering::SeqCst));
                     Box::pin(async move {
-                        sqlx::query(BUMP)
-                            .bind(1)
-                            .execute(tx.conn())
-                            .await
-                            .map_err(store_error)?;
+                        bump(tx.conn(), 1).await?;
                         if run == 0 {
                             // The writer's work holds the head now; let it reach for the row.
                             meet.wait().await;
@@ -201,11 +187,7 @@ async fn a_lock_cycle_with_the_writer_is_broken_on_the_concurrent_side() {
     let writer = ledger.write(move |conn| {
         Box::pin(async move {
             meet.wait().await;
-            sqlx::query(BUMP)
-                .bind(1)
-                .execute(conn)
-                .await
-                .map_err(store_error)?;
+            bump(conn, 1).await?;
             Ok(((), vec![bumped(1)]))
         })
     });
@@ -236,25 +218,11 @@ async fn a_concurrent_write_refuses_a_head_set_back() {
             .await
             .unwrap();
     }
-    let admin = Database::connect(&test.admin_url("audit"), Duration::from_secs(5))
-        .await
-        .unwrap();
-    for sql in [
-        "ALTER TABLE audit.audit_log DISABLE TRIGGER audit_log_append_only",
-        "DELETE FROM audit.audit_log WHERE seq = 3",
-        "UPDATE audit.audit_head SET seq = 2, \
-         mac = (SELECT mac FROM audit.audit_log WHERE seq = 2) WHERE id = 1",
-    ] {
-        sqlx::query(sql).execute(admin.pool()).await.unwrap();
-    }
+    common::set_head_back(&test, 2).await;
     let err = ledger
         .write_concurrently(|tx| {
             Box::pin(async move {
-                sqlx::query(BUMP)
-                    .bind(1)
-                    .execute(tx.conn())
-                    .await
-                    .map_err(store_error)?;
+                bump(tx.conn(), 1).await?;
                 Ok(((), vec![bumped(1)]))
             })
         })

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers: a failed step is a failed test.
 
+mod common;
+
 use std::time::Duration;
 
 use orchestrator_audit::{AuditKey, Entry, Ledger, verify};
@@ -297,17 +299,7 @@ async fn replicas_append_to_one_chain_and_a_head_set_back_is_refused() {
     // `a` writes the newest record; the database's owner then removes it (behind the
     // triggers) and sets the head back by one: `a` must not chain from there.
     a.record(read(500)).await.unwrap();
-    let admin = Database::connect(&test.admin_url("audit"), Duration::from_secs(5))
-        .await
-        .unwrap();
-    for sql in [
-        "ALTER TABLE audit.audit_log DISABLE TRIGGER audit_log_append_only",
-        "DELETE FROM audit.audit_log WHERE seq = 211",
-        "UPDATE audit.audit_head SET seq = 210, \
-         mac = (SELECT mac FROM audit.audit_log WHERE seq = 210) WHERE id = 1",
-    ] {
-        sqlx::query(sql).execute(admin.pool()).await.unwrap();
-    }
+    common::set_head_back(&test, 210).await;
     let err = a.record(read(999)).await.unwrap_err();
     assert!(
         matches!(err, orchestrator_audit::AuditError::Tampered(_)),
