@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use orchestrator_e2e::{Launch, Pki};
 use orchestrator_mesh::{MeshTls, Service};
@@ -116,6 +116,9 @@ fn ratio(name: &str, a: f64, b: Option<f64>, target: f64) {
         _ => println!("  {name:<34}    n/a   (baseline skipped)"),
     }
 }
+
+/// How long the rewrap may go without storing a row before the benchmark gives up on it.
+const REWRAP_STALL: Duration = Duration::from_secs(60);
 
 fn put(user: &str, key: String) -> pb::PutUserSecretRequest {
     pb::PutUserSecretRequest {
@@ -317,6 +320,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     // The reads counted at each poll: the reads/s reported are those up to the last poll
     // before the end, not the faster ones after it.
     let mut counted = vec![(started, 0)];
+    // A rewrap that stops moving is a failure to report, not a reason to wait forever.
+    let (mut done_before, mut moved_at) = (-1, Instant::now());
     let (total, ended) = loop {
         counted.push((SystemTime::now(), reads.load(Ordering::Relaxed)));
         let status = operator
@@ -328,6 +333,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             let ended = rewrap.end_time.and_then(|t| SystemTime::try_from(t).ok());
             break (rewrap.rows_total, ended.unwrap_or_else(SystemTime::now));
         }
+        if rewrap.rows_done != done_before {
+            (done_before, moved_at) = (rewrap.rows_done, Instant::now());
+        }
+        anyhow::ensure!(
+            moved_at.elapsed() < REWRAP_STALL,
+            "the rewrap made no progress for {} s: {} of {} rows done, running: {}",
+            REWRAP_STALL.as_secs(),
+            rewrap.rows_done,
+            rewrap.rows_total,
+            rewrap.running
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let elapsed = ended.duration_since(started).unwrap_or_default();
