@@ -71,9 +71,10 @@ pub enum StoreError {
     /// seen before) is the caller's to say; unhandled, ABORTED.
     #[error("duplicate: {0}")]
     Duplicate(String),
-    /// A concurrent transaction won (serialization failure, deadlock): nothing was wrong with
-    /// the request, so it is retried ([`StoreError::is_retryable`]); if retries run out, ABORTED
-    /// with reason `CONCURRENT_CHANGE`.
+    /// A concurrent transaction won (serialization failure, deadlock, a lock wait past the
+    /// transaction's `lock_timeout`): nothing was wrong with the request, so it is retried
+    /// ([`StoreError::is_retryable`]); if retries run out, ABORTED with reason
+    /// `CONCURRENT_CHANGE`.
     #[error("concurrent modification: {0}")]
     Conflict(String),
     /// Anything else: a bug or a schema problem (INTERNAL, without detail for the client).
