@@ -45,15 +45,17 @@ impl std::fmt::Debug for Concurrent {
 impl Concurrent {
     /// Begins a transaction: rows first, with the lock timeout; or `head_first`, without one.
     async fn begin(shared: Arc<Shared>, head_first: bool) -> Result<Self, AuditError> {
-        let begin = match shared.db.dialect() {
-            // One round trip: the transaction and its lock timeout.
-            Dialect::Postgres if !head_first => format!(
-                "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+        let dialect = shared.db.dialect();
+        let begin = dialect.begin_write();
+        // SQLite's write lock is the whole database, taken by its BEGIN: no cycle is possible
+        // there, so only PostgreSQL's rows-first attempt gets the timeout (same round trip).
+        let begin = if dialect == Dialect::Postgres && !head_first {
+            format!(
+                "{begin}; SET LOCAL lock_timeout = '{}ms'",
                 LOCK_TIMEOUT.as_millis()
-            ),
-            Dialect::Postgres => "BEGIN".to_owned(),
-            // SQLite's write lock is the whole database, taken here: no cycle is possible.
-            Dialect::Sqlite => "BEGIN IMMEDIATE".to_owned(),
+            )
+        } else {
+            begin.to_owned()
         };
         let tx = shared
             .db
@@ -92,8 +94,10 @@ impl Concurrent {
             self.tx.commit().await?;
             return Ok(());
         }
-        self.lock_head().await?;
-        let head = self.head.take().unwrap_or_default();
+        let head = match self.head.take() {
+            Some(head) => head,
+            None => self.shared.lock_head(&mut self.tx).await?,
+        };
         let new_head = self.shared.append(&mut self.tx, head, entries).await?;
         self.tx.commit().await?;
         self.shared.committed_head(new_head);

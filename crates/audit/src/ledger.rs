@@ -339,7 +339,7 @@ impl Writer {
         &self,
         conn: &mut HeldConnection,
         entries: &[Entry],
-    ) -> Result<Option<(i64, Vec<u8>)>, AuditError> {
+    ) -> Result<Option<Head>, AuditError> {
         if self.shared.db.dialect() != Dialect::Postgres || entries.is_empty() {
             return Ok(None);
         }
@@ -461,7 +461,7 @@ impl Writer {
 
 impl Shared {
     /// The batch's records chained from `head`, and the new head.
-    fn chain(&self, head: &(i64, Vec<u8>), entries: Vec<Entry>) -> (Vec<Chained>, (i64, Vec<u8>)) {
+    fn chain(&self, head: &Head, entries: Vec<Entry>) -> (Vec<Chained>, Head) {
         let (mut seq, mut prev) = head.clone();
         let at_us = now_us();
         let mut records = Vec::with_capacity(entries.len());
@@ -502,10 +502,7 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
-    pub(crate) async fn lock_head(
-        &self,
-        conn: &mut AnyConnection,
-    ) -> Result<(i64, Vec<u8>), AuditError> {
+    pub(crate) async fn lock_head(&self, conn: &mut AnyConnection) -> Result<Head, AuditError> {
         let sql = format!(
             "SELECT seq, mac FROM audit_head WHERE id = 1{}",
             self.db.dialect().for_update()
@@ -536,9 +533,9 @@ impl Shared {
     pub(crate) async fn append(
         &self,
         conn: &mut AnyConnection,
-        head: (i64, Vec<u8>),
+        head: Head,
         entries: Vec<Entry>,
-    ) -> Result<(i64, Vec<u8>), AuditError> {
+    ) -> Result<Head, AuditError> {
         if entries.is_empty() {
             return Ok(head);
         }

@@ -6,6 +6,9 @@
 //! - **Group commit.** One writer task per process takes whatever requests are queued, runs
 //!   them in one transaction (each behind a savepoint when it shares the batch, so one failure
 //!   does not sink the others), appends their records and commits once: one fsync for many requests.
+//! - **Concurrent writes.** [`Ledger::write_concurrently`] runs a work in a transaction of its
+//!   own beside the writer and takes the head only to append and commit, so its work overlaps
+//!   the writer's and reads' records never wait behind it.
 //! - **Hash chain.** Record `n` carries `HMAC-SHA256(AUDIT_KEY, mac(n-1) || fields(n))`; the key
 //!   never reaches the database, so an edit, a deletion in the middle or a forged record is
 //!   found by [`verify`], which names the first broken record. `audit_head` holds the newest

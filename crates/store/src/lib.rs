@@ -45,7 +45,7 @@ impl Dialect {
 
     /// The statement that opens a write transaction: on SQLite it takes the write lock up
     /// front (`BEGIN IMMEDIATE`), so two writers never deadlock upgrading read locks.
-    fn begin_write(self) -> &'static str {
+    pub fn begin_write(self) -> &'static str {
         match self {
             Dialect::Postgres => "BEGIN",
             Dialect::Sqlite => "BEGIN IMMEDIATE",
