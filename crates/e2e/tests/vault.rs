@@ -691,6 +691,47 @@ async fn batched_requests_are_answered_as_if_alone(backend: Backend) {
     assert_eq!(audit_report(&mesh).await.broken, None);
 }
 
+/// Unconditional Puts of one key at once (sharing batches, several of them to a batch) take
+/// versions in turn, as if each ran alone: every caller gets a version of its own and the
+/// versions kept right after it, each kept version reads back the value of the Put that took
+/// it, the older ones are pruned, and the chain verifies.
+async fn puts_of_one_key_at_once_take_versions_in_turn(backend: Backend) {
+    const PUTS: i64 = 24;
+    let mesh = start_with(backend, &[("VAULT_KEEP_VERSIONS", "3")]).await;
+    let (api, mut infra) = (mesh.vault_as("api").await, mesh.vault_as("infra").await);
+    grant(&mesh, "u1", &["hot"]).await;
+    let calls = (0..PUTS).map(|i| {
+        let mut api = api.clone();
+        async move {
+            let value = format!("hot-{i}");
+            let request = put("u1", "hot", value.as_bytes(), None);
+            let answer = api.put_user_secret(request).await.unwrap().into_inner();
+            (value, answer.secret.unwrap())
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let mut taken: Vec<i64> = answers.iter().map(|(_, s)| s.current_version).collect();
+    taken.sort_unstable();
+    assert_eq!(taken, (1..=PUTS).collect::<Vec<_>>(), "a version each");
+    for (_, secret) in &answers {
+        let version = secret.current_version;
+        let kept: Vec<i64> = secret.versions.iter().map(|v| v.version).collect();
+        let expected: Vec<i64> = ((version - 2).max(1)..=version).rev().collect();
+        assert_eq!(kept, expected, "kept right after version {version}");
+    }
+    for (value, secret) in &answers {
+        let version = secret.current_version;
+        if version > PUTS - 3 {
+            let stored = read(&mut infra, "u1", "hot", version).await;
+            assert_eq!(stored.value, value.as_bytes(), "version {version}");
+        } else {
+            let refused = get_refused(&mut infra, "u1", "hot", version).await;
+            assert_eq!(refused, Code::NotFound, "version {version} was pruned");
+        }
+    }
+    assert_eq!(audit_report(&mesh).await.broken, None);
+}
+
 async fn put_many(api: &Vault, n: usize) {
     let mut tasks = Vec::new();
     for chunk in (0..n).collect::<Vec<_>>().chunks(n.div_ceil(16)) {
@@ -883,6 +924,7 @@ async fn a_crash_mid_rewrap_resumes(backend: Backend) {
 
 on_both_more!(
     batched_requests_are_answered_as_if_alone,
+    puts_of_one_key_at_once_take_versions_in_turn,
     rotation_while_eight_readers_read,
     a_crash_mid_rewrap_resumes
 );

@@ -1,7 +1,7 @@
 //! Changes as ledger work: each runs inside one of the ledger's batch transactions and returns
 //! the audit entries that describe it, so a change and its records commit together or not at all.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ pub(crate) fn puts() -> Puts {
                 return Vec::new();
             };
             let n = batch.len();
-            let puts: Vec<(usize, (String, PutSecret))> = batch
+            let puts: Vec<BatchPut> = batch
                 .into_iter()
                 .map(|q| (q.caller, q.put))
                 .enumerate()
@@ -96,18 +96,18 @@ pub(crate) async fn put(
 /// Each Put's answer, and whether the batch rotated the primary data key.
 type PutAnswers = (Vec<Result<SecretMeta, Status>>, bool);
 
-/// A batch's Puts, each with its place in the batch and its caller.
-type Batch = [(usize, (String, PutSecret))];
+/// A Put of a batch, with its place in the batch and its caller.
+type BatchPut = (usize, (String, PutSecret));
+
+/// A batch's Puts.
+type Batch = [BatchPut];
 
 /// A batch of Puts without request ids in a transaction of its own, beside the writer and the
 /// other batches ([`orchestrator_audit::Concurrent`]): the versions are taken and stored first,
 /// each under its key's row lock, and the audit head is taken only to count the encryptions,
 /// append the records and commit. (A request id is looked up before its key is locked, so
 /// those batches run in the writer's order, under the head from the start.)
-async fn puts_concurrently(
-    vault: &Vault,
-    mut puts: Vec<(usize, (String, PutSecret))>,
-) -> Result<PutAnswers, Status> {
+async fn puts_concurrently(vault: &Vault, mut puts: Vec<BatchPut>) -> Result<PutAnswers, Status> {
     // Every batch takes its keys' rows in the same order, so two batches sharing keys wait for
     // each other instead of deadlocking. (A key's Puts keep their order: the sort is stable.)
     puts.sort_by(|(_, (_, a)), (_, (_, b))| {
@@ -188,15 +188,18 @@ async fn seal_and_store(
         data_key: &data_key,
         now: now_us(),
     };
-    // The plain Puts (no check-and-set, no request id, the first of their key in the batch)
-    // take their versions and store their rows together; the others follow one by one, as if
-    // they had come after them.
-    let mut seen = HashSet::new();
-    let (plain, others): (Vec<_>, Vec<_>) = puts.iter().partition(|(_, (_, put))| {
-        put.expected_version.is_none() && put.request_id.is_none() && seen.insert(put.name.clone())
-    });
+    // The plain Puts (no check-and-set, no request id) take their versions and store their
+    // rows together, in rounds of distinct keys: each key's first plain Put in the first round,
+    // its second in the next, and so on, so a key's Puts keep their order and a batch pays two
+    // statements per round, not per Put of a key written twice. (Callers writing one key at
+    // once are common: the benchmark's 32 callers share 5,000 keys.) The others follow one by
+    // one, as if they had come after them.
+    let (rounds, others) = plain_rounds(puts);
     let mut entries = Vec::new();
-    let mut answers = plain_puts(conn, &plain, &sealing, &mut entries).await?;
+    let mut answers = Vec::with_capacity(puts.len());
+    for round in &rounds {
+        answers.extend(plain_puts(conn, round, &sealing, &mut entries).await?);
+    }
     for (i, (caller, put)) in others {
         answers.push((
             *i,
@@ -206,6 +209,28 @@ async fn seal_and_store(
     answers.sort_unstable_by_key(|(i, _)| *i);
     let answers = answers.into_iter().map(|(_, answer)| answer).collect();
     Ok((answers, entries))
+}
+
+/// A batch's plain Puts (no check-and-set, no request id) in rounds of distinct keys, each
+/// key's Puts in their order in the batch, one per round; and the other Puts.
+fn plain_rounds(puts: &Batch) -> (Vec<Vec<&BatchPut>>, Vec<&BatchPut>) {
+    let mut rounds: Vec<Vec<&BatchPut>> = Vec::new();
+    let mut others = Vec::new();
+    let mut taken: HashMap<&SecretName, usize> = HashMap::new();
+    for queued in puts {
+        let put = &queued.1.1;
+        if put.expected_version.is_some() || put.request_id.is_some() {
+            others.push(queued);
+            continue;
+        }
+        let round = taken.entry(&put.name).or_default();
+        if *round == rounds.len() {
+            rounds.push(Vec::new());
+        }
+        rounds[*round].push(queued);
+        *round += 1;
+    }
+    (rounds, others)
 }
 
 /// Rotates the primary data key, in `conn`'s transaction, if `primary` (counted in it) has
@@ -260,11 +285,11 @@ impl Sealing<'_> {
 /// A batch's answers, each with its index in the batch.
 type Indexed = Vec<(usize, Result<SecretMeta, Status>)>;
 
-/// The plain Puts of a batch (distinct keys): their versions taken in one statement, their
-/// rows stored in another, on PostgreSQL, whatever their number.
+/// Plain Puts of distinct keys: their versions taken in one statement, their rows stored in
+/// another, on PostgreSQL, whatever their number.
 async fn plain_puts(
     conn: &mut AnyConnection,
-    puts: &[&(usize, (String, PutSecret))],
+    puts: &[&BatchPut],
     sealing: &Sealing<'_>,
     entries: &mut Vec<Entry>,
 ) -> Result<Indexed, Status> {
