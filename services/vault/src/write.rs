@@ -1,7 +1,6 @@
 //! Changes as ledger work: each runs inside one of the ledger's batch transactions and returns
 //! the audit entries that describe it, so a change and its records commit together or not at all.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -189,17 +188,13 @@ async fn seal_and_store(
         now: now_us(),
     };
     // The plain Puts (no check-and-set, no request id) take their versions and store their
-    // rows together, in rounds of distinct keys: each key's first plain Put in the first round,
-    // its second in the next, and so on, so a key's Puts keep their order and a batch pays two
-    // statements per round, not per Put of a key written twice. (Callers writing one key at
-    // once are common: the benchmark's 32 callers share 5,000 keys.) The others follow one by
-    // one, as if they had come after them.
-    let (rounds, others) = plain_rounds(puts);
+    // rows together, a key written several times taking its versions in the batch's order;
+    // the others follow one by one, as if they had come after them.
+    let (plain, others): (Vec<_>, Vec<_>) = puts
+        .iter()
+        .partition(|(_, (_, put))| put.expected_version.is_none() && put.request_id.is_none());
     let mut entries = Vec::new();
-    let mut answers = Vec::with_capacity(puts.len());
-    for round in &rounds {
-        answers.extend(plain_puts(conn, round, &sealing, &mut entries).await?);
-    }
+    let mut answers = plain_puts(conn, &plain, &sealing, &mut entries).await?;
     for (i, (caller, put)) in others {
         answers.push((
             *i,
@@ -209,28 +204,6 @@ async fn seal_and_store(
     answers.sort_unstable_by_key(|(i, _)| *i);
     let answers = answers.into_iter().map(|(_, answer)| answer).collect();
     Ok((answers, entries))
-}
-
-/// A batch's plain Puts (no check-and-set, no request id) in rounds of distinct keys, each
-/// key's Puts in their order in the batch, one per round; and the other Puts.
-fn plain_rounds(puts: &Batch) -> (Vec<Vec<&BatchPut>>, Vec<&BatchPut>) {
-    let mut rounds: Vec<Vec<&BatchPut>> = Vec::new();
-    let mut others = Vec::new();
-    let mut taken: HashMap<&SecretName, usize> = HashMap::new();
-    for queued in puts {
-        let put = &queued.1.1;
-        if put.expected_version.is_some() || put.request_id.is_some() {
-            others.push(queued);
-            continue;
-        }
-        let round = taken.entry(&put.name).or_default();
-        if *round == rounds.len() {
-            rounds.push(Vec::new());
-        }
-        rounds[*round].push(queued);
-        *round += 1;
-    }
-    (rounds, others)
 }
 
 /// Rotates the primary data key, in `conn`'s transaction, if `primary` (counted in it) has
@@ -285,8 +258,8 @@ impl Sealing<'_> {
 /// A batch's answers, each with its index in the batch.
 type Indexed = Vec<(usize, Result<SecretMeta, Status>)>;
 
-/// Plain Puts of distinct keys: their versions taken in one statement, their rows stored in
-/// another, on PostgreSQL, whatever their number.
+/// Plain Puts, in order: their versions taken in one statement, their rows stored in another,
+/// on PostgreSQL, whatever their number (a key's Puts take its versions in their order).
 async fn plain_puts(
     conn: &mut AnyConnection,
     puts: &[&BatchPut],

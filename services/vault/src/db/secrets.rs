@@ -31,6 +31,16 @@ pub(crate) struct VersionRow {
 }
 
 impl VersionRow {
+    /// A version just stored at `now`.
+    fn new(version: i64, now: i64) -> Self {
+        Self {
+            version,
+            created_us: now,
+            deleted_us: None,
+            destroyed: 0,
+        }
+    }
+
     pub(crate) fn is_destroyed(&self) -> bool {
         self.destroyed != 0
     }
@@ -241,10 +251,10 @@ pub(crate) async fn next_version(
     })
 }
 
-/// The next version of each of `keys` (user id, key; no key twice), taken unconditionally as
+/// The next version of each of `keys` (user id, key), taken unconditionally as
 /// [`next_version`] does with no expected version: the version each takes and when its key was
-/// created, in order. One statement on PostgreSQL whatever the number of keys, one per key on
-/// SQLite.
+/// created, in order. A key may come more than once: each time takes the version after the one
+/// before. One statement on PostgreSQL whatever the number of keys, one per key on SQLite.
 pub(crate) async fn next_versions(
     conn: &mut AnyConnection,
     dialect: Dialect,
@@ -269,30 +279,49 @@ pub(crate) async fn next_versions(
         return Ok(taken);
     }
     // One statement text whatever the number of keys (a JSON parameter); each key's row is
-    // found through the unique index the conflict checks.
+    // found through the unique index the conflict checks, and moves once by the number of
+    // versions it takes (an upsert may not change one row twice).
     const UPSERT_MANY: &str = "INSERT INTO user_vault_keys (user_id, key, current_version, created_us, updated_us) \
-         SELECT r.user_id, r.key, 1, $2, $2 FROM json_to_recordset(CAST($1 AS json)) AS r (user_id TEXT, key TEXT) \
+         SELECT r.user_id, r.key, r.n, $2, $2 FROM json_to_recordset(CAST($1 AS json)) AS r (user_id TEXT, key TEXT, n BIGINT) \
          ON CONFLICT (user_id, key) DO UPDATE SET \
-         current_version = user_vault_keys.current_version + 1, updated_us = $2 \
+         current_version = user_vault_keys.current_version + EXCLUDED.current_version, updated_us = $2 \
          RETURNING user_id, key, current_version, created_us";
-    let json: Vec<serde_json::Value> = keys
+    // Each key once, in the order first seen (the order its row is locked in), with its count.
+    let mut counts: Vec<((&str, &str), i64)> = Vec::new();
+    let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+    for name in keys {
+        let i = *index.entry(*name).or_insert_with(|| {
+            counts.push((*name, 0));
+            counts.len() - 1
+        });
+        counts[i].1 += 1;
+    }
+    let json: Vec<serde_json::Value> = counts
         .iter()
-        .map(|(user_id, key)| serde_json::json!({"user_id": user_id, "key": key}))
+        .map(|((user_id, key), n)| serde_json::json!({"user_id": user_id, "key": key, "n": n}))
         .collect();
     let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(UPSERT_MANY)
         .bind(serde_json::Value::Array(json).to_string())
         .bind(now)
         .fetch_all(&mut *conn)
         .await?;
-    let mut by_key: HashMap<(String, String), (i64, i64)> = rows
+    // Each key's next version to hand out (its first new one), and when it was created.
+    let mut next: HashMap<(String, String), (i64, i64)> = rows
         .into_iter()
-        .map(|(user_id, key, version, created_us)| ((user_id, key), (version, created_us)))
+        .map(|(user_id, key, newest, created_us)| ((user_id, key), (newest, created_us)))
         .collect();
+    for ((user_id, key), n) in &counts {
+        if let Some((newest, _)) = next.get_mut(&((*user_id).to_owned(), (*key).to_owned())) {
+            *newest -= n - 1;
+        }
+    }
     keys.iter()
         .map(|(user_id, key)| {
-            by_key
-                .remove(&((*user_id).to_owned(), (*key).to_owned()))
-                .ok_or_else(|| StoreError::Other("a key's version was not taken".to_owned()))
+            let (version, created_us) =
+                next.get_mut(&((*user_id).to_owned(), (*key).to_owned()))
+                    .ok_or_else(|| StoreError::Other("a key's version was not taken".to_owned()))?;
+            *version += 1;
+            Ok((*version - 1, *created_us))
         })
         .collect()
 }
@@ -314,17 +343,27 @@ pub(crate) struct Stored {
 }
 
 #[derive(sqlx::FromRow)]
-struct StoredRow {
-    i: i64,
+struct KeyRow {
+    k: i64,
     #[sqlx(flatten)]
     version: VersionRow,
     pruned: i64,
 }
 
-/// Stores new versions (of distinct keys), each encrypted under data key `data_key_id`, prunes
-/// each key's versions as its [`NewVersion`] says, and lists the versions kept: what happened
-/// to each, in order. One statement on PostgreSQL whatever the number of versions, three per
-/// version on SQLite.
+/// One key of a [`store_versions`] call: the first and the last of its new versions' prune
+/// points.
+struct KeyPrunes<'a> {
+    user_id: &'a str,
+    key: &'a str,
+    first: i64,
+    last: i64,
+}
+
+/// Stores new versions, each encrypted under data key `data_key_id`, prunes each key's
+/// versions as its [`NewVersion`] says, and lists the versions kept: what happened to each, in
+/// order, as if each was stored after the one before (a key's versions come in increasing
+/// order). One statement on PostgreSQL whatever the number of versions, three per version on
+/// SQLite.
 pub(crate) async fn store_versions(
     conn: &mut AnyConnection,
     dialect: Dialect,
@@ -347,73 +386,135 @@ pub(crate) async fn store_versions(
         }
         return Ok(all);
     }
-    // The versions travel as one JSON parameter, so the text (and its cached plan) is the same
-    // for any batch; their ciphertexts as one binary parameter, each found by its place in it
-    // (as base64 inside the JSON, parsing them took a quarter of the statement's time). The
-    // SELECTs see the table as it was before the statement: the new rows are the parameter's,
-    // the pruned ones the DELETE's RETURNING. The table is only ever reached by an index probe
-    // per key: `OFFSET 0` keeps each LATERAL subquery from being flattened into a join the
-    // planner may hash over the whole table (it did, with a plan cached while the table was
-    // small), and the DELETE takes the rows the probes found by their ctid. A row another
-    // replica's rewrap changes meanwhile is skipped (its ctid moved) and stays for the key's
-    // next Put; the records name only the rows deleted.
+    // The keys, each once, with the prune points of their first and last new versions.
+    let mut keys: Vec<KeyPrunes<'_>> = Vec::new();
+    let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+    let key_of: Vec<usize> = new
+        .iter()
+        .map(|n| {
+            let name = (n.row.user_id, n.row.key);
+            let k = *index.entry(name).or_insert_with(|| {
+                keys.push(KeyPrunes {
+                    user_id: name.0,
+                    key: name.1,
+                    first: n.prune_up_to,
+                    last: n.prune_up_to,
+                });
+                keys.len() - 1
+            });
+            keys[k].last = keys[k].last.max(n.prune_up_to);
+            k
+        })
+        .collect();
+    // The keys and the versions travel as JSON parameters, so the text (and its cached plan)
+    // is the same for any batch; the ciphertexts as one binary parameter, each found by its
+    // place in it (as base64 inside the JSON, parsing them took a quarter of the statement's
+    // time). A version its own batch prunes (a key written more times than it keeps) is not
+    // stored at all. The SELECT sees the table as it was before the statement: each key's
+    // earlier versions from its first new version's prune point on, and the DELETE's
+    // RETURNING says which of them the last one pruned; from these the answer of each new
+    // version is worked out below. The table is only ever reached by an index probe per key:
+    // `OFFSET 0` keeps each LATERAL subquery from being flattened into a join the planner may
+    // hash over the whole table (it did, with a plan cached while the table was small), and
+    // the DELETE takes the rows the probes found by their ctid. A row another replica's
+    // rewrap changes meanwhile is skipped (its ctid moved) and stays for the key's next Put;
+    // the records name only the rows deleted.
     // The DELETE is a TID scan only because sessions run with `enable_seqscan = off`
     // (`orchestrator-store`): a plan cached while the table was nearly empty scanned it whole
     // instead, and kept doing so as it grew.
-    const STORE_MANY: &str = "WITH r AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) \
-           AS r (i BIGINT, user_id TEXT, key TEXT, version BIGINT, at INTEGER, len INTEGER, prune BIGINT)), \
+    const STORE_MANY: &str = "WITH k AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) \
+           AS k (k BIGINT, user_id TEXT, key TEXT, first BIGINT, last BIGINT)), \
          ins AS (INSERT INTO user_vault \
            (user_id, key, version, data_key_id, encrypted_value, created_us, destroyed) \
-           SELECT user_id, key, version, $2, substring($4 FROM at FOR len), $3, 0 FROM r), \
-         gone AS (DELETE FROM user_vault WHERE ctid = ANY (ARRAY(SELECT p.ctid FROM r CROSS JOIN LATERAL \
-           (SELECT ctid FROM user_vault v WHERE v.user_id = r.user_id AND v.key = r.key AND v.version <= r.prune \
+           SELECT r.user_id, r.key, r.version, $3, substring($5 FROM r.at FOR r.len), $4, 0 \
+           FROM json_to_recordset(CAST($2 AS json)) \
+             AS r (user_id TEXT, key TEXT, version BIGINT, at INTEGER, len INTEGER)), \
+         gone AS (DELETE FROM user_vault WHERE ctid = ANY (ARRAY(SELECT p.ctid FROM k CROSS JOIN LATERAL \
+           (SELECT ctid FROM user_vault v WHERE v.user_id = k.user_id AND v.key = k.key AND v.version <= k.last \
             OFFSET 0) p)) RETURNING user_id, key, version) \
-         SELECT i, version, $3 AS created_us, CAST(NULL AS BIGINT) AS deleted_us, CAST(0 AS BIGINT) AS destroyed, \
-           CAST(0 AS BIGINT) AS pruned FROM r \
-         UNION ALL SELECT r.i, k.version, k.created_us, k.deleted_us, k.destroyed, CAST(0 AS BIGINT) FROM r \
+         SELECT k.k, e.version, e.created_us, e.deleted_us, e.destroyed, CAST(0 AS BIGINT) AS pruned FROM k \
            CROSS JOIN LATERAL (SELECT version, created_us, deleted_us, destroyed FROM user_vault v \
-             WHERE v.user_id = r.user_id AND v.key = r.key AND v.version > r.prune AND v.version <> r.version \
-             OFFSET 0) k \
-         UNION ALL SELECT r.i, g.version, CAST(0 AS BIGINT), CAST(NULL AS BIGINT), CAST(0 AS BIGINT), CAST(1 AS BIGINT) \
-           FROM gone g JOIN r ON g.user_id = r.user_id AND g.key = r.key \
-         ORDER BY i, pruned, version DESC";
+             WHERE v.user_id = k.user_id AND v.key = k.key AND v.version > k.first OFFSET 0) e \
+         UNION ALL SELECT k.k, g.version, CAST(0 AS BIGINT), CAST(NULL AS BIGINT), CAST(0 AS BIGINT), CAST(1 AS BIGINT) \
+           FROM gone g JOIN k ON g.user_id = k.user_id AND g.key = k.key";
+    let keys_json: Vec<serde_json::Value> = keys
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            serde_json::json!({
+                "k": k, "user_id": p.user_id, "key": p.key, "first": p.first, "last": p.last,
+            })
+        })
+        .collect();
     let mut ciphertexts = Vec::with_capacity(new.iter().map(|n| n.ciphertext.len()).sum());
-    let mut json = Vec::with_capacity(new.len());
-    for (i, n) in new.iter().enumerate() {
-        // `substring`'s positions count from 1.
-        let at = ciphertexts.len() + 1;
-        ciphertexts.extend_from_slice(n.ciphertext);
-        json.push(serde_json::json!({
-            "i": i,
+    let mut rows_json = Vec::with_capacity(new.len());
+    for (n, &k) in new.iter().zip(&key_of) {
+        if n.row.version <= keys[k].last {
+            continue;
+        }
+        rows_json.push(serde_json::json!({
             "user_id": n.row.user_id,
             "key": n.row.key,
             "version": n.row.version,
-            "at": at,
+            // `substring`'s positions count from 1.
+            "at": ciphertexts.len() + 1,
             "len": n.ciphertext.len(),
-            "prune": n.prune_up_to,
         }));
+        ciphertexts.extend_from_slice(n.ciphertext);
     }
-    let rows: Vec<StoredRow> = sqlx::query_as(STORE_MANY)
-        .bind(serde_json::Value::Array(json).to_string())
+    let found: Vec<KeyRow> = sqlx::query_as(STORE_MANY)
+        .bind(serde_json::Value::Array(keys_json).to_string())
+        .bind(serde_json::Value::Array(rows_json).to_string())
         .bind(data_key_id)
         .bind(now)
         .bind(ciphertexts)
         .fetch_all(&mut *conn)
         .await?;
-    let mut all: Vec<Stored> = new.iter().map(|_| Stored::default()).collect();
-    for r in rows {
-        let stored = usize::try_from(r.i)
+    // Each key's earlier versions (after its first prune point) and those the DELETE removed.
+    let mut earlier: Vec<Vec<VersionRow>> = keys.iter().map(|_| Vec::new()).collect();
+    let mut gone: Vec<Vec<i64>> = keys.iter().map(|_| Vec::new()).collect();
+    for row in found {
+        let k = usize::try_from(row.k)
             .ok()
-            .and_then(|i| all.get_mut(i))
-            .ok_or_else(|| StoreError::Other("a stored version of no new version".to_owned()))?;
-        if r.pruned != 0 {
-            stored.pruned.push(r.version.version);
+            .filter(|k| *k < keys.len())
+            .ok_or_else(|| StoreError::Other("a stored version of no new key".to_owned()))?;
+        if row.pruned != 0 {
+            gone[k].push(row.version.version);
         } else {
-            stored.versions.push(r.version);
+            earlier[k].push(row.version);
         }
     }
-    for stored in &mut all {
-        stored.pruned.sort_unstable();
+    // Each new version's answer, as if stored after the ones before it: the key's versions
+    // after its prune point, and those pruned since the version before it of the same key
+    // (earlier versions the DELETE removed, and new versions of this call that never were
+    // stored).
+    let mut pruned_up_to: Vec<i64> = keys.iter().map(|_| 0).collect();
+    let mut added: Vec<Vec<i64>> = keys.iter().map(|_| Vec::new()).collect();
+    let mut all = Vec::with_capacity(new.len());
+    for (n, &k) in new.iter().zip(&key_of) {
+        let (from, to) = (pruned_up_to[k], n.prune_up_to.max(pruned_up_to[k]));
+        added[k].push(n.row.version);
+        let mut versions: Vec<VersionRow> = earlier[k]
+            .iter()
+            .filter(|v| v.version > to)
+            .cloned()
+            .chain(
+                added[k]
+                    .iter()
+                    .filter(|v| **v > to)
+                    .map(|v| VersionRow::new(*v, now)),
+            )
+            .collect();
+        versions.sort_unstable_by_key(|v| std::cmp::Reverse(v.version));
+        let mut pruned: Vec<i64> = gone[k]
+            .iter()
+            .chain(&added[k])
+            .copied()
+            .filter(|v| *v > from && *v <= to)
+            .collect();
+        pruned.sort_unstable();
+        pruned_up_to[k] = to;
+        all.push(Stored { versions, pruned });
     }
     Ok(all)
 }

@@ -291,6 +291,88 @@ async fn many_versions_store_in_one_statement_each_as_if_alone(test_db: TestData
     );
 }
 
+/// A key may come several times in one call (callers writing one key at once): each time takes
+/// the key's next version, and each answer is what storing them one after another says, with
+/// the versions the call itself prunes (which it never stores) among the pruned.
+async fn a_key_repeated_in_one_call_takes_versions_in_turn(test_db: TestDatabase) {
+    let (db, _) = open(&test_db).await;
+    let dialect = db.dialect();
+    {
+        let mut conn = db.pool().acquire().await.unwrap();
+        seed(&mut conn, "u", "k", 3).await;
+        seed(&mut conn, "w", "k", 1).await;
+    }
+    // "u"/"k" three times keeping 2 (pruning its own new versions in turn), the new "u"/"new"
+    // twice keeping 1, "w"/"k" twice keeping 5.
+    let keys = [
+        ("u", "k"),
+        ("u", "new"),
+        ("u", "k"),
+        ("w", "k"),
+        ("u", "new"),
+        ("u", "k"),
+        ("w", "k"),
+    ];
+    let keep = [2, 1, 2, 5, 1, 2, 5];
+    let listed = |stored: &[Stored]| {
+        stored
+            .iter()
+            .map(|s| {
+                let versions: Vec<_> = s.versions.iter().map(|v| v.version).collect();
+                (versions, s.pruned.clone())
+            })
+            .collect::<Vec<_>>()
+    };
+    let held = |versions: Vec<VersionRow>| versions.iter().map(|v| v.version).collect::<Vec<_>>();
+    // Together, in a transaction rolled back.
+    let (together, taken_together) = {
+        let mut tx = db.begin_write().await.unwrap();
+        let taken = next_versions(&mut tx, dialect, &keys, 99).await.unwrap();
+        let stored = store_new(&mut tx, dialect, &keys, &taken, &keep).await;
+        assert_eq!(held(versions(&mut tx, "u", "k").await.unwrap()), [6, 5]);
+        assert_eq!(held(versions(&mut tx, "u", "new").await.unwrap()), [2]);
+        assert_eq!(held(versions(&mut tx, "w", "k").await.unwrap()), [3, 2, 1]);
+        (listed(&stored), taken)
+    };
+    // Alone, one call each.
+    let mut conn = db.pool().acquire().await.unwrap();
+    let (mut alone, mut taken_alone) = (Vec::new(), Vec::new());
+    for (name, keep) in keys.iter().zip(keep) {
+        let taken = next_versions(&mut conn, dialect, &[*name], 99)
+            .await
+            .unwrap();
+        let stored = store_new(&mut conn, dialect, &[*name], &taken, &[keep]).await;
+        alone.extend(listed(&stored));
+        taken_alone.extend(taken);
+    }
+    assert_eq!(taken_together, taken_alone);
+    assert_eq!(together, alone);
+    assert_eq!(
+        taken_alone,
+        [
+            (4, 10),
+            (1, 99),
+            (5, 10),
+            (2, 10),
+            (2, 99),
+            (6, 10),
+            (3, 10)
+        ]
+    );
+    assert_eq!(
+        alone,
+        [
+            (vec![4, 3], vec![1, 2]),
+            (vec![1], vec![]),
+            (vec![5, 4], vec![3]),
+            (vec![2, 1], vec![]),
+            (vec![2], vec![1]),
+            (vec![6, 5], vec![4]),
+            (vec![3, 2, 1], vec![]),
+        ]
+    );
+}
+
 async fn deletes_change_the_rows_as_the_returned_metadata_says(test_db: TestDatabase) {
     let (db, _) = open(&test_db).await;
     let mut conn = db.pool().acquire().await.unwrap();
@@ -734,6 +816,7 @@ orchestrator_store::on_both_dialects!(
     reads_bring_the_newest_audit_record_of_their_row,
     many_reads_share_one_statement_each_answered_as_if_alone,
     many_versions_store_in_one_statement_each_as_if_alone,
+    a_key_repeated_in_one_call_takes_versions_in_turn,
     data_keys_rotate_rewrap_and_retire,
     grants_are_per_user_key_and_project_and_revocable,
 );
