@@ -1,9 +1,8 @@
 //! The data keys (`data_keys`): stored wrapped by a master key, exactly one primary (it encrypts
 //! new values), the demoted ones `decrypt_only` until no ciphertext uses them, then `retired`.
 
-use orchestrator_audit::{AuditError, Concurrent};
-use orchestrator_store::{Dialect, StoreError};
-use sqlx::{AnyConnection, AnyPool, Row};
+use orchestrator_store::StoreError;
+use sqlx::{AnyConnection, AnyPool};
 
 orchestrator_store::stored_enum! {
     /// A data key's state. The SQL in this module spells the states as these strings.
@@ -126,38 +125,6 @@ pub(crate) async fn count_encryptions(
     .bind(n)
     .fetch_one(&mut *conn)
     .await?)
-}
-
-/// PostgreSQL: the audit head locked, then the encryptions counted (see
-/// [`orchestrator_audit::lock_head_cte`]), in one statement.
-pub(super) const COUNT_UNDER_HEAD: &str = concat!(
-    "WITH ",
-    orchestrator_audit::lock_head_cte!(),
-    ", counted AS (UPDATE data_keys SET encryptions = encryptions + $1 \
-       WHERE state = 'primary' AND EXISTS (SELECT 1 FROM head) RETURNING id, encryptions) \
-     SELECT head.head_seq, head.head_mac, counted.id, counted.encryptions FROM head, counted"
-);
-
-/// Takes the audit head for a concurrent write, then counts `n` encryptions on the primary
-/// data key as [`count_encryptions`] does: one round trip on PostgreSQL, two on SQLite.
-pub(crate) async fn count_encryptions_under_head(
-    tx: &mut Concurrent,
-    dialect: Dialect,
-    n: i64,
-) -> Result<PrimaryUse, AuditError> {
-    if dialect == Dialect::Sqlite {
-        tx.lock_head().await?;
-        return Ok(count_encryptions(tx.conn(), n).await?);
-    }
-    let row = sqlx::query(COUNT_UNDER_HEAD)
-        .bind(n)
-        .fetch_one(tx.conn())
-        .await?;
-    tx.head_locked(&row)?;
-    Ok(PrimaryUse {
-        id: row.try_get("id")?,
-        encryptions: row.try_get("encryptions")?,
-    })
 }
 
 pub(crate) async fn primary_data_key_id(conn: &mut AnyConnection) -> Result<i64, StoreError> {
