@@ -220,6 +220,25 @@ async fn store_new(
     store_versions(conn, dialect, &new, 1, 99).await.unwrap()
 }
 
+/// `keys` stored one call each, as [`store_new`] does, keeping `keep`: what each call answered,
+/// and the versions taken with when their keys were created.
+async fn store_one_by_one(
+    db: &Database,
+    keys: &[(&str, &str)],
+    keep: &[i64],
+) -> (Vec<Stored>, Vec<(i64, i64)>) {
+    let mut conn = db.pool().acquire().await.unwrap();
+    let (mut stored, mut taken) = (Vec::new(), Vec::new());
+    for (name, keep) in keys.iter().zip(keep) {
+        let next = next_versions(&mut conn, db.dialect(), &[*name], 99)
+            .await
+            .unwrap();
+        stored.extend(store_new(&mut conn, db.dialect(), &[*name], &next, &[*keep]).await);
+        taken.extend(next);
+    }
+    (stored, taken)
+}
+
 async fn many_versions_store_in_one_statement_each_as_if_alone(test_db: TestDatabase) {
     let (db, _) = open(&test_db).await;
     let dialect = db.dialect();
@@ -252,17 +271,9 @@ async fn many_versions_store_in_one_statement_each_as_if_alone(test_db: TestData
         let stored = store_new(&mut tx, dialect, &keys, &taken, &keep).await;
         (listed(&stored), taken)
     };
-    // Alone, one statement each.
+    let (alone, taken_alone) = store_one_by_one(&db, &keys, &keep).await;
+    let alone = listed(&alone);
     let mut conn = db.pool().acquire().await.unwrap();
-    let (mut alone, mut taken_alone) = (Vec::new(), Vec::new());
-    for (name, keep) in keys.iter().zip(keep) {
-        let taken = next_versions(&mut conn, dialect, &[*name], 99)
-            .await
-            .unwrap();
-        let stored = store_new(&mut conn, dialect, &[*name], &taken, &[keep]).await;
-        alone.extend(listed(&stored));
-        taken_alone.extend(taken);
-    }
     assert_eq!(taken_together, taken_alone);
     assert_eq!(together, alone);
     assert_eq!(taken_alone, [(4, 10), (1, 99), (3, 10), (2, 10)]);
@@ -334,17 +345,8 @@ async fn a_key_repeated_in_one_call_takes_versions_in_turn(test_db: TestDatabase
         assert_eq!(held(versions(&mut tx, "w", "k").await.unwrap()), [3, 2, 1]);
         (listed(&stored), taken)
     };
-    // Alone, one call each.
-    let mut conn = db.pool().acquire().await.unwrap();
-    let (mut alone, mut taken_alone) = (Vec::new(), Vec::new());
-    for (name, keep) in keys.iter().zip(keep) {
-        let taken = next_versions(&mut conn, dialect, &[*name], 99)
-            .await
-            .unwrap();
-        let stored = store_new(&mut conn, dialect, &[*name], &taken, &[keep]).await;
-        alone.extend(listed(&stored));
-        taken_alone.extend(taken);
-    }
+    let (alone, taken_alone) = store_one_by_one(&db, &keys, &keep).await;
+    let alone = listed(&alone);
     assert_eq!(taken_together, taken_alone);
     assert_eq!(together, alone);
     assert_eq!(
