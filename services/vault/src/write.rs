@@ -1,5 +1,6 @@
-//! Changes as ledger work: each runs inside one of the ledger's batch transactions and returns
-//! the audit entries that describe it, so a change and its records commit together or not at all.
+//! Changes with their audit records: each runs in a ledger transaction (the writer's batch, or a
+//! concurrent write of its own for a batch of Puts without request ids) and returns the audit
+//! entries that describe it, so a change and its records commit together or not at all.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -254,7 +254,7 @@ pub(crate) async fn next_version(
 /// The next version of each of `keys` (user id, key), taken unconditionally as
 /// [`next_version`] does with no expected version: the version each takes and when its key was
 /// created, in order. A key may come more than once: each time takes the version after the one
-/// before. One statement on PostgreSQL whatever the number of keys, one per key on SQLite.
+/// before. One statement on PostgreSQL whatever the number of keys, one per entry on SQLite.
 pub(crate) async fn next_versions(
     conn: &mut AnyConnection,
     dialect: Dialect,
@@ -287,17 +287,14 @@ pub(crate) async fn next_versions(
          current_version = user_vault_keys.current_version + EXCLUDED.current_version, updated_us = $2 \
          RETURNING user_id, key, current_version, created_us";
     // Each key once, in the order first seen (the order its row is locked in), with its count.
-    let mut counts: Vec<((&str, &str), i64)> = Vec::new();
-    let mut index: HashMap<(&str, &str), usize> = HashMap::new();
-    for name in keys {
-        let i = *index.entry(*name).or_insert_with(|| {
-            counts.push((*name, 0));
-            counts.len() - 1
-        });
-        counts[i].1 += 1;
+    let (names, of) = distinct_keys(keys.iter().copied());
+    let mut counts = vec![0_i64; names.len()];
+    for &k in &of {
+        counts[k] += 1;
     }
-    let json: Vec<serde_json::Value> = counts
+    let json: Vec<serde_json::Value> = names
         .iter()
+        .zip(&counts)
         .map(|((user_id, key), n)| serde_json::json!({"user_id": user_id, "key": key, "n": n}))
         .collect();
     let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(UPSERT_MANY)
@@ -305,25 +302,46 @@ pub(crate) async fn next_versions(
         .bind(now)
         .fetch_all(&mut *conn)
         .await?;
-    // Each key's next version to hand out (its first new one), and when it was created.
-    let mut next: HashMap<(String, String), (i64, i64)> = rows
+    let mut by_key: HashMap<(String, String), (i64, i64)> = rows
         .into_iter()
         .map(|(user_id, key, newest, created_us)| ((user_id, key), (newest, created_us)))
         .collect();
-    for ((user_id, key), n) in &counts {
-        if let Some((newest, _)) = next.get_mut(&((*user_id).to_owned(), (*key).to_owned())) {
-            *newest -= n - 1;
-        }
-    }
-    keys.iter()
-        .map(|(user_id, key)| {
-            let (version, created_us) =
-                next.get_mut(&((*user_id).to_owned(), (*key).to_owned()))
-                    .ok_or_else(|| StoreError::Other("a key's version was not taken".to_owned()))?;
-            *version += 1;
-            Ok((*version - 1, *created_us))
+    // Each key's next version to hand out (its first new one), and when it was created.
+    let mut next: Vec<(i64, i64)> = names
+        .iter()
+        .zip(&counts)
+        .map(|((user_id, key), n)| {
+            by_key
+                .remove(&((*user_id).to_owned(), (*key).to_owned()))
+                .map(|(newest, created_us)| (newest - n + 1, created_us))
+                .ok_or_else(|| StoreError::Other("a key's version was not taken".to_owned()))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(of
+        .into_iter()
+        .map(|k| {
+            let (version, created_us) = &mut next[k];
+            *version += 1;
+            (*version - 1, *created_us)
+        })
+        .collect())
+}
+
+/// Each distinct (user id, key) of `names` once, in the order first seen, and the place of
+/// each of `names` among them.
+fn distinct_keys<'a>(
+    names: impl Iterator<Item = (&'a str, &'a str)>,
+) -> (Vec<(&'a str, &'a str)>, Vec<usize>) {
+    let (mut distinct, mut index) = (Vec::new(), HashMap::new());
+    let of = names
+        .map(|name| {
+            *index.entry(name).or_insert_with(|| {
+                distinct.push(name);
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    (distinct, of)
 }
 
 /// A new version to store: its row, its ciphertext, and the versions up to `prune_up_to` to
@@ -386,26 +404,22 @@ pub(crate) async fn store_versions(
         }
         return Ok(all);
     }
-    // The keys, each once, with the prune points of their first and last new versions.
-    let mut keys: Vec<KeyPrunes<'_>> = Vec::new();
-    let mut index: HashMap<(&str, &str), usize> = HashMap::new();
-    let key_of: Vec<usize> = new
-        .iter()
-        .map(|n| {
-            let name = (n.row.user_id, n.row.key);
-            let k = *index.entry(name).or_insert_with(|| {
-                keys.push(KeyPrunes {
-                    user_id: name.0,
-                    key: name.1,
-                    first: n.prune_up_to,
-                    last: n.prune_up_to,
-                });
-                keys.len() - 1
-            });
-            keys[k].last = keys[k].last.max(n.prune_up_to);
-            k
+    // The keys, each once, with the prune points of their first and last new versions (a
+    // key's versions come in order, so its prune points do too).
+    let (names, key_of) = distinct_keys(new.iter().map(|n| (n.row.user_id, n.row.key)));
+    let mut keys: Vec<KeyPrunes<'_>> = names
+        .into_iter()
+        .map(|(user_id, key)| KeyPrunes {
+            user_id,
+            key,
+            first: i64::MAX,
+            last: 0,
         })
         .collect();
+    for (n, &k) in new.iter().zip(&key_of) {
+        keys[k].first = keys[k].first.min(n.prune_up_to);
+        keys[k].last = keys[k].last.max(n.prune_up_to);
+    }
     // The keys and the versions travel as JSON parameters, so the text (and its cached plan)
     // is the same for any batch; the ciphertexts as one binary parameter, each found by its
     // place in it (as base64 inside the JSON, parsing them took a quarter of the statement's
