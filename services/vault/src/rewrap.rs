@@ -20,8 +20,11 @@ use crate::crypto::{RowRef, ciphertext_key_id, digest};
 use crate::db::{self, Rewrapped, RowKey, StoredValue};
 use crate::state::{Progress, Vault};
 
-/// Rows per transaction when a batch is stored.
-const STORE_CHUNK: usize = 250;
+/// Most rows per transaction when a batch is stored. A transaction holds the audit head only to
+/// count, append and commit, so reads' records wait for that, not for its UPDATEs: 1,000 rows
+/// measured 8-15 % faster than 250 (one head, count and commit instead of four), with as many
+/// reads meanwhile (BENCHMARKS).
+const STORE_CHUNK: usize = 1_000;
 
 /// Runs for the life of the process: a pass whenever woken (a rotation here) or every
 /// `pace.interval` (a rotation on another replica), each pass until no row is left on a
