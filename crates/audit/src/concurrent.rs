@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use orchestrator_store::Dialect;
-use sqlx::{Any, AnyConnection, Transaction};
+use sqlx::any::AnyRow;
+use sqlx::{Any, AnyConnection, Row, Transaction};
 
 use crate::chain::Entry;
 use crate::ledger::{AuditError, Head, Ledger, Shared};
@@ -85,6 +86,16 @@ impl Concurrent {
         if self.head.is_none() {
             self.head = Some(self.shared.lock_head(&mut self.tx).await?);
         }
+        Ok(())
+    }
+
+    /// Takes the audit head as a statement of the work's own locked and read it, with
+    /// [`lock_head_cte!`](crate::lock_head_cte) (PostgreSQL only): `row` holds its `head_seq`
+    /// and `head_mac`. For a work whose first step under the head is a statement of its own:
+    /// one round trip instead of two.
+    pub fn head_locked(&mut self, row: &AnyRow) -> Result<(), AuditError> {
+        let head = (row.try_get("head_seq")?, row.try_get("head_mac")?);
+        self.head = Some(self.shared.check_head(head)?);
         Ok(())
     }
 

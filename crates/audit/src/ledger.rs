@@ -511,8 +511,12 @@ impl Shared {
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .fetch_one(&mut *conn)
             .await?;
-        let seq: i64 = row.try_get("seq")?;
-        let mac: Vec<u8> = row.try_get("mac")?;
+        self.check_head((row.try_get("seq")?, row.try_get("mac")?))
+    }
+
+    /// A head just locked, if it is not behind what this process wrote (a database rolled
+    /// back).
+    pub(crate) fn check_head(&self, (seq, mac): Head) -> Result<Head, AuditError> {
         let seen = self.high_water.load(Ordering::SeqCst);
         if seq < seen {
             tracing::error!(

@@ -19,6 +19,18 @@
 //!   outside, and [`check_checkpoint`] finds a database behind it.
 //! - Records never hold a secret value: callers put names, versions and digests in them.
 
+/// PostgreSQL: a common table expression `head` that locks the audit head and reads it as
+/// `head_seq` and `head_mac`, for a concurrent write whose first statement under the head is
+/// its own ([`Concurrent::head_locked`]). A data-modifying part of that statement that must
+/// come after the head refers to `head` (`... AND EXISTS (SELECT 1 FROM head)`), so the head is
+/// locked first, in the order every write takes them.
+#[macro_export]
+macro_rules! lock_head_cte {
+    () => {
+        "head AS (SELECT seq AS head_seq, mac AS head_mac FROM audit_head WHERE id = 1 FOR UPDATE)"
+    };
+}
+
 /// The select list for [`Ledger::attested`]: an audit record joined as `a` and the record
 /// before it as `p`, under `a_`-prefixed aliases. A macro so it can be `concat!`ed into static
 /// SQL next to a service's own columns. `attested_columns!(k, kp)` selects a record joined as

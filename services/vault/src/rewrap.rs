@@ -219,8 +219,8 @@ async fn store_chunk(
                 let dialect = vault.db.dialect();
                 let stored =
                     db::store_rewrapped(tx.conn(), dialect, primary_id, &rewrapped).await?;
-                tx.lock_head().await?;
-                let primary = db::count_encryptions(tx.conn(), stored.len() as i64).await?;
+                let n = stored.len() as i64;
+                let primary = db::count_encryptions_under_head(tx, dialect, n).await?;
                 vault.keys.set_primary_hint(primary.id);
                 if primary.id != primary_id {
                     // Rotated since the batch was prepared: this attempt rolls back, and the

@@ -141,8 +141,8 @@ async fn puts_in_concurrent_tx(
     // From here to the commit a rotation (which runs under the head) cannot slip in: the count
     // lands on the key the values were sealed with, or the batch runs again. A Put refused
     // above was counted in vain: the count errs on the safe side, never below the truth.
-    tx.lock_head().await?;
-    let primary = db::count_encryptions(tx.conn(), puts.len() as i64).await?;
+    let dialect = vault.db.dialect();
+    let primary = db::count_encryptions_under_head(tx, dialect, puts.len() as i64).await?;
     vault.keys.set_primary_hint(primary.id);
     if primary.id != primary_id {
         // A rotation committed after this batch sealed its values: the next attempt seals

@@ -1,8 +1,9 @@
 //! The data keys (`data_keys`): stored wrapped by a master key, exactly one primary (it encrypts
 //! new values), the demoted ones `decrypt_only` until no ciphertext uses them, then `retired`.
 
-use orchestrator_store::StoreError;
-use sqlx::{AnyConnection, AnyPool};
+use orchestrator_audit::{AuditError, Concurrent};
+use orchestrator_store::{Dialect, StoreError};
+use sqlx::{AnyConnection, AnyPool, Row};
 
 orchestrator_store::stored_enum! {
     /// A data key's state. The SQL in this module spells the states as these strings.
@@ -125,6 +126,50 @@ pub(crate) async fn count_encryptions(
     .bind(n)
     .fetch_one(&mut *conn)
     .await?)
+}
+
+/// PostgreSQL: the audit head locked, then the encryptions counted (see
+/// [`orchestrator_audit::lock_head_cte`]), in one statement. No row: the primary changed while
+/// the statement waited for the head (see [`count_encryptions_under_head`]).
+pub(super) const COUNT_UNDER_HEAD: &str = concat!(
+    "WITH ",
+    orchestrator_audit::lock_head_cte!(),
+    ", counted AS (UPDATE data_keys SET encryptions = encryptions + $1 \
+       WHERE state = 'primary' AND EXISTS (SELECT 1 FROM head) RETURNING id, encryptions) \
+     SELECT head.head_seq, head.head_mac, counted.id, counted.encryptions FROM head, counted"
+);
+
+/// Takes the audit head for a concurrent write, then counts `n` encryptions on the primary
+/// data key as [`count_encryptions`] does: one round trip on PostgreSQL, two on SQLite.
+///
+/// The statement reads the table as it was when it began. If it waited for the head behind a
+/// rotation, the key it saw as primary is demoted by the time it counts and the new one is not
+/// in its view: nothing is counted, and the write loses as to any concurrent transaction
+/// ([`StoreError::Conflict`]). It runs again head first, so its statement begins after the
+/// rotation and counts on the new primary.
+pub(crate) async fn count_encryptions_under_head(
+    tx: &mut Concurrent,
+    dialect: Dialect,
+    n: i64,
+) -> Result<PrimaryUse, AuditError> {
+    if dialect == Dialect::Sqlite {
+        tx.lock_head().await?;
+        return Ok(count_encryptions(tx.conn(), n).await?);
+    }
+    let row = sqlx::query(COUNT_UNDER_HEAD)
+        .bind(n)
+        .fetch_optional(tx.conn())
+        .await?
+        .ok_or_else(|| {
+            StoreError::Conflict(
+                "the primary data key changed while waiting for the audit head".into(),
+            )
+        })?;
+    tx.head_locked(&row)?;
+    Ok(PrimaryUse {
+        id: row.try_get("id")?,
+        encryptions: row.try_get("encryptions")?,
+    })
 }
 
 pub(crate) async fn primary_data_key_id(conn: &mut AnyConnection) -> Result<i64, StoreError> {

@@ -801,6 +801,104 @@ async fn grants_are_per_user_key_and_project_and_revocable(test_db: TestDatabase
     assert!(live("u1", "do", "p1").await.unwrap());
 }
 
+/// PostgreSQL: the statement that takes the audit head and counts encryptions locks the head
+/// before the primary data key's row, the order every write takes them in. While it waits for
+/// the head, the row stays free (a rotation, which holds the head and then takes the row,
+/// would otherwise wait on it in a cycle).
+#[tokio::test]
+async fn counting_under_the_head_takes_the_head_first() {
+    let test_db = TestDatabase::postgres(&["vault"]).await;
+    let (db, _) = open(&test_db).await;
+    {
+        let mut conn = db.pool().acquire().await.unwrap();
+        seed(&mut conn, "u", "k", 1).await;
+    }
+    let mut holder = db.pool().begin().await.unwrap();
+    sqlx::query("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let pool = db.pool().clone();
+    let counting = tokio::spawn(async move {
+        let mut tx = pool.begin().await.unwrap();
+        let row = sqlx::query(super::data_keys::COUNT_UNDER_HEAD)
+            .bind(1_i64)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        sqlx::Row::try_get::<i64, _>(&row, "encryptions").unwrap()
+    });
+    // Waiting for the head: the statement has not finished, and the row is free meanwhile.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!counting.is_finished(), "it did not wait for the head");
+    let mut other = db.pool().begin().await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '500ms'")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE data_keys SET encryptions = encryptions WHERE state = 'primary'")
+        .execute(&mut *other)
+        .await
+        .expect("the data key's row was taken before the head");
+    other.rollback().await.unwrap();
+    holder.commit().await.unwrap();
+    assert_eq!(counting.await.unwrap(), 1);
+}
+
+/// PostgreSQL: a count that waited for the head behind a rotation began before the new
+/// primary existed, so it finds no primary to count on; the write runs again, head first, and
+/// counts on the new primary (it failed INTERNAL when this was first tried, with two replicas).
+#[tokio::test]
+async fn a_count_that_waited_behind_a_rotation_runs_again_on_the_new_primary() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let test_db = TestDatabase::postgres(&["vault"]).await;
+    let (db, ledger) = open(&test_db).await;
+    {
+        let mut conn = db.pool().acquire().await.unwrap();
+        seed(&mut conn, "u", "k", 1).await;
+    }
+    // A rotation holding the head: key 1 demoted, key 2 the new primary, not yet committed.
+    let mut rotation = db.pool().begin().await.unwrap();
+    sqlx::query("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+        .execute(&mut *rotation)
+        .await
+        .unwrap();
+    demote_primary(&mut rotation).await.unwrap();
+    insert_primary_data_key(&mut rotation, 2, wrapping("m1", b"wrapped-2"), 20)
+        .await
+        .unwrap();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let counting = tokio::spawn({
+        let attempts = attempts.clone();
+        async move {
+            ledger
+                .write_concurrently(|tx| {
+                    let attempts = attempts.clone();
+                    Box::pin(async move {
+                        attempts.fetch_add(1, Ordering::SeqCst);
+                        let primary =
+                            count_encryptions_under_head(tx, Dialect::Postgres, 5).await?;
+                        Ok((primary, Vec::new()))
+                    })
+                })
+                .await
+        }
+    });
+    // Committed while the count waits for the head, well within its lock timeout.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!counting.is_finished(), "it did not wait for the head");
+    rotation.commit().await.unwrap();
+    let primary = counting
+        .await
+        .unwrap()
+        .expect("the count failed instead of running again");
+    assert_eq!((primary.id, primary.encryptions), (2, 5));
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+}
+
 #[test]
 fn the_migrations_exist_for_both_dialects() {
     for dialect in [Dialect::Postgres, Dialect::Sqlite] {
