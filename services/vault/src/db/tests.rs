@@ -805,6 +805,32 @@ async fn grants_are_per_user_key_and_project_and_revocable(test_db: TestDatabase
 /// before the primary data key's row, the order every write takes them in. While it waits for
 /// the head, the row stays free (a rotation, which holds the head and then takes the row,
 /// would otherwise wait on it in a cycle).
+/// A data key is never deleted nor renumbered: a ciphertext names its key by id for as long as
+/// it exists (on PostgreSQL no foreign key from `user_vault` checks this any more).
+async fn data_keys_are_never_deleted_or_renumbered(test_db: TestDatabase) {
+    let (db, _) = open(&test_db).await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    seed(&mut conn, "u", "k", 1).await;
+    for sql in [
+        "DELETE FROM data_keys WHERE id = 1",
+        "UPDATE data_keys SET id = 7 WHERE id = 1",
+    ] {
+        let refused = sqlx::query(sql).execute(&mut *conn).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("never deleted or renumbered"),
+            "{sql}: {refused}"
+        );
+    }
+    // What the vault does change still changes.
+    let primary = count_encryptions(&mut conn, 3).await.unwrap();
+    assert_eq!((primary.id, primary.encryptions), (1, 3));
+    let (id,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM data_keys WHERE id = 1")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(id, 1);
+}
+
 #[tokio::test]
 async fn counting_under_the_head_takes_the_head_first() {
     let test_db = TestDatabase::postgres(&["vault"]).await;
@@ -918,5 +944,6 @@ orchestrator_store::on_both_dialects!(
     many_versions_store_in_one_statement_each_as_if_alone,
     a_key_repeated_in_one_call_takes_versions_in_turn,
     data_keys_rotate_rewrap_and_retire,
+    data_keys_are_never_deleted_or_renumbered,
     grants_are_per_user_key_and_project_and_revocable,
 );
