@@ -179,22 +179,25 @@ mod tests {
         (sizes, batcher)
     }
 
+    /// Caller `c` in a closed loop: `calls` calls, each after the answer to the one before and
+    /// 0.1 ms for the answer's way back and the next request's way in.
+    fn closed_loop(batcher: &Batcher<u32, u32>, c: u32, calls: u32) -> tokio::task::JoinHandle<()> {
+        let batcher = batcher.clone();
+        tokio::spawn(async move {
+            for i in 0..calls {
+                assert_eq!(batcher.call(c * 10 + i).await, Some(c * 10 + i));
+                tokio::time::sleep(Duration::from_micros(100)).await;
+            }
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn callers_answered_together_are_not_split_by_the_first_one_back() {
         let (sizes, batcher) = recording(Duration::from_millis(1), Duration::from_millis(5));
         // 16 callers in a closed loop, 4 calls each, 0.1 ms between an answer and the next
         // call; the first starts 1 ms before the others, so it comes back while their batch
         // runs and is the first in line when that batch ends.
-        let caller = |c: u32| {
-            let batcher = batcher.clone();
-            tokio::spawn(async move {
-                for i in 0..4 {
-                    assert_eq!(batcher.call(c * 10 + i).await, Some(c * 10 + i));
-                    // The answer's way back and the next request's way in.
-                    tokio::time::sleep(Duration::from_micros(100)).await;
-                }
-            })
-        };
+        let caller = |c: u32| closed_loop(&batcher, c, 4);
         let mut callers = vec![caller(0)];
         tokio::time::sleep(Duration::from_millis(1)).await;
         callers.extend((1..16).map(caller));
@@ -221,15 +224,7 @@ mod tests {
         let (sizes, batcher) = recording(Duration::from_millis(1), Duration::from_millis(5));
         // Two groups of 8 callers in a closed loop, 8 calls each; the second starts while the
         // first one's batch runs, so the groups come back at different times.
-        let caller = |c: u32| {
-            let batcher = batcher.clone();
-            tokio::spawn(async move {
-                for i in 0..8 {
-                    assert_eq!(batcher.call(c * 10 + i).await, Some(c * 10 + i));
-                    tokio::time::sleep(Duration::from_micros(100)).await;
-                }
-            })
-        };
+        let caller = |c: u32| closed_loop(&batcher, c, 8);
         let mut callers: Vec<_> = (0..8).map(caller).collect();
         tokio::time::sleep(Duration::from_millis(1)).await;
         callers.extend((8..16).map(caller));

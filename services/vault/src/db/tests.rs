@@ -831,6 +831,16 @@ async fn data_keys_are_never_deleted_or_renumbered(test_db: TestDatabase) {
     assert_eq!(id, 1);
 }
 
+/// A transaction of its own holding the audit head, as a writer's batch does.
+async fn hold_head(db: &Database) -> sqlx::Transaction<'static, sqlx::Any> {
+    let mut holder = db.pool().begin().await.unwrap();
+    sqlx::query("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    holder
+}
+
 #[tokio::test]
 async fn counting_under_the_head_takes_the_head_first() {
     let test_db = TestDatabase::postgres(&["vault"]).await;
@@ -839,11 +849,7 @@ async fn counting_under_the_head_takes_the_head_first() {
         let mut conn = db.pool().acquire().await.unwrap();
         seed(&mut conn, "u", "k", 1).await;
     }
-    let mut holder = db.pool().begin().await.unwrap();
-    sqlx::query("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = hold_head(&db).await;
     let pool = db.pool().clone();
     let counting = tokio::spawn(async move {
         let mut tx = pool.begin().await.unwrap();
@@ -887,11 +893,7 @@ async fn a_count_that_waited_behind_a_rotation_runs_again_on_the_new_primary() {
         seed(&mut conn, "u", "k", 1).await;
     }
     // A rotation holding the head: key 1 demoted, key 2 the new primary, not yet committed.
-    let mut rotation = db.pool().begin().await.unwrap();
-    sqlx::query("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
-        .execute(&mut *rotation)
-        .await
-        .unwrap();
+    let mut rotation = hold_head(&db).await;
     demote_primary(&mut rotation).await.unwrap();
     insert_primary_data_key(&mut rotation, 2, wrapping("m1", b"wrapped-2"), 20)
         .await
