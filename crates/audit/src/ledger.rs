@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use orchestrator_store::{Database, Dialect, HeldConnection, StoreError, now_us};
+use orchestrator_store::{Database, Dialect, HeldConnection, PackedBytes, StoreError, now_us};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot};
@@ -586,18 +586,12 @@ type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 /// batches of 1 to 256 records, kept every connection's statement cache cold). (As base64
 /// inside the JSON, the MACs and digests were a third of what PostgreSQL parsed.)
 fn records_json(records: &[Chained]) -> (String, Vec<u8>) {
-    let mut bytes = Vec::with_capacity(records.len() * 64);
-    // `substring`'s positions count from 1.
-    let mut place = |b: &[u8]| {
-        let at = bytes.len() + 1;
-        bytes.extend_from_slice(b);
-        (at, b.len())
-    };
+    let mut bytes = PackedBytes::with_capacity(records.len() * 64);
     let rows: Vec<serde_json::Value> = records
         .iter()
         .map(|(record, mac)| {
-            let (mac_at, mac_len) = place(mac);
-            let digest = record.entry.digest.as_deref().map(&mut place);
+            let (mac_at, mac_len) = bytes.push(mac);
+            let digest = record.entry.digest.as_deref().map(|d| bytes.push(d));
             serde_json::json!({
                 "seq": record.seq,
                 "at_us": record.at_us,
@@ -614,7 +608,10 @@ fn records_json(records: &[Chained]) -> (String, Vec<u8>) {
             })
         })
         .collect();
-    (serde_json::Value::Array(rows).to_string(), bytes)
+    (
+        serde_json::Value::Array(rows).to_string(),
+        bytes.into_param(),
+    )
 }
 
 /// The records of `$3` and `$4` (see [`records_json`]) as rows, for an `INSERT ... SELECT`. A

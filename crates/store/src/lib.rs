@@ -486,6 +486,31 @@ pub fn random_hex(bytes: usize) -> String {
         })
 }
 
+/// Many byte strings end to end in one `bytea` parameter, each found by its place in it with
+/// `substring($n FROM at FOR len)` (PostgreSQL): a batch's binary values travel beside its
+/// JSON parameter instead of as base64 inside it, and the statement's text stays the same for
+/// any batch.
+#[derive(Debug, Default)]
+pub struct PackedBytes(Vec<u8>);
+
+impl PackedBytes {
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self(Vec::with_capacity(bytes))
+    }
+
+    /// Appends `bytes`; returns their `at` (counted from 1, as `substring` counts) and `len`.
+    pub fn push(&mut self, bytes: &[u8]) -> (usize, usize) {
+        let at = self.0.len() + 1;
+        self.0.extend_from_slice(bytes);
+        (at, bytes.len())
+    }
+
+    /// The parameter to bind.
+    pub fn into_param(self) -> Vec<u8> {
+        self.0
+    }
+}
+
 /// `($1, ..., $c), ($c+1, ...), ...`: the placeholders of a multi-row `VALUES` list of `rows`
 /// rows of `columns` values each, numbered from `$1`. Only placeholders go into SQL; every
 /// value is bound.
@@ -510,6 +535,18 @@ fn redact(message: &str, url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn packed_bytes_are_found_where_substring_looks() {
+        let mut packed = super::PackedBytes::default();
+        assert_eq!(packed.push(b"abc"), (1, 3));
+        assert_eq!(packed.push(b""), (4, 0));
+        assert_eq!(packed.push(b"de"), (4, 2));
+        let bytes = packed.into_param();
+        // `substring(b FROM at FOR len)` is `b[at - 1..at - 1 + len]`.
+        assert_eq!(&bytes[3..5], b"de");
+        assert_eq!(&bytes[0..3], b"abc");
+    }
+
     #[test]
     fn placeholder_rows_number_every_value_once_in_order() {
         assert_eq!(super::placeholder_rows(2, 3), "($1, $2, $3), ($4, $5, $6)");

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use orchestrator_fields::Page;
 use orchestrator_proto::timestamp as ts;
 use orchestrator_proto::vault::v1 as pb;
-use orchestrator_store::{Dialect, StoreError};
+use orchestrator_store::{Dialect, PackedBytes, StoreError};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Row};
 
@@ -460,28 +460,27 @@ pub(crate) async fn store_versions(
             })
         })
         .collect();
-    let mut ciphertexts = Vec::with_capacity(new.iter().map(|n| n.ciphertext.len()).sum());
+    let mut ciphertexts = PackedBytes::with_capacity(new.iter().map(|n| n.ciphertext.len()).sum());
     let mut rows_json = Vec::with_capacity(new.len());
     for (n, &k) in new.iter().zip(&key_of) {
         if n.row.version <= keys[k].last {
             continue;
         }
+        let (at, len) = ciphertexts.push(n.ciphertext);
         rows_json.push(serde_json::json!({
             "user_id": n.row.user_id,
             "key": n.row.key,
             "version": n.row.version,
-            // `substring`'s positions count from 1.
-            "at": ciphertexts.len() + 1,
-            "len": n.ciphertext.len(),
+            "at": at,
+            "len": len,
         }));
-        ciphertexts.extend_from_slice(n.ciphertext);
     }
     let found: Vec<KeyRow> = sqlx::query_as(STORE_MANY)
         .bind(serde_json::Value::Array(keys_json).to_string())
         .bind(serde_json::Value::Array(rows_json).to_string())
         .bind(data_key_id)
         .bind(now)
-        .bind(ciphertexts)
+        .bind(ciphertexts.into_param())
         .fetch_all(&mut *conn)
         .await?;
     // Each key's earlier versions (after its first prune point) and those the DELETE removed.
