@@ -4,10 +4,10 @@
 //! once, alone. Reads' lookups and Puts go through one each.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::time::Instant;
 
 /// A request, where its answer goes, and when it arrived.
@@ -82,16 +82,14 @@ async fn gather<Req, Resp, F, Fut>(
     F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Vec<Resp>> + Send + 'static,
 {
-    let running = Arc::new(Semaphore::new(1));
-    // The size of the batch before, whose callers come back together, and when it was answered.
+    // Held by the running batch, one at a time; it holds when that batch was answered.
+    let running = Arc::new(Mutex::new(Instant::now()));
+    // The size of the batch before, whose callers come back together.
     let mut previous = 0;
-    let answered = Arc::new(Mutex::new(Instant::now()));
     while let Some(first) = rx.recv().await {
         // Gathered only once the batch may start: whatever arrives while the running batch
         // waits for the database joins this one.
-        let Ok(permit) = running.clone().acquire_owned().await else {
-            return;
-        };
+        let mut answered = running.clone().lock_owned().await;
         let mut batch = vec![first];
         while batch.len() < max {
             match rx.try_recv() {
@@ -101,8 +99,7 @@ async fn gather<Req, Resp, F, Fut>(
         }
         if !linger.is_zero() {
             // Those who queued before the batch before was answered, and that batch's callers.
-            let answered_at = *answered.lock().unwrap_or_else(PoisonError::into_inner);
-            let waiting = batch.iter().filter(|(_, _, at)| *at < answered_at).count();
+            let waiting = batch.iter().filter(|(_, _, at)| *at < *answered).count();
             let expected = (waiting + previous).min(max);
             let until = Instant::now() + linger;
             while batch.len() < expected {
@@ -118,15 +115,14 @@ async fn gather<Req, Resp, F, Fut>(
             .map(|(req, reply, _)| (req, reply))
             .unzip();
         let answers = run(reqs);
-        let answered = answered.clone();
         tokio::spawn(async move {
             let answers = answers.await;
             // Before the first answer goes: whoever queues after this may be one coming back.
-            *answered.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+            *answered = Instant::now();
             for (reply, answer) in replies.into_iter().zip(answers) {
                 drop(reply.send(answer));
             }
-            drop(permit);
+            drop(answered);
         });
     }
 }
