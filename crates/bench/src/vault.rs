@@ -129,6 +129,25 @@ fn put(user: &str, key: String) -> pb::PutUserSecretRequest {
     }
 }
 
+/// The CPU time process `pid` has used so far (user and system; `/proc`, in the kernel's fixed
+/// 100 ticks a second).
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which may hold spaces, in its parentheses.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let ticks: u64 = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// The vault process's own CPU per call between two readings of [`process_cpu`]: the part of
+/// a figure's `cpu` that is the vault's, steadier than ops/s when the machine's speed moves.
+fn vault_share(name: &str, before: Option<Duration>, after: Option<Duration>, calls: usize) {
+    if let (Some(before), Some(after)) = (before, after) {
+        let per_call = after.saturating_sub(before).as_secs_f64() * 1e6 / calls.max(1) as f64;
+        println!("  {name:<34} vault process {per_call:>6.0} us/op");
+    }
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -231,6 +250,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 
     let ceiling = measure(args.calls, args.concurrency, echo(echo_channel.clone())).await?;
     let keys = args.keys;
+    let cpu_before_get = process_cpu(pid);
     let get = measure(args.calls, args.concurrency, {
         let infra = infra.clone();
         move |i| {
@@ -248,6 +268,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
     })
     .await?;
+    let cpu_before_put = process_cpu(pid);
     let put_figures = measure(args.calls, args.concurrency, {
         let api = api.clone();
         move |i| {
@@ -260,6 +281,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
     })
     .await?;
+    let cpu_after_put = process_cpu(pid);
     row("echo, bare tonic mTLS (ceiling)", &ceiling, None);
     row("GetUserSecret (+ durable audit)", &get, Some(&ceiling));
     row(
@@ -268,6 +290,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         Some(&ceiling),
     );
     row("(initial load, PutUserSecret)", &load, Some(&ceiling));
+    vault_share("GetUserSecret", cpu_before_get, cpu_before_put, args.calls);
+    vault_share("PutUserSecret", cpu_before_put, cpu_after_put, args.calls);
 
     // Rewrap: many rows on data key 1, rotate, and read throughout.
     let filler = args.rewrap_rows.saturating_sub(args.keys + 5_000);
