@@ -352,7 +352,7 @@ impl Writer {
             return Ok(None);
         };
         let (records, new_head) = self.shared.chain(&head, entries.to_vec());
-        let (json, bytes) = records_json(&records);
+        let (json, bytes) = records_json(&records)?;
         let appended = sqlx::query(APPEND_IF_HEAD)
             .bind(new_head.0)
             .bind(new_head.1.clone())
@@ -546,7 +546,7 @@ impl Shared {
         }
         let (records, new_head) = self.chain(&head, entries);
         if self.db.dialect() == Dialect::Postgres {
-            let (json, bytes) = records_json(&records);
+            let (json, bytes) = records_json(&records)?;
             sqlx::query(APPEND)
                 .bind(new_head.0)
                 .bind(new_head.1.clone())
@@ -585,33 +585,47 @@ type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 /// size: parsed and planned once per connection, instead of once per batch size (which, with
 /// batches of 1 to 256 records, kept every connection's statement cache cold). (As base64
 /// inside the JSON, the MACs and digests were a third of what PostgreSQL parsed.)
-fn records_json(records: &[Chained]) -> (String, Vec<u8>) {
+fn records_json(records: &[Chained]) -> Result<(String, Vec<u8>), StoreError> {
+    /// One record's row of the JSON document: serialized straight from the record, without
+    /// building a `serde_json::Value` per field first.
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        seq: i64,
+        at_us: i64,
+        caller: &'a str,
+        method: &'a str,
+        target: &'a str,
+        outcome: &'a str,
+        request_id: &'a str,
+        detail: &'a str,
+        digest_at: Option<usize>,
+        digest_len: Option<usize>,
+        mac_at: usize,
+        mac_len: usize,
+    }
     let mut bytes = PackedBytes::with_capacity(records.len() * 64);
-    let rows: Vec<serde_json::Value> = records
+    let rows: Vec<Row<'_>> = records
         .iter()
         .map(|(record, mac)| {
             let (mac_at, mac_len) = bytes.push(mac);
             let digest = record.entry.digest.as_deref().map(|d| bytes.push(d));
-            serde_json::json!({
-                "seq": record.seq,
-                "at_us": record.at_us,
-                "caller": record.entry.caller,
-                "method": record.entry.method,
-                "target": record.entry.target,
-                "outcome": record.entry.outcome,
-                "request_id": record.entry.request_id,
-                "detail": record.entry.detail,
-                "digest_at": digest.map(|(at, _)| at),
-                "digest_len": digest.map(|(_, len)| len),
-                "mac_at": mac_at,
-                "mac_len": mac_len,
-            })
+            Row {
+                seq: record.seq,
+                at_us: record.at_us,
+                caller: &record.entry.caller,
+                method: &record.entry.method,
+                target: &record.entry.target,
+                outcome: &record.entry.outcome,
+                request_id: &record.entry.request_id,
+                detail: &record.entry.detail,
+                digest_at: digest.map(|(at, _)| at),
+                digest_len: digest.map(|(_, len)| len),
+                mac_at,
+                mac_len,
+            }
         })
         .collect();
-    (
-        serde_json::Value::Array(rows).to_string(),
-        bytes.into_param(),
-    )
+    Ok((orchestrator_store::json_param(&rows)?, bytes.into_param()))
 }
 
 /// The records of `$3` and `$4` (see [`records_json`]) as rows, for an `INSERT ... SELECT`. A

@@ -292,13 +292,19 @@ pub(crate) async fn next_versions(
     for &k in &of {
         counts[k] += 1;
     }
-    let json: Vec<serde_json::Value> = names
+    #[derive(serde::Serialize)]
+    struct Count<'a> {
+        user_id: &'a str,
+        key: &'a str,
+        n: i64,
+    }
+    let json: Vec<Count<'_>> = names
         .iter()
         .zip(&counts)
-        .map(|((user_id, key), n)| serde_json::json!({"user_id": user_id, "key": key, "n": n}))
+        .map(|(&(user_id, key), &n)| Count { user_id, key, n })
         .collect();
     let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(UPSERT_MANY)
-        .bind(serde_json::Value::Array(json).to_string())
+        .bind(orchestrator_store::json_param(&json)?)
         .bind(now)
         .fetch_all(&mut *conn)
         .await?;
@@ -451,13 +457,31 @@ pub(crate) async fn store_versions(
              WHERE v.user_id = k.user_id AND v.key = k.key AND v.version > k.first OFFSET 0) e \
          UNION ALL SELECT k.k, g.version, CAST(0 AS BIGINT), CAST(NULL AS BIGINT), CAST(0 AS BIGINT), CAST(1 AS BIGINT) \
            FROM gone g JOIN k ON g.user_id = k.user_id AND g.key = k.key";
-    let keys_json: Vec<serde_json::Value> = keys
+    #[derive(serde::Serialize)]
+    struct KeyJson<'a> {
+        k: usize,
+        user_id: &'a str,
+        key: &'a str,
+        first: i64,
+        last: i64,
+    }
+    #[derive(serde::Serialize)]
+    struct RowJson<'a> {
+        user_id: &'a str,
+        key: &'a str,
+        version: i64,
+        at: usize,
+        len: usize,
+    }
+    let keys_json: Vec<KeyJson<'_>> = keys
         .iter()
         .enumerate()
-        .map(|(k, p)| {
-            serde_json::json!({
-                "k": k, "user_id": p.user_id, "key": p.key, "first": p.first, "last": p.last,
-            })
+        .map(|(k, p)| KeyJson {
+            k,
+            user_id: p.user_id,
+            key: p.key,
+            first: p.first,
+            last: p.last,
         })
         .collect();
     let mut ciphertexts = PackedBytes::with_capacity(new.iter().map(|n| n.ciphertext.len()).sum());
@@ -467,17 +491,17 @@ pub(crate) async fn store_versions(
             continue;
         }
         let (at, len) = ciphertexts.push(n.ciphertext);
-        rows_json.push(serde_json::json!({
-            "user_id": n.row.user_id,
-            "key": n.row.key,
-            "version": n.row.version,
-            "at": at,
-            "len": len,
-        }));
+        rows_json.push(RowJson {
+            user_id: n.row.user_id,
+            key: n.row.key,
+            version: n.row.version,
+            at,
+            len,
+        });
     }
     let found: Vec<KeyRow> = sqlx::query_as(STORE_MANY)
-        .bind(serde_json::Value::Array(keys_json).to_string())
-        .bind(serde_json::Value::Array(rows_json).to_string())
+        .bind(orchestrator_store::json_param(&keys_json)?)
+        .bind(orchestrator_store::json_param(&rows_json)?)
         .bind(data_key_id)
         .bind(now)
         .bind(ciphertexts.into_param())
@@ -788,23 +812,31 @@ pub(crate) async fn read_granted_many(
         // is parsed and planned once per connection, where a statement per batch size was
         // planned at nearly every execution, at several times the cost of running it.
         Dialect::Postgres => {
-            let rows: Vec<serde_json::Value> = lookups
+            #[derive(serde::Serialize)]
+            struct LookupJson<'a> {
+                i: usize,
+                user_id: &'a str,
+                key: &'a str,
+                version: i64,
+                prefix: &'a str,
+                project_id: &'a str,
+                key_target: &'a str,
+            }
+            let rows: Vec<LookupJson<'_>> = lookups
                 .iter()
                 .enumerate()
-                .map(|(i, l)| {
-                    serde_json::json!({
-                        "i": i,
-                        "user_id": l.user_id,
-                        "key": l.key,
-                        "version": l.version,
-                        "prefix": l.target_prefix,
-                        "project_id": l.project_id,
-                        "key_target": l.key_target,
-                    })
+                .map(|(i, l)| LookupJson {
+                    i,
+                    user_id: &l.user_id,
+                    key: &l.key,
+                    version: l.version,
+                    prefix: &l.target_prefix,
+                    project_id: &l.project_id,
+                    key_target: &l.key_target,
                 })
                 .collect();
             sqlx::query(READ_GRANTED_PG)
-                .bind(serde_json::Value::Array(rows).to_string())
+                .bind(orchestrator_store::json_param(&rows)?)
                 .fetch_all(&mut *conn)
                 .await?
         }
