@@ -20,13 +20,24 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, Row, Transaction};
 
 use crate::chain::Entry;
-use crate::ledger::{AuditError, Head, Ledger, Shared};
+use crate::ledger::{AnyQuery, AuditError, Head, Ledger, Shared};
 use crate::retry::{Retryable, WRITE_ATTEMPTS, pause};
 
 /// How long a concurrent write waits for any lock before it gives up and runs again. Far above
 /// a batch's time holding the head (milliseconds); a wait this long is a cycle with a writer's
 /// work (see the module's documentation).
 pub const LOCK_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Records bound by [`Concurrent::bind_append`]: where they move the head.
+pub struct Appending(Head);
+
+impl std::fmt::Debug for Appending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Appending")
+            .field(&self.0.0)
+            .finish_non_exhaustive()
+    }
+}
 
 /// A concurrent write's transaction, as its work sees it.
 pub struct Concurrent {
@@ -97,6 +108,30 @@ impl Concurrent {
         let head = (row.try_get("head_seq")?, row.try_get("head_mac")?);
         self.head = Some(self.shared.check_head(head)?);
         Ok(())
+    }
+
+    /// PostgreSQL, for a work whose statement appends its records itself (it begins with
+    /// [`append_if_head_cte!`](crate::append_if_head_cte)): `query` with `entries` chained
+    /// after the head this process last committed and bound as `$1`-`$6`. `None` on SQLite,
+    /// once this write holds the head, or when no committed head is known: the work takes the
+    /// head as usual. The statement appends nothing when another write moved the head first;
+    /// if it did append, [`Concurrent::appended`] says so.
+    pub fn bind_append<'q>(
+        &self,
+        query: AnyQuery<'q>,
+        entries: &[Entry],
+    ) -> Result<Option<(AnyQuery<'q>, Appending)>, AuditError> {
+        if self.head.is_some() {
+            return Ok(None);
+        }
+        let bound = self.shared.bind_append_if_head(query, entries)?;
+        Ok(bound.map(|(query, head)| (query, Appending(head))))
+    }
+
+    /// The statement of [`Concurrent::bind_append`] moved the head: this write holds it, after
+    /// the records it appended, and the commit appends only what comes after them.
+    pub fn appended(&mut self, appending: Appending) {
+        self.head = Some(appending.0);
     }
 
     /// Appends `entries` after the head (taking it if the work did not) and commits.

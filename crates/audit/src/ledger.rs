@@ -339,31 +339,12 @@ impl Writer {
         conn: &mut HeldConnection,
         entries: &[Entry],
     ) -> Result<Option<Head>, AuditError> {
-        if self.shared.db.dialect() != Dialect::Postgres || entries.is_empty() {
-            return Ok(None);
-        }
-        let Some(head) = self
-            .shared
-            .committed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-        else {
+        let query = sqlx::query(APPEND_IF_HEAD);
+        let Some((query, new_head)) = self.shared.bind_append_if_head(query, entries)? else {
             return Ok(None);
         };
-        let (records, new_head) = self.shared.chain(&head, entries.to_vec());
-        let (json, bytes) = records_json(&records)?;
-        let appended = sqlx::query(APPEND_IF_HEAD)
-            .bind(new_head.0)
-            .bind(new_head.1.clone())
-            .bind(json)
-            .bind(bytes)
-            .bind(head.0)
-            .bind(head.1)
-            .execute(conn.get().await?)
-            .await?
-            .rows_affected();
-        if appended == records.len() as u64 {
+        let appended = query.execute(conn.get().await?).await?.rows_affected();
+        if appended == entries.len() as u64 {
             Ok(Some(new_head))
         } else {
             Ok(None)
@@ -503,6 +484,39 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
+    /// PostgreSQL: `query`, whose text begins with [`head_if_cte!`] and then inserts
+    /// [`json_records!`], with `entries` chained after the head this process last committed
+    /// and bound as `$1`-`$6`, and the head they move it to. The statement moves the head and
+    /// appends only if the head is still exactly there. `None` on SQLite, for no entries, or
+    /// when no committed head is known.
+    pub(crate) fn bind_append_if_head<'q>(
+        &self,
+        query: AnyQuery<'q>,
+        entries: &[Entry],
+    ) -> Result<Option<(AnyQuery<'q>, Head)>, AuditError> {
+        if self.db.dialect() != Dialect::Postgres || entries.is_empty() {
+            return Ok(None);
+        }
+        let Some(head) = self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        else {
+            return Ok(None);
+        };
+        let (records, new_head) = self.chain(&head, entries.to_vec());
+        let (json, bytes) = records_json(&records)?;
+        let query = query
+            .bind(new_head.0)
+            .bind(new_head.1.clone())
+            .bind(json)
+            .bind(bytes)
+            .bind(head.0)
+            .bind(head.1);
+        Ok(Some((query, new_head)))
+    }
+
     pub(crate) async fn lock_head(&self, conn: &mut AnyConnection) -> Result<Head, AuditError> {
         let sql = format!(
             "SELECT seq, mac FROM audit_head WHERE id = 1{}",
@@ -577,7 +591,7 @@ impl Shared {
 /// A record and its chain MAC.
 type Chained = (Record, Vec<u8>);
 
-type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+pub(crate) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
 /// PostgreSQL: the records of a batch as one JSON document (`[{"seq": .., "mac_at": ..},
 /// ..]`) and their MACs and digests end to end in one binary parameter, each found by its
@@ -628,37 +642,45 @@ fn records_json(records: &[Chained]) -> Result<(String, Vec<u8>), StoreError> {
     Ok((orchestrator_store::json_param(&rows)?, bytes.into_param()))
 }
 
-/// The records of `$3` and `$4` (see [`records_json`]) as rows, for an `INSERT ... SELECT`. A
-/// record without a digest has none (`substring` of a NULL position is NULL).
-macro_rules! json_records {
+/// The records of `$3` and `$4` (see [`records_json`]) inserted, only if the CTE `head`
+/// (before it) moved the head. A record without a digest has none (`substring` of a NULL
+/// position is NULL).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! insert_records {
     () => {
-        "SELECT r.seq, r.at_us, r.caller, r.method, r.target, r.outcome, r.request_id, r.detail, \
+        "INSERT INTO audit_log (seq, at_us, caller, method, target, outcome, request_id, detail, digest, mac) \
+         SELECT r.seq, r.at_us, r.caller, r.method, r.target, r.outcome, r.request_id, r.detail, \
            substring($4 FROM r.digest_at FOR r.digest_len), substring($4 FROM r.mac_at FOR r.mac_len) \
          FROM json_to_recordset(CAST($3 AS json)) AS r (seq BIGINT, at_us BIGINT, caller TEXT, \
            method TEXT, target TEXT, outcome TEXT, request_id TEXT, detail TEXT, \
-           digest_at INTEGER, digest_len INTEGER, mac_at INTEGER, mac_len INTEGER)"
+           digest_at INTEGER, digest_len INTEGER, mac_at INTEGER, mac_len INTEGER) \
+         WHERE EXISTS (SELECT 1 FROM head)"
+    };
+}
+
+/// The CTE `head`: the head moved to `($1, $2)` only if it is still `($5, $6)` (no row
+/// otherwise).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! head_if_cte {
+    () => {
+        "head AS (UPDATE audit_head SET seq = $1, mac = $2 \
+           WHERE id = 1 AND seq = $5 AND mac = $6 RETURNING seq)"
     };
 }
 
 /// PostgreSQL, inside a transaction that locked the head: moves the head to `($1, $2)` and
 /// appends the records of `$3` and `$4`, in one statement.
 const APPEND: &str = concat!(
-    "WITH head AS (UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1 RETURNING seq) \
-     INSERT INTO audit_log (seq, at_us, caller, method, target, outcome, request_id, detail, digest, mac) ",
-    json_records!(),
-    " WHERE EXISTS (SELECT 1 FROM head)"
+    "WITH head AS (UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1 RETURNING seq) ",
+    insert_records!()
 );
 
 /// PostgreSQL, in its own implicit transaction: [`APPEND`] only if the head is still
 /// `($5, $6)`; the records are inserted only if the head moved, all or nothing, and the
 /// affected-row count says which.
-const APPEND_IF_HEAD: &str = concat!(
-    "WITH head AS (UPDATE audit_head SET seq = $1, mac = $2 \
-       WHERE id = 1 AND seq = $5 AND mac = $6 RETURNING seq) \
-     INSERT INTO audit_log (seq, at_us, caller, method, target, outcome, request_id, detail, digest, mac) ",
-    json_records!(),
-    " WHERE EXISTS (SELECT 1 FROM head)"
-);
+const APPEND_IF_HEAD: &str = concat!("WITH ", head_if_cte!(), " ", insert_records!());
 
 /// Binds each record's ten columns, in the `INSERT`'s order. Only placeholders are
 /// generated into the SQL; every value is bound.

@@ -31,6 +31,25 @@ macro_rules! lock_head_cte {
     };
 }
 
+/// PostgreSQL: the first CTEs of a concurrent write's statement that appends its records
+/// itself, after the head this process last committed, if that is still the head: `head` (one
+/// row once it moved the head; none if another write moved it first) and `appended` (the
+/// records, inserted only if `head` has its row). [`Concurrent::bind_append`] binds `$1`-`$6`;
+/// the work's own parameters start at `$7`. A data-modifying part of the statement that must
+/// come after the head refers to `head`, as with [`lock_head_cte!`]. One round trip where
+/// taking the head and appending are two.
+#[macro_export]
+macro_rules! append_if_head_cte {
+    () => {
+        concat!(
+            $crate::head_if_cte!(),
+            ", appended AS (",
+            $crate::insert_records!(),
+            ")"
+        )
+    };
+}
+
 /// The select list for [`Ledger::attested`]: an audit record joined as `a` and the record
 /// before it as `p`, under `a_`-prefixed aliases. A macro so it can be `concat!`ed into static
 /// SQL next to a service's own columns. `attested_columns!(k, kp)` selects a record joined as
@@ -100,7 +119,7 @@ mod verify;
 
 pub use chain::{AuditKey, AuditKeyError, Entry, Record};
 pub use checkpoint::{Checkpoint, CheckpointError, check as check_checkpoint};
-pub use concurrent::{Concurrent, LOCK_TIMEOUT};
+pub use concurrent::{Appending, Concurrent, LOCK_TIMEOUT};
 pub use ledger::{AuditError, Ledger, Work};
 pub use retry::{Retryable, WRITE_ATTEMPTS};
 pub use verify::{Broken, VerifyReport, verify};

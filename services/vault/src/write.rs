@@ -141,8 +141,16 @@ async fn puts_in_concurrent_tx(
     // From here to the commit a rotation (which runs under the head) cannot slip in: the count
     // lands on the key the values were sealed with, or the batch runs again. A Put refused
     // above was counted in vain: the count errs on the safe side, never below the truth.
-    let dialect = vault.db.dialect();
-    let primary = db::count_encryptions_under_head(tx, dialect, puts.len() as i64).await?;
+    // While no other write moved the head since this process last committed, the records go
+    // in with the count, one round trip instead of two; the commit appends only a rotation's.
+    let n = puts.len() as i64;
+    let primary = match db::count_and_append(tx, n, &entries).await? {
+        Some(primary) => {
+            entries.clear();
+            primary
+        }
+        None => db::count_encryptions_under_head(tx, vault.db.dialect(), n).await?,
+    };
     vault.keys.set_primary_hint(primary.id);
     if primary.id != primary_id {
         // A rotation committed after this batch sealed its values: the next attempt seals

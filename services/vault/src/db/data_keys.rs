@@ -1,7 +1,7 @@
 //! The data keys (`data_keys`): stored wrapped by a master key, exactly one primary (it encrypts
 //! new values), the demoted ones `decrypt_only` until no ciphertext uses them, then `retired`.
 
-use orchestrator_audit::{AuditError, Concurrent};
+use orchestrator_audit::{AuditError, Concurrent, Entry};
 use orchestrator_store::{Dialect, StoreError};
 use sqlx::{AnyConnection, AnyPool, Row};
 
@@ -170,6 +170,46 @@ pub(crate) async fn count_encryptions_under_head(
         id: row.try_get("id")?,
         encryptions: row.try_get("encryptions")?,
     })
+}
+
+/// PostgreSQL: a concurrent write's records appended after the head this process last
+/// committed, and `$7` encryptions counted on the primary data key, in one statement, only if
+/// that is still the head (see [`orchestrator_audit::append_if_head_cte`]). A row whenever the
+/// head moved (with the count, if there was a primary to count on); none when another write
+/// moved the head first, and nothing was written.
+pub(super) const COUNT_AND_APPEND: &str = concat!(
+    "WITH ",
+    orchestrator_audit::append_if_head_cte!(),
+    ", counted AS (UPDATE data_keys SET encryptions = encryptions + $7 \
+       WHERE state = 'primary' AND EXISTS (SELECT 1 FROM head) RETURNING id, encryptions) \
+     SELECT counted.id, counted.encryptions FROM head LEFT JOIN counted ON TRUE"
+);
+
+/// [`count_encryptions_under_head`] and the commit's append of `entries` in one round trip, on
+/// PostgreSQL while this process knows the head and no other write moved it since: the write
+/// then holds the head, after its records (`Some`). `None`: nothing was written, and the write
+/// takes the head as usual.
+///
+/// As for [`count_encryptions_under_head`], the count lands on the key the statement sees as
+/// primary, which the caller checks. A rotation runs under the head and appends a record, so
+/// one that committed since the head was known makes this statement write nothing.
+pub(crate) async fn count_and_append(
+    tx: &mut Concurrent,
+    n: i64,
+    entries: &[Entry],
+) -> Result<Option<PrimaryUse>, AuditError> {
+    let Some((query, appending)) = tx.bind_append(sqlx::query(COUNT_AND_APPEND), entries)? else {
+        return Ok(None);
+    };
+    let Some(row) = query.bind(n).fetch_optional(tx.conn()).await? else {
+        return Ok(None);
+    };
+    tx.appended(appending);
+    match (row.try_get("id")?, row.try_get("encryptions")?) {
+        (Some(id), Some(encryptions)) => Ok(Some(PrimaryUse { id, encryptions })),
+        // The records are in: the write must fail, not take the head again and append them twice.
+        _ => Err(StoreError::Other("no primary data key to count encryptions on".into()).into()),
+    }
 }
 
 pub(crate) async fn primary_data_key_id(conn: &mut AnyConnection) -> Result<i64, StoreError> {

@@ -927,6 +927,113 @@ async fn a_count_that_waited_behind_a_rotation_runs_again_on_the_new_primary() {
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
 }
 
+/// PostgreSQL: while no other write moved the head since this process last committed, a
+/// concurrent write's count and records go in one statement; once another replica moved it,
+/// that statement writes nothing and the write takes the head as before. Either way each
+/// record is in the chain once and the chain verifies.
+#[tokio::test]
+async fn the_count_and_the_records_go_in_one_statement_while_the_head_is_known() {
+    let test_db = TestDatabase::postgres(&["vault"]).await;
+    let (db, ledger) = open(&test_db).await;
+    {
+        let mut conn = db.pool().acquire().await.unwrap();
+        seed(&mut conn, "u", "k", 1).await;
+    }
+    // Another replica: its own ledger on the same database.
+    let replica = Ledger::<tonic::Status>::start(db.clone(), AuditKey::from_bytes(&[7; 32]));
+    let entry = |n: u32| Entry::new("caller", "Put", format!("target-{n}"));
+    // Counts 2 and records `entry(n)`: whether it took one statement, and the key counted on.
+    let put = |n: u32| {
+        let ledger = &ledger;
+        async move {
+            ledger
+                .write_concurrently(|tx| {
+                    Box::pin(async move {
+                        let entries = vec![entry(n)];
+                        Ok(match count_and_append(tx, 2, &entries).await? {
+                            Some(primary) => ((true, primary), Vec::new()),
+                            None => {
+                                let primary =
+                                    count_encryptions_under_head(tx, Dialect::Postgres, 2).await?;
+                                ((false, primary), entries)
+                            }
+                        })
+                    })
+                })
+                .await
+                .unwrap()
+        }
+    };
+    // No head known yet: the head is taken first.
+    assert_eq!(
+        put(1).await,
+        (
+            false,
+            PrimaryUse {
+                id: 1,
+                encryptions: 2
+            }
+        )
+    );
+    // Known now, and still there.
+    assert_eq!(
+        put(2).await,
+        (
+            true,
+            PrimaryUse {
+                id: 1,
+                encryptions: 4
+            }
+        )
+    );
+    assert_eq!(
+        put(3).await,
+        (
+            true,
+            PrimaryUse {
+                id: 1,
+                encryptions: 6
+            }
+        )
+    );
+    // Moved by the replica: nothing written by the statement, then the head taken.
+    replica.record(entry(4)).await.unwrap();
+    assert_eq!(
+        put(5).await,
+        (
+            false,
+            PrimaryUse {
+                id: 1,
+                encryptions: 8
+            }
+        )
+    );
+    assert_eq!(
+        put(6).await,
+        (
+            true,
+            PrimaryUse {
+                id: 1,
+                encryptions: 10
+            }
+        )
+    );
+
+    let report = orchestrator_audit::verify(db.pool(), &AuditKey::from_bytes(&[7; 32]))
+        .await
+        .unwrap();
+    assert_eq!(report.broken, None);
+    let targets: Vec<(String,)> = sqlx::query_as("SELECT target FROM audit_log ORDER BY seq")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    let targets: Vec<String> = targets.into_iter().map(|(t,)| t).collect();
+    assert_eq!(
+        targets,
+        (1..=6).map(|n| format!("target-{n}")).collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn the_migrations_exist_for_both_dialects() {
     for dialect in [Dialect::Postgres, Dialect::Sqlite] {
