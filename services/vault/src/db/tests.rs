@@ -69,6 +69,17 @@ fn wrapping<'a>(master_key_id: &'a str, wrapped: &'a [u8]) -> Wrapping<'a> {
 }
 
 /// Data key 1 and `versions` versions of (user_id, key), as a Put would leave them.
+/// A PostgreSQL database (dropped with the first value) holding the first data key and key
+/// `u`/`k` at version 1, and a ledger on it.
+async fn seeded_postgres() -> (TestDatabase, Database, Ledger<tonic::Status>) {
+    let test_db = TestDatabase::postgres(&["vault"]).await;
+    let (db, ledger) = open(&test_db).await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    seed(&mut conn, "u", "k", 1).await;
+    drop(conn);
+    (test_db, db, ledger)
+}
+
 async fn seed(conn: &mut AnyConnection, user_id: &str, key: &str, versions: i64) {
     insert_first_data_key(conn, wrapping("m1", b"wrapped"), 1)
         .await
@@ -801,10 +812,6 @@ async fn grants_are_per_user_key_and_project_and_revocable(test_db: TestDatabase
     assert!(live("u1", "do", "p1").await.unwrap());
 }
 
-/// PostgreSQL: the statement that takes the audit head and counts encryptions locks the head
-/// before the primary data key's row, the order every write takes them in. While it waits for
-/// the head, the row stays free (a rotation, which holds the head and then takes the row,
-/// would otherwise wait on it in a cycle).
 /// A data key is never deleted nor renumbered: a ciphertext names its key by id for as long as
 /// it exists (on PostgreSQL no foreign key from `user_vault` checks this any more).
 async fn data_keys_are_never_deleted_or_renumbered(test_db: TestDatabase) {
@@ -841,14 +848,13 @@ async fn hold_head(db: &Database) -> sqlx::Transaction<'static, sqlx::Any> {
     holder
 }
 
+/// PostgreSQL: the statement that takes the audit head and counts encryptions locks the head
+/// before the primary data key's row, the order every write takes them in. While it waits for
+/// the head, the row stays free (a rotation, which holds the head and then takes the row,
+/// would otherwise wait on it in a cycle).
 #[tokio::test]
 async fn counting_under_the_head_takes_the_head_first() {
-    let test_db = TestDatabase::postgres(&["vault"]).await;
-    let (db, _) = open(&test_db).await;
-    {
-        let mut conn = db.pool().acquire().await.unwrap();
-        seed(&mut conn, "u", "k", 1).await;
-    }
+    let (_test_db, db, _) = seeded_postgres().await;
     let holder = hold_head(&db).await;
     let pool = db.pool().clone();
     let counting = tokio::spawn(async move {
@@ -886,12 +892,7 @@ async fn a_count_that_waited_behind_a_rotation_runs_again_on_the_new_primary() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    let test_db = TestDatabase::postgres(&["vault"]).await;
-    let (db, ledger) = open(&test_db).await;
-    {
-        let mut conn = db.pool().acquire().await.unwrap();
-        seed(&mut conn, "u", "k", 1).await;
-    }
+    let (_test_db, db, ledger) = seeded_postgres().await;
     // A rotation holding the head: key 1 demoted, key 2 the new primary, not yet committed.
     let mut rotation = hold_head(&db).await;
     demote_primary(&mut rotation).await.unwrap();
@@ -933,12 +934,7 @@ async fn a_count_that_waited_behind_a_rotation_runs_again_on_the_new_primary() {
 /// record is in the chain once and the chain verifies.
 #[tokio::test]
 async fn the_count_and_the_records_go_in_one_statement_while_the_head_is_known() {
-    let test_db = TestDatabase::postgres(&["vault"]).await;
-    let (db, ledger) = open(&test_db).await;
-    {
-        let mut conn = db.pool().acquire().await.unwrap();
-        seed(&mut conn, "u", "k", 1).await;
-    }
+    let (_test_db, db, ledger) = seeded_postgres().await;
     // Another replica: its own ledger on the same database.
     let replica = Ledger::<tonic::Status>::start(db.clone(), AuditKey::from_bytes(&[7; 32]));
     let entry = |n: u32| Entry::new("caller", "Put", format!("target-{n}"));
