@@ -484,11 +484,11 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
-    /// PostgreSQL: `query`, whose text begins with [`head_if_cte!`] and then inserts
-    /// [`json_records!`], with `entries` chained after the head this process last committed
+    /// PostgreSQL: `query`, whose text begins with [`head_if_cte!`] and then
+    /// [`insert_records!`], with `entries` chained after the head this process last committed
     /// and bound as `$1`-`$6`, and the head they move it to. The statement moves the head and
-    /// appends only if the head is still exactly there. `None` on SQLite, for no entries, or
-    /// when no committed head is known.
+    /// appends only if the head is still exactly there. `None` on SQLite, for no entries, when
+    /// no committed head is known, or when a higher one was seen since.
     pub(crate) fn bind_append_if_head<'q>(
         &self,
         query: AnyQuery<'q>,
@@ -505,6 +505,12 @@ impl Shared {
         else {
             return Ok(None);
         };
+        // A head seen since (a concurrent write that locked it, then rolled back) is higher:
+        // should the database now hold the one this process committed, records were lost, and
+        // only the locking path's check says so.
+        if head.0 < self.high_water.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
         let (records, new_head) = self.chain(&head, entries.to_vec());
         let (json, bytes) = records_json(&records)?;
         let query = query

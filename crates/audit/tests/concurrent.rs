@@ -236,3 +236,67 @@ async fn a_concurrent_write_refuses_a_head_set_back() {
         .unwrap();
     assert_eq!(count, 2, "nothing appended after the head was set back");
 }
+
+/// A concurrent write that appends by a statement of its own (`append_if_head_cte!`) does so
+/// from the head this process last committed only while no higher head was seen since: after
+/// a write that took a higher head rolled back, a database set back to the committed head is
+/// refused, as the locking path refuses it, nothing appended.
+#[tokio::test]
+async fn an_append_of_its_own_refuses_a_head_set_back_below_one_seen() {
+    const APPEND: &str = concat!(
+        "WITH ",
+        orchestrator_audit::append_if_head_cte!(),
+        " SELECT 1 AS one FROM head"
+    );
+    let (test, db) = postgres(1).await;
+    let a: Ledger<Status> = Ledger::start(db.clone(), key());
+    let b: Ledger<Status> = Ledger::start(db.clone(), key());
+    // Appends `bumped(1)` by the statement of its own when it can; whether it did.
+    let append = |ledger: Ledger<Status>| async move {
+        ledger
+            .write_concurrently(|tx| {
+                Box::pin(async move {
+                    let entries = vec![bumped(1)];
+                    if let Some((query, appending)) =
+                        tx.bind_append(sqlx::query(APPEND), &entries)?
+                    {
+                        let row = query
+                            .fetch_optional(tx.conn())
+                            .await
+                            .map_err(|e| Status::from(StoreError::from(e)))?;
+                        if row.is_some() {
+                            tx.appended(appending);
+                            return Ok((true, Vec::new()));
+                        }
+                    }
+                    Ok((false, entries))
+                })
+            })
+            .await
+    };
+    assert!(!append(a.clone()).await.unwrap(), "no head known yet");
+    assert!(append(a.clone()).await.unwrap(), "the head it committed");
+    assert!(append(a.clone()).await.unwrap());
+    // Another replica appends record 4; `a` takes the head (4), and its work is refused.
+    b.record(Entry::new("spiffe://o/infra", "/x.V/Get", "counters"))
+        .await
+        .unwrap();
+    let refused = a
+        .write_concurrently(|tx| {
+            Box::pin(async move {
+                tx.lock_head().await?;
+                Err::<((), Vec<Entry>), _>(Status::failed_precondition("refused"))
+            })
+        })
+        .await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::FailedPrecondition);
+    // Record 4 removed: the head is back at the one `a` committed.
+    common::set_head_back(&test, 3).await;
+    let err = append(a.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DataLoss, "{err:?}");
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 3, "nothing appended after the head was set back");
+}
