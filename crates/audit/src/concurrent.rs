@@ -29,6 +29,7 @@ use crate::retry::{Retryable, WRITE_ATTEMPTS, pause};
 pub const LOCK_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Records bound by [`Concurrent::bind_append`]: where they move the head.
+#[must_use = "once the statement appended, `Concurrent::appended` must be told, or the commit appends the records again"]
 pub struct Appending(Head);
 
 impl std::fmt::Debug for Appending {

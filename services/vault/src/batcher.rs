@@ -187,20 +187,31 @@ mod tests {
         })
     }
 
+    /// Callers `first` in a closed loop of `calls` calls each, then 1 ms later callers `then`;
+    /// the sizes of the batches once all are done.
+    async fn two_waves(
+        sizes: &std::sync::Mutex<Vec<usize>>,
+        batcher: &Batcher<u32, u32>,
+        first: std::ops::Range<u32>,
+        then: std::ops::Range<u32>,
+        calls: u32,
+    ) -> Vec<usize> {
+        let mut callers: Vec<_> = first.map(|c| closed_loop(batcher, c, calls)).collect();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        callers.extend(then.map(|c| closed_loop(batcher, c, calls)));
+        for c in callers {
+            c.await.unwrap();
+        }
+        sizes.lock().unwrap().clone()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn callers_answered_together_are_not_split_by_the_first_one_back() {
         let (sizes, batcher) = recording(Duration::from_millis(1), Duration::from_millis(5));
         // 16 callers in a closed loop, 4 calls each, 0.1 ms between an answer and the next
         // call; the first starts 1 ms before the others, so it comes back while their batch
         // runs and is the first in line when that batch ends.
-        let caller = |c: u32| closed_loop(&batcher, c, 4);
-        let mut callers = vec![caller(0)];
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        callers.extend((1..16).map(caller));
-        for c in callers {
-            c.await.unwrap();
-        }
-        let sizes = sizes.lock().unwrap().clone();
+        let sizes = two_waves(&sizes, &batcher, 0..1, 1..16, 4).await;
         assert_eq!(sizes.iter().sum::<usize>(), 64, "{sizes:?}");
         // The first caller runs alone (nothing came before it); from then on no batch but the
         // last (the callers' final calls) is less than half the one before it (without the
@@ -220,14 +231,7 @@ mod tests {
         let (sizes, batcher) = recording(Duration::from_millis(1), Duration::from_millis(5));
         // Two groups of 8 callers in a closed loop, 8 calls each; the second starts while the
         // first one's batch runs, so the groups come back at different times.
-        let caller = |c: u32| closed_loop(&batcher, c, 8);
-        let mut callers: Vec<_> = (0..8).map(caller).collect();
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        callers.extend((8..16).map(caller));
-        for c in callers {
-            c.await.unwrap();
-        }
-        let sizes = sizes.lock().unwrap().clone();
+        let sizes = two_waves(&sizes, &batcher, 0..8, 8..16, 8).await;
         assert_eq!(sizes.iter().sum::<usize>(), 128, "{sizes:?}");
         // From the second batch on, both groups share every batch but the last (the first
         // group's last calls are answered one batch before the second's). Taking turns, 8 and

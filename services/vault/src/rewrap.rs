@@ -219,14 +219,6 @@ async fn store_chunk(
                 let dialect = vault.db.dialect();
                 let stored =
                     db::store_rewrapped(tx.conn(), dialect, primary_id, &rewrapped).await?;
-                let n = stored.len() as i64;
-                let primary = db::count_encryptions_under_head(tx, dialect, n).await?;
-                vault.keys.set_primary_hint(primary.id);
-                if primary.id != primary_id {
-                    // Rotated since the batch was prepared: this attempt rolls back, and the
-                    // next one finds the new primary above and stores nothing.
-                    return Err(orchestrator_store::concurrent_change());
-                }
                 let by_row: HashMap<(&str, &str, i64), &Rewrapped> = rewrapped
                     .iter()
                     .map(|r| ((r.user_id.as_str(), r.key.as_str(), r.version), r))
@@ -242,11 +234,19 @@ async fn store_chunk(
                             Action::Rewrap.as_str(),
                             target(user_id, key, *version),
                         )
-                        .detail(format!("data_key={}", primary.id))
+                        .detail(format!("data_key={primary_id}"))
                         .digest(digest(&row.new)),
                     );
                 }
-                Ok((entries.len() as i64, entries))
+                let n = stored.len() as i64;
+                let primary = db::count_and_append(tx, dialect, n, &mut entries).await?;
+                vault.keys.set_primary_hint(primary.id);
+                if primary.id != primary_id {
+                    // Rotated since the batch was prepared: this attempt rolls back (records
+                    // and all), and the next one finds the new primary above and stores nothing.
+                    return Err(orchestrator_store::concurrent_change());
+                }
+                Ok((n, entries))
             })
         })
         .await

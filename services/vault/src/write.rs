@@ -144,13 +144,7 @@ async fn puts_in_concurrent_tx(
     // While no other write moved the head since this process last committed, the records go
     // in with the count, one round trip instead of two; the commit appends only a rotation's.
     let n = puts.len() as i64;
-    let primary = match db::count_and_append(tx, n, &entries).await? {
-        Some(primary) => {
-            entries.clear();
-            primary
-        }
-        None => db::count_encryptions_under_head(tx, vault.db.dialect(), n).await?,
-    };
+    let primary = db::count_and_append(tx, vault.db.dialect(), n, &mut entries).await?;
     vault.keys.set_primary_hint(primary.id);
     if primary.id != primary_id {
         // A rotation committed after this batch sealed its values: the next attempt seals

@@ -147,7 +147,7 @@ pub(super) const COUNT_UNDER_HEAD: &str = concat!(
 /// in its view: nothing is counted, and the write loses as to any concurrent transaction
 /// ([`StoreError::Conflict`]). It runs again head first, so its statement begins after the
 /// rotation and counts on the new primary.
-pub(crate) async fn count_encryptions_under_head(
+pub(super) async fn count_encryptions_under_head(
     tx: &mut Concurrent,
     dialect: Dialect,
     n: i64,
@@ -185,28 +185,31 @@ pub(super) const COUNT_AND_APPEND: &str = concat!(
      SELECT counted.id, counted.encryptions FROM head LEFT JOIN counted ON TRUE"
 );
 
-/// [`count_encryptions_under_head`] and the commit's append of `entries` in one round trip, on
-/// PostgreSQL while this process knows the head and no other write moved it since: the write
-/// then holds the head, after its records (`Some`). `None`: nothing was written, and the write
-/// takes the head as usual.
+/// [`count_encryptions_under_head`], and the commit's append of `entries` with it in one round
+/// trip (on PostgreSQL, while this process knows the head and no other write moved it since):
+/// then the write holds the head after those records, and `entries` is left empty for the
+/// commit. Otherwise the head is taken as [`count_encryptions_under_head`] takes it, and
+/// `entries` left for the commit to append.
 ///
-/// As for [`count_encryptions_under_head`], the count lands on the key the statement sees as
-/// primary, which the caller checks. A rotation runs under the head and appends a record, so
-/// one that committed since the head was known makes this statement write nothing.
+/// As there, the count lands on the key the statement sees as primary, which the caller
+/// checks. A rotation runs under the head and appends a record, so one that committed since
+/// the head was known makes the one-statement attempt write nothing.
 pub(crate) async fn count_and_append(
     tx: &mut Concurrent,
+    dialect: Dialect,
     n: i64,
-    entries: &[Entry],
-) -> Result<Option<PrimaryUse>, AuditError> {
+    entries: &mut Vec<Entry>,
+) -> Result<PrimaryUse, AuditError> {
     let Some((query, appending)) = tx.bind_append(sqlx::query(COUNT_AND_APPEND), entries)? else {
-        return Ok(None);
+        return count_encryptions_under_head(tx, dialect, n).await;
     };
     let Some(row) = query.bind(n).fetch_optional(tx.conn()).await? else {
-        return Ok(None);
+        return count_encryptions_under_head(tx, dialect, n).await;
     };
     tx.appended(appending);
+    entries.clear();
     match (row.try_get("id")?, row.try_get("encryptions")?) {
-        (Some(id), Some(encryptions)) => Ok(Some(PrimaryUse { id, encryptions })),
+        (Some(id), Some(encryptions)) => Ok(PrimaryUse { id, encryptions }),
         // The records are in: the write must fail, not take the head again and append them twice.
         _ => Err(StoreError::Other("no primary data key to count encryptions on".into()).into()),
     }

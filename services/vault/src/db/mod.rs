@@ -19,9 +19,8 @@ use sqlx::migrate::Migrator;
 
 pub(crate) use data_keys::{
     DataKeyStatus, KeyState, PrimaryUse, StoredKey, Wrapping, count_and_append, count_encryptions,
-    count_encryptions_under_head, data_key_status, demote_primary, insert_first_data_key,
-    insert_primary_data_key, next_data_key_id, primary_data_key_id, retire_empty_keys,
-    rewrap_data_key, stored_data_keys,
+    data_key_status, demote_primary, insert_first_data_key, insert_primary_data_key,
+    next_data_key_id, primary_data_key_id, retire_empty_keys, rewrap_data_key, stored_data_keys,
 };
 pub(crate) use grants::{GrantRow, grant, insert_grant, revoke_grant};
 pub(crate) use rewrap::{

@@ -7,7 +7,7 @@ use orchestrator_store::testing::TestDatabase;
 use orchestrator_store::{Database, Dialect, StoreError};
 use sqlx::AnyConnection;
 
-use super::data_keys::PrimaryUse;
+use super::data_keys::{PrimaryUse, count_encryptions_under_head};
 use super::secrets::{VersionRow, insert_version, prune_versions, versions};
 use super::*;
 use crate::crypto::{RowRef, digest};
@@ -945,15 +945,10 @@ async fn the_count_and_the_records_go_in_one_statement_while_the_head_is_known()
             ledger
                 .write_concurrently(|tx| {
                     Box::pin(async move {
-                        let entries = vec![entry(n)];
-                        Ok(match count_and_append(tx, 2, &entries).await? {
-                            Some(primary) => ((true, primary), Vec::new()),
-                            None => {
-                                let primary =
-                                    count_encryptions_under_head(tx, Dialect::Postgres, 2).await?;
-                                ((false, primary), entries)
-                            }
-                        })
+                        let mut entries = vec![entry(n)];
+                        let primary =
+                            count_and_append(tx, Dialect::Postgres, 2, &mut entries).await?;
+                        Ok(((entries.is_empty(), primary), entries))
                     })
                 })
                 .await
