@@ -122,20 +122,22 @@ impl Started {
             .zip(machine_busy())
             .map(|(a, b)| b.saturating_sub(a));
         latencies.sort_unstable();
-        // No samples (a phase too short for any call to finish): zeros, not a panic.
-        let at = |q: f64| {
-            let i = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
-            latencies.get(i).copied().unwrap_or_default()
-        };
         Figures {
             ops_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
-            p50: at(0.50),
-            p99: at(0.99),
+            p50: quantile(&latencies, 0.50),
+            p99: quantile(&latencies, 0.99),
             cpu_per_op: busy
                 .filter(|_| !latencies.is_empty())
                 .map(|b| b / latencies.len() as u32),
         }
     }
+}
+
+/// The `q` quantile of `sorted` latencies; zero where there are none (a phase too short for
+/// any call to finish), not a panic.
+pub(crate) fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    let i = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).copied().unwrap_or_default()
 }
 
 pub(crate) fn row(name: &str, f: &Figures, baseline: Option<&Figures>) {
