@@ -849,6 +849,8 @@ async fn rotation_while_eight_readers_read(backend: Backend) {
     assert_eq!(old.ciphertext_count, 0);
     assert_eq!(new.ciphertext_count, KEYS as i64);
     assert_eq!(new.state, pb::DataKeyState::Primary as i32);
+    // The pass that emptied it retired it.
+    assert_eq!(old.state, pb::DataKeyState::Retired as i32);
     let report = audit_report(&mesh).await;
     assert_eq!(report.broken, None);
 }

@@ -6,12 +6,13 @@
 //! alone) and never holds the audit writer, which reads' records wait for: it takes the audit
 //! head only to append a chunk's records and commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use orchestrator_audit::Entry;
-use orchestrator_store::now_us;
+use orchestrator_store::{Dialect, now_us};
+use tokio::task::JoinHandle;
 use tonic::Status;
 
 use crate::audit::{Action, target};
@@ -26,10 +27,20 @@ use crate::state::{Progress, Vault};
 /// reads meanwhile (BENCHMARKS).
 const STORE_CHUNK: usize = 1_000;
 
+/// Batches in flight at once on PostgreSQL, each checked and re-encrypted, then stored in
+/// transactions of its own on its own rows: one batch's UPDATE runs while another is prepared
+/// or waits for the audit head to append its records and commit. SQLite's write lock is the
+/// whole database (taken by BEGIN) and its pool four connections, so one there.
+const BATCHES_IN_FLIGHT: usize = 2;
+
 /// Runs for the life of the process: a pass whenever woken (a rotation here) or every
 /// `pace.interval` (a rotation on another replica), each pass until no row is left on a
 /// demoted key.
 pub(crate) async fn run(vault: Vault, pace: RewrapPace) {
+    let depth = match vault.db.dialect() {
+        Dialect::Postgres => BATCHES_IN_FLIGHT,
+        Dialect::Sqlite => 1,
+    };
     loop {
         let started = Instant::now();
         let mut done = 0;
@@ -38,47 +49,41 @@ pub(crate) async fn run(vault: Vault, pace: RewrapPace) {
         // A sweep that stores nothing ends the pass, so rows refused by their checks are not
         // read again and again.
         let (mut after, mut stored_this_sweep) = (RowKey::start(), 0);
-        // The next batch is read, checked and re-encrypted while the last one is stored.
-        let mut storing: Option<tokio::task::JoinHandle<Result<i64, Status>>> = None;
-        loop {
-            let prepared = prepare(&vault, &after, pace.batch).await;
-            if let Some(previous) = storing.take() {
-                match previous.await {
-                    Ok(Ok(n)) => {
-                        stored_this_sweep += n;
-                        done += n;
-                        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-6);
-                        vault.rewrap.update(|p| {
-                            if !p.running {
-                                *p = Progress {
-                                    running: true,
-                                    started: Some(now_us()),
-                                    ..Progress::default()
-                                };
-                            }
-                            p.rows_per_second = rate;
-                            p.updated = Some(now_us());
-                        });
-                    }
-                    Ok(Err(status)) => {
-                        tracing::warn!(error = %status.message(), "rewrap batch failed; retrying later");
-                        break;
-                    }
-                    Err(_) => break, // The process is stopping.
-                }
+        // Batches are read one after another, then checked, re-encrypted and stored up to
+        // `depth` at once.
+        let mut batches = VecDeque::new();
+        'pass: loop {
+            let read = read_stale(&vault, &after, pace.batch).await;
+            // Room for this batch; at the end of a sweep (or on failure), every batch finished,
+            // so the sweep knows whether it stored anything.
+            let more = matches!(read, Ok(Some(_)));
+            while batches.len() >= depth || !more {
+                let Some(batch) = batches.pop_front() else {
+                    break;
+                };
+                let Some(n) = stored(batch).await else {
+                    break 'pass;
+                };
+                stored_this_sweep += n;
+                done += n;
+                progressed(&vault, done, started);
             }
-            match prepared {
+            match read {
                 Ok(None) if stored_this_sweep == 0 => break,
                 Ok(None) => (after, stored_this_sweep) = (RowKey::start(), 0),
-                Ok(Some((batch, last))) => {
+                Ok(Some((stale, last))) => {
                     after = last;
-                    storing = Some(tokio::spawn(store(vault.clone(), batch)));
+                    batches.push_back(tokio::spawn(rewrap(vault.clone(), stale)));
                 }
                 Err(status) => {
                     tracing::warn!(error = %status.message(), "rewrap batch failed; retrying later");
                     break;
                 }
             }
+        }
+        // A failed pass leaves no batch of its own running into the next one.
+        for batch in batches {
+            done += stored(batch).await.unwrap_or(0);
         }
         if done > 0 {
             if let Err(e) = db::retire_empty_keys(vault.db.pool()).await {
@@ -98,6 +103,42 @@ pub(crate) async fn run(vault: Vault, pace: RewrapPace) {
     }
 }
 
+/// How many rows a batch stored, once it has; `None` (logged) if it failed or the process is
+/// stopping.
+async fn stored(batch: JoinHandle<Result<i64, Status>>) -> Option<i64> {
+    match batch.await {
+        Ok(Ok(n)) => Some(n),
+        Ok(Err(status)) => {
+            tracing::warn!(error = %status.message(), "rewrap batch failed; retrying later");
+            None
+        }
+        Err(_) => None, // The process is stopping.
+    }
+}
+
+/// Reports a pass's progress: `done` rows since `started`.
+fn progressed(vault: &Vault, done: i64, started: Instant) {
+    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-6);
+    vault.rewrap.update(|p| {
+        if !p.running {
+            *p = Progress {
+                running: true,
+                started: Some(now_us()),
+                ..Progress::default()
+            };
+        }
+        p.rows_per_second = rate;
+        p.updated = Some(now_us());
+    });
+}
+
+/// Stale rows read, not yet checked nor re-encrypted, with the primary data key when they were
+/// read.
+struct Stale {
+    rows: Vec<StoredValue>,
+    primary_id: i64,
+}
+
 /// A batch re-encrypted, not yet stored: the rows, and the primary data key they are now
 /// encrypted under.
 struct Prepared {
@@ -105,27 +146,40 @@ struct Prepared {
     primary_id: i64,
 }
 
-/// Reads up to `limit` stale rows after `after`, checks each against its audit record and
-/// re-encrypts it under the primary data key; returns them with the last row read, or `None`
-/// when no row after `after` is stale. All outside the audit writer.
-async fn prepare(
+/// Reads up to `limit` stale rows after `after`; returns them with the last row read, or `None`
+/// when no row after `after` is stale.
+async fn read_stale(
     vault: &Vault,
     after: &RowKey,
     limit: i64,
-) -> Result<Option<(Prepared, RowKey)>, Status> {
-    let (stale, primary_id) = {
-        let mut conn = vault.db.pool().acquire().await.map_err(db_error)?;
-        let stale = db::stale_values(&mut conn, after, limit).await?;
-        if stale.is_empty() {
-            return Ok(None);
-        }
-        (stale, db::primary_data_key_id(&mut conn).await?)
+) -> Result<Option<(Stale, RowKey)>, Status> {
+    let mut conn = vault.db.pool().acquire().await.map_err(db_error)?;
+    let rows = db::stale_values(&mut conn, after, limit).await?;
+    let Some(last) = rows.last() else {
+        return Ok(None);
     };
-    let last = stale.last().map_or_else(RowKey::start, |row| RowKey {
-        user_id: row.user_id.clone(),
-        key: row.key.clone(),
-        version: row.version,
-    });
+    let last = RowKey {
+        user_id: last.user_id.clone(),
+        key: last.key.clone(),
+        version: last.version,
+    };
+    let primary_id = db::primary_data_key_id(&mut conn).await?;
+    Ok(Some((Stale { rows, primary_id }, last)))
+}
+
+/// One batch, read: checked, re-encrypted and stored; returns how many rows it stored.
+async fn rewrap(vault: Vault, stale: Stale) -> Result<i64, Status> {
+    let prepared = prepare(&vault, stale).await?;
+    store(vault, prepared).await
+}
+
+/// Checks each stale row against its audit record and re-encrypts it under the primary data
+/// key, outside the audit writer.
+async fn prepare(vault: &Vault, stale: Stale) -> Result<Prepared, Status> {
+    let Stale {
+        rows: stale,
+        primary_id,
+    } = stale;
     let new_key = vault
         .keys
         .get_or_load_from(&vault.db, primary_id)
@@ -173,11 +227,10 @@ async fn prepare(
             new,
         });
     }
-    let prepared = Prepared {
+    Ok(Prepared {
         rows: rewrapped,
         primary_id,
-    };
-    Ok(Some((prepared, last)))
+    })
 }
 
 /// Stores a prepared batch; returns how many rows it stored.
