@@ -44,35 +44,39 @@ pub(crate) async fn run(vault: Vault, pace: RewrapPace) {
     loop {
         let started = Instant::now();
         let mut done = 0;
-        // Sweeps in primary-key order; another one from the start while the last one stored
-        // anything (rows written on a demoted key meanwhile: a Put that raced a rotation, say).
-        // A sweep that stores nothing ends the pass, so rows refused by their checks are not
-        // read again and again.
-        let (mut after, mut stored_this_sweep) = (RowKey::start(), 0);
+        // Sweeps in primary-key order, each from the start, until one needs no other
+        // ([`Sweep::again`]).
+        let mut sweep = Sweep::new();
         // Batches are read one after another, then checked, re-encrypted and stored up to
         // `depth` at once.
         let mut batches = VecDeque::new();
         'pass: loop {
-            let read = read_stale(&vault, &after, pace.batch).await;
+            let read = read_stale(&vault, &sweep.after, pace.batch).await;
             // Room for this batch; at the end of a sweep (or on failure), every batch finished,
-            // so the sweep knows whether it stored anything.
+            // so the sweep knows what it stored.
             let more = matches!(read, Ok(Some(_)));
             while batches.len() >= depth || !more {
                 let Some(batch) = batches.pop_front() else {
                     break;
                 };
-                let Some(n) = stored(batch).await else {
+                let Some(batch) = stored(batch).await else {
                     break 'pass;
                 };
-                stored_this_sweep += n;
-                done += n;
+                sweep.stored(batch);
+                done += batch.stored;
                 progressed(&vault, done, started);
             }
             match read {
-                Ok(None) if stored_this_sweep == 0 => break,
-                Ok(None) => (after, stored_this_sweep) = (RowKey::start(), 0),
+                Ok(None) => match primary_now(&vault).await {
+                    Ok(primary) if sweep.again(primary) => sweep = Sweep::new(),
+                    Ok(_) => break,
+                    Err(status) => {
+                        tracing::warn!(error = %status.message(), "rewrap batch failed; retrying later");
+                        break;
+                    }
+                },
                 Ok(Some((stale, last))) => {
-                    after = last;
+                    sweep.read(&stale, last);
                     batches.push_back(tokio::spawn(rewrap(vault.clone(), stale)));
                 }
                 Err(status) => {
@@ -83,7 +87,7 @@ pub(crate) async fn run(vault: Vault, pace: RewrapPace) {
         }
         // A failed pass leaves no batch of its own running into the next one.
         for batch in batches {
-            done += stored(batch).await.unwrap_or(0);
+            done += stored(batch).await.map_or(0, |batch| batch.stored);
         }
         if done > 0 {
             if let Err(e) = db::retire_empty_keys(vault.db.pool()).await {
@@ -103,17 +107,77 @@ pub(crate) async fn run(vault: Vault, pace: RewrapPace) {
     }
 }
 
-/// How many rows a batch stored, once it has; `None` (logged) if it failed or the process is
+/// One sweep over the table, as far as it has got.
+#[derive(Debug)]
+struct Sweep {
+    /// The last row read.
+    after: RowKey,
+    /// The primary data key when its first batch was read.
+    primary: Option<i64>,
+    /// Rows stored.
+    stored: i64,
+    /// Whether a batch stored fewer rows than it sent: a row changed under it.
+    short: bool,
+}
+
+impl Sweep {
+    /// From the start.
+    fn new() -> Self {
+        Self {
+            after: RowKey::start(),
+            primary: None,
+            stored: 0,
+            short: false,
+        }
+    }
+
+    fn read(&mut self, stale: &Stale, last: RowKey) {
+        self.after = last;
+        self.primary.get_or_insert(stale.primary_id);
+    }
+
+    fn stored(&mut self, batch: Stored) {
+        self.stored += batch.stored;
+        self.short |= batch.stored < batch.sent;
+    }
+
+    /// Whether another sweep from the start may find a row this one left on a demoted key,
+    /// given the primary data key now. Only after one that stored anything (so rows refused by
+    /// their checks are not read again and again), and only if the primary changed since it
+    /// began (what it stored is stale again) or a row changed under a batch. A row cannot
+    /// appear on a demoted key behind it: a write counts its encryptions on the primary under
+    /// the audit head, and runs again on the new one if a rotation came first (`write`), so a
+    /// second sweep over a large table would read every row again to find nothing.
+    fn again(&self, primary_now: i64) -> bool {
+        self.stored > 0 && (self.short || self.primary != Some(primary_now))
+    }
+}
+
+/// A batch stored: how many rows it sent to be stored (those that passed their checks), and
+/// how many of them still held what was read and were stored.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    sent: i64,
+    stored: i64,
+}
+
+/// A batch's [`Stored`], once it has finished; `None` (logged) if it failed or the process is
 /// stopping.
-async fn stored(batch: JoinHandle<Result<i64, Status>>) -> Option<i64> {
+async fn stored(batch: JoinHandle<Result<Stored, Status>>) -> Option<Stored> {
     match batch.await {
-        Ok(Ok(n)) => Some(n),
+        Ok(Ok(stored)) => Some(stored),
         Ok(Err(status)) => {
             tracing::warn!(error = %status.message(), "rewrap batch failed; retrying later");
             None
         }
         Err(_) => None, // The process is stopping.
     }
+}
+
+/// The primary data key's id now.
+async fn primary_now(vault: &Vault) -> Result<i64, Status> {
+    let mut conn = vault.db.pool().acquire().await.map_err(db_error)?;
+    Ok(db::primary_data_key_id(&mut conn).await?)
 }
 
 /// Reports a pass's progress: `done` rows since `started`.
@@ -167,10 +231,12 @@ async fn read_stale(
     Ok(Some((Stale { rows, primary_id }, last)))
 }
 
-/// One batch, read: checked, re-encrypted and stored; returns how many rows it stored.
-async fn rewrap(vault: Vault, stale: Stale) -> Result<i64, Status> {
+/// One batch, read: checked, re-encrypted and stored.
+async fn rewrap(vault: Vault, stale: Stale) -> Result<Stored, Status> {
     let prepared = prepare(&vault, stale).await?;
-    store(vault, prepared).await
+    let sent = prepared.rows.len() as i64;
+    let stored = store(vault, prepared).await?;
+    Ok(Stored { sent, stored })
 }
 
 /// Checks each stale row against its audit record and re-encrypts it under the primary data
@@ -321,4 +387,39 @@ async fn attested_digests(
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sweep whose batches were read under `primaries` and stored `(sent, stored)` rows.
+    fn swept(primaries: &[i64], batches: &[(i64, i64)]) -> Sweep {
+        let mut sweep = Sweep::new();
+        for &primary_id in primaries {
+            let stale = Stale {
+                rows: Vec::new(),
+                primary_id,
+            };
+            sweep.read(&stale, RowKey::start());
+        }
+        for &(sent, stored) in batches {
+            sweep.stored(Stored { sent, stored });
+        }
+        sweep
+    }
+
+    #[test]
+    fn a_sweep_is_followed_by_another_only_if_it_may_have_left_a_row() {
+        // Every row sent stored, under the primary it began with: the pass is done, without
+        // reading every row again.
+        assert!(!swept(&[2, 2], &[(1_000, 1_000), (500, 500)]).again(2));
+        // Nothing stored (what is left was refused by its checks): done, whatever else.
+        assert!(!swept(&[2], &[(3, 0)]).again(3));
+        // A rotation since it began, seen by a later batch or only now: stale again.
+        assert!(swept(&[2, 3], &[(1_000, 1_000), (10, 10)]).again(3));
+        assert!(swept(&[2], &[(1_000, 1_000)]).again(3));
+        // A row changed under a batch.
+        assert!(swept(&[2], &[(1_000, 999)]).again(2));
+    }
 }
