@@ -210,15 +210,18 @@ struct Prepared {
     primary_id: i64,
 }
 
-/// Reads up to `limit` stale rows after `after`; returns them with the last row read, or `None`
-/// when no row after `after` is stale.
+/// Reads up to `limit` rows after `after` not on the primary data key; returns them with the
+/// last row read, or `None` when there is none. The primary is read first and the rows chosen
+/// against it, so a sweep's first batch names the primary its rows were chosen against: one
+/// that changed since is seen at the sweep's end ([`Sweep::again`]).
 async fn read_stale(
     vault: &Vault,
     after: &RowKey,
     limit: i64,
 ) -> Result<Option<(Stale, RowKey)>, Status> {
     let mut conn = vault.db.pool().acquire().await.map_err(db_error)?;
-    let rows = db::stale_values(&mut conn, after, limit).await?;
+    let primary_id = db::primary_data_key_id(&mut conn).await?;
+    let rows = db::stale_values(&mut conn, primary_id, after, limit).await?;
     let Some(last) = rows.last() else {
         return Ok(None);
     };
@@ -227,7 +230,6 @@ async fn read_stale(
         key: last.key.clone(),
         version: last.version,
     };
-    let primary_id = db::primary_data_key_id(&mut conn).await?;
     Ok(Some((Stale { rows, primary_id }, last)))
 }
 

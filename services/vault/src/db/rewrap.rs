@@ -40,25 +40,26 @@ impl RowKey {
     }
 }
 
-/// Up to `limit` values not encrypted under the primary data key, after `after` in
-/// primary-key order, read without a lock: the rewrap re-encrypts them outside the writer and
+/// Up to `limit` values not encrypted under data key `primary_id` (the primary, read first),
+/// after `after` in primary-key order, read without a lock: the rewrap re-encrypts them outside the writer and
 /// [`store_rewrapped`] stores each only if the row still holds what was read. Walking the
 /// primary key from where the last batch ended reads each row once per pass, instead of
 /// stepping over every row already rewrapped again at each batch.
 pub(crate) async fn stale_values(
     conn: &mut AnyConnection,
+    primary_id: i64,
     after: &RowKey,
     limit: i64,
 ) -> Result<Vec<StoredValue>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT user_id, key, version, encrypted_value FROM user_vault \
          WHERE (user_id, key, version) > ($1, $2, $3) AND encrypted_value IS NOT NULL \
-         AND data_key_id <> (SELECT id FROM data_keys WHERE state = 'primary') \
-         ORDER BY user_id, key, version LIMIT $4",
+         AND data_key_id <> $4 ORDER BY user_id, key, version LIMIT $5",
     )
     .bind(after.user_id.as_str())
     .bind(after.key.as_str())
     .bind(after.version)
+    .bind(primary_id)
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?)

@@ -665,7 +665,7 @@ async fn data_keys_rotate_rewrap_and_retire(test_db: TestDatabase) {
     assert_eq!(primary_data_key_id(conn).await.unwrap(), 2);
 
     let start = RowKey::start();
-    let stale = stale_values(conn, &start, 2).await.unwrap();
+    let stale = stale_values(conn, 2, &start, 2).await.unwrap();
     assert_eq!(stale.len(), 2, "the limit holds");
     let last = &stale[1];
     let after = RowKey {
@@ -673,14 +673,14 @@ async fn data_keys_rotate_rewrap_and_retire(test_db: TestDatabase) {
         key: last.key.clone(),
         version: last.version,
     };
-    let rest = stale_values(conn, &after, 10).await.unwrap();
+    let rest = stale_values(conn, 2, &after, 10).await.unwrap();
     assert_eq!(
         rest.len(),
         1,
         "the next batch starts after the last row read"
     );
     assert!(rest[0].version > last.version);
-    let stale = stale_values(conn, &start, 10).await.unwrap();
+    let stale = stale_values(conn, 2, &start, 10).await.unwrap();
     assert_eq!(stale.len(), 3);
     assert!(stale.iter().all(|r| r.ciphertext.starts_with(b"ct-u-k-")));
     let mut rewrapped: Vec<Rewrapped> = stale
@@ -697,7 +697,7 @@ async fn data_keys_rotate_rewrap_and_retire(test_db: TestDatabase) {
         .await
         .unwrap();
     assert_eq!(stored.len(), 2);
-    assert_eq!(stale_values(conn, &start, 10).await.unwrap().len(), 1);
+    assert_eq!(stale_values(conn, 2, &start, 10).await.unwrap().len(), 1);
     // A row changed since it was read (a Put, a delete, another replica) is left as it is.
     let read = std::mem::replace(&mut rewrapped[2].old, b"changed since".to_vec());
     assert!(
@@ -706,7 +706,7 @@ async fn data_keys_rotate_rewrap_and_retire(test_db: TestDatabase) {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(stale_values(conn, &start, 10).await.unwrap().len(), 1);
+    assert_eq!(stale_values(conn, 2, &start, 10).await.unwrap().len(), 1);
     rewrapped[2].old = read;
     let stored = store_rewrapped(conn, db.dialect(), 2, &rewrapped[2..])
         .await
@@ -719,7 +719,7 @@ async fn data_keys_rotate_rewrap_and_retire(test_db: TestDatabase) {
             rewrapped[2].version
         )]
     );
-    assert!(stale_values(conn, &start, 10).await.unwrap().is_empty());
+    assert!(stale_values(conn, 2, &start, 10).await.unwrap().is_empty());
 
     // The master key changes only if it is still the one the caller saw.
     rewrap_data_key(conn, 1, "m9", wrapping("m2", b"x"))
