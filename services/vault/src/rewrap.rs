@@ -54,7 +54,7 @@ pub(crate) async fn run(vault: Vault, pace: RewrapPace) {
             let read = read_stale(&vault, &sweep.after, pace.batch).await;
             // Room for this batch; at the end of a sweep (or on failure), every batch finished,
             // so the sweep knows what it stored.
-            let more = matches!(read, Ok(Some(_)));
+            let more = matches!(&read, Ok(stale) if !stale.rows.is_empty());
             while batches.len() >= depth || !more {
                 let Some(batch) = batches.pop_front() else {
                     break;
@@ -67,18 +67,12 @@ pub(crate) async fn run(vault: Vault, pace: RewrapPace) {
                 progressed(&vault, done, started);
             }
             match read {
-                Ok(None) => match primary_now(&vault).await {
-                    Ok(primary) if sweep.again(primary) => sweep = Sweep::new(),
-                    Ok(_) => break,
-                    Err(status) => {
-                        tracing::warn!(error = %status.message(), "rewrap batch failed; retrying later");
-                        break;
-                    }
-                },
-                Ok(Some((stale, last))) => {
-                    sweep.read(&stale, last);
+                Ok(stale) if more => {
+                    sweep.read(&stale);
                     batches.push_back(tokio::spawn(rewrap(vault.clone(), stale)));
                 }
+                Ok(end) if sweep.again(end.primary_id) => sweep = Sweep::new(),
+                Ok(_) => break,
                 Err(status) => {
                     tracing::warn!(error = %status.message(), "rewrap batch failed; retrying later");
                     break;
@@ -131,8 +125,15 @@ impl Sweep {
         }
     }
 
-    fn read(&mut self, stale: &Stale, last: RowKey) {
-        self.after = last;
+    /// A batch read: the sweep goes on after its last row.
+    fn read(&mut self, stale: &Stale) {
+        if let Some(last) = stale.rows.last() {
+            self.after = RowKey {
+                user_id: last.user_id.clone(),
+                key: last.key.clone(),
+                version: last.version,
+            };
+        }
         self.primary.get_or_insert(stale.primary_id);
     }
 
@@ -174,12 +175,6 @@ async fn stored(batch: JoinHandle<Result<Stored, Status>>) -> Option<Stored> {
     }
 }
 
-/// The primary data key's id now.
-async fn primary_now(vault: &Vault) -> Result<i64, Status> {
-    let mut conn = vault.db.pool().acquire().await.map_err(db_error)?;
-    Ok(db::primary_data_key_id(&mut conn).await?)
-}
-
 /// Reports a pass's progress: `done` rows since `started`.
 fn progressed(vault: &Vault, done: i64, started: Instant) {
     let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-6);
@@ -196,8 +191,8 @@ fn progressed(vault: &Vault, done: i64, started: Instant) {
     });
 }
 
-/// Stale rows read, not yet checked nor re-encrypted, with the primary data key when they were
-/// read.
+/// Stale rows read (none at the end of a sweep), not yet checked nor re-encrypted, with the
+/// primary data key they were chosen against.
 struct Stale {
     rows: Vec<StoredValue>,
     primary_id: i64,
@@ -210,27 +205,14 @@ struct Prepared {
     primary_id: i64,
 }
 
-/// Reads up to `limit` rows after `after` not on the primary data key; returns them with the
-/// last row read, or `None` when there is none. The primary is read first and the rows chosen
-/// against it, so a sweep's first batch names the primary its rows were chosen against: one
-/// that changed since is seen at the sweep's end ([`Sweep::again`]).
-async fn read_stale(
-    vault: &Vault,
-    after: &RowKey,
-    limit: i64,
-) -> Result<Option<(Stale, RowKey)>, Status> {
+/// Reads up to `limit` rows after `after` not on the primary data key. The primary is read
+/// first and the rows chosen against it, so a sweep's first batch names the primary its rows
+/// were chosen against, and its empty last read the primary then ([`Sweep::again`]).
+async fn read_stale(vault: &Vault, after: &RowKey, limit: i64) -> Result<Stale, Status> {
     let mut conn = vault.db.pool().acquire().await.map_err(db_error)?;
     let primary_id = db::primary_data_key_id(&mut conn).await?;
     let rows = db::stale_values(&mut conn, primary_id, after, limit).await?;
-    let Some(last) = rows.last() else {
-        return Ok(None);
-    };
-    let last = RowKey {
-        user_id: last.user_id.clone(),
-        key: last.key.clone(),
-        version: last.version,
-    };
-    Ok(Some((Stale { rows, primary_id }, last)))
+    Ok(Stale { rows, primary_id })
 }
 
 /// One batch, read: checked, re-encrypted and stored.
@@ -258,47 +240,59 @@ async fn prepare(vault: &Vault, stale: Stale) -> Result<Prepared, Status> {
         .map(|row| target(&row.user_id, &row.key, row.version))
         .collect();
     let attested = attested_digests(vault, &targets).await?;
-    let mut rewrapped = Vec::with_capacity(stale.len());
-    for (row, target) in stale.into_iter().zip(targets) {
-        let StoredValue {
-            user_id,
-            key,
-            version,
-            ciphertext: old,
-        } = row;
-        // Architecture Invariant: a rolled-back or replaced row is never served, nor laundered
-        // into a fresh ciphertext.
-        if attested.get(&target) != Some(&digest(&old)) {
-            tracing::error!(%target, "not rewrapped: the row does not match its audit record");
-            continue;
+    // The keys the rows were sealed under (one, after a single rotation), loaded before the
+    // loop, which then only computes: a thousand rows' digests, decryptions and encryptions
+    // take milliseconds, kept off the workers that answer reads.
+    let mut old_keys = HashMap::new();
+    for id in stale
+        .iter()
+        .filter_map(|row| ciphertext_key_id(&row.ciphertext))
+    {
+        if let std::collections::hash_map::Entry::Vacant(slot) = old_keys.entry(id) {
+            slot.insert(vault.keys.get_or_load_from(&vault.db, id).await?);
         }
-        let row_ref = RowRef {
-            user_id: &user_id,
-            key: &key,
-            version,
-        };
-        let old_key = match ciphertext_key_id(&old) {
-            Some(id) => vault.keys.get_or_load_from(&vault.db, id).await?,
-            None => None,
-        };
-        let Some(plaintext) = old_key.and_then(|k| k.decrypt(row_ref, &old)) else {
-            tracing::error!(%target, "not rewrapped: the ciphertext does not decrypt for its row");
-            continue;
-        };
-        let new = new_key.encrypt(vault.keys.rng(), row_ref, &plaintext);
-        drop(plaintext);
-        rewrapped.push(Rewrapped {
-            user_id,
-            key,
-            version,
-            old,
-            new,
-        });
     }
-    Ok(Prepared {
-        rows: rewrapped,
-        primary_id,
+    let keys = vault.keys.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        let mut rewrapped = Vec::with_capacity(stale.len());
+        for (row, target) in stale.into_iter().zip(targets) {
+            let StoredValue {
+                user_id,
+                key,
+                version,
+                ciphertext: old,
+            } = row;
+            // Architecture Invariant: a rolled-back or replaced row is never served, nor
+            // laundered into a fresh ciphertext.
+            if attested.get(&target) != Some(&digest(&old)) {
+                tracing::error!(%target, "not rewrapped: the row does not match its audit record");
+                continue;
+            }
+            let row_ref = RowRef {
+                user_id: &user_id,
+                key: &key,
+                version,
+            };
+            let old_key = ciphertext_key_id(&old).and_then(|id| old_keys.get(&id)?.as_ref());
+            let Some(plaintext) = old_key.and_then(|k| k.decrypt(row_ref, &old)) else {
+                tracing::error!(%target, "not rewrapped: the ciphertext does not decrypt for its row");
+                continue;
+            };
+            let new = new_key.encrypt(keys.rng(), row_ref, &plaintext);
+            drop(plaintext);
+            rewrapped.push(Rewrapped {
+                user_id,
+                key,
+                version,
+                old,
+                new,
+            });
+        }
+        rewrapped
     })
+    .await
+    .map_err(|_| Status::unavailable("the vault is stopping"))?;
+    Ok(Prepared { rows, primary_id })
 }
 
 /// Stores a prepared batch; returns how many rows it stored.
@@ -403,7 +397,7 @@ mod tests {
                 rows: Vec::new(),
                 primary_id,
             };
-            sweep.read(&stale, RowKey::start());
+            sweep.read(&stale);
         }
         for &(sent, stored) in batches {
             sweep.stored(Stored { sent, stored });

@@ -41,8 +41,9 @@ impl RowKey {
 }
 
 /// Up to `limit` values not encrypted under data key `primary_id` (the primary, read first),
-/// after `after` in primary-key order, read without a lock: the rewrap re-encrypts them outside the writer and
-/// [`store_rewrapped`] stores each only if the row still holds what was read. Walking the
+/// after `after` in primary-key order, read without a lock: the rewrap re-encrypts them
+/// outside the writer and [`store_rewrapped`] stores each only if the row still holds what was
+/// read. Walking the
 /// primary key from where the last batch ended reads each row once per pass, instead of
 /// stepping over every row already rewrapped again at each batch.
 pub(crate) async fn stale_values(
