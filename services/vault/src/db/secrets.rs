@@ -371,7 +371,8 @@ struct KeyRow {
     k: i64,
     #[sqlx(flatten)]
     version: VersionRow,
-    pruned: i64,
+    /// 0: an earlier version, as the statement began; 1: deleted; 2: found to delete.
+    kind: i64,
 }
 
 /// One key of a [`store_versions`] call: the first and the last of its new versions' prune
@@ -436,9 +437,10 @@ pub(crate) async fn store_versions(
     // version is worked out below. The table is only ever reached by an index probe per key:
     // `OFFSET 0` keeps each LATERAL subquery from being flattened into a join the planner may
     // hash over the whole table (it did, with a plan cached while the table was small), and
-    // the DELETE takes the rows the probes found by their ctid. A row another replica's
-    // rewrap changes meanwhile is skipped (its ctid moved) and stays for the key's next Put;
-    // the records name only the rows deleted.
+    // the DELETE takes the rows the probes found (`doomed`, returned too) by their ctid. A row
+    // a rewrap changes meanwhile is skipped by it (its ctid moved): a second statement below
+    // deletes that key's versions by their numbers, so what the answer and the records say is
+    // pruned is gone (the CI once saw a key keep a version more than it should).
     // The DELETE is a TID scan only because sessions run with `enable_seqscan = off`
     // (`orchestrator-store`): a plan cached while the table was nearly empty scanned it whole
     // instead, and kept doing so as it grew.
@@ -449,14 +451,18 @@ pub(crate) async fn store_versions(
            SELECT r.user_id, r.key, r.version, $3, substring($5 FROM r.at FOR r.len), $4, 0 \
            FROM json_to_recordset(CAST($2 AS json)) \
              AS r (user_id TEXT, key TEXT, version BIGINT, at INTEGER, len INTEGER)), \
-         gone AS (DELETE FROM user_vault WHERE ctid = ANY (ARRAY(SELECT p.ctid FROM k CROSS JOIN LATERAL \
-           (SELECT ctid FROM user_vault v WHERE v.user_id = k.user_id AND v.key = k.key AND v.version <= k.last \
-            OFFSET 0) p)) RETURNING user_id, key, version) \
-         SELECT k.k, e.version, e.created_us, e.deleted_us, e.destroyed, CAST(0 AS BIGINT) AS pruned FROM k \
+         doomed AS (SELECT k.k, p.ctid, p.version FROM k CROSS JOIN LATERAL \
+           (SELECT ctid, version FROM user_vault v WHERE v.user_id = k.user_id AND v.key = k.key AND v.version <= k.last \
+            OFFSET 0) p), \
+         gone AS (DELETE FROM user_vault WHERE ctid = ANY (ARRAY(SELECT ctid FROM doomed)) \
+           RETURNING user_id, key, version) \
+         SELECT k.k, e.version, e.created_us, e.deleted_us, e.destroyed, CAST(0 AS BIGINT) AS kind FROM k \
            CROSS JOIN LATERAL (SELECT version, created_us, deleted_us, destroyed FROM user_vault v \
              WHERE v.user_id = k.user_id AND v.key = k.key AND v.version > k.first OFFSET 0) e \
          UNION ALL SELECT k.k, g.version, CAST(0 AS BIGINT), CAST(NULL AS BIGINT), CAST(0 AS BIGINT), CAST(1 AS BIGINT) \
-           FROM gone g JOIN k ON g.user_id = k.user_id AND g.key = k.key";
+           FROM gone g JOIN k ON g.user_id = k.user_id AND g.key = k.key \
+         UNION ALL SELECT d.k, d.version, CAST(0 AS BIGINT), CAST(NULL AS BIGINT), CAST(0 AS BIGINT), CAST(2 AS BIGINT) \
+           FROM doomed d";
     #[derive(serde::Serialize)]
     struct KeyJson<'a> {
         k: usize,
@@ -507,18 +513,29 @@ pub(crate) async fn store_versions(
         .bind(ciphertexts.into_param())
         .fetch_all(&mut *conn)
         .await?;
-    // Each key's earlier versions (after its first prune point) and those the DELETE removed.
+    // Each key's earlier versions (after its first prune point), those the DELETE removed, and
+    // how many it found to remove.
     let mut earlier: Vec<Vec<VersionRow>> = keys.iter().map(|_| Vec::new()).collect();
     let mut gone: Vec<Vec<i64>> = keys.iter().map(|_| Vec::new()).collect();
+    let mut doomed: Vec<usize> = keys.iter().map(|_| 0).collect();
     for row in found {
         let k = usize::try_from(row.k)
             .ok()
             .filter(|k| *k < keys.len())
             .ok_or_else(|| StoreError::Other("a stored version of no new key".to_owned()))?;
-        if row.pruned != 0 {
-            gone[k].push(row.version.version);
-        } else {
-            earlier[k].push(row.version);
+        match row.kind {
+            0 => earlier[k].push(row.version),
+            1 => gone[k].push(row.version.version),
+            _ => doomed[k] += 1,
+        }
+    }
+    // A row changed since the statement began (a rewrap committed), skipped by the DELETE. The
+    // key's row lock keeps its versions from changing number, so deleting by number now
+    // removes exactly what was left.
+    for (k, key) in keys.iter().enumerate() {
+        if gone[k].len() < doomed[k] {
+            let left = prune_versions(conn, key.user_id, key.key, key.last).await?;
+            gone[k].extend(left);
         }
     }
     // Each new version's answer, as if stored after the ones before it: the key's versions
